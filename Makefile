@@ -1,0 +1,31 @@
+# One-command entry points. Everything runs inside .venv, created by `make setup`.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed
+TORCH   := torch==2.14.1 torchvision==0.29.1
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m mpo.cli demo --out demo_out
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	.venv/bin/ruff check mpo data_builders eval tests benchmarks
+
+clean:
+	rm -rf demo_out .pytest_cache

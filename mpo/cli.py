@@ -1,0 +1,50 @@
+"""The `mpo` command.
+
+Every subcommand lives in its own module exposing ``main(argv: list[str]) -> int`` and is imported
+only when it runs, so `mpo --help` is instant and `mpo.cli` imports nothing heavy. Each one also
+runs as ``python -m mpo.cli SUB ...`` (what ``accelerate launch -m mpo.cli train ...`` needs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mpo.errors import UserError
+
+# name -> (module with main(argv), one-line help). A command is listed here only once it works.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tiny-model": ("mpo.models.tiny", "build the embedded tiny InternVL2.5-architecture model"),
+    "synthetic": ("data_builders.synthetic", "generate the synthetic visual QA task (SFT / QA / eval splits)"),
+    "convert": ("mpo.models.convert", "convert a checkpoint between the OpenGVLab layout and native transformers"),
+    "demo": ("mpo.demo", "run the whole pipeline end to end on the embedded default"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: mpo <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `mpo <command> --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"mpo: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except UserError as err:
+        print(f"mpo {name}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Models: loading native InternVL checkpoints, layout conversion, the embedded tiny model."""

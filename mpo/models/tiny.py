@@ -1,0 +1,174 @@
+"""The embedded default model: a tiny InternVL2.5-architecture model that trains on 2 CPU cores.
+
+Same shape as InternVL2.5 (InternViT -> pixel unshuffle 0.5 -> LayerNorm/MLP projector -> Qwen2 or
+Llama LLM), scaled down: 64 px tiles of 8 px patches give 64 patches, 16 image tokens per tile after
+pixel unshuffle. The tokenizer is a byte-level BPE trained here, on text written below, with the
+InternVL2.5 special tokens and chat template. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GotOcr2ImageProcessor,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
+    InternVLVideoProcessor,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from mpo.data.template import (
+    CHAT_TEMPLATE_JINJA,
+    ENDOFTEXT,
+    IM_END,
+    IM_START,
+    IMG_CONTEXT,
+    IMG_END,
+    IMG_START,
+    SPECIAL_TOKENS,
+    SYSTEM_MESSAGE,
+    VIDEO_PLACEHOLDER,
+)
+
+TILE_SIZE = 64
+PATCH_SIZE = 8
+MAX_TILES = 6
+TOKENS_PER_TILE = int((TILE_SIZE // PATCH_SIZE) ** 2 * 0.5**2)  # 16
+VOCAB_SIZE = 1024
+
+# Text the tokenizer learns its merges from: the words of visual question answering, counting,
+# chain-of-thought answers and the system message. Anything else still encodes (byte fallback).
+_CORPUS = [
+    SYSTEM_MESSAGE,
+    "What is the colour of the shape? What color is the object in the image? Answer with a single word.",
+    "How many shapes are there in the image? Count the objects. There are 0 1 2 3 4 5 6 7 8 9 10 shapes.",
+    "Which shape is on the left? Which one is on the right, top, bottom, above, below, in the middle?",
+    "Is the circle bigger than the square? Is there a triangle? Yes, no. Yes. No.",
+    "red green blue yellow purple orange white black gray grey pink brown cyan magenta",
+    "circle square triangle star cross diamond rectangle ellipse shape shapes object objects",
+    "Answer with the option's letter from the given choices directly. A. B. C. D. Options: (A) (B) (C) (D)",
+    "Answer the question using a single word or phrase. Please answer yes or no.",
+    "Let's think step by step. First, I look at the image. I can see a red circle and a blue square.",
+    "The image shows several coloured shapes on a plain background, so the answer is the number of them.",
+    "Final answer: the answer is. Final answer: A Final answer: 3 Final answer: red Final answer: yes",
+    "Your task is to answer the question below. Give step by step reasoning before you answer, and when "
+    "you're ready to answer, please use the format \"Final answer: ..\"",
+    "Question: Hint: Please answer the question and provide the correct option letter at the end.",
+    "larger smaller more fewer than the same as different most least total number sum of colour color",
+    "Frame1: Frame2: Frame3: Frame4: Image-1: Image-2: Image-3: the first second third image video",
+]
+
+
+def train_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (as in Qwen2) with the InternVL2.5 special tokens and template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 8, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        bos_token=None,
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE_JINJA,
+        model_max_length=32768,
+        extra_special_tokens={
+            "start_image_token": IMG_START,
+            "end_image_token": IMG_END,
+            "context_image_token": IMG_CONTEXT,
+            "video_token": VIDEO_PLACEHOLDER,
+        },
+    )
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2") -> InternVLConfig:
+    """The tiny InternVL2.5 config: InternViT-300M-style vision tower, a Qwen2 or Llama LLM."""
+    vision = dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        image_size=TILE_SIZE, patch_size=PATCH_SIZE, norm_type="layer_norm", use_qk_norm=False,
+        layer_scale_init_value=0.1, use_mean_pooling=True, hidden_act="gelu",
+    )  # fmt: skip
+    text_kwargs = dict(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=False,
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+    )  # fmt: skip
+    if llm == "qwen2":
+        text = Qwen2Config(**text_kwargs)
+    elif llm == "llama":
+        text = LlamaConfig(**text_kwargs)
+    else:
+        raise ValueError(f"unknown llm {llm!r}: expected qwen2 or llama")
+    return InternVLConfig(
+        vision_config=vision,
+        text_config=text.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMG_CONTEXT),
+        image_seq_length=TOKENS_PER_TILE,
+        downsample_ratio=0.5,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_processor(tokenizer: PreTrainedTokenizerFast) -> InternVLProcessor:
+    """Dynamic tiling (up to ``MAX_TILES`` tiles of 64 px + thumbnail) with ImageNet normalisation."""
+    common = dict(
+        size={"height": TILE_SIZE, "width": TILE_SIZE},
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
+    )  # fmt: skip
+    image_processor = GotOcr2ImageProcessor(
+        crop_to_patches=True, min_patches=1, max_patches=MAX_TILES, **common
+    )
+    video_processor = InternVLVideoProcessor(**common)
+    return InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        image_seq_length=TOKENS_PER_TILE,
+        chat_template=CHAT_TEMPLATE_JINJA,
+    )
+
+
+def build_tiny_model(out: str | Path, llm: str = "qwen2", seed: int = 0) -> Path:
+    """Write the tiny model, tokenizer and processor to ``out``; same seed, same weights."""
+    out = Path(out)
+    tokenizer = train_tokenizer()
+    config = tiny_config(tokenizer, llm)
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.save_pretrained(out)
+    tiny_processor(tokenizer).save_pretrained(out)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mpo tiny-model", description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="output directory")
+    parser.add_argument("--llm", choices=["qwen2", "llama"], default="qwen2", help="LLM family")
+    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    args = parser.parse_args(argv)
+    out = build_tiny_model(args.out, args.llm, args.seed)
+    n = sum(p.numel() for p in InternVLForConditionalGeneration.from_pretrained(out).parameters())
+    print(f"tiny InternVL2.5 ({args.llm}, {n / 1e6:.2f}M parameters, seed {args.seed}) written to {out}")
+    return 0
