@@ -61,7 +61,7 @@ def expand_images(text: str, tiles_per_image: list[int], tokens_per_tile: int) -
     if len(parts) - 1 != len(tiles_per_image):
         raise ValueError(f"{len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders for {len(tiles_per_image)} images")
     out = [parts[0]]
-    for tiles, tail in zip(tiles_per_image, parts[1:]):
+    for tiles, tail in zip(tiles_per_image, parts[1:], strict=True):
         out += [image_tokens(tiles, tokens_per_tile), tail]
     return "".join(out)
 

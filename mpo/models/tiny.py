@@ -28,7 +28,6 @@ from mpo.data.template import (
     CHAT_TEMPLATE_JINJA,
     ENDOFTEXT,
     IM_END,
-    IM_START,
     IMG_CONTEXT,
     IMG_END,
     IMG_START,

@@ -1,0 +1,1 @@
+"""Preference-data construction (generation, correctness, DropoutNTP, filters) and the synthetic visual task."""

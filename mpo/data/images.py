@@ -1,0 +1,47 @@
+"""Images: lazy loading, dynamic high-resolution tiling through the checkpoint's image processor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
+
+
+def check_image(path: Path) -> tuple[int, int]:
+    """(width, height) from the header alone; raises ``ValueError`` naming what is wrong."""
+    if not path.is_file():
+        raise ValueError(f"missing image {path}")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"corrupt image {path} ({err})") from None
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode an image to RGB; raises ``ValueError`` for a missing or corrupt file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"corrupt or missing image {path} ({err})") from None
+
+
+def tile_budget(max_dynamic_patch: int, num_images: int) -> int:
+    """Tiles per image: the subset's budget divided across the images of one sample (at least 1)."""
+    return max(1, max_dynamic_patch // max(1, num_images))
+
+
+def count_tiles(width: int, height: int, tile_size: int, max_tiles: int, min_tiles: int = 1) -> int:
+    """How many tiles dynamic tiling makes (the grid plus a thumbnail when the grid has > 1 tile)."""
+    cols, rows = get_optimal_tiled_canvas((height, width), (tile_size, tile_size), min_tiles, max_tiles)
+    grid = cols * rows
+    return grid + 1 if grid > 1 else grid
+
+
+def tiles_for(image_processor, images: list[Image.Image], max_tiles: int) -> tuple[torch.Tensor, list[int]]:
+    """Pixel values of every tile of every image ([T, 3, H, W]) and the tile count per image."""
+    out = image_processor(images=images, crop_to_patches=max_tiles > 1, max_patches=max_tiles, return_tensors="pt")
+    return out["pixel_values"], [int(n) for n in out["num_patches"]]

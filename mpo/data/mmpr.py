@@ -1,0 +1,129 @@
+"""MMPR preference data: meta.json + jsonl lines ``{"image", "question", "chosen", "rejected"}``.
+
+``image`` is one path, a list of paths (multi-image) or absent (text-only); ``video`` is a list of
+frame paths shown as ``Frame{i}: <image>``. Rows are validated when the dataset is built (fields,
+chosen != rejected, image files present and readable, total length within ``max_length``); images
+are decoded only when a batch is collated. Extra keys are kept as metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from datasets import Dataset
+
+from mpo.data.images import check_image, count_tiles, tile_budget
+from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta
+from mpo.data.template import expand_images, normalize_question, prompt_text, response_text
+from mpo.errors import DataError, UserError
+
+REQUIRED_FIELDS = ("question", "chosen", "rejected")
+
+
+def _image_paths(row: dict, subset: Subset) -> tuple[list[Path], bool]:
+    """The row's image files and whether they are video frames."""
+    if "video" in row:
+        frames = row["video"]
+        if not isinstance(frames, list) or not frames:
+            raise ValueError("video: expected a non-empty list of frame paths")
+        return [subset.root / f for f in frames], True
+    image = row.get("image")
+    if image is None:
+        return [], False
+    images = image if isinstance(image, list) else [image]
+    if not all(isinstance(p, str) and p for p in images):
+        raise ValueError("image: expected a path or a list of paths")
+    return [subset.root / p for p in images], False
+
+
+def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
+    """Validate one preference row and return the dataset record; raises :class:`DataError`."""
+    for name in REQUIRED_FIELDS:
+        if name not in row:
+            raise DataError(path, line, "missing field", field=name)
+        if not isinstance(row[name], str) or not row[name].strip():
+            raise DataError(path, line, "must be a non-empty string", field=name)
+    if row["chosen"].strip() == row["rejected"].strip():
+        raise DataError(path, line, "chosen == rejected", field="rejected")
+    try:
+        images, is_video = _image_paths(row, subset)
+    except ValueError as err:
+        field, _, msg = str(err).partition(": ")
+        raise DataError(path, line, msg, field=field) from None
+    sizes: list[list[int]] = []
+    for img in images:
+        try:
+            sizes.append(list(check_image(img)))
+        except ValueError as err:
+            raise DataError(path, line, str(err), field="video" if is_video else "image") from None
+    try:
+        question = normalize_question(row["question"], len(images), video=is_video)
+    except ValueError as err:
+        raise DataError(path, line, str(err), field="question") from None
+    extra = {k: v for k, v in row.items() if k not in (*REQUIRED_FIELDS, "image", "video")}
+    return {
+        "images": [str(p) for p in images],
+        "image_sizes": sizes,
+        "is_video": is_video,
+        "question": question,
+        "chosen": row["chosen"],
+        "rejected": row["rejected"],
+        "max_dynamic_patch": 1 if is_video else tile_budget(subset.max_dynamic_patch, len(images)),
+        "subset": subset.name,
+        "source": f"{path}:{line}",
+        "metadata": json.dumps(extra, ensure_ascii=False),
+    }
+
+
+def sequence_length(record: dict, tokenizer, tile_size: int, tokens_per_tile: int) -> int:
+    """Tokens of [prompt | longer response], image tokens included, as the collator will build it."""
+    tiles = [count_tiles(w, h, tile_size, record["max_dynamic_patch"]) for w, h in record["image_sizes"]]
+    prompt = expand_images(prompt_text(record["question"]), tiles, tokens_per_tile)
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    n_resp = max(
+        len(tokenizer(response_text(record[k]), add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected")
+    )
+    return n_prompt + n_resp
+
+
+def load_mmpr(
+    meta_path: str | Path,
+    processor,
+    *,
+    max_length: int | None = None,
+    seed: int = 42,
+    on_bad_row: str = "fail",
+    report_path: str | Path | None = None,
+) -> tuple[Dataset, BadRows]:
+    """Read every subset of an MMPR meta.json into one ``datasets.Dataset`` of preference records.
+
+    Bad rows stop the load with ``file:line: field: reason`` (``on_bad_row="fail"``) or are skipped,
+    counted and, when ``report_path`` is given, written there (``"skip"``). Over-long samples are bad
+    rows too: truncating would separate image tokens from their features.
+    """
+    bad_rows = BadRows(on_bad_row)
+    rng = random.Random(seed)
+    tile_size = processor.image_processor.size["height"]
+    tokens_per_tile = processor.image_seq_length
+    records: list[dict] = []
+    for subset in read_meta(meta_path):
+        rows = []
+        for line, row in iter_jsonl(subset.annotation, bad_rows):
+            try:
+                record = parse_row(row, subset, subset.annotation, line)
+                if max_length is not None:
+                    n = sequence_length(record, processor.tokenizer, tile_size, tokens_per_tile)
+                    if n > max_length:
+                        raise DataError(subset.annotation, line, f"too long: {n} tokens > max_length {max_length}")
+            except DataError as err:
+                bad_rows.handle(err)
+                continue
+            rows.append(record)
+        records += apply_repeat(rows, subset.repeat_time, rng)
+    if report_path is not None and bad_rows.policy == "skip":
+        bad_rows.write(report_path)
+    if not records:
+        raise UserError(f"{meta_path}: no usable rows ({len(bad_rows.skipped)} skipped)")
+    return Dataset.from_list(records), bad_rows

@@ -1,0 +1,126 @@
+"""Load a native InternVL checkpoint for training or inference.
+
+One entry point, :func:`load_model`, decides the attention implementation (flash-attn 2 when it
+imports and a GPU is present, else sdpa), the dtype (bf16 on GPU, fp32 on CPU), applies the freeze
+policy and gradient checkpointing, and turns the usual ways a path can be wrong into one-line errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, InternVLForConditionalGeneration, PreTrainedModel, ProcessorMixin
+
+from mpo.errors import UserError
+
+
+@dataclass(frozen=True)
+class FreezePolicy:
+    """Which of the three InternVL parts train. The SFT stages and MPO differ only in this."""
+
+    vision: bool = True
+    projector: bool = True
+    llm: bool = True
+
+    @classmethod
+    def from_flags(cls, freeze_vision: bool, freeze_projector: bool, freeze_llm: bool) -> FreezePolicy:
+        return cls(vision=not freeze_vision, projector=not freeze_projector, llm=not freeze_llm)
+
+
+# Native parameter-name prefixes of the three parts (lm_head belongs to the LLM).
+PART_PREFIXES: dict[str, tuple[str, ...]] = {
+    "vision": ("model.vision_tower.",),
+    "projector": ("model.multi_modal_projector.",),
+    "llm": ("model.language_model.", "lm_head."),
+}
+
+
+def part_of(param_name: str) -> str:
+    """The part ("vision", "projector" or "llm") a native parameter name belongs to."""
+    name = param_name.removeprefix("base_model.model.")  # peft-wrapped models
+    for part, prefixes in PART_PREFIXES.items():
+        if name.startswith(prefixes):
+            return part
+    raise ValueError(f"parameter {param_name!r} belongs to no InternVL part")
+
+
+def apply_freeze_policy(model: torch.nn.Module, policy: FreezePolicy) -> dict[str, int]:
+    """Set ``requires_grad`` per part; returns the number of trainable parameters per part."""
+    trainable = {"vision": 0, "projector": 0, "llm": 0}
+    for name, param in model.named_parameters():
+        part = part_of(name)
+        param.requires_grad_(getattr(policy, part))
+        trainable[part] += param.numel() if param.requires_grad else 0
+    return trainable
+
+
+def pick_attention(requested: str = "auto") -> str:
+    """``flash_attention_2`` when flash-attn imports and CUDA is present, else ``sdpa``."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def pick_dtype(requested: str = "auto") -> torch.dtype:
+    """bf16 on a GPU that supports it, fp32 on the CPU, or the dtype named."""
+    if requested == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[requested]  # fmt: skip
+
+
+def read_checkpoint_config(path: str | Path) -> dict:
+    """config.json of a native InternVL checkpoint, with one-line errors for every other case."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{path}: not a checkpoint (no config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{config_file}: invalid JSON: {err}") from None
+    model_type = config.get("model_type")
+    if model_type == "internvl_chat" or "InternVLChatModel" in config.get("architectures", []):
+        raise UserError(
+            f"{path}: original OpenGVLab layout (InternVLChatModel); convert it first: mpo convert {path} DST"
+        )
+    if model_type != "internvl":
+        raise UserError(f"{path}: model_type {model_type!r} is not InternVL (expected 'internvl')")
+    return config
+
+
+def load_model(
+    path: str | Path,
+    *,
+    freeze: FreezePolicy = FreezePolicy(),
+    attn_implementation: str = "auto",
+    dtype: str = "auto",
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """Load a native InternVL checkpoint with the chosen attention, dtype and freeze policy."""
+    read_checkpoint_config(path)
+    model = InternVLForConditionalGeneration.from_pretrained(
+        str(path), attn_implementation=pick_attention(attn_implementation), dtype=pick_dtype(dtype)
+    )
+    apply_freeze_policy(model, freeze)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def load_processor(path: str | Path) -> ProcessorMixin:
+    """The InternVLProcessor saved with a checkpoint (tokenizer, tiling image processor, template)."""
+    read_checkpoint_config(path)
+    try:
+        return AutoProcessor.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot load the processor: {err}") from None
