@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("mpo.models.tiny", "build the embedded tiny InternVL2.5-architecture model"),
     "synthetic": ("data_builders.synthetic", "generate the synthetic visual QA task (SFT / QA / eval splits)"),
     "convert": ("mpo.models.convert", "convert a checkpoint between the OpenGVLab layout and native transformers"),
+    "train": ("mpo.train", "MPO training (DPO + BCO + SFT) from a recipe YAML, plus --key value overrides"),
     "demo": ("mpo.demo", "run the whole pipeline end to end on the embedded default"),
 }
 

@@ -13,9 +13,11 @@ Log-probs use TRL's fused LM head: only response positions, in chunks, no full l
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
+from peft import PeftModel
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
@@ -76,14 +78,18 @@ class MPOConfig(DPOConfig):
     def __post_init__(self) -> None:
         if self.bf16 is None and not torch.cuda.is_available():
             self.bf16 = False  # bf16 autocast by default on GPUs only; fp32 on the CPU
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if distributed and not torch.cuda.is_available():
+            # Multi-process on the CPU: accelerate treats the ranks as one job (MULTI_CPU) only with
+            # use_cpu, and nccl needs GPUs. Set before the parent sets up torch.distributed.
+            self.use_cpu = True
+            self.ddp_backend = self.ddp_backend or "gloo"
         super().__post_init__()
         unknown = set(self.loss_type) - set(MPO_TERMS)
         if unknown:
             raise ValueError(f"loss_type: unknown terms {sorted(unknown)}; MPO supports {list(MPO_TERMS)}")
         if self.sft_normalization not in ("sequence", "token"):
             raise ValueError(f"sft_normalization must be 'sequence' or 'token', got {self.sft_normalization!r}")
-        if self.ddp_backend is None and not torch.cuda.is_available():
-            self.ddp_backend = "gloo"
 
     def term_weights(self) -> tuple[float, float, float]:
         """(w_p, w_q, w_g), zero for the terms not in `loss_type`."""
@@ -144,6 +150,19 @@ class MPOTrainer(DPOTrainer):
         if saved is not None:
             self.reward_shift.load_state_dict(saved["attributes"])
         super()._load_callback_state()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume full-model weights through ``from_pretrained``.
+
+        transformers 5 saves InternVL under its legacy key names (``language_model.model.*``) and maps
+        them back only in ``from_pretrained``; the parent's raw ``load_state_dict(strict=False)`` would
+        match no key and silently resume from the initial weights.
+        """
+        target = self.model if model is None else model
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or isinstance(target, PeftModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
+        target.load_state_dict(saved.state_dict(), strict=True)
 
     # ---- the loss ---------------------------------------------------------------------------------
     def _sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,107 @@
+"""`mpo train`: MPO training from a recipe YAML plus command-line overrides.
+
+    mpo train --config recipes/tiny/mpo.yaml [--key value ...]
+    accelerate launch [--use_deepspeed --deepspeed_config_file recipes/deepspeed/zero3.json] \\
+        --num_processes N -m mpo.cli train --config ...
+
+The YAML holds the fields of three dataclasses: :class:`InternVLModelConfig` (the checkpoint, its
+freeze policy, LoRA), :class:`PreferenceDataConfig` (the MMPR meta.json) and
+:class:`mpo.trainer.MPOConfig` (the trainer). Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from mpo.data.mmpr import load_mmpr
+from mpo.errors import UserError
+from mpo.models.loading import FreezePolicy, load_model, load_processor
+from mpo.trainer import MPOConfig, MPOTrainer
+
+# LoRA on the LLM's linear layers when the recipe names no target modules.
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class InternVLModelConfig(ModelConfig):
+    """TRL's `ModelConfig` (checkpoint, dtype, attention, LoRA / QLoRA) plus the InternVL freeze policy."""
+
+    dtype: str | None = field(
+        default="auto",
+        metadata={"help": "Weights dtype: 'auto' = bf16 on a GPU, fp32 on the CPU.",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )  # fmt: skip
+    attn_implementation: str | None = field(
+        default="auto",
+        metadata={"help": "'auto' = flash_attention_2 when flash-attn imports and a GPU is present, else sdpa."},
+    )
+    freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (InternViT)."})
+    freeze_projector: bool = field(default=False, metadata={"help": "Freeze the MLP projector."})
+    freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model (and lm_head)."})
+
+
+@dataclass
+class PreferenceDataConfig:
+    """Where the MMPR preference data is and what to do with bad rows."""
+
+    meta_path: str = field(metadata={"help": "MMPR meta.json (subsets with root, annotation, repeat_time, ...)."})
+    eval_meta_path: str | None = field(default=None, metadata={"help": "Optional held-out meta.json."})
+    on_bad_row: str = field(
+        default="fail",
+        metadata={"help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on, and "
+                  "write every skipped row and why to <output_dir>/skipped_rows.json.",
+                  "choices": ["fail", "skip"]},
+    )  # fmt: skip
+
+
+def parse_train_args(argv: list[str]) -> tuple[InternVLModelConfig, PreferenceDataConfig, MPOConfig]:
+    parser = TrlParser((InternVLModelConfig, PreferenceDataConfig, MPOConfig), prog="mpo train")
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except ValueError as err:  # unknown YAML keys, invalid values
+        raise UserError(str(err)) from None
+
+
+def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConfig, args: MPOConfig) -> MPOTrainer:
+    """Recipe -> processor, data, model -> MPOTrainer (nothing trained yet)."""
+    if not model_args.model_name_or_path:
+        raise UserError("model_name_or_path is required (a native InternVL checkpoint directory)")
+    processor = load_processor(model_args.model_name_or_path)
+    out = Path(args.output_dir)
+
+    def load(meta: str, name: str):
+        data, _ = load_mmpr(meta, processor, max_length=args.max_length, seed=args.seed,
+                            on_bad_row=data_args.on_bad_row, report_path=out / f"skipped_rows_{name}.json")  # fmt: skip
+        return data
+
+    train_data = load(data_args.meta_path, "train")
+    eval_data = load(data_args.eval_meta_path, "eval") if data_args.eval_meta_path else None
+    model = load_model(
+        model_args.model_name_or_path,
+        freeze=FreezePolicy.from_flags(model_args.freeze_vision, model_args.freeze_projector, model_args.freeze_llm),
+        attn_implementation=model_args.attn_implementation or "auto",
+        dtype=model_args.dtype or "auto",
+    )
+    if model_args.use_peft and not model_args.lora_target_modules:
+        model_args.lora_target_modules = DEFAULT_LORA_TARGETS
+    return MPOTrainer(
+        model, args=args, train_dataset=train_data, eval_dataset=eval_data, processing_class=processor,
+        peft_config=get_peft_config(model_args),
+    )  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    model_args, data_args, args = parse_train_args(argv)
+    trainer = build_trainer(model_args, data_args, args)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    trainer.save_state()
+    if trainer.accelerator.is_main_process:
+        final = {k: v for k, v in trainer.state.log_history[-1].items()}
+        print(f"mpo train: {trainer.state.global_step} steps, delta {trainer.reward_shift.value:.4f}, "
+              f"saved to {args.output_dir}: {json.dumps(final)}")  # fmt: skip
+    return 0

@@ -1,0 +1,62 @@
+"""Shared fixtures: the tiny model (built once per session) and small MMPR datasets on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from mpo.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+def write_mmpr(root: Path, rows: list[dict], *, repeat_time: float = 1.0, max_dynamic_patch: int = 6,
+               name: str = "toy") -> Path:  # fmt: skip
+    """Write images referenced by ``rows`` (as solid colours named in the file name) and an MMPR meta.json."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "wide": (120, 60, 200)}
+    for row in rows:
+        paths = row.get("video") or row.get("image") or []
+        for p in [paths] if isinstance(paths, str) else paths:
+            if not (root / "img" / p).exists():
+                stem = Path(p).stem
+                size = (128, 64) if stem.startswith("wide") else (64, 64)
+                Image.new("RGB", size, colours.get(stem.split("_")[0], (90, 90, 90))).save(root / "img" / p)
+    annotation = root / f"{name}.jsonl"
+    annotation.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = {name: {"root": "img", "annotation": annotation.name, "repeat_time": repeat_time,
+                   "max_dynamic_patch": max_dynamic_patch, "data_augment": False, "length": len(rows)}}  # fmt: skip
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root / "meta.json"
+
+
+# One row of each input shape: single image, multi-image, text-only, video (frames).
+MIXED_ROWS = [
+    {"image": "red.png", "question": "What colour is the image?", "chosen": "red", "rejected": "blue"},
+    {"image": ["green.png", "wide.png"], "question": "Image-1: <image>\nImage-2: <image>\nWhich one is green?",
+     "chosen": "Image-1", "rejected": "Image-2"},
+    {"question": "What is 2 + 2?", "chosen": "4", "rejected": "5"},
+    {"video": ["red.png", "green.png", "blue.png"], "question": "<video>\nWhat colour is the last frame?",
+     "chosen": "blue", "rejected": "green"},
+    {"image": "wide.png", "question": "<image>\nIs the image wider than tall?", "chosen": "Yes, it is wider.",
+     "rejected": "No."},
+    {"image": "blue.png", "question": "Name the colour.", "chosen": "The colour is blue.", "rejected": "It is red."},
+]  # fmt: skip
+
+
+@pytest.fixture
+def mixed_meta(tmp_path) -> Path:
+    return write_mmpr(tmp_path / "mmpr", MIXED_ROWS)

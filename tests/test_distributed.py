@@ -1,0 +1,80 @@
+"""Two ranks on the CPU: δ is global (gloo DDP), and DeepSpeed ZeRO-2/3 train on mixed input shapes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MIXED_ROWS, REPO, write_mmpr
+from transformers import InternVLForConditionalGeneration
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)  # fmt: skip
+    log.write_text(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model, tmp_path_factory):
+    from mpo.models.loading import load_model, load_processor
+
+    model = load_model(tiny_model)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    out = tmp_path_factory.mktemp("policy") / "model"
+    model.save_pretrained(out)
+    load_processor(tiny_model).save_pretrained(out)
+    return out
+
+
+def test_delta_is_global_over_two_gloo_ranks(tiny_model, policy, tmp_path):
+    meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
+    out = tmp_path / "run"
+    out.mkdir()
+    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29531", "tests/dist/delta_ranks.py",
+          str(tiny_model), str(policy), str(meta), str(out)], tmp_path / "log.txt")  # fmt: skip
+    r0, r1 = (json.loads((out / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert len(r0["deltas"]) == len(r1["deltas"]) == 3
+    assert r0["deltas"] == r1["deltas"]  # identical on both ranks, bit for bit
+    # 3 steps x 2 micro-batches x 1 pair x (chosen, rejected) rewards per rank, different data per rank
+    assert len(r0["rewards"]) == len(r1["rewards"]) == 12 and r0["rewards"] != r1["rewards"]
+    for step in range(3):
+        seen = r0["rewards"][: 4 * (step + 1)] + r1["rewards"][: 4 * (step + 1)]
+        assert math.isclose(r0["deltas"][step], sum(seen) / len(seen), rel_tol=1e-6, abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_two_ranks_mixed_shapes(tiny_model, tmp_path, zero):
+    meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
+    out = tmp_path / "out"
+    _run([str(BIN / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
+          f"recipes/deepspeed/{zero}.json", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
+          "29533", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpo.cli", "train", "--config",
+          "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
+          "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "1",
+          "--learning_rate", "1e-3", "--logging_steps", "1", "--save_steps", "3"], tmp_path / "log.txt")  # fmt: skip
+    state = json.loads((out / "trainer_state.json").read_text())
+    steps = [h for h in state["log_history"] if "loss/dpo" in h]
+    assert [h["step"] for h in steps] == [1, 2, 3]
+    assert all(math.isfinite(h["loss"]) for h in steps)
+    assert state["stateful_callbacks"]["MPORewardShift"]["attributes"]["count"] == 3 * 2 * 2  # 2 ranks, 1 pair
+    # the saved model loads (ZeRO-3 gathers the shards on save) and every part of it trained
+    load = InternVLForConditionalGeneration.from_pretrained
+    before, after = load(tiny_model).state_dict(), load(out).state_dict()
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("vision_tower" in k for k in changed) and any("language_model" in k for k in changed)
