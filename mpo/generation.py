@@ -1,0 +1,146 @@
+"""Generation backends behind one interface, shared by the preference-data builders and evaluation.
+
+A backend turns :class:`GenerationRequest` s (a question with ``<image>`` placeholders, its image
+files, and optionally the start of the answer to continue) into ``n`` sampled responses each.
+``transformers`` is the default and runs everywhere; ``vllm`` is used when it imports (and a GPU is
+present) for generation at scale.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from mpo.data.images import load_image, tile_budget, tiles_for
+from mpo.data.template import IMAGE_PLACEHOLDER, IMG_CONTEXT, expand_images, normalize_question, prompt_text
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt: ``question`` holds one ``<image>`` per entry of ``images``; ``prefix`` is the
+    beginning of the assistant's answer that the model continues (empty for a fresh answer)."""
+
+    question: str
+    images: list[str] = field(default_factory=list)
+    max_dynamic_patch: int = 12
+    prefix: str = ""
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. ``temperature == 0`` is greedy decoding (then ``n`` must be 1)."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_k: int = 50
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature == 0 and self.n != 1:
+            raise ValueError("greedy decoding (temperature 0) gives one response: set n=1 or temperature > 0")
+
+
+class GenerationBackend(Protocol):
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
+        """``params.n`` responses (the continuation only, without ``prefix``) for every request."""
+        ...
+
+
+class TransformersBackend:
+    """Batched ``model.generate`` with left padding, on the model's device."""
+
+    def __init__(self, model, processor, batch_size: int = 8, progress: bool = True) -> None:
+        self.model, self.processor, self.batch_size, self.progress = model.eval(), processor, batch_size, progress
+
+    def _encode(self, req: GenerationRequest) -> tuple[str, torch.Tensor | None]:
+        if not req.images:
+            return prompt_text(req.question) + req.prefix, None
+        per_image = tile_budget(req.max_dynamic_patch, len(req.images))
+        pixel_values, tiles = tiles_for(
+            self.processor.image_processor, [load_image(Path(p)) for p in req.images], per_image
+        )
+        question = normalize_question(req.question, len(req.images))
+        text = expand_images(prompt_text(question), tiles, self.processor.image_seq_length) + req.prefix
+        return text, pixel_values
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
+        tokenizer = self.processor.tokenizer
+        out: list[list[str]] = []
+        batches = range(0, len(requests), self.batch_size)
+        for start in tqdm(batches, desc="generating", disable=not self.progress or len(batches) < 2):
+            encoded = [self._encode(r) for r in requests[start : start + self.batch_size]]
+            enc = tokenizer([t for t, _ in encoded], return_tensors="pt", padding=True, padding_side="left",
+                            add_special_tokens=False).to(self.model.device)  # fmt: skip
+            tiles = [p for _, p in encoded if p is not None]
+            kwargs = dict(enc)
+            if tiles:
+                kwargs["pixel_values"] = torch.cat(tiles).to(self.model.device, self.model.dtype)
+            torch.manual_seed(params.seed + start)
+            sampled = params.temperature > 0
+            gen = self.model.generate(
+                **kwargs, max_new_tokens=params.max_new_tokens, do_sample=sampled, num_return_sequences=params.n,
+                temperature=params.temperature if sampled else None, top_k=params.top_k if sampled else None,
+                top_p=params.top_p if sampled else None, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
+            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += [[t.strip() for t in texts[i : i + params.n]] for i in range(0, len(texts), params.n)]
+        return out
+
+
+class VLLMBackend:
+    """vLLM offline inference for native InternVL checkpoints (GPU, optional extra ``vllm``).
+
+    The prompt is the same InternVL2.5 template; each ``<image>`` becomes ``<IMG_CONTEXT>``, which
+    vLLM's InternVL processor expands with the image's tiles.
+    """
+
+    def __init__(self, model_path: str, max_dynamic_patch: int = 12, **llm_kwargs) -> None:
+        from vllm import LLM
+
+        self.llm = LLM(model=str(model_path), limit_mm_per_prompt={"image": 8},
+                       mm_processor_kwargs={"max_patches": max_dynamic_patch}, **llm_kwargs)  # fmt: skip
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
+        from vllm import SamplingParams as VParams
+
+        vparams = VParams(n=params.n, temperature=params.temperature, top_k=params.top_k if params.temperature else -1,
+                          top_p=params.top_p, max_tokens=params.max_new_tokens, seed=params.seed)  # fmt: skip
+        prompts = []
+        for r in requests:
+            question = normalize_question(r.question, len(r.images))
+            text = prompt_text(question).replace(IMAGE_PLACEHOLDER, IMG_CONTEXT) + r.prefix
+            prompt: dict = {"prompt": text}
+            if r.images:
+                prompt["multi_modal_data"] = {"image": [load_image(Path(p)) for p in r.images]}
+            prompts.append(prompt)
+        results = self.llm.generate(prompts, vparams)
+        return [[o.text.strip() for o in res.outputs] for res in results]
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def make_backend(name: str, model_path: str, *, batch_size: int = 8, max_dynamic_patch: int = 12) -> GenerationBackend:
+    """``auto`` picks vLLM when it imports and a GPU is present, else transformers."""
+    if name == "auto":
+        name = "vllm" if vllm_available() else "transformers"
+    if name == "vllm":
+        return VLLMBackend(model_path, max_dynamic_patch=max_dynamic_patch)
+    if name == "transformers":
+        from mpo.models.loading import load_model, load_processor
+
+        model = load_model(model_path)
+        if torch.cuda.is_available():
+            model = model.cuda()
+        return TransformersBackend(model, load_processor(model_path), batch_size=batch_size)
+    raise ValueError(f"unknown generation backend {name!r}: expected auto, transformers or vllm")
