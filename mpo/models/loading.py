@@ -16,6 +16,7 @@ import torch
 from transformers import AutoProcessor, InternVLForConditionalGeneration, PreTrainedModel, ProcessorMixin
 
 from mpo.errors import UserError
+from mpo.models.convert import is_original_layout
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def read_checkpoint_config(path: str | Path) -> dict:
     except json.JSONDecodeError as err:
         raise UserError(f"{config_file}: invalid JSON: {err}") from None
     model_type = config.get("model_type")
-    if model_type == "internvl_chat" or "InternVLChatModel" in config.get("architectures", []):
+    if is_original_layout(config):
         raise UserError(
             f"{path}: original OpenGVLab layout (InternVLChatModel); convert it first: mpo convert {path} DST"
         )
