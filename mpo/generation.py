@@ -15,6 +15,8 @@ from typing import Protocol
 
 import torch
 from tqdm import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from mpo.data.images import load_image, tile_budget, tiles_for
 from mpo.data.template import IMAGE_PLACEHOLDER, IMG_CONTEXT, expand_images, normalize_question, prompt_text
@@ -23,12 +25,18 @@ from mpo.data.template import IMAGE_PLACEHOLDER, IMG_CONTEXT, expand_images, nor
 @dataclass
 class GenerationRequest:
     """One prompt: ``question`` holds one ``<image>`` per entry of ``images``; ``prefix`` is the
-    beginning of the assistant's answer that the model continues (empty for a fresh answer)."""
+    beginning of the assistant's answer that the model continues (empty for a fresh answer).
+
+    ``seed`` (optional) makes this request's samples depend only on it, not on the other requests
+    batched with it nor on ``SamplingParams.seed``: sharded, resumed and differently batched runs
+    then sample the same responses (up to floating-point differences of padded batches).
+    """
 
     question: str
     images: list[str] = field(default_factory=list)
     max_dynamic_patch: int = 12
     prefix: str = ""
+    seed: int | None = None
 
 
 @dataclass
@@ -51,6 +59,33 @@ class GenerationBackend(Protocol):
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
         """``params.n`` responses (the continuation only, without ``prefix``) for every request."""
         ...
+
+
+class _RowSampler(LogitsProcessor):
+    """Samples every row's next token with its own ``torch.Generator`` (temperature, top-k, top-p
+    applied first) and leaves only that token possible, so greedy decoding emits it. A row's tokens
+    then depend on its seed and its logits alone, not on the rows batched with it."""
+
+    def __init__(self, seeds: list[int], params: SamplingParams) -> None:
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.warpers = [TemperatureLogitsWarper(params.temperature)]
+        if params.top_k:
+            self.warpers.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(params.top_p))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1).cpu()
+        tokens = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, torch.stack(tokens).to(scores.device), 0.0)
+
+
+def row_seed(seed: int, k: int) -> int:
+    """The seed of the ``k``-th sample of a request seeded with ``seed``."""
+    return (seed * 1_000_003 + k) % (2**63)
 
 
 class TransformersBackend:
@@ -85,11 +120,19 @@ class TransformersBackend:
                 kwargs["pixel_values"] = torch.cat(tiles).to(self.model.device, self.model.dtype)
             torch.manual_seed(params.seed + start)
             sampled = params.temperature > 0
+            warp = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p) if sampled else {}
+            batch = requests[start : start + self.batch_size]
+            if sampled and any(r.seed is not None for r in batch):
+                # Per-request seeds: _RowSampler picks each token; generate's own sampling then only
+                # sees one possible token (its warpers are switched off, they must not touch the logits).
+                seeds = [params.seed + start + i if r.seed is None else r.seed for i, r in enumerate(batch)]
+                sampler = _RowSampler([row_seed(s, k) for s in seeds for k in range(params.n)], params)
+                kwargs["logits_processor"] = LogitsProcessorList([sampler])
+                warp = dict(temperature=1.0, top_k=0, top_p=1.0)
             gen = self.model.generate(
                 **kwargs, max_new_tokens=params.max_new_tokens, do_sample=sampled, num_return_sequences=params.n,
-                temperature=params.temperature if sampled else None, top_k=params.top_k if sampled else None,
-                top_p=params.top_p if sampled else None, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                temperature=warp.get("temperature"), top_k=warp.get("top_k"), top_p=warp.get("top_p"),
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )  # fmt: skip
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out += [[t.strip() for t in texts[i : i + params.n]] for i in range(0, len(texts), params.n)]
@@ -114,15 +157,18 @@ class VLLMBackend:
 
         vparams = VParams(n=params.n, temperature=params.temperature, top_k=params.top_k if params.temperature else -1,
                           top_p=params.top_p, max_tokens=params.max_new_tokens, seed=params.seed)  # fmt: skip
-        prompts = []
+        prompts, per_request = [], []
         for r in requests:
+            per_request.append(vparams if r.seed is None else vparams.clone())
+            if r.seed is not None:
+                per_request[-1].seed = r.seed
             question = normalize_question(r.question, len(r.images))
             text = prompt_text(question).replace(IMAGE_PLACEHOLDER, IMG_CONTEXT) + r.prefix
             prompt: dict = {"prompt": text}
             if r.images:
                 prompt["multi_modal_data"] = {"image": [load_image(Path(p)) for p in r.images]}
             prompts.append(prompt)
-        results = self.llm.generate(prompts, vparams)
+        results = self.llm.generate(prompts, per_request)
         return [[o.text.strip() for o in res.outputs] for res in results]
 
 

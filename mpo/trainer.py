@@ -13,20 +13,30 @@ Log-probs use TRL's fused LM head: only response positions, in chunks, no full l
 
 from __future__ import annotations
 
-import os
+import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 from peft import PeftModel
+from tqdm import tqdm
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
+from trl.models import prepare_deepspeed
+from trl.trainer.utils import use_adapter
 
+from mpo import ref_cache
+from mpo.checkpointing import NativeResumeMixin
 from mpo.data.collator import PreferenceCollator
 from mpo.losses import RewardShift, mpo_loss
+from mpo.runtime import cpu_training_defaults
 
 # TRL loss-type names of the three MPO terms, in the order of `mpo_loss(weights=...)`.
 MPO_TERMS = ("sigmoid", "bco_pair", "sft")
 REWARD_SHIFT_KEY = "MPORewardShift"  # entry in TrainerState.stateful_callbacks
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -65,6 +75,37 @@ class MPOConfig(DPOConfig):
             "counted or reported as errors per `on_bad_row`."
         },
     )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Run each pair as one sequence [prompt | chosen | rejected] in which rejected attends to the prompt "
+            "but not to chosen (block mask, positions restarting after the prompt): the prompt and its image tokens, "
+            "and the vision tower, run once per pair instead of twice. Exact."
+        },
+    )
+    vision_once: bool = field(
+        default=True,
+        metadata={"help": "Without prefix sharing: run the vision tower once per pair and use its features in both "
+                  "the chosen and the rejected row. Exact."},
+    )  # fmt: skip
+    max_packed_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Pack several pairs per row, up to this many tokens, with block masks keeping them "
+                  "independent (padding-free). None: one pair (or sequence) per row."},
+    )  # fmt: skip
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute the reference log-probs in one pass before training (images included), cache them on "
+            "disk and hold no reference model during training. The cache is keyed by the dataset's content, the "
+            "reference weights and the processing settings, and is reused by later runs."
+        },
+    )
+    ref_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Directory of the reference log-prob cache (default: $MPO_CACHE/ref_logps, "
+                  "~/.cache/internvl_mpo/ref_logps)."},
+    )  # fmt: skip
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (reference: 1e-6)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (reference: 1)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler (reference: cosine)."})
@@ -76,14 +117,7 @@ class MPOConfig(DPOConfig):
     )
 
     def __post_init__(self) -> None:
-        if self.bf16 is None and not torch.cuda.is_available():
-            self.bf16 = False  # bf16 autocast by default on GPUs only; fp32 on the CPU
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if distributed and not torch.cuda.is_available():
-            # Multi-process on the CPU: accelerate treats the ranks as one job (MULTI_CPU) only with
-            # use_cpu, and nccl needs GPUs. Set before the parent sets up torch.distributed.
-            self.use_cpu = True
-            self.ddp_backend = self.ddp_backend or "gloo"
+        cpu_training_defaults(self)  # fp32 and gloo multi-process on the CPU; before the parent's set-up
         super().__post_init__()
         unknown = set(self.loss_type) - set(MPO_TERMS)
         if unknown:
@@ -107,7 +141,7 @@ class _RewardShiftStep(TrainerCallback):
         self.trainer.update_reward_shift()
 
 
-class MPOTrainer(DPOTrainer):
+class MPOTrainer(NativeResumeMixin, DPOTrainer):
     """Mixed Preference Optimization on InternVL (MMPR records), derived from `trl.DPOTrainer`."""
 
     _tag_names = ["trl", "mpo", "internvl"]
@@ -115,8 +149,12 @@ class MPOTrainer(DPOTrainer):
 
     def __init__(self, model, ref_model=None, args: MPOConfig | None = None, data_collator=None, *,
                  processing_class=None, **kwargs) -> None:  # fmt: skip
+        args = args or MPOConfig(output_dir="mpo_output")
         if data_collator is None and processing_class is not None:
-            data_collator = PreferenceCollator(processing_class)
+            data_collator = PreferenceCollator(
+                processing_class, prefix_sharing=args.prefix_sharing, max_packed_tokens=args.max_packed_tokens,
+                vision_once=args.vision_once,
+            )  # fmt: skip
         super().__init__(
             model, ref_model=ref_model, args=args, data_collator=data_collator, processing_class=processing_class,
             **kwargs,
@@ -151,44 +189,119 @@ class MPOTrainer(DPOTrainer):
             self.reward_shift.load_state_dict(saved["attributes"])
         super()._load_callback_state()
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Resume full-model weights through ``from_pretrained``.
+    # ---- data: our records are prepared by mpo.data.mmpr and the collator -------------------------
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        return dataset
 
-        transformers 5 saves InternVL under its legacy key names (``language_model.model.*``) and maps
-        them back only in ``from_pretrained``; the parent's raw ``load_state_dict(strict=False)`` would
-        match no key and silently resume from the initial weights.
-        """
-        target = self.model if model is None else model
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or isinstance(target, PeftModel):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
-        target.load_state_dict(saved.state_dict(), strict=True)
-
-    # ---- the loss ---------------------------------------------------------------------------------
+    # ---- log-probs -----------------------------------------------------------------------------
     def _sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response log-probs of every row ([2B]) and the response lengths ([2B])."""
-        completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        model_kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "pixel_values") if k in inputs}
-        outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
-        shift_mask = completion_mask[:, 1:]
-        per_token = outputs.log_probs[:, -shift_mask.size(1) :]  # [2B, L-1], 0 outside responses
-        return per_token.sum(dim=1), shift_mask.sum(dim=1)
+        """Summed response log-probs ([2B]: chosen of pair i at 2i, rejected at 2i+1) and lengths ([2B]).
+
+        Works for every layout of :mod:`mpo.data.layout`: TRL's fused head scores only the positions
+        with a label, in chunks, and a scatter-add sums them per sequence.
+        """
+        kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        pixel_values = inputs["pixel_values"]
+        if int(inputs["feature_repeats"]) > 1:  # vision tower once, features for both rows of a pair
+            internvl = self.accelerator.unwrap_model(model)
+            internvl = internvl.get_base_model() if isinstance(internvl, PeftModel) else internvl
+            features = internvl.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+            features.pooler_output = features.pooler_output.repeat(int(inputs["feature_repeats"]), 1, 1)
+            kwargs["mm_encoder_outputs"] = {"image": features}
+        else:
+            kwargs["pixel_values"] = pixel_values
+        out = model(**kwargs, shift_labels=inputs["shift_labels"], use_cache=False, fused_lm_head=True)
+        index = inputs["logp_index"]
+        scored = index >= 0
+        n = 2 * int(inputs["num_pairs"])
+        log_probs = out.log_probs[:, -index.size(1) :]
+        logps = log_probs.new_zeros(n).index_add(0, index[scored], log_probs[scored])
+        lengths = torch.bincount(index[scored], minlength=n)
+        return logps, lengths
 
     def _reference_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the batch when precomputed, else a no-grad pass of the reference (the adapter-disabled
+        model under LoRA)."""
         if "ref_chosen_logps" in inputs:
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        return self.compute_ref_log_probs(self.ref_model if self.ref_model is not None else model, inputs)
+        with torch.no_grad(), self._as_reference(model) as ref:
+            logps, _ = self._sequence_logps(ref, inputs)
+        return logps[0::2], logps[1::2]
+
+    @contextlib.contextmanager
+    def _as_reference(self, model):
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not isinstance(unwrapped, PeftModel):  # before training: the policy is the reference
+            yield model
+            return
+        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+            yield model
+
+    # ---- reference precompute with a disk cache ---------------------------------------------------
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        settings = {
+            "tokens_per_tile": self.processing_class.image_seq_length,
+            "tile": [self.processing_class.image_processor.size["height"], self.processing_class.image_processor.size["width"]],
+            "dtype": str(self.model.dtype),
+            "attn": self.model.config._attn_implementation,
+        }
+        model_fp = ref_cache.checkpoint_fingerprint(getattr(self.model, "name_or_path", None))
+        model_fp += self._precompute_model_hash or ""
+        key = ref_cache.cache_key(ref_cache.dataset_fingerprint(dataset), model_fp, settings)
+        path = Path(self.args.ref_cache_dir or ref_cache.default_cache_dir()) / f"{name}-{key}.safetensors"
+        cached = ref_cache.read(path)
+        if cached is None:
+            chosen, rejected = self._compute_reference(dataset, name, batch_size)
+            if self.accelerator.is_main_process:
+                ref_cache.write(path, chosen, rejected)
+            self.accelerator.wait_for_everyone()
+            logger.warning(f"reference log-probs: computed for {len(dataset)} {name} pairs, cached at {path}")
+        else:
+            chosen, rejected = cached
+            logger.warning(f"reference log-probs: reusing {path} ({len(chosen)} {name} pairs)")
+        self.ref_cache_file = path
+        dataset = dataset.add_column("ref_chosen_logps", chosen.tolist())
+        return dataset.add_column("ref_rejected_logps", rejected.tolist())
+
+    @torch.no_grad()
+    def _compute_reference(self, dataset, name: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass of the reference over ``dataset``, sharded over ranks, gathered on every rank."""
+        acc = self.accelerator
+        mine = ref_cache.shard_indices(len(dataset), acc.process_index, acc.num_processes)
+        if self.is_deepspeed_enabled:  # parameters are still on the CPU (ZeRO-1/2) or sharded (ZeRO-3)
+            self._precompute_engine = self._precompute_engine or prepare_deepspeed(self.model, acc)
+            model = self._precompute_engine
+        else:
+            model = self.model
+        model.eval()
+        rows = []
+        for start in tqdm(range(0, len(mine), batch_size), desc=f"reference log-probs ({name})",
+                          disable=not acc.is_local_main_process):  # fmt: skip
+            idx = mine[start : start + batch_size]
+            batch = self._prepare_inputs(self.data_collator([dataset[i] for i in idx]))
+            with self._as_reference(model) as ref:
+                logps, _ = self._sequence_logps(ref, batch)
+            rows.append(torch.stack([torch.tensor(idx, dtype=logps.dtype, device=logps.device),
+                                     logps[0::2], logps[1::2]], dim=1))  # fmt: skip
+        gathered = acc.gather(torch.cat(rows)).cpu()
+        chosen = torch.empty(len(dataset), dtype=torch.float32)
+        rejected = torch.empty(len(dataset), dtype=torch.float32)
+        chosen[gathered[:, 0].long()] = gathered[:, 1].float()
+        rejected[gathered[:, 0].long()] = gathered[:, 2].float()
+        return chosen, rejected
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         logps, lengths = self._sequence_logps(model, inputs)
-        chosen_logps, rejected_logps = logps.chunk(2)
+        chosen_logps, rejected_logps = logps[0::2], logps[1::2]
         ref_chosen, ref_rejected = self._reference_logps(model, inputs)
         delta = self.reward_shift.value
         out = mpo_loss(
             chosen_logps, rejected_logps, ref_chosen.to(logps.dtype), ref_rejected.to(logps.dtype),
-            lengths.chunk(2)[0], beta=self.beta, delta=delta, weights=self.args.term_weights(),
+            lengths[0::2], beta=self.beta, delta=delta, weights=self.args.term_weights(),
             sft_normalization=self.args.sft_normalization,
         )  # fmt: skip
         if mode == "train":

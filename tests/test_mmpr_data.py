@@ -25,37 +25,41 @@ def test_every_input_shape_is_loaded_and_collated(processor, mixed_meta):
     single, multi, text, video = (data[i] for i in range(4))
     assert single["question"].startswith("<image>\n")  # placeholder added
     assert multi["question"].count("<image>") == 2 and multi["max_dynamic_patch"] == 3  # 6 tiles split over 2
-    assert text["images"] == [] and "<image>" not in text["question"]
+    assert text["image_paths"] == [] and "<image>" not in text["question"]
     assert video["is_video"] and video["question"].startswith("Frame1: <image>\nFrame2: <image>\nFrame3: <image>\n")
     assert video["max_dynamic_patch"] == 1
 
-    batch = PreferenceCollator(processor)([data[i] for i in range(4)])
-    ids, comp = batch["input_ids"], batch["completion_mask"]
+    batch = PreferenceCollator(processor, prefix_sharing=False, vision_once=False)([data[i] for i in range(4)])
+    ids, labels, index = batch["input_ids"], batch["shift_labels"], batch["logp_index"]
     assert ids.shape[0] == 8  # 4 chosen rows then 4 rejected rows
     n_img_tokens = int((ids == processor.image_token_id).sum())
     assert n_img_tokens == batch["pixel_values"].shape[0] * processor.image_seq_length
     # single 64x64 -> 1 tile; green 1 + wide 128x64 (2 tiles + thumbnail) = 4; 3 video frames: 8 tiles, twice
     assert batch["pixel_values"].shape[0] == 2 * (1 + 4 + 3)
     tok = processor.tokenizer
-    for row in range(4):
-        chosen = tok.decode(ids[row][comp[row].bool()])
-        rejected = tok.decode(ids[row + 4][comp[row + 4].bool()])
-        assert chosen == MIXED_ROWS[row]["chosen"] + "<|im_end|>"
-        assert rejected == MIXED_ROWS[row]["rejected"] + "<|im_end|>"
+    for pair in range(4):
+        for row, kind, score in ((pair, "chosen", 2 * pair), (pair + 4, "rejected", 2 * pair + 1)):
+            scored = index[row] == score
+            assert int((index[row] >= 0).sum()) == int(scored.sum())  # a row scores one sequence only
+            assert tok.decode(labels[row][scored]) == MIXED_ROWS[pair][kind] + "<|im_end|>"
         # the prompt is identical for the chosen and the rejected row
-        n = int(comp[row].argmax())
-        assert torch.equal(ids[row, :n], ids[row + 4, :n])
+        n = int((index[pair] >= 0).int().argmax()) + 1
+        assert torch.equal(ids[pair, :n], ids[pair + 4, :n])
 
 
-def test_text_only_batch_still_feeds_one_masked_tile(processor, tmp_path):
+def test_text_only_batch_still_feeds_one_unseen_tile(processor, tmp_path):
     meta = write_mmpr(tmp_path, [MIXED_ROWS[2]])
     data, _ = load_mmpr(meta, processor)
-    batch = PreferenceCollator(processor)([data[0]])
-    assert batch["pixel_values"].shape[0] == 1
-    is_img = batch["input_ids"] == processor.image_token_id
-    assert int(is_img.sum()) == processor.image_seq_length
-    assert not (is_img & batch["attention_mask"].bool()).any()  # never attended to
-    assert not (is_img & batch["completion_mask"].bool()).any()  # never scored
+    for shared in (False, True):
+        batch = PreferenceCollator(processor, prefix_sharing=shared)([data[0]])
+        assert batch["pixel_values"].shape[0] == 1
+        is_img = batch["input_ids"] == processor.image_token_id
+        assert int(is_img.sum()) == processor.image_seq_length
+        assert not (is_img & (batch["logp_index"] >= 0)).any()  # never scored
+        first_img = int(is_img[0].int().argmax())
+        assert (batch["logp_index"][0, first_img:] < 0).all()  # after every scored token: never seen by one
+        if shared:  # and the block mask keeps real tokens from attending to it
+            assert not batch["attention_mask"][0, 0, :first_img, first_img:].any()
 
 
 @pytest.mark.parametrize("repeat_time, expected", [(0.5, 3), (2.0, 12), (1.5, 9)])

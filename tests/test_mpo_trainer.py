@@ -36,13 +36,19 @@ def _config(tmp_path, **kw) -> MPOConfig:
     return MPOConfig(**{**base, **kw})
 
 
+def plain_batch(processor, records) -> dict:
+    """Two rows per pair ([prompt | chosen], [prompt | rejected]), tiles repeated: the plain layout."""
+    return PreferenceCollator(processor, prefix_sharing=False, vision_once=False)(records)
+
+
 def independent_logps(model, batch) -> torch.Tensor:
-    """Σ log p(response tokens) per row, from full logits (no fused head, no chunking)."""
+    """Σ log p(response tokens) per row of a plain batch, from full logits (no fused head, no chunks)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    pixel_values=batch["pixel_values"]).logits  # fmt: skip
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    token_logp = logp.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    return (token_logp * batch["completion_mask"][:, 1:]).sum(dim=1)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    scored = batch["logp_index"] >= 0
+    token_logp = logp.gather(-1, batch["shift_labels"].clamp(min=0)[..., None]).squeeze(-1)
+    return (token_logp * scored).sum(dim=1)
 
 
 def independent_mpo(pol, ref, lengths, beta, delta, weights, normalization):
@@ -59,25 +65,39 @@ def independent_mpo(pol, ref, lengths, beta, delta, weights, normalization):
     return weights[0] * dpo + weights[1] * bco + weights[2] * sft, dpo, bco, sft, r_c, r_r
 
 
-@pytest.mark.parametrize("normalization", ["sequence", "token"])
+LAYOUTS = {  # the exact speed switches of MPOConfig, each checked against the plain computation
+    "plain": dict(prefix_sharing=False, vision_once=False),
+    "vision_once": dict(prefix_sharing=False, vision_once=True),
+    "prefix_sharing": dict(prefix_sharing=True),
+    "packed": dict(prefix_sharing=True, max_packed_tokens=400),
+    "packed_plain": dict(prefix_sharing=False, vision_once=True, max_packed_tokens=400),
+}
+
+
+@pytest.mark.parametrize("normalization, layout", [("sequence", "plain"), ("token", "plain")]
+                         + [("sequence", name) for name in LAYOUTS if name != "plain"])  # fmt: skip
 def test_loss_terms_and_gradients_match_independent(tiny_model, perturbed_policy, mixed_meta, tmp_path,
-                                                    normalization):  # fmt: skip
+                                                    normalization, layout):  # fmt: skip
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
-    args = _config(tmp_path, sft_normalization=normalization)
+    args = _config(tmp_path, sft_normalization=normalization, precompute_ref_log_probs=False, **LAYOUTS[layout])
     trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
                          train_dataset=data, processing_class=processor)  # fmt: skip
     trainer.reward_shift.load_state_dict({"value": 0.37, "total": 3.7, "count": 10})
-    batch = PreferenceCollator(processor)([data[i] for i in range(4)])  # image, multi-image, text, video
+    records = [data[i] for i in range(4)]  # image, multi-image, text, video
+    batch = plain_batch(processor, records)
     trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(dict(batch)))
+    fast_batch = trainer.data_collator(records)
+    if "max_packed_tokens" in LAYOUTS[layout]:
+        assert fast_batch["input_ids"].shape[0] < len(records)  # several pairs share a row
+    loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(fast_batch))
     loss.backward()
 
     policy, reference = load_model(perturbed_policy), load_model(tiny_model)
     pol = independent_logps(policy, batch)
     with torch.no_grad():
         ref = independent_logps(reference, batch)
-    lengths = batch["completion_mask"][:, 1:].sum(dim=1).float()
+    lengths = (batch["logp_index"] >= 0).sum(dim=1).float()
     total, dpo, bco, sft, r_c, r_r = independent_mpo(pol, ref, lengths, 0.1, 0.37, (0.8, 0.2, 1.0), normalization)
     total.backward()
 

@@ -1,4 +1,4 @@
-"""Collate MMPR records into model batches: tiles, the InternVL2.5 template, [chosen; rejected] rows."""
+"""Collate MMPR records into model batches: tiles, the InternVL2.5 template, and a token layout."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mpo.data.images import load_image, tiles_for
+from mpo.data.layout import IGNORE, Segment, assemble, pack, plain_segment, shared_segment
 from mpo.data.template import expand_images, prompt_text, response_text
 from mpo.errors import DataError
 
@@ -19,31 +20,34 @@ def _source(record: dict) -> tuple[str, int]:
 
 @dataclass
 class PreferenceCollator:
-    """Build the batch a preference trainer consumes, from records of :func:`mpo.data.mmpr.load_mmpr`.
+    """Build preference batches from records of :func:`mpo.data.mmpr.load_mmpr`.
 
-    Output for B pairs (rows 0..B-1 chosen, B..2B-1 rejected, right-padded to length L)::
+    Layouts (see :mod:`mpo.data.layout`): plain two-row pairs (default), ``prefix_sharing`` (one
+    [prompt | chosen | rejected] segment per pair), and ``max_packed_tokens`` (several segments per
+    row). ``vision_once`` (plain layout) sends each pair's tiles once; the trainer then runs the
+    vision tower once and uses the features for both rows (``feature_repeats`` = 2).
 
-        input_ids        [2B, L]   prompt (image tokens expanded) followed by the response
-        attention_mask   [2B, L]
-        completion_mask  [2B, L]   1 on response tokens (answer and <|im_end|>)
-        pixel_values     [T, 3, H, W]  tiles of the chosen rows, then the same tiles again for the
-                                       rejected rows
+    Besides the layout tensors, the batch holds ``pixel_values`` [T, 3, H, W], ``num_pairs``,
+    ``feature_repeats`` and, when the records carry them, ``ref_chosen_logps`` / ``ref_rejected_logps``.
 
-    A batch without any image still runs the vision tower: one blank tile whose image tokens sit
-    after the end of row 0, masked out of attention and loss. Every rank then runs the same modules
-    in the same order, which DeepSpeed ZeRO-3 needs (a rank skipping the vision tower would hang the
-    parameter all-gathers of the others), and nothing of the text rows changes.
+    A batch without any image still runs the vision tower on one blank tile whose image tokens form
+    their own segment after row 0's tokens (never seen by, and never scoring, any real token). Every
+    rank then runs the same modules in the same order, which DeepSpeed ZeRO-3 needs: a rank that
+    skipped the vision tower would hang the others' parameter all-gathers.
     """
 
     processor: object
+    prefix_sharing: bool = False
+    max_packed_tokens: int | None = None
+    vision_once: bool = False
 
     def encode(self, record: dict) -> tuple[list[int], list[int], list[int], torch.Tensor | None]:
         """(prompt ids, chosen ids, rejected ids, tiles) of one record."""
         tokenizer = self.processor.tokenizer
         pixel_values, tiles = None, []
-        if record["images"]:
+        if record["image_paths"]:
             try:
-                images = [load_image(Path(p)) for p in record["images"]]
+                images = [load_image(Path(p)) for p in record["image_paths"]]
             except ValueError as err:
                 raise DataError(*_source(record), str(err), field="image") from None
             pixel_values, tiles = tiles_for(self.processor.image_processor, images, record["max_dynamic_patch"])
@@ -54,32 +58,35 @@ class PreferenceCollator:
 
         return ids(prompt), ids(response_text(record["chosen"])), ids(response_text(record["rejected"])), pixel_values
 
+    def _dummy_image_segment(self, group: int) -> Segment:
+        n = self.processor.image_seq_length
+        return Segment([self.processor.image_token_id] * n, list(range(n)), [IGNORE] * n, [-1] * n, [group] * n, group)
+
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
         encoded = [self.encode(r) for r in records]
-        rows = [(p, c) for p, c, _, _ in encoded] + [(p, r) for p, _, r, _ in encoded]
-        pad_id = self.processor.tokenizer.pad_token_id
         tiles = [t for *_, t in encoded if t is not None]
-        dummy = not tiles
-        length = max(len(p) + len(c) for p, c in rows)
-        if dummy:
-            length = max(length, len(rows[0][0]) + len(rows[0][1]) + self.processor.image_seq_length)
-        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        completion_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, (prompt, completion) in enumerate(rows):
-            n = len(prompt) + len(completion)
-            input_ids[i, :n] = torch.tensor(prompt + completion)
-            attention_mask[i, :n] = 1
-            completion_mask[i, len(prompt) : n] = 1
-        if dummy:
+        shared = self.prefix_sharing
+        if shared:
+            segments = [shared_segment(p, c, r, i, 3 * i) for i, (p, c, r, _) in enumerate(encoded)]
+        else:  # chosen rows, then rejected rows
+            segments = [plain_segment(p, c, 2 * i, 2 * i) for i, (p, c, _, _) in enumerate(encoded)]
+            segments += [plain_segment(p, r, 2 * i + 1, 2 * i + 1) for i, (p, _, r, _) in enumerate(encoded)]
+        rows = [[segments[i] for i in row] for row in pack([len(s) for s in segments], self.max_packed_tokens)]
+        if not tiles:
             size = self.processor.image_processor.size
             tiles = [torch.zeros(1, 3, size["height"], size["width"])]
-            start = len(rows[0][0]) + len(rows[0][1])
-            input_ids[0, start : start + self.processor.image_seq_length] = self.processor.image_token_id
-        pixel_values = torch.cat(tiles) if dummy else torch.cat(tiles + tiles)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "completion_mask": completion_mask,
-            "pixel_values": pixel_values,
-        }
+            rows[0].append(self._dummy_image_segment(group=10 * len(segments) + 1))
+            repeats = 1
+        elif shared or self.vision_once:
+            repeats = 1 if shared else 2
+        else:
+            tiles, repeats = tiles + tiles, 1
+        block_mask = shared or self.max_packed_tokens is not None
+        batch = assemble(rows, self.processor.tokenizer.pad_token_id, block_mask=block_mask)
+        batch["pixel_values"] = torch.cat(tiles)
+        batch["num_pairs"] = torch.tensor(len(records))
+        batch["feature_repeats"] = torch.tensor(repeats)
+        if "ref_chosen_logps" in records[0]:
+            batch["ref_chosen_logps"] = torch.tensor([r["ref_chosen_logps"] for r in records])
+            batch["ref_rejected_logps"] = torch.tensor([r["ref_rejected_logps"] for r in records])
+        return batch

@@ -1,7 +1,9 @@
-"""Images: lazy loading, dynamic high-resolution tiling through the checkpoint's image processor."""
+"""Images: lazy loading, dynamic high-resolution tiling through the checkpoint's image processor,
+JPEG augmentation."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -45,3 +47,16 @@ def tiles_for(image_processor, images: list[Image.Image], max_tiles: int) -> tup
     """Pixel values of every tile of every image ([T, 3, H, W]) and the tile count per image."""
     out = image_processor(images=images, crop_to_patches=max_tiles > 1, max_patches=max_tiles, return_tensors="pt")
     return out["pixel_values"], [int(n) for n in out["num_patches"]]
+
+
+# Random JPEG compression of the InternVL2.5 training recipe: quality drawn uniformly in this range.
+JPEG_QUALITY_RANGE = (75, 100)
+
+
+def jpeg_compress(image: Image.Image, quality: int) -> Image.Image:
+    """Encode ``image`` as JPEG at ``quality`` (1..100) and decode it again (same size, RGB)."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as img:
+        return img.convert("RGB")

@@ -64,7 +64,7 @@ def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
         raise DataError(path, line, str(err), field="question") from None
     extra = {k: v for k, v in row.items() if k not in (*REQUIRED_FIELDS, "image", "video")}
     return {
-        "images": [str(p) for p in images],
+        "image_paths": [str(p) for p in images],
         "image_sizes": sizes,
         "is_video": is_video,
         "question": question,

@@ -1,0 +1,373 @@
+"""SFT data: InternVL meta.json + ``conversations`` jsonl, the InternVL2.5 template, tiles, JPEG augmentation.
+
+A line::
+
+    {"image": "a.png" | ["a.png", "b.png"] | absent, "video": ["f1.png", ...] (instead of image),
+     "conversations": [{"from": "system", "value": "..."} (optional, first),
+                       {"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}
+
+Multi-turn, multi-image (one ``<image>`` per image, anywhere in the human turns), video (frames shown
+as ``Frame{i}: <image>``), text-only. Without any placeholder, the first human turn gets them
+prepended (:func:`mpo.data.template.normalize_question`). Only assistant replies and their
+``<|im_end|>`` are supervised.
+
+Loading (:func:`load_sft`) validates every row (fields, roles, placeholders, image files) under the
+same bad-row policy as the MPO data (``fail``: ``file:line: field: reason``; ``skip``: counted and
+reported), computes each sample's exact token length (image tokens included, from the image headers)
+and drops, never truncates, samples longer than ``max_length``; samples whose replies loop
+(n-gram repetition ratio above a threshold) are dropped too. Both drops are counted in the report.
+
+Collation (:class:`SFTCollator`) decodes the images, applies random JPEG compression (quality
+uniform in 75..100) to subsets with ``data_augment: true`` when ``train`` is set, tiles them
+(per-subset ``max_dynamic_patch``, split across the images of a sample, thumbnail included) and
+builds rows of one sample or of several packed samples.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mpo.data.images import (
+    JPEG_QUALITY_RANGE,
+    check_image,
+    count_tiles,
+    jpeg_compress,
+    load_image,
+    tile_budget,
+    tiles_for,
+)
+from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta
+from mpo.data.mmpr import _image_paths
+from mpo.data.repetition import ngram_repetition_ratio
+from mpo.data.template import IMAGE_PLACEHOLDER, SYSTEM_MESSAGE, expand_images, normalize_question, render_turns
+from mpo.errors import DataError, UserError
+from mpo.sft_loss import sample_weight
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+IGNORE_INDEX = -100
+
+
+# ------------------------------------------------------------------------------------------- rows
+
+
+def parse_conversations(value, path: Path, line: int) -> tuple[str | None, list[list[str]]]:
+    """(system message or None, [[role, text], ...]) of a ``conversations`` field; raises DataError."""
+    if not isinstance(value, list) or not value:
+        raise DataError(path, line, "expected a non-empty list of turns", field="conversations")
+    system, turns = None, []
+    for k, turn in enumerate(value):
+        where = f"conversations[{k}]"
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise DataError(path, line, 'expected {"from": ..., "value": ...}', field=where)
+        role = ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise DataError(path, line, f"unknown role {turn['from']!r} (expected human or gpt)", field=where)
+        if not isinstance(turn["value"], str):
+            raise DataError(path, line, "value must be a string", field=where)
+        if role == "system":
+            if k != 0:
+                raise DataError(path, line, "a system turn may only come first", field=where)
+            system = turn["value"]
+            continue
+        if role == "assistant" and not turn["value"].strip():
+            raise DataError(path, line, "empty assistant reply", field=where)
+        turns.append([role, turn["value"]])
+    if not any(role == "assistant" for role, _ in turns):
+        raise DataError(path, line, "no assistant (gpt) turn: nothing to learn", field="conversations")
+    return system, turns
+
+
+def _place_images(turns: list[list[str]], num_images: int, is_video: bool) -> list[list[str]]:
+    """Check the ``<image>`` count over the user turns; without any, put them in the first user turn."""
+    found = sum(text.count(IMAGE_PLACEHOLDER) for role, text in turns if role == "user")
+    if any(IMAGE_PLACEHOLDER in text for role, text in turns if role == "assistant"):
+        raise ValueError(f"{IMAGE_PLACEHOLDER} in an assistant reply")
+    if found == num_images:
+        return turns
+    if found == 0:
+        first = next((k for k, (role, _) in enumerate(turns) if role == "user"), None)
+        if first is None:
+            raise ValueError(f"{num_images} images but no human turn to show them in")
+        turns = [list(t) for t in turns]
+        turns[first][1] = normalize_question(turns[first][1], num_images, video=is_video)
+        return turns
+    raise ValueError(f"{found} {IMAGE_PLACEHOLDER} placeholders but {num_images} images")
+
+
+def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
+    """Validate one SFT row and return its record (no pixels, no tokens yet); raises DataError."""
+    if "conversations" not in row:
+        raise DataError(path, line, "missing field", field="conversations")
+    system, turns = parse_conversations(row["conversations"], path, line)
+    try:
+        images, is_video = _image_paths(row, subset)
+    except ValueError as err:
+        name, _, msg = str(err).partition(": ")
+        raise DataError(path, line, msg, field=name) from None
+    sizes: list[list[int]] = []
+    for img in images:
+        try:
+            sizes.append(list(check_image(img)))
+        except ValueError as err:
+            raise DataError(path, line, str(err), field="video" if is_video else "image") from None
+    try:
+        turns = _place_images(turns, len(images), is_video)
+    except ValueError as err:
+        raise DataError(path, line, str(err), field="conversations") from None
+    return {
+        "images": [str(p) for p in images],
+        "image_sizes": sizes,
+        "is_video": is_video,
+        "system": system,
+        "turns": turns,
+        "max_dynamic_patch": 1 if is_video else tile_budget(subset.max_dynamic_patch, len(images)),
+        "data_augment": subset.data_augment,
+        "subset": subset.name,
+        "source": f"{path}:{line}",
+    }
+
+
+# -------------------------------------------------------------------------------------- encoding
+
+
+def encode_turns(record: dict, tokenizer, tiles_per_image: Sequence[int], tokens_per_tile: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one sample: the InternVL2.5 template with each ``<image>`` expanded
+    to its tiles' tokens; labels are the ids on supervised tokens and -100 elsewhere."""
+    system = SYSTEM_MESSAGE if record.get("system") is None else record["system"]
+    ids: list[int] = []
+    labels: list[int] = []
+    next_image = 0
+    for text, supervised in render_turns([tuple(t) for t in record["turns"]], system):
+        k = text.count(IMAGE_PLACEHOLDER)
+        if k:
+            text = expand_images(text, list(tiles_per_image[next_image : next_image + k]), tokens_per_tile)
+            next_image += k
+        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += seg
+        labels += seg if supervised else [IGNORE_INDEX] * len(seg)
+    return ids, labels
+
+
+def planned_tiles(record: dict, tile_size: int) -> list[int]:
+    """Tiles per image as the collator will make them, from the image headers alone."""
+    return [count_tiles(w, h, tile_size, record["max_dynamic_patch"]) for w, h in record["image_sizes"]]
+
+
+def assistant_text(record: dict) -> str:
+    return "\n".join(text for role, text in record["turns"] if role == "assistant")
+
+
+# --------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class SFTDataReport:
+    """What loading kept and dropped, and why; written as JSON next to the run."""
+
+    bad_rows: BadRows
+    rows_read: int = 0
+    kept: int = 0
+    too_long: list[dict] = field(default_factory=list)
+    repetitive: list[dict] = field(default_factory=list)
+
+    def to_dict(self, max_listed: int = 200) -> dict:
+        return {
+            "rows_read": self.rows_read,
+            "kept": self.kept,
+            "skipped_bad_rows": len(self.bad_rows.skipped),
+            "bad_rows_by_reason": self.bad_rows.counts(),
+            "dropped_too_long": len(self.too_long),
+            "dropped_repetitive": len(self.repetitive),
+            "too_long": self.too_long[:max_listed],
+            "repetitive": self.repetitive[:max_listed],
+            "bad_rows": self.bad_rows.skipped[:max_listed],
+        }
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+        return path
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Records, grouped into rows: item ``i`` is the list of records of row ``i`` (one record per
+    row unless packed)."""
+
+    def __init__(self, records: list[dict], rows: list[list[int]] | None = None) -> None:
+        self.records = records
+        self.rows = rows if rows is not None else [[i] for i in range(len(records))]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> list[dict]:
+        return [self.records[j] for j in self.rows[i]]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(r["length"] for r in self.records)
+
+
+def load_sft(
+    meta_path: str | Path,
+    processor,
+    *,
+    max_length: int | None = 8192,
+    seed: int = 42,
+    on_bad_row: str = "fail",
+    repetition_ngram: int = 4,
+    max_repetition_ratio: float | None = None,
+    report_path: str | Path | None = None,
+) -> tuple[list[dict], SFTDataReport]:
+    """Read every subset of an SFT meta.json into records with their exact ``length`` (tokens,
+    image tokens included) and ``supervised_tokens``.
+
+    Bad rows follow ``on_bad_row``. Samples longer than ``max_length`` and, when
+    ``max_repetition_ratio`` is set, samples whose assistant replies have a word
+    ``repetition_ngram``-gram repetition ratio above it are dropped and counted whatever the policy.
+    ``repeat_time`` applies after filtering. The report is written to ``report_path`` when given.
+    """
+    report = SFTDataReport(BadRows(on_bad_row))
+    rng = random.Random(seed)
+    tokenizer = processor.tokenizer
+    tile_size = processor.image_processor.size["height"]
+    tokens_per_tile = processor.image_seq_length
+    records: list[dict] = []
+    for subset in read_meta(meta_path):
+        rows = []
+        for line, row in iter_jsonl(subset.annotation, report.bad_rows):
+            report.rows_read += 1
+            try:
+                record = parse_sft_row(row, subset, subset.annotation, line)
+            except DataError as err:
+                report.bad_rows.handle(err)
+                continue
+            if max_repetition_ratio is not None:
+                ratio = ngram_repetition_ratio(assistant_text(record), repetition_ngram)
+                if ratio > max_repetition_ratio:
+                    report.repetitive.append({"source": record["source"], "ratio": round(ratio, 4)})
+                    continue
+            ids, labels = encode_turns(record, tokenizer, planned_tiles(record, tile_size), tokens_per_tile)
+            record["length"] = len(ids)
+            record["supervised_tokens"] = sum(1 for t in labels if t != IGNORE_INDEX)
+            if max_length is not None and len(ids) > max_length:
+                report.too_long.append({"source": record["source"], "tokens": len(ids)})
+                continue
+            rows.append(record)
+        records += apply_repeat(rows, subset.repeat_time, rng)
+    report.kept = len(records)
+    if report_path is not None:
+        report.write(report_path)
+    if not records:
+        raise UserError(f"{meta_path}: no usable rows ({report.rows_read} read; see the data report)")
+    return records, report
+
+
+# -------------------------------------------------------------------------------------- collator
+
+
+@dataclass
+class SFTCollator:
+    """Build SFT batches from rows of records (:class:`SFTDataset` items; a bare record is a row of one).
+
+    Output for R rows right-padded to length L, N samples in all, T tiles::
+
+        input_ids      [R, L]
+        attention_mask [R, L]      1 on real tokens (padding-only masking; see ``sample_ids`` for packing)
+        position_ids   [R, L]      restart at 0 at every sample
+        sample_ids     [R, L]      index 0..N-1 of the sample each token belongs to, -1 on padding
+        labels         [R, L]      token ids on supervised tokens, -100 elsewhere
+        loss_weights   [R, L]      w_i of the token's sample (mpo.sft_loss) on supervised tokens, else 0
+        pixel_values   [T, 3, H, W]
+        supervised_tokens [N]      x_i of every sample
+
+    A batch without any image still runs the vision tower on one blank tile whose image tokens sit
+    in the padding after row 0 (outside every sample, no loss), as in the preference collator: all
+    ranks then run the same modules (DDP, ZeRO-3) and nothing of the samples changes.
+    """
+
+    processor: object
+    loss_reduction: str = "square"
+    train: bool = True
+    seed: int = 0
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def draw_jpeg_quality(self) -> int:
+        """JPEG quality for one image, uniform over the integers of ``JPEG_QUALITY_RANGE`` (75..100)."""
+        return self.rng.randint(*JPEG_QUALITY_RANGE)
+
+    def _images(self, record: dict) -> list:
+        try:
+            images = [load_image(Path(p)) for p in record["images"]]
+        except ValueError as err:
+            path, _, line = record["source"].rpartition(":")
+            raise DataError(path, int(line), str(err), field="image") from None
+        if self.train and record.get("data_augment"):
+            images = [jpeg_compress(img, self.draw_jpeg_quality()) for img in images]
+        return images
+
+    def encode(self, record: dict) -> tuple[list[int], list[int], torch.Tensor | None]:
+        """(input ids, labels, tiles) of one sample."""
+        pixel_values, tiles = None, []
+        if record["images"]:
+            pixel_values, tiles = tiles_for(self.processor.image_processor, self._images(record),
+                                            record["max_dynamic_patch"])  # fmt: skip
+        ids, labels = encode_turns(record, self.processor.tokenizer, tiles, self.processor.image_seq_length)
+        return ids, labels, pixel_values
+
+    def __call__(self, rows: list) -> dict[str, torch.Tensor]:
+        rows = [row if isinstance(row, list) else [row] for row in rows]
+        encoded = [[self.encode(r) for r in row] for row in rows]
+        lengths = [sum(len(ids) for ids, _, _ in row) for row in encoded]
+        tiles = [t for row in encoded for _, _, t in row if t is not None]
+        n_img = self.processor.image_seq_length
+        length = max(lengths)
+        if not tiles:
+            length = max(length, lengths[0] + n_img)
+        shape = (len(rows), length)
+        pad_id = self.processor.tokenizer.pad_token_id
+        input_ids = torch.full(shape, pad_id, dtype=torch.long)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        position_ids = torch.zeros(shape, dtype=torch.long)
+        sample_ids = torch.full(shape, -1, dtype=torch.long)
+        labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+        loss_weights = torch.zeros(shape, dtype=torch.float32)
+        supervised: list[int] = []
+        for r, row in enumerate(encoded):
+            pos = 0
+            for ids, labs, _ in row:
+                n = len(ids)
+                x = sum(1 for t in labs if t != IGNORE_INDEX)
+                input_ids[r, pos : pos + n] = torch.tensor(ids)
+                labels[r, pos : pos + n] = torch.tensor(labs)
+                loss_weights[r, pos : pos + n] = torch.tensor(labs).ne(IGNORE_INDEX) * sample_weight(x, self.loss_reduction)
+                position_ids[r, pos : pos + n] = torch.arange(n)
+                sample_ids[r, pos : pos + n] = len(supervised)
+                attention_mask[r, pos : pos + n] = 1
+                supervised.append(x)
+                pos += n
+            position_ids[r, pos:] = torch.arange(length - pos)  # padding: its own block
+        if not tiles:
+            size = self.processor.image_processor.size
+            tiles = [torch.zeros(1, 3, size["height"], size["width"])]
+            input_ids[0, lengths[0] : lengths[0] + n_img] = self.processor.image_token_id
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "sample_ids": sample_ids,
+            "labels": labels,
+            "loss_weights": loss_weights,
+            "pixel_values": torch.cat(tiles),
+            "supervised_tokens": torch.tensor(supervised, dtype=torch.long),
+        }

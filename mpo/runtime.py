@@ -1,0 +1,24 @@
+"""Process-level settings shared by the trainers' configs."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def cpu_training_defaults(args) -> None:
+    """Adjust a ``TrainingArguments`` *before* its ``__post_init__`` for CPU-only machines.
+
+    - bf16 autocast only by default on GPUs (``bf16=None`` becomes ``False`` on the CPU);
+    - several processes on the CPU (``WORLD_SIZE`` > 1, e.g. ``torchrun`` or ``accelerate launch``):
+      accelerate treats the ranks as one job (MULTI_CPU) only with ``use_cpu``, and nccl needs GPUs,
+      so ``use_cpu=True`` and ``ddp_backend="gloo"`` unless another backend is named. Without this,
+      each rank would train alone.
+    """
+    if getattr(args, "bf16", None) is None and not torch.cuda.is_available():
+        args.bf16 = False
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not torch.cuda.is_available():
+        args.use_cpu = True
+        args.ddp_backend = args.ddp_backend or "gloo"

@@ -1,0 +1,359 @@
+"""`mpo sft`: the three-stage InternVL2.5 SFT recipe, one stage per run.
+
+    mpo sft --config recipes/tiny/sft_stage1.yaml [--key value ...]
+    accelerate launch [--use_deepspeed --deepspeed_config_file recipes/deepspeed/zero1.json] \\
+        --num_processes N -m mpo.cli sft --config ...
+
+==========  ==========================  =====  =================  (DESIGN section 6)
+stage       trains                      lr     warmup
+==========  ==========================  =====  =================
+1           MLP projector               2e-4   100 steps
+1.5         ViT + projector             1e-5   100 steps
+2           ViT + projector + LLM       4e-5   ratio 0.03 (2e-5 for models of 20B+ parameters)
+==========  ==========================  =====  =================
+
+All stages: cosine schedule, weight decay 0.05, dynamic tiles + thumbnail, packing up to
+``max_packed_tokens``, square loss averaging. Each stage starts from the previous stage's output
+(``model_name_or_path``). The YAML holds the fields of :class:`SFTModelConfig`,
+:class:`SFTDataConfig` and :class:`SFTStageConfig`; any of them can be overridden as ``--key value``.
+
+:class:`SFTStageTrainer` is a ``transformers.Trainer`` that changes only: the batches
+(:class:`~mpo.data.sft_data.SFTCollator`; JPEG augmentation in training only), the loss
+(:mod:`mpo.sft_loss`, normalised over the whole optimizer step on all ranks), packed attention and
+resume (:class:`~mpo.checkpointing.NativeResumeMixin`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+from trl import TrlParser
+
+from mpo.checkpointing import NativeResumeMixin
+from mpo.data.packing import pack_samples, packed_attention_mask
+from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
+from mpo.errors import UserError
+from mpo.models.loading import FreezePolicy, load_model, load_processor
+from mpo.runtime import cpu_training_defaults
+from mpo.sft_loss import LOSS_REDUCTIONS, token_losses, weight_sum, weighted_loss_sum
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a stage trains and its reference learning rate and warmup (steps, or a ratio if < 1)."""
+
+    freeze: FreezePolicy
+    learning_rate: float
+    warmup_steps: float
+
+
+STAGES: dict[str, StageSpec] = {
+    "1": StageSpec(FreezePolicy(vision=False, projector=True, llm=False), 2e-4, 100),
+    "1.5": StageSpec(FreezePolicy(vision=True, projector=True, llm=False), 1e-5, 100),
+    "2": StageSpec(FreezePolicy(vision=True, projector=True, llm=True), 4e-5, 0.03),
+}
+# Stage 2 of the 26B, 38B and 78B models uses 2e-5 (DESIGN section 6).
+LARGE_MODEL_PARAMS = 20e9
+LARGE_MODEL_STAGE2_LR = 2e-5
+
+
+def _normalise_stage(stage) -> str | None:
+    """YAML reads `stage: 1.5` as a float and `stage: 1` as an int; accept both spellings."""
+    if stage is None:
+        return None
+    try:
+        value = float(stage)
+    except (TypeError, ValueError):
+        return str(stage)
+    return {1.0: "1", 1.5: "1.5", 2.0: "2"}.get(value, str(stage))
+
+
+@dataclass
+class SFTStageConfig(TrainingArguments):
+    """Configuration of :class:`SFTStageTrainer`: ``transformers.TrainingArguments`` plus the stage.
+
+    ``stage`` picks the freeze policy and the reference learning rate and warmup; every other
+    default follows the InternVL2.5 SFT scripts (cosine, weight decay 0.05, one epoch, packing to
+    16384 tokens, samples up to 8192 tokens, square loss averaging). Values given in the recipe or
+    on the command line win.
+    """
+
+    stage: str | None = field(
+        default=None,
+        metadata={"help": "SFT stage: '1' (MLP warmup: projector only), '1.5' (ViT incremental: vision tower + "
+                  "projector) or '2' (full: everything). Sets the freeze policy and the default lr / warmup.",
+                  "choices": list(STAGES)},
+    )  # fmt: skip
+    loss_reduction: str = field(
+        default="square",
+        metadata={"help": "Per-sample weighting of the token losses (mpo.sft_loss): 'token' (w=1), 'sample' "
+                  "(w=1/x) or 'square' (w=1/sqrt(x), the InternVL2.5 default), x = the sample's supervised "
+                  "tokens; normalised by the sum of token weights over the optimizer step on all ranks.",
+                  "choices": list(LOSS_REDUCTIONS)},
+    )  # fmt: skip
+    packing: bool = field(
+        default=True,
+        metadata={"help": "Pack several samples per row (never splitting one), kept independent by restarting "
+                  "position ids and a block-diagonal mask (sdpa / eager) or varlen flash-attention."},
+    )  # fmt: skip
+    max_packed_tokens: int = field(
+        default=16384,
+        metadata={"help": "Most tokens (image tokens included) in one packed row (reference: 16384). Rows are "
+                  "the per-device batch items when packing."},
+    )  # fmt: skip
+    max_length: int | None = field(
+        default=8192,
+        metadata={"help": "Longest sample in tokens, image tokens included (reference: 8192). Longer samples are "
+                  "dropped and counted in the data report, never truncated. At most max_packed_tokens when "
+                  "packing; None = max_packed_tokens when packing, no limit otherwise."},
+    )  # fmt: skip
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate. Default per stage: 2e-4 (1), 1e-5 (1.5), 4e-5 (2; 2e-5 for models "
+                  "of 20B+ parameters)."},
+    )  # fmt: skip
+    warmup_steps: float | None = field(
+        default=None,
+        metadata={"help": "Linear warmup: steps if >= 1, a fraction of the training steps if < 1. Default per "
+                  "stage: 100 steps (1, 1.5), ratio 0.03 (2)."},
+    )  # fmt: skip
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler (reference: cosine)."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (reference: 0.05)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the (repeated) data (reference: 1)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator reads whole SFT records, not model columns."}
+    )
+    ddp_backend: str | None = field(
+        default=None,
+        metadata={"help": "torch.distributed backend; 'gloo' is chosen on the CPU, where nccl is unavailable."},
+    )
+
+    def __post_init__(self) -> None:
+        self.stage = _normalise_stage(self.stage)
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {list(STAGES)} (1: projector, 1.5: ViT + projector, 2: all), "
+                             f"got {self.stage!r}")  # fmt: skip
+        spec = STAGES[self.stage]
+        self._lr_from_stage = self.learning_rate is None
+        if self.learning_rate is None:
+            self.learning_rate = spec.learning_rate
+        if self.warmup_steps is None:
+            self.warmup_steps = spec.warmup_steps
+        if self.gradient_checkpointing and self.gradient_checkpointing_kwargs is None:
+            # non-reentrant: gradients reach trainable parts behind frozen ones (stage 1, stage 1.5)
+            self.gradient_checkpointing_kwargs = {"use_reentrant": False}
+        cpu_training_defaults(self)
+        super().__post_init__()
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
+        if self.max_packed_tokens < 1:
+            raise ValueError(f"max_packed_tokens must be positive, got {self.max_packed_tokens}")
+        if self.packing:
+            if self.max_length is None:
+                self.max_length = self.max_packed_tokens
+            if self.max_length > self.max_packed_tokens:
+                raise ValueError(f"max_length ({self.max_length}) must not exceed max_packed_tokens "
+                                 f"({self.max_packed_tokens}) when packing")  # fmt: skip
+
+    @property
+    def freeze_policy(self) -> FreezePolicy:
+        return STAGES[self.stage].freeze
+
+    def apply_model_size(self, num_parameters: int) -> None:
+        """Stage 2 of a 20B+ model defaults to lr 2e-5 (unless the learning rate was given)."""
+        if self._lr_from_stage and self.stage == "2" and num_parameters >= LARGE_MODEL_PARAMS:
+            self.learning_rate = LARGE_MODEL_STAGE2_LR
+
+
+@dataclass
+class SFTModelConfig:
+    """The checkpoint a stage starts from (a native InternVL directory: the base model or the
+    previous stage's output) and how to load it. What trains is set by ``stage``."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Native InternVL checkpoint directory (with its processor)."}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype: 'auto' = bf16 on a GPU, fp32 on the CPU.",
+                  "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )  # fmt: skip
+    attn_implementation: str = field(
+        default="auto",
+        metadata={"help": "'auto' = flash_attention_2 (varlen packing) when flash-attn imports and a GPU is "
+                  "present, else sdpa (packing through a block-diagonal mask)."},
+    )  # fmt: skip
+
+
+@dataclass
+class SFTDataConfig:
+    """The SFT data (InternVL meta.json + conversations jsonl) and its filters."""
+
+    meta_path: str = field(metadata={"help": "meta.json of the SFT subsets (root, annotation, repeat_time, "
+                                     "max_dynamic_patch, data_augment)."})  # fmt: skip
+    eval_meta_path: str | None = field(default=None, metadata={"help": "Optional held-out meta.json."})
+    on_bad_row: str = field(
+        default="fail",
+        metadata={"help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on; every "
+                  "skipped row and why goes to <output_dir>/sft_data_report_<split>.json.",
+                  "choices": ["fail", "skip"]},
+    )  # fmt: skip
+    max_repetition_ratio: float | None = field(
+        default=0.5,
+        metadata={"help": "Drop training samples whose assistant replies have a word n-gram repetition ratio "
+                  "(1 - distinct/total n-grams, mpo.data.repetition) above this; counted in the data report. "
+                  "None disables the filter."},
+    )  # fmt: skip
+    repetition_ngram: int = field(default=4, metadata={"help": "n of the n-grams of the repetition filter."})
+
+
+class SFTStageTrainer(NativeResumeMixin, Trainer):
+    """One SFT stage on InternVL, derived from ``transformers.Trainer``.
+
+    Loss (see :mod:`mpo.sft_loss`): L = Σ w_i Σ_t l_it / W with W = Σ w_i x_i over the *global*
+    batch. W is known before the step's first forward: :meth:`get_batch_samples` (which the
+    Trainer already uses to pre-fetch the gradient-accumulation window, like ``num_items_in_batch``)
+    sums the collated ``loss_weights`` of the window's micro-batches and all-reduces the sum over
+    ranks. Each micro-batch then back-propagates Σ_mb w l / W × R (R ranks: undoes the data-parallel
+    gradient mean), and the Trainer does not divide by the accumulation steps again. The logged
+    ``loss`` is the exact global L. Evaluation batches are normalised on their own.
+
+    Logits are computed only at the positions that predict a supervised token.
+    """
+
+    def __init__(self, model, args: SFTStageConfig, train_dataset=None, eval_dataset=None, *,
+                 processing_class=None, data_collator=None, **kwargs) -> None:  # fmt: skip
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("SFTStageTrainer needs processing_class (the InternVL processor) or a data_collator")
+            data_collator = SFTCollator(processing_class, loss_reduction=args.loss_reduction, train=True,
+                                        seed=args.seed + args.process_index)  # fmt: skip
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)  # fmt: skip
+        self.loss_is_scaled_for_ga = True
+
+    # ---- data -------------------------------------------------------------------------------------
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation batches without augmentation (the collator's ``train`` flag off)."""
+        train_collator = self.data_collator
+        if isinstance(train_collator, SFTCollator):
+            self.data_collator = dataclasses.replace(train_collator, train=False)
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        """The step's micro-batches and W = Σ w_i x_i over them and over all ranks."""
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for batch in batches:
+            total = total + weight_sum(batch["loss_weights"]).to(device)
+        if self.args.world_size > 1:
+            total = self.accelerator.reduce(total, reduction="sum")
+        return batches, total
+
+    # ---- the model call ---------------------------------------------------------------------------
+    def model_inputs(self, model, inputs: dict) -> dict:
+        """input_ids, pixel_values and the attention inputs for plain or packed rows."""
+        kwargs = {"input_ids": inputs["input_ids"], "pixel_values": inputs["pixel_values"]}
+        sample_ids, position_ids = inputs["sample_ids"], inputs["position_ids"]
+        starts = ((position_ids == 0) & (sample_ids >= 0)).sum(dim=1)
+        if not bool((starts > 1).any()):  # one sample per row: the usual padding mask
+            kwargs["attention_mask"] = inputs["attention_mask"]
+            return kwargs
+        kwargs["position_ids"] = position_ids
+        unwrapped = self.accelerator.unwrap_model(model)
+        impl = unwrapped.config.text_config._attn_implementation or "sdpa"
+        if impl.startswith("flash"):
+            return kwargs  # no mask: restarting position ids -> varlen flash-attention
+        dtype = None if impl == "sdpa" else unwrapped.dtype
+        kwargs["attention_mask"] = packed_attention_mask(sample_ids, dtype)
+        return kwargs
+
+    def token_losses(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, weight, sample id) of every supervised target token of the batch, flattened."""
+        labels = inputs["labels"]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t+1
+        shifted = keep[:, :-1]
+        targets = labels[:, 1:][shifted]
+        weights = inputs["loss_weights"][:, 1:][shifted]
+        sample_ids = inputs["sample_ids"][:, 1:][shifted]
+        outputs = model(**self.model_inputs(model, inputs), logits_to_keep=keep, use_cache=False)
+        return token_losses(outputs.logits, targets), weights, sample_ids
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        losses, weights, _ = self.token_losses(model, inputs)
+        numerator = weighted_loss_sum(losses, weights)
+        if num_items_in_batch is None:  # evaluation, or a direct call: this batch alone
+            loss = numerator / weight_sum(weights).clamp_min(1e-12)
+        else:
+            loss = numerator / num_items_in_batch.clamp_min(1e-12) * self.accelerator.num_processes
+        return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+
+# ---------------------------------------------------------------------------------------- building
+
+
+def parse_sft_args(argv: list[str]) -> tuple[SFTModelConfig, SFTDataConfig, SFTStageConfig]:
+    parser = TrlParser((SFTModelConfig, SFTDataConfig, SFTStageConfig), prog="mpo sft")
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except ValueError as err:  # unknown YAML keys, invalid values
+        raise UserError(str(err)) from None
+
+
+def make_dataset(records: list[dict], args: SFTStageConfig) -> SFTDataset:
+    """Records as rows: packed to ``max_packed_tokens`` (seeded) or one per row."""
+    if not args.packing:
+        return SFTDataset(records)
+    rows = pack_samples([r["length"] for r in records], args.max_packed_tokens, seed=args.seed)
+    return SFTDataset(records, rows)
+
+
+def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SFTStageConfig) -> SFTStageTrainer:
+    """Recipe -> processor, data, model (with the stage's freeze policy) -> trainer (nothing trained yet)."""
+    if not model_args.model_name_or_path:
+        raise UserError("model_name_or_path is required (a native InternVL checkpoint directory)")
+    processor = load_processor(model_args.model_name_or_path)
+    out = Path(args.output_dir)
+
+    def load(meta: str, split: str, repetition: float | None) -> SFTDataset:
+        records, _ = load_sft(
+            meta, processor, max_length=args.max_length, seed=args.seed, on_bad_row=data_args.on_bad_row,
+            repetition_ngram=data_args.repetition_ngram, max_repetition_ratio=repetition,
+            report_path=out / f"sft_data_report_{split}.json" if args.process_index == 0 else None,
+        )  # fmt: skip
+        return make_dataset(records, args)
+
+    train_data = load(data_args.meta_path, "train", data_args.max_repetition_ratio)
+    eval_data = load(data_args.eval_meta_path, "eval", None) if data_args.eval_meta_path else None
+    model = load_model(model_args.model_name_or_path, freeze=args.freeze_policy,
+                       attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)  # fmt: skip
+    args.apply_model_size(sum(p.numel() for p in model.parameters()))
+    return SFTStageTrainer(model, args, train_dataset=train_data, eval_dataset=eval_data, processing_class=processor)
+
+
+def main(argv: list[str]) -> int:
+    model_args, data_args, args = parse_sft_args(argv)
+    trainer = build_trainer(model_args, data_args, args)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    trainer.save_state()
+    if trainer.accelerator.is_main_process:
+        data = trainer.train_dataset
+        last = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h or "loss" in h), {})
+        print(f"mpo sft: stage {args.stage}, {trainer.state.global_step} steps, {len(data.records)} samples in "
+              f"{len(data)} rows, lr {args.learning_rate:g}, saved to {args.output_dir}: {json.dumps(last)}")  # fmt: skip
+    return 0
