@@ -42,6 +42,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from mpo.errors import UserError
+from mpo.prompts import COT_INSTRUCTION, MC_INSTRUCTION, SHORT_INSTRUCTION, build_question  # noqa: F401 (re-exported)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -78,9 +79,6 @@ SPLITS = ("sft", "qa", "eval")
 # Ten hash buckets of scene keys; each split only takes scenes from its own buckets.
 _BUCKETS = {"sft": range(0, 6), "qa": range(6, 8), "eval": range(8, 10)}
 
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-SHORT_INSTRUCTION = "Answer the question using a single word or phrase."
-COT_INSTRUCTION = 'Answer the question step by step and end with "Final answer: .."'
 COT_FRACTION = 0.3
 LETTERS = "ABCD"
 YES_NO = ("yes", "no")
@@ -223,26 +221,6 @@ def _plural(n: int, word: str) -> str:
 
 def _is_are(n: int) -> str:
     return "is" if n == 1 else "are"
-
-
-def build_question(
-    core: str, num_images: int, choices: dict[str, str] | None = None, cot: bool = False
-) -> str:
-    """The full prompt: image placeholders, the question, the options (MC) and the answer instruction.
-
-    One image: ``<image>\\n`` first; several: one ``Image-k: <image>`` line each (unless ``core``
-    already carries them); none: text only. The instruction is ``COT_INSTRUCTION`` when ``cot``,
-    otherwise the direct multiple-choice or short-answer instruction.
-    """
-    if num_images == 1 and "<image>" not in core:
-        core = "<image>\n" + core
-    elif num_images > 1 and core.count("<image>") != num_images:
-        core = "".join(f"Image-{k + 1}: <image>\n" for k in range(num_images)) + core
-    lines = [core]
-    if choices:
-        lines += [f"{letter}. {option}" for letter, option in choices.items()]
-    lines.append(COT_INSTRUCTION if cot else MC_INSTRUCTION if choices else SHORT_INSTRUCTION)
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------- skills

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("data_builders.synthetic", "generate the synthetic visual QA task (SFT / QA / eval splits)"),
     "convert": ("mpo.models.convert", "convert a checkpoint between the OpenGVLab layout and native transformers"),
     "train": ("mpo.train", "MPO training (DPO + BCO + SFT) from a recipe YAML, plus --key value overrides"),
+    "build-pairs": ("data_builders.build_pairs", "preference pairs from the model itself: correctness-based or DropoutNTP (MMPR layout)"),
     "sft": ("mpo.sft", "one stage (1, 1.5, 2) of the InternVL2.5 SFT recipe from a recipe YAML, plus overrides"),
     "eval": ("eval.run", "evaluate a checkpoint on benchmarks (VLMEvalKit TSV, MMPR jsonl), or --compare runs"),
     "demo": ("mpo.demo", "run the whole pipeline end to end on the embedded default"),

@@ -1,0 +1,1 @@
+"""Evaluation of InternVL checkpoints: benchmark loading, prompting, scoring, reports and `mpo eval`."""

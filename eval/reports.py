@@ -1,0 +1,197 @@
+"""Reports: one run's results as a markdown table, and several runs side by side (table + bar chart).
+
+Accuracies are shown in percent with one decimal; differences are in percentage points against
+the first run compared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from mpo.errors import UserError
+
+OVERALL = "overall"
+ALL = "all"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def results_markdown(results: dict) -> str:
+    """The table of one run: overall, each benchmark, each of its categories."""
+    cot = results.get("cot")
+    lines = [
+        f"# Evaluation of `{results.get('model', '?')}`",
+        "",
+        f"Prompt: {'chain of thought (answer after `Final answer:`)' if cot else 'direct answer'}. "
+        f"Accuracy in %.",
+        "",
+        "| benchmark | category | correct | total | accuracy |" + (" unparsable |" if cot else ""),
+        "|---|---|---:|---:|---:|" + ("---:|" if cot else ""),
+    ]
+
+    def row(bench: str, cat: str, c: dict) -> str:
+        cells = [bench, cat, str(c["correct"]), str(c["total"]), _pct(c["accuracy"])]
+        if cot:
+            cells.append(str(c["unparsable"]))
+        return "| " + " | ".join(cells) + " |"
+
+    lines.append(row(f"**{OVERALL}**", "", results["overall"]))
+    for bench, b in results["benchmarks"].items():
+        lines.append(row(bench, ALL, b))
+        for cat, c in b["categories"].items():
+            lines.append(row(bench, cat, c))
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- compare
+
+
+def _load_results(run_dir: Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no results.json (run `mpo eval --model ... --out {run_dir}` first)")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(results, dict) or "overall" not in results or "benchmarks" not in results:
+        raise UserError(f"{path}: not an `mpo eval` results file (no 'overall' / 'benchmarks')")
+    return results
+
+
+def _default_names(dirs: list[Path]) -> list[str]:
+    """Each run's folder name; when two are equal, more of the path until all differ."""
+    parts = [Path(d).resolve().parts for d in dirs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(d) for d in dirs]
+
+
+def _rows(all_results: list[dict]) -> list[tuple[str, str, list[dict | None]]]:
+    """(benchmark, category, counts per run or None) for overall, every benchmark and category."""
+    keys: list[tuple[str, str]] = [(OVERALL, "")]
+    for results in all_results:
+        for bench, b in results["benchmarks"].items():
+            for key in [(bench, ALL)] + [(bench, cat) for cat in b["categories"]]:
+                if key not in keys:
+                    keys.append(key)
+
+    def lookup(results: dict, bench: str, cat: str) -> dict | None:
+        if bench == OVERALL:
+            return results["overall"]
+        b = results["benchmarks"].get(bench)
+        if b is None:
+            return None
+        return b if cat == ALL else b["categories"].get(cat)
+
+    # benchmarks in first-seen order, each followed by its categories
+    order = {bench: i for i, (bench, _) in enumerate(keys)}
+    keys.sort(key=lambda k: (order[k[0]], k[1] != ALL and k[0] != OVERALL))
+    return [(bench, cat, [lookup(r, bench, cat) for r in all_results]) for bench, cat in keys]
+
+
+def compare(run_dirs: list[Path], out: Path, names: list[str] | None = None) -> dict:
+    """Write ``out/compare.md``, ``out/compare.json`` and ``out/compare.png``; returns the JSON."""
+    if len(run_dirs) < 1:
+        raise UserError("--compare needs at least one run folder")
+    if names is not None and len(names) != len(run_dirs):
+        raise UserError(f"--names gives {len(names)} names for {len(run_dirs)} run folders")
+    all_results = [_load_results(Path(d)) for d in run_dirs]
+    names = list(names) if names else _default_names([Path(d) for d in run_dirs])
+    rows = []
+    for bench, cat, counts in _rows(all_results):
+        acc = [None if c is None else c["accuracy"] for c in counts]
+        diff = [None if a is None or acc[0] is None else a - acc[0] for a in acc]
+        rows.append({"benchmark": bench, "category": cat, "accuracy": acc, "diff": diff,
+                     "total": [None if c is None else c["total"] for c in counts]})  # fmt: skip
+    report = {
+        "runs": [
+            {"name": n, "dir": str(d), "model": r.get("model"), "cot": r.get("cot")}
+            for n, d, r in zip(names, run_dirs, all_results, strict=True)
+        ],  # fmt: skip
+        "rows": rows,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(
+        json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out / "compare.md").write_text(compare_markdown(report), encoding="utf-8")
+    bar_chart(report, out / "compare.png")
+    return report
+
+
+def _cell(row: dict, i: int) -> str:
+    acc, total = row["accuracy"][i], row["total"][i]
+    if acc is None:
+        return "–"
+    text = _pct(acc)
+    if i > 0 and row["diff"][i] is not None:
+        text += f" ({100 * row['diff'][i]:+.1f})"
+    n0 = next((t for t in row["total"] if t is not None), None)
+    if total != n0:
+        text += f" [n={total}]"
+    return text
+
+
+def compare_markdown(report: dict) -> str:
+    """One row per benchmark / category, one column per run; later runs show (difference vs the first)."""
+    names = [r["name"] for r in report["runs"]]
+    lines = [
+        "# Comparison",
+        "",
+        "Accuracy in %; in parentheses the difference in points against the first run "
+        f"(`{names[0]}`); n = items.",
+        "",
+        "| benchmark | category | n | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|---|---:|" + "---:|" * len(names),
+    ]
+    for row in report["rows"]:
+        n = next((t for t in row["total"] if t is not None), "")
+        bench = f"**{OVERALL}**" if row["benchmark"] == OVERALL else row["benchmark"]
+        cells = [bench, row["category"], str(n)] + [_cell(row, i) for i in range(len(names))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(report: dict, path: Path) -> Path:
+    """Grouped bars: one group per table row (overall, benchmark, benchmark/category), one bar per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in report["runs"]]
+    rows = report["rows"]
+    labels = [
+        OVERALL if r["benchmark"] == OVERALL else r["benchmark"] if r["category"] == ALL
+        else f"{r['benchmark']}/{r['category']}"
+        for r in rows
+    ]  # fmt: skip
+    width = 0.8 / len(names)
+    fig_w = min(40.0, max(6.0, 0.35 * len(rows) * len(names) + 2))
+    fig, ax = plt.subplots(figsize=(fig_w, 4.5))
+    for i, name in enumerate(names):
+        xs = [g + (i - (len(names) - 1) / 2) * width for g in range(len(rows))]
+        ys = [math.nan if r["accuracy"][i] is None else 100 * r["accuracy"][i] for r in rows]  # nan: no bar
+        bars = ax.bar(xs, ys, width=width, label=name)
+        ax.bar_label(bars, labels=["" if math.isnan(y) else f"{y:.0f}" for y in ys], fontsize=7, padding=1)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, rotation=45 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 118)
+    ax.set_yticks(range(0, 101, 20))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper right", ncol=len(names), fontsize=8)
+    ax.set_title("Accuracy per benchmark and category")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,238 @@
+"""`mpo eval`: evaluate a checkpoint on benchmarks, or compare finished evaluations.
+
+    mpo eval --model M --data FILE [--data FILE ...] [--cot] --out DIR
+    mpo eval --compare DIR_A DIR_B ... --out DIR
+
+An evaluation writes ``DIR/predictions.jsonl`` (one line per item, appended as soon as its batch is
+generated), ``DIR/results.json`` (accuracy overall, per benchmark, per category, with counts),
+``DIR/results.md`` and ``DIR/run.json`` (the settings). Rerunning the same command resumes: items
+already in predictions.jsonl are skipped, never written twice. A comparison writes
+``DIR/compare.md``, ``DIR/compare.json`` and ``DIR/compare.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from eval.benchmarks import EvalItem, load_benchmarks
+from eval.prompting import make_request
+from eval.reports import compare, results_markdown
+from eval.scoring import score, summarize
+from mpo.errors import UserError
+from mpo.generation import GenerationBackend, SamplingParams
+
+PREDICTIONS = "predictions.jsonl"
+# Generation length when --max-new-tokens is not given.
+DEFAULT_MAX_NEW_TOKENS = {False: 64, True: 1024}
+# Prompts per generate call (predictions are written after each) when --batch-size is not given.
+DEFAULT_BATCH_SIZE = {"transformers": 16, "vllm": 512}
+DEFAULT_MAX_DYNAMIC_PATCH = 6
+# Settings a resumed run must share with the run that wrote DIR.
+_RUN_KEYS = ("model", "cot", "max_new_tokens", "max_dynamic_patch")
+
+
+def _key(benchmark: str, index: str) -> tuple[str, str]:
+    return benchmark, str(index)
+
+
+def read_predictions(path: Path) -> dict[tuple[str, str], dict]:
+    """The records already written, by (benchmark, index). A torn last line (a crash mid-write) is
+    cut off the file, so that appending goes on cleanly."""
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raw = raw[: raw.rfind(b"\n") + 1]
+        with open(path, "r+b") as f:
+            f.truncate(len(raw))
+    done: dict[tuple[str, str], dict] = {}
+    for line_no, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            key = _key(record["benchmark"], record["index"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UserError(
+                f"{path}:{line_no}: not a prediction record ({err}); move the file away to start over"
+            ) from None
+        done[key] = record
+    return done
+
+
+def _resolve_backend_name(name: str) -> str:
+    if name == "auto":
+        from mpo.generation import vllm_available
+
+        return "vllm" if vllm_available() else "transformers"
+    return name
+
+
+def _check_run(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to mix predictions of different models or prompts in one DIR (unless --overwrite)."""
+    run_file = out / "run.json"
+    if overwrite:
+        for name in (PREDICTIONS, "results.json", "results.md", "run.json"):
+            (out / name).unlink(missing_ok=True)
+    elif run_file.is_file():
+        previous = json.loads(run_file.read_text(encoding="utf-8"))
+        changed = [k for k in _RUN_KEYS if previous.get(k) != settings[k]]
+        if changed:
+            what = ", ".join(f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
+            raise UserError(f"{out} holds an evaluation with other settings ({what}); "
+                            "use another --out, or --overwrite to start over")  # fmt: skip
+    elif (out / PREDICTIONS).is_file():
+        raise UserError(f"{out / PREDICTIONS} exists without run.json; use another --out, or --overwrite")
+    run_file.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+
+def evaluate(
+    model: str,
+    data: list[str],
+    out: str | Path,
+    *,
+    cot: bool = False,
+    backend: str | GenerationBackend = "auto",
+    batch_size: int | None = None,
+    max_new_tokens: int | None = None,
+    max_dynamic_patch: int = DEFAULT_MAX_DYNAMIC_PATCH,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict:
+    """Evaluate ``model`` on ``data`` into ``out``; returns the results (also in results.json).
+
+    ``backend`` is a name for :func:`mpo.generation.make_backend` (built only when something is
+    left to generate) or a ready backend object. ``limit`` keeps the first N items of each benchmark.
+    """
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if max_dynamic_patch < 1:
+        raise UserError(f"--max-dynamic-patch must be >= 1, got {max_dynamic_patch}")
+    if not data:
+        raise UserError("no benchmark given: --data FILE")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[cot]
+    model_id = str(Path(model).resolve()) if Path(model).exists() else str(model)
+    settings = {
+        "model": model_id,
+        "cot": cot,
+        "max_new_tokens": max_new_tokens,
+        "max_dynamic_patch": max_dynamic_patch,
+    }
+
+    benchmarks = load_benchmarks(list(data), out / "images")
+    items: list[EvalItem] = [it for bench in benchmarks.values() for it in bench[:limit]]
+    requests = {_key(it.benchmark, it.index): make_request(it, cot, max_dynamic_patch) for it in items}
+    _check_run(out, {**settings, "data": list(data)}, overwrite)
+    pred_path = out / PREDICTIONS
+    done = read_predictions(pred_path)
+    for it in items:
+        old = done.get(_key(it.benchmark, it.index))
+        if old is not None and (old.get("question"), old.get("answer")) != (it.question, it.answer):
+            raise UserError(f"{pred_path}: the prediction for {it.benchmark} index {it.index} was made for another "
+                            f"question or answer than {it.path}:{it.line}; use another --out, or --overwrite")  # fmt: skip
+    pending = [it for it in items if _key(it.benchmark, it.index) not in done]
+
+    if pending:
+        if isinstance(backend, str):
+            from mpo.generation import make_backend
+
+            name = _resolve_backend_name(backend)
+            batch_size = batch_size or DEFAULT_BATCH_SIZE.get(name, 16)
+            backend = make_backend(name, model, batch_size=batch_size, max_dynamic_patch=max_dynamic_patch)
+        batch_size = batch_size or DEFAULT_BATCH_SIZE["transformers"]
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+        bar = tqdm(total=len(pending), desc="evaluating", disable=None if progress is None else not progress)
+        with open(pred_path, "a", encoding="utf-8") as f:
+            for start in range(0, len(pending), batch_size):
+                chunk = pending[start : start + batch_size]
+                responses = backend.generate([requests[_key(it.benchmark, it.index)] for it in chunk], params)
+                if len(responses) != len(chunk):
+                    raise RuntimeError(f"backend returned {len(responses)} results for {len(chunk)} prompts")
+                for it, samples in zip(chunk, responses, strict=True):
+                    response = samples[0] if samples else ""
+                    record = {"benchmark": it.benchmark, "index": it.index, "category": it.category,
+                              "question": it.question, "answer": it.answer, "response": response,
+                              **score(it, response, cot)}  # fmt: skip
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    done[_key(it.benchmark, it.index)] = record
+                f.flush()
+                os.fsync(f.fileno())
+                bar.update(len(chunk))
+        bar.close()
+
+    records = [done[_key(it.benchmark, it.index)] for it in items]
+    results = {
+        **settings,
+        "data": [{"benchmark": name, "items": len(bench[:limit])} for name, bench in benchmarks.items()],
+        "resumed": len(items) - len(pending),
+        **summarize(records),
+    }
+    (out / "results.json").write_text(
+        json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out / "results.md").write_text(results_markdown(results), encoding="utf-8")
+    return results
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mpo eval",
+        description="Evaluate a checkpoint on VLMEvalKit TSV / MMPR-style jsonl benchmarks, "
+        "or compare finished evaluations (--compare).",
+    )
+    parser.add_argument("--model", help="checkpoint folder (native InternVL)")
+    parser.add_argument("--data", action="append", metavar="[NAME=]FILE",
+                        help="benchmark: .tsv (VLMEvalKit), .jsonl (MMPR-style with answer) or meta.json; repeatable")  # fmt: skip
+    parser.add_argument("--cot", action="store_true",
+                        help='chain-of-thought prompt, answer read after "Final answer:" (default: direct answer)')  # fmt: skip
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
+                        help="generation backend (auto: vLLM when it imports and a GPU is present)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="prompts per generate call; predictions are saved after each (default 16, vLLM 512)")  # fmt: skip
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64, or 1024 with --cot")
+    parser.add_argument("--max-dynamic-patch", type=int, default=DEFAULT_MAX_DYNAMIC_PATCH,
+                        help=f"tiles per sample, split across its images (default {DEFAULT_MAX_DYNAMIC_PATCH})")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None, help="only the first N items of each benchmark")
+    parser.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
+    parser.add_argument(
+        "--compare", nargs="+", type=Path, metavar="DIR", help="finished evaluation folders to compare"
+    )
+    parser.add_argument(
+        "--names", nargs="+", help="with --compare: a name per folder (default: folder names)"
+    )
+    args = parser.parse_args(argv)
+
+    if args.compare:
+        if args.model or args.data:
+            raise UserError("--compare takes finished evaluation folders; it does not run --model / --data")
+        report = compare(args.compare, args.out, args.names)
+        print((args.out / "compare.md").read_text(encoding="utf-8"))
+        print(f"mpo eval: compared {len(report['runs'])} runs -> {args.out}/compare.md, compare.png")
+        return 0
+    if not args.model or not args.data:
+        raise UserError("give --model and at least one --data (or --compare DIR ...)")
+    results = evaluate(
+        args.model, args.data, args.out, cot=args.cot, backend=args.backend, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, max_dynamic_patch=args.max_dynamic_patch, limit=args.limit,
+        overwrite=args.overwrite,
+    )  # fmt: skip
+    o = results["overall"]
+    per_bench = ", ".join(f"{name} {100 * b['accuracy']:.1f}%" for name, b in results["benchmarks"].items())
+    print(f"mpo eval: {o['total']} items ({results['resumed']} resumed), accuracy {100 * o['accuracy']:.1f}% "
+          f"({per_bench}) -> {args.out}/results.json")  # fmt: skip
+    return 0
