@@ -14,6 +14,7 @@ Log-probs use TRL's fused LM head: only response positions, in chunks, no full l
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,7 +255,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         path = Path(self.args.ref_cache_dir or ref_cache.default_cache_dir()) / f"{name}-{key}.safetensors"
         cached = ref_cache.read(path)
         if cached is None:
+            start = time.perf_counter()
             chosen, rejected = self._compute_reference(dataset, name, batch_size)
+            self.precompute_seconds = time.perf_counter() - start
             if self.accelerator.is_main_process:
                 ref_cache.write(path, chosen, rejected)
             self.accelerator.wait_for_everyone()

@@ -1,0 +1,245 @@
+"""MPOTrainer vs plain trl.DPOTrainer: pairs/s, peak memory, and the speed-up the removed work predicts.
+
+    mpo bench [--quick] [--rounds R] [--steps S]      (also: make bench)
+
+Both trainers get the same tiny InternVL2.5 model, the same preference pairs, batch and seed, and
+the same objective (TRL: loss_type sigmoid + bco_pair + sft with weights 0.8 / 0.2 / 1.0). Each
+measurement runs in a fresh subprocess, TRL and MPO alternating, so peak RSS is per run. Shapes:
+``image_heavy`` (7 tiles = 112 image tokens + the system prompt against ~12-token responses) and
+``text_heavy`` (text-only, long answers). MPO's end-to-end time includes its one reference pass
+(a fresh cache), as a one-epoch run pays it; its training-only time does not.
+Writes benchmarks/results/latest.json and latest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORDS = "the red circle is left of a blue square and the green star sits above them while counting shapes".split()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def make_pairs(root: Path, shape: str, n: int, seed: int = 0) -> list[dict]:
+    """Preference rows in the MMPR layout (and images on disk) for one benchmark shape."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        def text(k: int) -> str:
+            return " ".join(rng.choice(WORDS) for _ in range(k))
+
+        if shape == "image_heavy":
+            img = Image.new("RGB", (256, 128), "white")
+            draw = ImageDraw.Draw(img)
+            for _ in range(6):
+                x, y = rng.randrange(0, 230), rng.randrange(0, 100)
+                draw.ellipse((x, y, x + 24, y + 24), fill=rng.choice(["red", "green", "blue", "orange"]))
+            img.save(root / "img" / f"{i}.png")
+            rows.append({"image": f"{i}.png", "question": "How many shapes are there and what colours?",
+                         "chosen": text(8), "rejected": text(8)})  # fmt: skip
+        else:
+            rows.append({"question": text(40) + "?", "chosen": text(48), "rejected": text(48)})
+    (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "meta.json").write_text(json.dumps({"bench": {"root": "img", "annotation": "pairs.jsonl",
+                                                          "max_dynamic_patch": 6}}))  # fmt: skip
+    return rows
+
+
+def trl_dataset(root: Path, rows: list[dict]):
+    """The same pairs in TRL's conversational vision format."""
+    from datasets import Dataset
+    from PIL import Image
+
+    records = []
+    for r in rows:
+        content = [{"type": "text", "text": r["question"]}]
+        images = []
+        if "image" in r:
+            content.insert(0, {"type": "image"})
+            images = [Image.open(root / "img" / r["image"]).convert("RGB")]
+        records.append({
+            "images": images,
+            "prompt": [{"role": "user", "content": content}],
+            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": r["chosen"]}]}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": r["rejected"]}]}],
+        })  # fmt: skip
+    return Dataset.from_list(records)
+
+
+def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int) -> dict:
+    """One measured run (in its own process): returns timings and the peak RSS growth."""
+    base_rss = _rss_mb()
+    import torch
+    from transformers import TrainerCallback
+
+    torch.manual_seed(0)
+    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps,
+                  learning_rate=1e-5, report_to=[], save_strategy="no", logging_steps=10_000,
+                  gradient_checkpointing=False, seed=0, disable_tqdm=True, bf16=False,
+                  dataloader_num_workers=0)  # fmt: skip
+    rows = [json.loads(line) for line in (Path(data) / "pairs.jsonl").read_text().splitlines()]
+    start = time.perf_counter()
+    if kind == "trl":
+        from trl import DPOConfig, DPOTrainer
+
+        from mpo.models.loading import load_model, load_processor
+
+        args = DPOConfig(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], beta=0.1,
+                         max_length=None, **common)  # fmt: skip
+        trainer = DPOTrainer(load_model(model), args=args, train_dataset=trl_dataset(Path(data), rows),
+                             processing_class=load_processor(model))  # fmt: skip
+    else:
+        from mpo.data.mmpr import load_mmpr
+        from mpo.models.loading import load_model, load_processor
+        from mpo.trainer import MPOConfig, MPOTrainer
+
+        processor = load_processor(model)
+        dataset, _ = load_mmpr(Path(data) / "meta.json", processor)
+        args = MPOConfig(ref_cache_dir=tempfile.mkdtemp(), max_length=None, **common)
+        trainer = MPOTrainer(load_model(model), args=args, train_dataset=dataset, processing_class=processor)
+    setup = time.perf_counter() - start
+
+    class Clock(TrainerCallback):  # training steps only: from the first step's start to the last's end
+        t0 = t1 = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = self.t0 or time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.t1 = time.perf_counter()
+
+    clock = Clock()
+    trainer.add_callback(clock)
+    trainer.train()
+    train_s = clock.t1 - clock.t0
+    precompute_s = getattr(trainer, "precompute_seconds", 0.0)
+    pairs = steps * batch
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"kind": kind, "shape": shape, "pairs": pairs, "train_s": train_s, "precompute_s": precompute_s,
+            "setup_s": setup, "peak_mb": peak - base_rss,
+            "train_pairs_per_s": pairs / train_s, "e2e_pairs_per_s": pairs / (train_s + precompute_s)}  # fmt: skip
+
+
+def ideal_speedup(model: str, data: str, batch: int) -> dict:
+    """Work counted, not timed: forward-equivalents (backward = 2 forwards) of LLM tokens and vision tiles
+    per step, plain (policy 2 rows fwd+bwd, reference 2 rows fwd) vs MPO (shared rows fwd+bwd)."""
+    from mpo.data.collator import PreferenceCollator
+    from mpo.data.mmpr import load_mmpr
+    from mpo.models.loading import load_model, load_processor
+
+    processor = load_processor(model)
+    m = load_model(model)
+    vision = sum(p.numel() for p in m.model.vision_tower.parameters())
+    llm = sum(p.numel() for n, p in m.model.language_model.named_parameters() if "embed" not in n)
+    patches = (m.config.vision_config.image_size[0] // m.config.vision_config.patch_size[0]) ** 2 + 1
+    tile_cost = vision * patches / llm  # one tile through the ViT, in LLM-token units
+    dataset, _ = load_mmpr(Path(data) / "meta.json", processor)
+    records = [dataset[i] for i in range(batch)]
+
+    def work(batch_):
+        tiles = batch_["pixel_values"].shape[0] * int(batch_["feature_repeats"]) if batch_["num_pairs"] else 0
+        real = int((batch_["logp_index"] >= -1).sum()) if "attention_mask" not in batch_ else None
+        tokens = int(batch_["attention_mask"].sum()) if batch_["attention_mask"].dim() == 2 else batch_["input_ids"].numel()
+        return tokens + tiles * tile_cost, real
+
+    has_images = any(r["image_paths"] for r in records)
+    plain, _ = work(PreferenceCollator(processor, vision_once=False)(records))
+    if not has_images:
+        plain -= 1 * tile_cost  # the blank tile of a text-only batch is ours, TRL has none
+    shared, _ = work(PreferenceCollator(processor, prefix_sharing=True)(records))
+    return {"train": (3 * plain + plain) / (3 * shared), "tile_cost_tokens": tile_cost}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mpo bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small run: < 2 minutes on 2 cores")
+    parser.add_argument("--rounds", type=int, default=None, help="TRL/MPO alternations per shape")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        kind, shape, model, data, steps, batch = args.child
+        print("RESULT " + json.dumps(child(kind, shape, model, data, int(steps), int(batch))))
+        return 0
+    rounds = args.rounds or (1 if args.quick else 3)
+    steps = args.steps or (6 if args.quick else 20)
+    work = Path(tempfile.mkdtemp(prefix="mpo-bench-"))
+    from mpo.models.tiny import build_tiny_model
+
+    model = str(build_tiny_model(work / "model"))
+    env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+    results: dict = {}
+    for shape in ("image_heavy", "text_heavy"):
+        data = work / shape
+        make_pairs(data, shape, n=steps * args.batch)
+        runs: dict[str, list[dict]] = {"trl": [], "mpo": []}
+        for r in range(rounds):
+            for kind in ("trl", "mpo") if r % 2 == 0 else ("mpo", "trl"):
+                cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", kind, shape, model, str(data),
+                       str(steps), str(args.batch)]  # fmt: skip
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+                if out.returncode or not line:
+                    raise SystemExit(f"benchmark run failed ({kind}, {shape}):\n{out.stderr[-3000:]}")
+                runs[kind].append(json.loads(line[0][7:]))
+                print(f"  {shape:11s} {kind}: {runs[kind][-1]['train_pairs_per_s']:.1f} pairs/s train, "
+                      f"peak +{runs[kind][-1]['peak_mb']:.0f} MB", flush=True)  # fmt: skip
+        med = {k: {m: statistics.median(run[m] for run in v) for m in ("train_pairs_per_s", "e2e_pairs_per_s",
+                                                                        "peak_mb", "precompute_s")}
+               for k, v in runs.items()}  # fmt: skip
+        results[shape] = {
+            "speedup_train": med["mpo"]["train_pairs_per_s"] / med["trl"]["train_pairs_per_s"],
+            "speedup_e2e": med["mpo"]["e2e_pairs_per_s"] / med["trl"]["e2e_pairs_per_s"],
+            "memory_ratio": med["mpo"]["peak_mb"] / med["trl"]["peak_mb"],
+            "ideal_speedup_train": ideal_speedup(model, str(data), args.batch)["train"],
+            "trl": med["trl"], "mpo": med["mpo"], "runs": runs,
+        }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"steps": steps, "batch": args.batch, "rounds": rounds, "cores": os.cpu_count()}
+    (args.out / "latest.json").write_text(json.dumps({**results, "settings": meta}, indent=1))
+    table = render_table(results, meta)
+    (args.out / "latest.md").write_text(table)
+    print(table)
+    return 0
+
+
+def render_table(results: dict, meta: dict) -> str:
+    lines = [f"MPOTrainer vs trl.DPOTrainer (tiny InternVL2.5, CPU, {meta['steps']} steps x {meta['batch']} pairs, "
+             f"median of {meta['rounds']})", "",
+             "| shape | TRL pairs/s | MPO pairs/s (train) | MPO pairs/s (e2e) | speed-up train | speed-up e2e "
+             "| ideal (work counted) | TRL peak MB | MPO peak MB | memory ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for shape, r in results.items():
+        lines.append(
+            f"| {shape} | {r['trl']['train_pairs_per_s']:.1f} | {r['mpo']['train_pairs_per_s']:.1f} | "
+            f"{r['mpo']['e2e_pairs_per_s']:.1f} | {r['speedup_train']:.2f}x | {r['speedup_e2e']:.2f}x | "
+            f"{r['ideal_speedup_train']:.2f}x | {r['trl']['peak_mb']:.0f} | {r['mpo']['peak_mb']:.0f} | "
+            f"{r['memory_ratio']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Reference log-probs: one pass before training, cached on disk, reused, invalidated, sharded over ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import MIXED_ROWS, REPO, write_mmpr
+from safetensors.torch import load_file
+
+from mpo.data.collator import PreferenceCollator
+from mpo.data.mmpr import load_mmpr
+from mpo.models.loading import load_model, load_processor
+from mpo.trainer import MPOConfig, MPOTrainer
+
+
+def _trainer(model_dir, meta, cache, tmp_path, **kw):
+    processor = load_processor(model_dir)
+    data, _ = load_mmpr(meta, processor)
+    args = MPOConfig(output_dir=str(tmp_path / "out"), report_to=[], ref_cache_dir=str(cache), save_strategy="no",
+                     gradient_checkpointing=False, per_device_train_batch_size=2, **kw)  # fmt: skip
+    return MPOTrainer(load_model(model_dir), args=args, train_dataset=data, processing_class=processor)
+
+
+def _reference_by_hand(model_dir, meta) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain two-row batches through an unpatched model, full logits."""
+    processor = load_processor(model_dir)
+    data, _ = load_mmpr(meta, processor)
+    model = load_model(model_dir).eval()
+    chosen, rejected = [], []
+    for i in range(len(data)):
+        b = PreferenceCollator(processor, prefix_sharing=False, vision_once=False)([data[i]])
+        with torch.no_grad():
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                           pixel_values=b["pixel_values"]).logits  # fmt: skip
+        lp = torch.log_softmax(logits, -1).gather(-1, b["shift_labels"].clamp(min=0)[..., None])[..., 0]
+        per_row = (lp * (b["logp_index"] >= 0)).sum(1)
+        chosen.append(per_row[0])
+        rejected.append(per_row[1])
+    return torch.stack(chosen), torch.stack(rejected)
+
+
+def test_cache_is_exact_reused_and_invalidated(tiny_model, tmp_path, monkeypatch):
+    meta = write_mmpr(tmp_path / "data", MIXED_ROWS)
+    cache = tmp_path / "cache"
+    first = _trainer(tiny_model, meta, cache, tmp_path)
+    assert first.ref_model is None  # no reference model held during training
+    files = list(cache.glob("train-*.safetensors"))
+    assert files == [first.ref_cache_file]
+    chosen, rejected = _reference_by_hand(tiny_model, meta)
+    torch.testing.assert_close(torch.tensor(first.train_dataset["ref_chosen_logps"]), chosen, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(first.train_dataset["ref_rejected_logps"]), rejected, rtol=1e-5,
+                               atol=1e-4)  # fmt: skip
+
+    # same data, same model: reused, the reference never runs
+    def must_not_run(*a, **k):
+        raise AssertionError("reference recomputed despite a valid cache")
+
+    monkeypatch.setattr(MPOTrainer, "_compute_reference", must_not_run)
+    second = _trainer(tiny_model, meta, cache, tmp_path)
+    assert second.ref_cache_file == first.ref_cache_file
+    assert second.train_dataset["ref_chosen_logps"] == first.train_dataset["ref_chosen_logps"]
+    # the layout is not part of the key: every layout gives the same numbers
+    _trainer(tiny_model, meta, cache, tmp_path, prefix_sharing=False, max_packed_tokens=500)
+    monkeypatch.undo()
+
+    # a changed dataset (one answer) and a changed model each get their own entry
+    rows = [dict(r) for r in MIXED_ROWS]
+    rows[0]["chosen"] = "crimson"
+    changed_meta = write_mmpr(tmp_path / "data2", rows)
+    assert _trainer(tiny_model, changed_meta, cache, tmp_path).ref_cache_file != first.ref_cache_file
+    other = tmp_path / "other_model"
+    model = load_model(tiny_model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.01)
+    model.save_pretrained(other)
+    load_processor(tiny_model).save_pretrained(other)
+    assert _trainer(other, meta, cache, tmp_path).ref_cache_file not in {first.ref_cache_file}
+    assert len(list(cache.glob("train-*.safetensors"))) == 3
+
+
+def test_two_rank_deepspeed_builds_then_reuses_the_cache(tiny_model, tmp_path):
+    meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
+    cache = tmp_path / "cache"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def run(out: str) -> str:
+        cmd = [str(bin_dir / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
+               "recipes/deepspeed/zero3.json", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
+               "29541", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpo.cli", "train", "--config",
+               "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
+               "--output_dir", str(tmp_path / out), "--max_steps", "2", "--per_device_train_batch_size", "1",
+               "--ref_cache_dir", str(cache), "--precompute_ref_log_probs", "true"]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    first = run("a")
+    assert "reference log-probs: computed for 12 train pairs" in first
+    (cached,) = cache.glob("train-*.safetensors")
+    values = load_file(cached)
+    chosen, rejected = _reference_by_hand(tiny_model, meta)  # every pair, whichever rank computed it
+    torch.testing.assert_close(values["ref_chosen_logps"], chosen, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(values["ref_rejected_logps"], rejected, rtol=1e-5, atol=1e-4)
+    second = run("b")
+    assert "reference log-probs: reusing" in second and "computed for" not in second
+    state = json.loads((tmp_path / "b" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
