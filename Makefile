@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) -m mpo.cli demo --out demo_out
+
+bench: setup
+	$(PY) -m mpo.cli bench
 
 test: setup
 	$(PY) -m pytest -q tests

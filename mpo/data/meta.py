@@ -44,8 +44,10 @@ def read_meta(meta_path: str | Path) -> list[Subset]:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{meta_path}:{err.lineno}: invalid JSON: {err.msg}") from None
-    if not isinstance(meta, dict) or not meta:
-        raise UserError(f"{meta_path}: expected a non-empty object of subsets")
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: expected an object of subsets")
+    if not meta:
+        raise UserError(f"{meta_path}: no subsets (empty meta.json: did the build that wrote it keep any rows?)")
     base = meta_path.parent
     subsets = []
     for name, entry in meta.items():
