@@ -62,12 +62,17 @@ class GenerationBackend(Protocol):
 
 
 class _RowSampler(LogitsProcessor):
-    """Samples every row's next token with its own ``torch.Generator`` (temperature, top-k, top-p
-    applied first) and leaves only that token possible, so greedy decoding emits it. A row's tokens
-    then depend on its seed and its logits alone, not on the rows batched with it."""
+    """Samples every row's next token by inverse CDF with its own stream of uniforms (drawn up front
+    from a ``torch.Generator`` seeded per row; temperature, top-k, top-p applied first) and leaves
+    only that token possible. A row's tokens then depend on its seed and its logits alone, not on
+    the rows batched with it."""
 
     def __init__(self, seeds: list[int], params: SamplingParams) -> None:
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.uniforms = torch.stack(
+            [torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+             for s in seeds]
+        )  # fmt: skip
+        self.step = 0
         self.warpers = [TemperatureLogitsWarper(params.temperature)]
         if params.top_k:
             self.warpers.append(TopKLogitsWarper(params.top_k))
@@ -77,10 +82,12 @@ class _RowSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        probs = torch.softmax(scores.float(), dim=-1).cpu()
-        tokens = [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+        cdf = torch.softmax(scores.double(), dim=-1).cumsum(-1).cpu()
+        u = self.uniforms[:, min(self.step, self.uniforms.shape[1] - 1), None] * cdf[:, -1:]
+        self.step += 1
+        tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)
         out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, torch.stack(tokens).to(scores.device), 0.0)
+        return out.scatter_(1, tokens.to(scores.device), 0.0)
 
 
 def row_seed(seed: int, k: int) -> int:

@@ -12,11 +12,12 @@ freeze policy, LoRA), :class:`PreferenceDataConfig` (the MMPR meta.json) and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor
@@ -96,7 +97,14 @@ def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConf
 
 def main(argv: list[str]) -> int:
     model_args, data_args, args = parse_train_args(argv)
+    # The Trainer would push at every save with TRL's card; mpo pushes once, at the end, with the MPO card.
+    push_to_hub, args.push_to_hub = args.push_to_hub, False
+    recipe = argv[argv.index("--config") + 1] if "--config" in argv else None
+    name_and_group_run(args, recipe)
     trainer = build_trainer(model_args, data_args, args)
+    trainer.run_config = {"model": asdict(model_args), "data": asdict(data_args)}  # into mpo_config.json
+    if wandb_enabled(args.report_to):
+        trainer.add_callback(FullConfigCallback(model_args, data_args))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     trainer.save_state()
@@ -104,4 +112,8 @@ def main(argv: list[str]) -> int:
         final = {k: v for k, v in trainer.state.log_history[-1].items()}
         print(f"mpo train: {trainer.state.global_step} steps, delta {trainer.reward_shift.value:.4f}, "
               f"saved to {args.output_dir}: {json.dumps(final)}")  # fmt: skip
+        if push_to_hub:
+            from mpo.hub import push_to_hub_after_training
+
+            push_to_hub_after_training(args.output_dir, args)
     return 0

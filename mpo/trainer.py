@@ -29,7 +29,9 @@ from trl.trainer.utils import use_adapter
 
 from mpo import ref_cache
 from mpo.checkpointing import NativeResumeMixin
+from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import PreferenceCollator
+from mpo.hub import write_run_config
 from mpo.losses import RewardShift, mpo_loss
 from mpo.runtime import cpu_training_defaults
 
@@ -162,6 +164,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         )  # fmt: skip
         self.reward_shift = RewardShift()
         self.add_callback(_RewardShiftStep(self))
+        self.run_config: dict = {}  # extra sections of mpo_config.json (mpo train adds "model" and "data")
+        if wandb_enabled(self.args.report_to):
+            self.add_callback(PreferenceSamplesCallback(self))
 
     def _set_signature_columns_if_needed(self) -> None:
         # The collator reads the MMPR record columns; keep them all.
@@ -183,6 +188,13 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
     def save_state(self) -> None:
         self.state.stateful_callbacks[REWARD_SHIFT_KEY] = {"args": {}, "attributes": self.reward_shift.state_dict()}
         super().save_state()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Model, processor and ``mpo_config.json`` (the recipe, read by `mpo push` for the model card)."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            write_run_config(output_dir or self.args.output_dir, self.args,
+                             {"base_model": getattr(self.model, "name_or_path", None), **self.run_config})  # fmt: skip
 
     def _load_callback_state(self) -> None:
         saved = self.state.stateful_callbacks.pop(REWARD_SHIFT_KEY, None)

@@ -62,3 +62,16 @@ MIXED_ROWS = [
 @pytest.fixture
 def mixed_meta(tmp_path) -> Path:
     return write_mmpr(tmp_path / "mmpr", MIXED_ROWS)
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """An offline wandb writing under tmp_path; wandb's process-wide settings are reset after."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    yield tmp_path
+    wandb.finish()
+    wandb.teardown()

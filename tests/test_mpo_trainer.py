@@ -218,12 +218,10 @@ def test_resume_gives_same_delta_step_order_and_losses(tiny_model, perturbed_pol
             assert math.isclose(res_hist[step][key], full_hist[step][key], rel_tol=1e-4, abs_tol=1e-6), (step, key)
 
 
-def test_metrics_reach_an_offline_wandb_run(tiny_model, mixed_meta, tmp_path, monkeypatch):
+def test_metrics_reach_an_offline_wandb_run(tiny_model, mixed_meta, tmp_path, offline_wandb):
     import wandb
     from wandb_records import history_keys, run_file
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
     args = _config(tmp_path, max_steps=2, report_to=["wandb"], run_name="mpo-test")

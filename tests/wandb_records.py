@@ -55,7 +55,7 @@ def run_file(wandb_dir: Path, timeout: float = 60.0) -> Path:
 
 def history_keys(path: Path) -> set[str]:
     return {
-        "/".join(item.nested_key) if item.nested_key else item.key
+        item.nested_key[0] if item.nested_key else item.key  # media (tables, images) nest their fields
         for rec in records(path)
         if rec.WhichOneof("record_type") == "history"
         for item in rec.history.item

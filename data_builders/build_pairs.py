@@ -1,0 +1,323 @@
+"""``mpo build-pairs``: preference pairs from the model itself, in the MMPR layout.
+
+    mpo build-pairs correctness --model M --data QA_META --out DIR [--n 8 --max-pairs-per-question 15 ...]
+    mpo build-pairs dropout-ntp --model M --data D --out DIR [--keep-ratio 0.5 --chosen-from model|data]
+    mpo build-pairs merge DIR
+
+Work is split over processes with ``--shard i/n`` (or ``RANK``/``WORLD_SIZE`` under ``torchrun`` /
+``accelerate launch``); each shard appends one journal line per finished question (see
+:mod:`data_builders.store`), so rerunning the same command after a crash resumes where it stopped.
+The last shard to finish merges: ``DIR/meta.json`` + ``DIR/<subset>.jsonl`` (what ``mpo train``
+reads), ``DIR/report.json``, ``DIR/report.md`` and the accuracy histogram. ``merge`` redoes that step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_builders.correctness import CorrectnessBuilder
+from data_builders.dropout_ntp import CHOSEN_FROM, DropoutNTPBuilder
+from data_builders.filters import FilterConfig, QualityScorer
+from data_builders.inputs import load_questions, read_subsets
+from data_builders.output import IMAGE_ROOTS, write_mmpr
+from data_builders.prompts import COT_INSTRUCTION
+from data_builders.report import build_report, write_report
+from data_builders.store import BuildDir, Journal, parse_shard
+from mpo.answers import ANSWER_STYLES
+from mpo.errors import UserError
+from mpo.generation import GenerationBackend, SamplingParams
+
+PIPELINES = {"correctness": CorrectnessBuilder, "dropout-ntp": DropoutNTPBuilder}
+# Seconds to sleep after each finished batch: lets crash tests kill a run in the middle.
+DELAY_ENV = "MPO_BUILD_PAIRS_TEST_DELAY"
+
+
+# ----------------------------------------------------------------------------------------- cli
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input and output")
+    g.add_argument("--model", required=True, help="checkpoint (native InternVL folder) that generates")
+    g.add_argument("--data", required=True, type=Path, help="meta.json (all subsets) or one .jsonl file")
+    g.add_argument(
+        "--out", required=True, type=Path, help="output folder (MMPR layout, report, shard journals)"
+    )
+    g.add_argument("--limit", type=int, default=None, help="use only the first LIMIT questions")
+    g.add_argument(
+        "--max-dynamic-patch", type=int, default=None, help="tiles per image (default: the subset's)"
+    )
+    g.add_argument(
+        "--copy-images",
+        action="store_true",
+        help="copy the images under OUT/images (default: reference them)",
+    )
+    g.add_argument("--image-root", choices=IMAGE_ROOTS, default="relative",
+                   help="write subset roots relative to OUT (default) or absolute")  # fmt: skip
+    g = p.add_argument_group("generation")
+    g.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
+                   help="auto: vLLM when it imports and a GPU is present, else transformers")  # fmt: skip
+    g.add_argument("--batch-size", type=int, default=8, help="questions per generation call (default 8)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=50)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--seed", type=int, default=0, help="every question is seeded from (seed, question key)")
+    g.add_argument(
+        "--shard", default=None, metavar="I/N", help="do shard I of N (default: RANK/WORLD_SIZE, else 0/1)"
+    )
+    g.add_argument("--no-merge", action="store_true", help="do not merge the shards when this one finishes")
+    g = p.add_argument_group("filters")
+    g.add_argument(
+        "--max-words", type=int, default=1000, help="drop pairs with a longer response (0: no limit)"
+    )
+    g.add_argument("--repetition-n", type=int, default=4, help="word n-gram size of the repetition filter")
+    g.add_argument("--repetition-threshold", type=float, default=0.3,
+                   help="drop when more than this fraction of n-grams repeat (default 0.3)")  # fmt: skip
+    g.add_argument("--repetition-in", choices=["chosen", "both"], default="chosen",
+                   help="which responses the repetition filter checks (default chosen)")  # fmt: skip
+    g.add_argument("--quality-prompt", type=Path, default=None,
+                   help="judge prompt file with {question} and {response}: score chosen responses with the same model")  # fmt: skip
+    g.add_argument(
+        "--quality-threshold", type=float, default=5.0, help="drop pairs whose chosen scores below this"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpo build-pairs", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="pipeline", required=True)
+    p = sub.add_parser(
+        "correctness", help="sample N CoT answers, pair correct with incorrect (needs ground truth)"
+    )
+    _add_common(p)
+    p.add_argument("--n", type=int, default=8, help="responses sampled per question (reference: 32)")
+    p.add_argument(
+        "--max-pairs-per-question", type=int, default=15, help="K: pairs kept per question and subset"
+    )
+    p.add_argument(
+        "--answer-style", choices=ANSWER_STYLES, default="auto", help="how final answers are extracted"
+    )
+    p.add_argument("--instruction", default=COT_INSTRUCTION,
+                   help=f"CoT instruction that replaces the answer-format one (default: {COT_INSTRUCTION!r})")  # fmt: skip
+    p = sub.add_parser(
+        "dropout-ntp", help="chosen = full answer, rejected = its first half continued without the image"
+    )
+    _add_common(p)
+    p.add_argument(
+        "--keep-ratio", type=float, default=0.5, help="fraction of the chosen's words kept as prefix"
+    )
+    p.add_argument("--chosen-from", choices=CHOSEN_FROM, default="model",
+                   help="model: the model's own answer (default); data: the row's chosen, assistant turn or answer")  # fmt: skip
+    p = sub.add_parser("merge", help="combine finished shards into the MMPR layout and the report")
+    p.add_argument("out", type=Path, metavar="DIR")
+    p.add_argument("--copy-images", action="store_true")
+    p.add_argument("--image-root", choices=IMAGE_ROOTS, default="relative")
+    return parser
+
+
+# ------------------------------------------------------------------------------------- settings
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _backend_name(args: argparse.Namespace, backend: GenerationBackend | None) -> str:
+    if backend is not None:
+        return getattr(backend, "name", type(backend).__name__)
+    if args.backend == "auto":
+        from mpo.generation import vllm_available
+
+        return "vllm" if vllm_available() else "transformers"
+    return args.backend
+
+
+def settings_of(args: argparse.Namespace, backend_name: str) -> dict:
+    """Everything that decides the results; a rerun into the same folder must repeat it exactly."""
+    settings = {
+        "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+        "data": str(args.data.resolve()), "limit": args.limit, "max_dynamic_patch": args.max_dynamic_patch,
+        "backend": backend_name, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens, "seed": args.seed, "max_words": args.max_words,
+        "repetition_n": args.repetition_n, "repetition_threshold": args.repetition_threshold,
+        "repetition_in": args.repetition_in, "quality_threshold": args.quality_threshold if args.quality_prompt else None,
+        "quality_prompt_sha256": _sha256_files([args.quality_prompt]) if args.quality_prompt else None,
+    }  # fmt: skip
+    if args.pipeline == "correctness":
+        settings.update(n=args.n, max_pairs_per_question=args.max_pairs_per_question,
+                        answer_style=args.answer_style, instruction=args.instruction)  # fmt: skip
+    else:
+        settings.update(keep_ratio=args.keep_ratio, chosen_from=args.chosen_from)
+    return settings
+
+
+def make_builder(args: argparse.Namespace, backend: GenerationBackend):
+    filters = FilterConfig(args.max_words, args.repetition_n, args.repetition_threshold, args.repetition_in)
+    scorer = (
+        QualityScorer.from_file(backend, args.quality_prompt, args.quality_threshold)
+        if args.quality_prompt
+        else None
+    )
+    n = args.n if args.pipeline == "correctness" else 1
+    try:
+        params = SamplingParams(n=n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, seed=args.seed)  # fmt: skip
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if args.pipeline == "correctness":
+        if args.max_pairs_per_question < 1:
+            raise UserError(f"--max-pairs-per-question must be >= 1, got {args.max_pairs_per_question}")
+        return CorrectnessBuilder(backend, params, seed=args.seed, max_pairs=args.max_pairs_per_question,
+                                  filters=filters, scorer=scorer, answer_style=args.answer_style,
+                                  instruction=args.instruction)  # fmt: skip
+    return DropoutNTPBuilder(backend, params, seed=args.seed, keep_ratio=args.keep_ratio,
+                             chosen_from=args.chosen_from, filters=filters, scorer=scorer)  # fmt: skip
+
+
+def _load_backend(args: argparse.Namespace) -> GenerationBackend:
+    import torch
+
+    from mpo.generation import make_backend
+
+    if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    try:
+        return make_backend(args.backend, args.model, batch_size=args.batch_size,
+                            max_dynamic_patch=args.max_dynamic_patch or 12)  # fmt: skip
+    except OSError as err:
+        raise UserError(f"--model {args.model}: cannot load ({err})") from None
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def run(args: argparse.Namespace, backend: GenerationBackend | None = None) -> dict | None:
+    """Do this process's shard; merge when every shard is done. Returns the report (None when
+    other shards are still running). ``backend`` replaces the one ``--backend`` would load."""
+    pipeline = args.pipeline.replace("-", "_")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    i, n_shards = parse_shard(args.shard)
+    subsets = read_subsets(args.data, args.max_dynamic_patch)
+    questions = load_questions(args.data, limit=args.limit, max_dynamic_patch=args.max_dynamic_patch)
+    if not questions:
+        raise UserError(f"--data {args.data}: no questions")
+    build = {
+        "pipeline": pipeline,
+        "settings": settings_of(args, _backend_name(args, backend)),
+        "shards": n_shards,
+        "questions": len(questions),
+        "input_sha256": _sha256_files([s.annotation for s in subsets]),
+        "subsets": {
+            s.name: {"root": str(s.root.resolve()), "max_dynamic_patch": s.max_dynamic_patch} for s in subsets
+        },
+    }
+    store = BuildDir(args.out)
+    store.prepare(build)
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    with Journal(store.shard_path(i, n_shards)) as journal:
+        mine = [q for q in questions if q.index % n_shards == i]
+        pending = [q for q in mine if q.key not in journal.done]
+        if pending:
+            builder = make_builder(args, backend if backend is not None else _load_backend(args))
+            bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f"{args.pipeline} {i}/{n_shards}",
+                       unit="question", disable=None)  # fmt: skip
+            for start in range(0, len(pending), args.batch_size):
+                for record in builder.process(pending[start : start + args.batch_size]):
+                    journal.append(record)
+                bar.update(min(args.batch_size, len(pending) - start))
+                if delay:
+                    time.sleep(delay)
+            bar.close()
+    if args.no_merge:
+        return None
+    return merge(args.out, copy_images=args.copy_images, image_root=args.image_root, require_complete=False)
+
+
+def _global_dedupe(records: list[dict]) -> None:
+    """Drop, as ``duplicate``, a kept pair equal to one of an earlier question (same output subset,
+    images, question, chosen and rejected): duplicated input rows must not double a pair."""
+    seen: set[tuple] = set()
+    for record in records:
+        for cand in record["pairs"]:
+            if cand["drop"] is not None:
+                continue
+            key = (record["subset"], cand["subset"], repr(record.get("image")), record["question"],
+                   record["responses"][cand["c"]]["text"], record["responses"][cand["r"]]["text"])  # fmt: skip
+            if key in seen:
+                cand["drop"] = "duplicate"
+            seen.add(key)
+
+
+def merge(out: str | Path, *, copy_images: bool = False, image_root: str = "relative",
+          require_complete: bool = True) -> dict | None:  # fmt: skip
+    """Combine all shard journals of ``out`` into the MMPR layout and the report."""
+    out = Path(out)
+    store = BuildDir(out)
+    build = store.read_build()
+    records, missing = store.collect(build["shards"], build["questions"])
+    if missing:
+        todo = ", ".join(f"shard {i}/{build['shards']}: {k} questions" for i, k in sorted(missing.items()))
+        message = f"{out}: not every shard is done ({todo})"
+        if require_complete:
+            raise UserError(message)
+        print(f"mpo build-pairs: {message}; the last shard to finish merges (or run `mpo build-pairs merge {out}`)",
+              file=sys.stderr)  # fmt: skip
+        return None
+    _global_dedupe(records)
+    rows: dict[str, list[dict]] = {}
+    sources: dict[str, dict] = {}
+    for record in records:
+        for cand in record["pairs"]:
+            name = f"{record['subset']}_{cand['subset']}"
+            rows.setdefault(name, [])
+            sources[name] = {**build["subsets"][record["subset"]], "input_subset": record["subset"]}
+            if cand["drop"] is not None:
+                continue
+            line = {"image": record["image"]} if "image" in record else {}
+            line.update(question=record["question"], chosen=record["responses"][cand["c"]]["text"],
+                        rejected=record["responses"][cand["r"]]["text"], source=record["key"])  # fmt: skip
+            if "answer" in record:
+                line["answer"] = record["answer"]
+            rows[name].append(line)
+    meta = write_mmpr(out, rows, sources, copy_images=copy_images, image_root=image_root)
+    report = build_report(records, build)
+    report["files"] = {name: entry["annotation"] for name, entry in meta.items()}
+    write_report(out, report)
+    return report
+
+
+def summary(report: dict, out: Path) -> str:
+    q, p = report["questions"], report["pairs"]
+    per_subset = ", ".join(f"{name} {e['kept']}" for name, e in report["subsets"].items()) or "none"
+    statuses = ", ".join(f"{s} {k}" for s, k in q["by_status"].items())
+    dropped = ", ".join(f"{r} {k}" for r, k in p["dropped"].items()) or "none"
+    return (f"mpo build-pairs {report['pipeline']}: {q['in']} questions ({statuses}) -> {p['kept']} pairs "
+            f"({per_subset}) of {p['candidates']} candidates; dropped: {dropped}; wrote {out}")  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.pipeline == "merge":
+        report = merge(args.out, copy_images=args.copy_images, image_root=args.image_root)
+    else:
+        report = run(args)
+    if report is not None:
+        print(summary(report, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
