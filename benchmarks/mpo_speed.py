@@ -7,7 +7,9 @@ the same objective (TRL: loss_type sigmoid + bco_pair + sft with weights 0.8 / 0
 measurement runs in a fresh subprocess, TRL and MPO alternating, so peak RSS is per run. Shapes:
 ``image_heavy`` (7 tiles = 112 image tokens + the system prompt against ~12-token responses) and
 ``text_heavy`` (text-only, long answers). MPO's end-to-end time includes its one reference pass
-(a fresh cache), as a one-epoch run pays it; its training-only time does not.
+(a fresh cache), as a one-epoch run pays it; its training-only time does not. Peak memory is the
+growth of the process's peak RSS during training (the kernel's mark is reset just before it).
+Runs use ``--threads`` torch threads (default 1: stable numbers on a shared machine).
 Writes benchmarks/results/latest.json and latest.md.
 """
 
@@ -17,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,12 +30,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = "the red circle is left of a blue square and the green star sits above them while counting shapes".split()
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return 0.0
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM) of this process (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def make_pairs(root: Path, shape: str, n: int, seed: int = 0) -> list[dict]:
@@ -49,10 +56,10 @@ def make_pairs(root: Path, shape: str, n: int, seed: int = 0) -> list[dict]:
             return " ".join(rng.choice(WORDS) for _ in range(k))
 
         if shape == "image_heavy":
-            img = Image.new("RGB", (256, 128), "white")
+            img = Image.new("RGB", (192, 128), "white")  # 3x2 tiles + thumbnail = 112 image tokens
             draw = ImageDraw.Draw(img)
             for _ in range(6):
-                x, y = rng.randrange(0, 230), rng.randrange(0, 100)
+                x, y = rng.randrange(0, 166), rng.randrange(0, 100)
                 draw.ellipse((x, y, x + 24, y + 24), fill=rng.choice(["red", "green", "blue", "orange"]))
             img.save(root / "img" / f"{i}.png")
             rows.append({"image": f"{i}.png", "question": "How many shapes are there and what colours?",
@@ -87,8 +94,7 @@ def trl_dataset(root: Path, rows: list[dict]):
 
 
 def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int) -> dict:
-    """One measured run (in its own process): returns timings and the peak RSS growth."""
-    base_rss = _rss_mb()
+    """One measured run (in its own process): timings, and the peak RSS growth during training."""
     import torch
     from transformers import TrainerCallback
 
@@ -115,7 +121,8 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int) 
 
         processor = load_processor(model)
         dataset, _ = load_mmpr(Path(data) / "meta.json", processor)
-        args = MPOConfig(ref_cache_dir=tempfile.mkdtemp(), max_length=None, **common)
+        args = MPOConfig(ref_cache_dir=tempfile.mkdtemp(), max_length=None, precompute_ref_batch_size=4 * batch,
+                         **common)
         trainer = MPOTrainer(load_model(model), args=args, train_dataset=dataset, processing_class=processor)
     setup = time.perf_counter() - start
 
@@ -130,11 +137,13 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int) 
 
     clock = Clock()
     trainer.add_callback(clock)
+    _reset_peak_rss()
+    base_rss = _status_mb("VmRSS")
     trainer.train()
+    peak = _status_mb("VmHWM")
     train_s = clock.t1 - clock.t0
     precompute_s = getattr(trainer, "precompute_seconds", 0.0)
     pairs = steps * batch
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"kind": kind, "shape": shape, "pairs": pairs, "train_s": train_s, "precompute_s": precompute_s,
             "setup_s": setup, "peak_mb": peak - base_rss,
             "train_pairs_per_s": pairs / train_s, "e2e_pairs_per_s": pairs / (train_s + precompute_s)}  # fmt: skip
@@ -175,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small run: < 2 minutes on 2 cores")
     parser.add_argument("--rounds", type=int, default=None, help="TRL/MPO alternations per shape")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     from mpo.models.tiny import build_tiny_model
 
     model = str(build_tiny_model(work / "model"))
-    env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
     results: dict = {}
     for shape in ("image_heavy", "text_heavy"):
         data = work / shape
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             "trl": med["trl"], "mpo": med["mpo"], "runs": runs,
         }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"steps": steps, "batch": args.batch, "rounds": rounds, "cores": os.cpu_count()}
+    meta = {"steps": steps, "batch": args.batch, "rounds": rounds, "threads": args.threads, "cores": os.cpu_count()}
     (args.out / "latest.json").write_text(json.dumps({**results, "settings": meta}, indent=1))
     table = render_table(results, meta)
     (args.out / "latest.md").write_text(table)
