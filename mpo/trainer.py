@@ -25,7 +25,7 @@ from tqdm import tqdm
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from trl.models import prepare_deepspeed
-from trl.trainer.utils import use_adapter
+from trl.trainer.utils import add_fused_lm_head, use_adapter
 
 from mpo import ref_cache
 from mpo.checkpointing import NativeResumeMixin
@@ -162,6 +162,10 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             model, ref_model=ref_model, args=args, data_collator=data_collator, processing_class=processing_class,
             **kwargs,
         )  # fmt: skip
+        # TRL's fused head also computes entropy, mean logits and top-1 hits at every position for its own
+        # metrics; the MPO loss and metrics need only the log-probs.
+        unwrapped = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        add_fused_lm_head(unwrapped, outputs=("log_probs",))
         self.reward_shift = RewardShift()
         self.add_callback(_RewardShiftStep(self))
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo train adds "model" and "data")
