@@ -43,6 +43,11 @@ class InternVLModelConfig(ModelConfig):
     freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (InternViT)."})
     freeze_projector: bool = field(default=False, metadata={"help": "Freeze the MLP projector."})
     freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model (and lm_head)."})
+    vision_drop_path_rate: float = field(
+        default=0.0,
+        metadata={"help": "Stochastic depth of the vision tower, rising linearly to this rate at the last layer "
+                  "(reference: 0.1 for 1B-8B, 0.4 for 26B+)."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -86,6 +91,7 @@ def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConf
         freeze=FreezePolicy.from_flags(model_args.freeze_vision, model_args.freeze_projector, model_args.freeze_llm),
         attn_implementation=model_args.attn_implementation or "auto",
         dtype=model_args.dtype or "auto",
+        vision_drop_path=model_args.vision_drop_path_rate,
     )
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = DEFAULT_LORA_TARGETS

@@ -231,3 +231,25 @@ def test_metrics_reach_an_offline_wandb_run(tiny_model, mixed_meta, tmp_path, of
     expected = {"loss/dpo", "loss/bco", "loss/sft", "bco/delta", "rewards/chosen", "rewards/rejected",
                 "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"}  # fmt: skip
     assert {f"train/{k}" for k in expected} <= keys
+
+
+def test_vision_drop_path_drops_whole_tiles_in_training_only(tiny_model):
+    from mpo.models.loading import add_vision_drop_path
+
+    model = load_model(tiny_model)
+    layers = model.model.vision_tower.encoder.layer
+    assert add_vision_drop_path(model, 0.4) == len(layers)
+    mlp, p = layers[-1].mlp, 0.4  # the last layer drops with the full rate
+    x = torch.randn(200, 65, model.config.vision_config.hidden_size)
+    mlp.eval()
+    plain = mlp(x)
+    torch.testing.assert_close(mlp(x), plain)  # no dropping outside training
+    mlp.train()
+    torch.manual_seed(0)
+    out = mlp(x)
+    dropped = out.abs().amax(dim=(1, 2)) == 0
+    kept = ~dropped
+    torch.testing.assert_close(out[kept], plain[kept] / (1 - p))  # kept tiles are rescaled, whole
+    assert 0.25 < dropped.float().mean().item() < 0.55  # about p of the 200 tiles are dropped
+    layers[0].mlp.train()
+    torch.testing.assert_close(layers[0].mlp(x), layers[0].mlp.eval()(x))  # the first layer's rate is 0

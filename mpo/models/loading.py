@@ -59,6 +59,36 @@ def apply_freeze_policy(model: torch.nn.Module, policy: FreezePolicy) -> dict[st
     return trainable
 
 
+def add_vision_drop_path(model: torch.nn.Module, rate: float) -> int:
+    """Stochastic depth on the vision tower, as InternViT trains with (``drop_path_rate``).
+
+    transformers' native InternVL vision layers have no drop path, so each layer's two residual
+    branches (attention, MLP) get a forward hook that, in training mode, zeroes the branch of a random
+    subset of tiles and rescales the rest by 1 / (1 − p). p rises linearly from 0 at the first layer
+    to ``rate`` at the last. The branch is linear in the hooked output (λ-scaled, then added), so
+    this equals DropPath on the branch. Returns the number of hooked layers.
+    """
+    if rate <= 0:
+        return 0
+    layers = model.model.vision_tower.encoder.layer
+    rates = torch.linspace(0, rate, len(layers)).tolist()
+
+    def hook(p: float):
+        def drop(module, args, output):
+            if not module.training or p == 0:
+                return output
+            out = output[0] if isinstance(output, tuple) else output
+            keep = out.new_empty((out.shape[0],) + (1,) * (out.dim() - 1)).bernoulli_(1 - p) / (1 - p)
+            return (out * keep, *output[1:]) if isinstance(output, tuple) else out * keep
+
+        return drop
+
+    for layer, p in zip(layers, rates, strict=True):
+        layer.attention.register_forward_hook(hook(p))
+        layer.mlp.register_forward_hook(hook(p))
+    return len(layers)
+
+
 def pick_attention(requested: str = "auto") -> str:
     """``flash_attention_2`` when flash-attn imports and CUDA is present, else ``sdpa``."""
     if requested != "auto":
@@ -105,13 +135,15 @@ def load_model(
     attn_implementation: str = "auto",
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
+    vision_drop_path: float = 0.0,
 ) -> PreTrainedModel:
-    """Load a native InternVL checkpoint with the chosen attention, dtype and freeze policy."""
+    """Load a native InternVL checkpoint with the chosen attention, dtype, freeze policy and drop path."""
     read_checkpoint_config(path)
     model = InternVLForConditionalGeneration.from_pretrained(
         str(path), attn_implementation=pick_attention(attn_implementation), dtype=pick_dtype(dtype)
     )
     apply_freeze_policy(model, freeze)
+    add_vision_drop_path(model, vision_drop_path)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
