@@ -1,0 +1,102 @@
+"""Recipes: every YAML loads into its config classes, per-size values equal the reference table,
+unknown keys fail, and the CPU launch line of recipes/README.md runs on 2 ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MIXED_ROWS, REPO, write_mmpr
+
+from mpo.errors import UserError
+from mpo.sft import parse_sft_args
+from mpo.train import parse_train_args
+
+RECIPES = REPO / "recipes"
+SIZES = ["1b", "2b", "4b", "8b", "26b", "38b", "78b"]
+# DESIGN section 6, written out again here: (ZeRO stage, global batch, drop path, stage-2 lr)
+REFERENCE = {
+    "1b": (1, 256, 0.1, 4e-5), "2b": (1, 256, 0.1, 4e-5), "4b": (1, 256, 0.1, 4e-5), "8b": (1, 256, 0.1, 4e-5),
+    "26b": (3, 256, 0.4, 2e-5), "38b": (3, 512, 0.4, 2e-5), "78b": (3, 512, 0.4, 2e-5),
+}  # fmt: skip
+STAGES = {"sft_stage1": ("1", 2e-4, 100), "sft_stage1_5": ("1.5", 1e-5, 100), "sft_stage2": ("2", None, 0.03)}
+CPU = ["--bf16", "false"]  # the recipes ask for bf16, which needs a GPU to validate
+
+
+def _gpus(path: Path) -> int:
+    return int(re.search(r"\((\d+) GPUs", path.read_text()).group(1))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_mpo_recipe_per_size(size):
+    path = RECIPES / "internvl2_5" / size / "mpo.yaml"
+    model, data, args = parse_train_args(["--config", str(path), *CPU])
+    zero, global_batch, drop_path, _ = REFERENCE[size]
+    assert (args.learning_rate, args.num_train_epochs, args.lr_scheduler_type) == (1e-6, 1, "cosine")
+    assert (args.warmup_ratio, args.weight_decay, args.beta) == (0.03, 0.05, 0.1)
+    assert args.loss_type == ["sigmoid", "bco_pair", "sft"] and args.loss_weights == [0.8, 0.2, 1.0]
+    assert args.per_device_train_batch_size == 1 and args.max_length == 8192
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * _gpus(path) == global_batch
+    assert yaml.safe_load(path.read_text())["bf16"] is True and args.gradient_checkpointing
+    assert model.vision_drop_path_rate == drop_path
+    assert not (model.freeze_vision or model.freeze_projector or model.freeze_llm)
+    assert f"ZeRO-{zero}" in path.read_text().splitlines()[1]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", list(STAGES))
+def test_sft_recipe_per_size(size, name):
+    path = RECIPES / "internvl2_5" / size / f"{name}.yaml"
+    _, _, args = parse_sft_args(["--config", str(path), *CPU])
+    stage, lr, warmup = STAGES[name]
+    assert args.stage == stage
+    assert args.learning_rate == (lr if lr is not None else REFERENCE[size][3])
+    assert args.warmup_steps == warmup
+    assert (args.lr_scheduler_type, args.weight_decay, args.loss_reduction) == ("cosine", 0.05, "square")
+    assert args.packing and args.max_packed_tokens == 16384
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES / "tiny").glob("*.yaml")), ids=lambda p: p.name)
+def test_tiny_recipes_load(path):
+    parse = parse_train_args if path.name == "mpo.yaml" else parse_sft_args
+    parse(["--config", str(path)])
+
+
+def test_unknown_and_invalid_keys_fail(tmp_path):
+    base = yaml.safe_load((RECIPES / "tiny" / "mpo.yaml").read_text())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**base, "lerning_rate": 1e-5}))
+    with pytest.raises(UserError, match="lerning_rate"):
+        parse_train_args(["--config", str(bad)])
+    bad.write_text(yaml.safe_dump({**base, "sft_normalization": "words"}))
+    with pytest.raises(UserError, match="sft_normalization"):
+        parse_train_args(["--config", str(bad)])
+    sft = yaml.safe_load((RECIPES / "tiny" / "sft_stage1.yaml").read_text())
+    bad.write_text(yaml.safe_dump({**sft, "stage": "3"}))
+    with pytest.raises(UserError, match="stage"):
+        parse_sft_args(["--config", str(bad)])
+
+
+def test_readme_cpu_launch_line_runs_on_two_ranks(tiny_model, tmp_path):
+    readme = (RECIPES / "README.md").read_text()
+    command = re.search(r"<!-- tiny-2rank -->\n```bash\n(.+?)\n```", readme, re.S).group(1)
+    argv = shlex.split(command)
+    assert argv[:2] == ["accelerate", "launch"]
+    meta = write_mmpr(tmp_path / "data", MIXED_ROWS)
+    out = tmp_path / "out"
+    argv[0] = str(Path(sys.executable).parent / "accelerate")
+    argv += ["--model_name_or_path", str(tiny_model), "--meta_path", str(meta), "--output_dir", str(out),
+             "--max_steps", "2", "--per_device_train_batch_size", "1", "--ref_cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert json.loads((out / "mpo_config.json").read_text())["world_size"] == 2
