@@ -31,6 +31,7 @@ from data_builders.prompts import COT_INSTRUCTION
 from data_builders.report import build_report, write_report
 from data_builders.store import BuildDir, Journal, parse_shard
 from mpo.answers import ANSWER_STYLES
+from mpo.dashboards import log_report_artifact
 from mpo.errors import UserError
 from mpo.generation import GenerationBackend, SamplingParams
 
@@ -43,6 +44,8 @@ DELAY_ENV = "MPO_BUILD_PAIRS_TEST_DELAY"
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", choices=["none", "wandb"], default="none",
+                   help="also log report.json, report.md and the histogram as a wandb artifact")  # fmt: skip
     g = p.add_argument_group("input and output")
     g.add_argument("--model", required=True, help="checkpoint (native InternVL folder) that generates")
     g.add_argument("--data", required=True, type=Path, help="meta.json (all subsets) or one .jsonl file")
@@ -316,6 +319,9 @@ def main(argv: list[str]) -> int:
         report = run(args)
     if report is not None:
         print(summary(report, args.out))
+        if getattr(args, "report_to", "none") == "wandb":
+            files = [args.out / name for name in ("report.json", "report.md", "accuracy_histogram.png")]
+            log_report_artifact(f"pairs-{args.out.name}", "preference-data-report", files)
     return 0
 
 

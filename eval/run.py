@@ -23,6 +23,7 @@ from eval.benchmarks import EvalItem, load_benchmarks
 from eval.prompting import make_request
 from eval.reports import compare, results_markdown
 from eval.scoring import score, summarize
+from mpo.dashboards import log_report_artifact
 from mpo.errors import UserError
 from mpo.generation import GenerationBackend, SamplingParams
 
@@ -209,6 +210,8 @@ def main(argv: list[str]) -> int:
                         help=f"tiles per sample, split across its images (default {DEFAULT_MAX_DYNAMIC_PATCH})")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of each benchmark")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
+    parser.add_argument("--report-to", choices=["none", "wandb"], default="none",
+                        help="also log the results (or the comparison) as a wandb artifact")  # fmt: skip
     parser.add_argument(
         "--compare", nargs="+", type=Path, metavar="DIR", help="finished evaluation folders to compare"
     )
@@ -223,6 +226,9 @@ def main(argv: list[str]) -> int:
         report = compare(args.compare, args.out, args.names)
         print((args.out / "compare.md").read_text(encoding="utf-8"))
         print(f"mpo eval: compared {len(report['runs'])} runs -> {args.out}/compare.md, compare.png")
+        if args.report_to == "wandb":
+            files = [args.out / name for name in ("compare.md", "compare.json", "compare.png")]
+            log_report_artifact(f"eval-compare-{args.out.name}", "evaluation-report", files)
         return 0
     if not args.model or not args.data:
         raise UserError("give --model and at least one --data (or --compare DIR ...)")
@@ -235,4 +241,7 @@ def main(argv: list[str]) -> int:
     per_bench = ", ".join(f"{name} {100 * b['accuracy']:.1f}%" for name, b in results["benchmarks"].items())
     print(f"mpo eval: {o['total']} items ({results['resumed']} resumed), accuracy {100 * o['accuracy']:.1f}% "
           f"({per_bench}) -> {args.out}/results.json")  # fmt: skip
+    if args.report_to == "wandb":
+        files = [args.out / name for name in ("results.json", "results.md")]
+        log_report_artifact(f"eval-{args.out.name}", "evaluation-report", files)
     return 0
