@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo demo-ablation test bench lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ demo: setup
 
 bench: setup
 	$(PY) -m mpo.cli bench
+
+demo-ablation: setup
+	$(PY) -m mpo.cli demo --out demo_out --ablation
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -58,6 +58,29 @@ class Pipeline:
 
 
 def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
+    p = prepare(out, scale, fresh)
+    o, sft = str(out), f"{out}/sft_stage2"
+    mpo_args = ["train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", sft, "--meta_path",
+                f"{o}/pairs/meta.json", "--output_dir", f"{o}/mpo", "--ref_cache_dir", f"{o}/ref_cache"]  # fmt: skip
+    if scale.mpo_steps:
+        mpo_args += ["--max_steps", str(scale.mpo_steps)]
+    p.step("7/9 MPO training", out / "mpo" / "trainer_state.json", *mpo_args)
+    for name, model in (("sft", sft), ("mpo", f"{o}/mpo")):
+        evaluate(p, f"8/9 evaluate the {name.upper()} checkpoint (held-out split, CoT)", model, out / "eval" / name,
+                 out, scale)  # fmt: skip
+    p.step("9/9 compare", out / "eval" / "compare" / "compare.md", "eval", "--compare", f"{o}/eval/sft",
+           f"{o}/eval/mpo", "--names", "SFT", "MPO", "--out", f"{o}/eval/compare")  # fmt: skip
+    return write_report(out, p.timings)
+
+
+def evaluate(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: Scale) -> None:
+    limit = ["--limit", str(scale.eval_items)] if scale.eval_items else []
+    p.step(name, target / "results.json", "eval", "--model", model, "--data", f"synthetic={out}/synthetic/eval/eval.tsv",
+           "--cot", "--max-new-tokens", "64", "--out", str(target), "--backend", "transformers", *limit)  # fmt: skip
+
+
+def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
+    """Steps 1-6: tiny model, synthetic data, the three SFT stages, pairs from the SFT model."""
     if fresh and out.exists():
         shutil.rmtree(out)
     p, o = Pipeline(out, fresh), str(out)
@@ -71,24 +94,55 @@ def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
                "--config", f"recipes/tiny/sft_stage{stage}.yaml", "--model_name_or_path", previous,
                "--meta_path", f"{o}/synthetic/sft/meta.json", "--output_dir", target, "--max_steps", str(steps))  # fmt: skip
         previous = target
-    sft = previous
     p.step("6/9 build correctness pairs from the SFT model", out / "pairs" / "report.json", "build-pairs",
-           "correctness", "--model", sft, "--data", f"{o}/synthetic/qa/meta.json", "--out", f"{o}/pairs",
+           "correctness", "--model", previous, "--data", f"{o}/synthetic/qa/meta.json", "--out", f"{o}/pairs",
            "--limit", str(scale.pair_questions), "--n", str(scale.samples), "--max-new-tokens", "64",
            "--backend", "transformers")  # fmt: skip
-    mpo_args = ["train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", sft, "--meta_path",
-                f"{o}/pairs/meta.json", "--output_dir", f"{o}/mpo", "--ref_cache_dir", f"{o}/ref_cache"]  # fmt: skip
-    if scale.mpo_steps:
-        mpo_args += ["--max_steps", str(scale.mpo_steps)]
-    p.step("7/9 MPO training", out / "mpo" / "trainer_state.json", *mpo_args)
-    limit = ["--limit", str(scale.eval_items)] if scale.eval_items else []
-    for name, model in (("sft", sft), ("mpo", f"{o}/mpo")):
-        p.step(f"8/9 evaluate the {name.upper()} checkpoint (held-out split, CoT)", out / "eval" / name / "results.json",
-               "eval", "--model", model, "--data", f"synthetic={o}/synthetic/eval/eval.tsv", "--cot",
-               "--max-new-tokens", "64", "--out", f"{o}/eval/{name}", "--backend", "transformers", *limit)  # fmt: skip
-    p.step("9/9 compare", out / "eval" / "compare" / "compare.md", "eval", "--compare", f"{o}/eval/sft",
-           f"{o}/eval/mpo", "--names", "SFT", "MPO", "--out", f"{o}/eval/compare")  # fmt: skip
-    return write_report(out, p.timings)
+    return p
+
+
+# Ablation variants: the MPO objective against its parts, from the same SFT checkpoint and pairs.
+VARIANTS = {
+    "MPO": ["--loss_type", "sigmoid", "bco_pair", "sft", "--loss_weights", "0.8", "0.2", "1.0"],
+    "DPO only": ["--loss_type", "sigmoid", "--loss_weights", "1.0"],
+    "SFT on chosen": ["--loss_type", "sft", "--loss_weights", "1.0"],
+}
+
+
+def ablation(out: Path, scale: Scale, seeds: tuple[int, ...] = (0, 1, 2), fresh: bool = False) -> Path:
+    """MPO vs DPO-only vs SFT-on-chosen-only, each over ``seeds``: mean and spread of held-out accuracy."""
+    import statistics
+
+    p = prepare(out, scale, fresh)
+    o, sft = str(out), f"{out}/sft_stage2"
+    evaluate(p, "evaluate the SFT checkpoint", sft, out / "eval" / "sft", out, scale)
+    accuracy: dict[str, list[float]] = {}
+    for variant, loss_args in VARIANTS.items():
+        for seed in seeds:
+            tag = f"{variant.lower().replace(' ', '_')}_s{seed}"
+            target = out / "ablation" / tag
+            train = ["train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", sft, "--meta_path",
+                     f"{o}/pairs/meta.json", "--output_dir", str(target), "--ref_cache_dir", f"{o}/ref_cache",
+                     "--seed", str(seed), *loss_args]  # fmt: skip
+            if scale.mpo_steps:
+                train += ["--max_steps", str(scale.mpo_steps)]
+            p.step(f"ablation: train {variant}, seed {seed}", target / "trainer_state.json", *train)
+            evaluate(p, f"ablation: evaluate {variant}, seed {seed}", str(target), target / "eval", out, scale)
+            result = json.loads((target / "eval" / "results.json").read_text())
+            accuracy.setdefault(variant, []).append(result["overall"]["accuracy"])
+    base = json.loads((out / "eval" / "sft" / "results.json").read_text())["overall"]["accuracy"]
+    lines = ["# Ablation: MPO against its parts", "",
+             f"Same SFT checkpoint (held-out accuracy {100 * base:.1f} %) and pairs; seeds {list(seeds)}; "
+             "chain-of-thought evaluation on the synthetic eval split.", "",
+             "| objective | mean accuracy | spread (std) | min | max | per seed |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for variant, accs in accuracy.items():
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * std:.1f} | {100 * min(accs):.1f} | "
+                     f"{100 * max(accs):.1f} | {', '.join(f'{100 * a:.1f}' for a in accs)} |")  # fmt: skip
+    report = out / "ABLATION.md"
+    report.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
 
 
 def plot_curves(out: Path) -> Path:
@@ -163,8 +217,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="'smoke' is a seconds-long check")
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every step")
+    parser.add_argument("--ablation", action="store_true",
+                        help="instead of one MPO run: MPO, DPO-only and SFT-on-chosen over 3 seeds each")  # fmt: skip
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    run(args.out, SCALES[args.scale], args.fresh)
+    (ablation if args.ablation else run)(args.out, SCALES[args.scale], fresh=args.fresh)
     print(f"[demo] done in {time.perf_counter() - start:.0f} s")
     return 0
