@@ -93,7 +93,17 @@ def trl_dataset(root: Path, rows: list[dict]):
     return Dataset.from_list(records)
 
 
-def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int) -> dict:
+# MPO with one switch changed at a time (the full benchmark's per-switch breakdown, image-heavy shape).
+BREAKDOWN = {
+    "all switches (default)": {},
+    "prefix sharing off (vision once)": {"prefix_sharing": False},
+    "prefix sharing and vision once off": {"prefix_sharing": False, "vision_once": False},
+    "reference precompute off": {"precompute_ref_log_probs": False},
+    "packing on (4096 tokens/row)": {"max_packed_tokens": 4096},
+}
+
+
+def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, switches: dict | None = None) -> dict:
     """One measured run (in its own process): timings, and the peak RSS growth during training."""
     import torch
     from transformers import TrainerCallback
@@ -122,7 +132,7 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int) 
         processor = load_processor(model)
         dataset, _ = load_mmpr(Path(data) / "meta.json", processor)
         args = MPOConfig(ref_cache_dir=tempfile.mkdtemp(), max_length=None, precompute_ref_batch_size=4 * batch,
-                         **common)
+                         **{**common, **(switches or {})})
         trainer = MPOTrainer(load_model(model), args=args, train_dataset=dataset, processing_class=processor)
     setup = time.perf_counter() - start
 
@@ -187,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        kind, shape, model, data, steps, batch = args.child
-        print("RESULT " + json.dumps(child(kind, shape, model, data, int(steps), int(batch))))
+        kind, shape, model, data, steps, batch, switches = args.child
+        print("RESULT " + json.dumps(child(kind, shape, model, data, int(steps), int(batch), json.loads(switches))))
         return 0
     rounds = args.rounds or (1 if args.quick else 3)
     steps = args.steps or (6 if args.quick else 20)
@@ -200,6 +210,18 @@ def main(argv: list[str] | None = None) -> int:
 
     model = str(build_tiny_model(work / "model"))
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    def measure(kind: str, shape: str, data: Path, switches: dict | None = None) -> dict:
+        cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", kind, shape, model, str(data), str(steps),
+               str(args.batch), json.dumps(switches or {})]  # fmt: skip
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode or not line:
+            raise SystemExit(f"benchmark run failed ({kind}, {shape}, {switches}):\n{out.stderr[-3000:]}")
+        result = json.loads(line[0][7:])
+        print(f"  {shape:11s} {kind} {json.dumps(switches or {})}: {result['train_pairs_per_s']:.1f} pairs/s train, "
+              f"{result['e2e_pairs_per_s']:.1f} e2e, peak +{result['peak_mb']:.0f} MB", flush=True)  # fmt: skip
+        return result
+
     results: dict = {}
     for shape in ("image_heavy", "text_heavy"):
         data = work / shape
@@ -207,15 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[dict]] = {"trl": [], "mpo": []}
         for r in range(rounds):
             for kind in ("trl", "mpo") if r % 2 == 0 else ("mpo", "trl"):
-                cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", kind, shape, model, str(data),
-                       str(steps), str(args.batch)]  # fmt: skip
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-                line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-                if out.returncode or not line:
-                    raise SystemExit(f"benchmark run failed ({kind}, {shape}):\n{out.stderr[-3000:]}")
-                runs[kind].append(json.loads(line[0][7:]))
-                print(f"  {shape:11s} {kind}: {runs[kind][-1]['train_pairs_per_s']:.1f} pairs/s train, "
-                      f"peak +{runs[kind][-1]['peak_mb']:.0f} MB", flush=True)  # fmt: skip
+                runs[kind].append(measure(kind, shape, data))
         med = {k: {m: statistics.median(run[m] for run in v) for m in ("train_pairs_per_s", "e2e_pairs_per_s",
                                                                         "peak_mb", "precompute_s")}
                for k, v in runs.items()}  # fmt: skip
@@ -226,6 +240,14 @@ def main(argv: list[str] | None = None) -> int:
             "ideal_speedup_train": ideal_speedup(model, str(data), args.batch)["train"],
             "trl": med["trl"], "mpo": med["mpo"], "runs": runs,
         }  # fmt: skip
+    if not args.quick:  # one switch at a time, against the median TRL run of the image-heavy shape
+        trl_rate = results["image_heavy"]["trl"]["train_pairs_per_s"]
+        results["breakdown"] = {}
+        for name, switches in BREAKDOWN.items():
+            r = measure("mpo", "image_heavy", work / "image_heavy", switches)
+            results["breakdown"][name] = {"switches": switches, "train_pairs_per_s": r["train_pairs_per_s"],
+                                          "e2e_pairs_per_s": r["e2e_pairs_per_s"], "peak_mb": r["peak_mb"],
+                                          "speedup_train_vs_trl": r["train_pairs_per_s"] / trl_rate}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"steps": steps, "batch": args.batch, "rounds": rounds, "threads": args.threads, "cores": os.cpu_count()}
     (args.out / "latest.json").write_text(json.dumps({**results, "settings": meta}, indent=1))
@@ -242,12 +264,21 @@ def render_table(results: dict, meta: dict) -> str:
              "| ideal (work counted) | TRL peak MB | MPO peak MB | memory ratio |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for shape, r in results.items():
+        if shape == "breakdown":
+            continue
         lines.append(
             f"| {shape} | {r['trl']['train_pairs_per_s']:.1f} | {r['mpo']['train_pairs_per_s']:.1f} | "
             f"{r['mpo']['e2e_pairs_per_s']:.1f} | {r['speedup_train']:.2f}x | {r['speedup_e2e']:.2f}x | "
             f"{r['ideal_speedup_train']:.2f}x | {r['trl']['peak_mb']:.0f} | {r['mpo']['peak_mb']:.0f} | "
             f"{r['memory_ratio']:.2f} |"
         )
+    if "breakdown" in results:
+        lines += ["", "Per switch (image-heavy, MPOTrainer with one change, single run each):", "",
+                  "| MPO configuration | pairs/s (train) | pairs/s (e2e) | vs TRL (train) | peak MB |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name, r in results["breakdown"].items():
+            lines.append(f"| {name} | {r['train_pairs_per_s']:.1f} | {r['e2e_pairs_per_s']:.1f} | "
+                         f"{r['speedup_train_vs_trl']:.2f}x | {r['peak_mb']:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
