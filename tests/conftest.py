@@ -25,6 +25,24 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
+@pytest.fixture(scope="session")
+def perturbed_policy(tiny_model, tmp_path_factory) -> Path:
+    """A policy that differs from the reference (the tiny model), so rewards are not all zero."""
+    import torch
+
+    from mpo.models.loading import load_model, load_processor
+
+    model = load_model(tiny_model)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    out = tmp_path_factory.mktemp("policy") / "model"
+    model.save_pretrained(out)
+    load_processor(tiny_model).save_pretrained(out)
+    return out
+
+
 def write_mmpr(root: Path, rows: list[dict], *, repeat_time: float = 1.0, max_dynamic_patch: int = 6,
                name: str = "toy") -> Path:  # fmt: skip
     """Write images referenced by ``rows`` (as solid colours named in the file name) and an MMPR meta.json."""

@@ -25,27 +25,12 @@ def _run(cmd: list[str], log: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 
-@pytest.fixture(scope="module")
-def policy(tiny_model, tmp_path_factory):
-    from mpo.models.loading import load_model, load_processor
-
-    model = load_model(tiny_model)
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    out = tmp_path_factory.mktemp("policy") / "model"
-    model.save_pretrained(out)
-    load_processor(tiny_model).save_pretrained(out)
-    return out
-
-
-def test_delta_is_global_over_two_gloo_ranks(tiny_model, policy, tmp_path):
+def test_delta_is_global_over_two_gloo_ranks(tiny_model, perturbed_policy, tmp_path):
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
     out = tmp_path / "run"
     out.mkdir()
     _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29531", "tests/dist/delta_ranks.py",
-          str(tiny_model), str(policy), str(meta), str(out)], tmp_path / "log.txt")  # fmt: skip
+          str(tiny_model), str(perturbed_policy), str(meta), str(out)], tmp_path / "log.txt")  # fmt: skip
     r0, r1 = (json.loads((out / f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert len(r0["deltas"]) == len(r1["deltas"]) == 3

@@ -16,20 +16,6 @@ from mpo.models.loading import load_model, load_processor
 from mpo.trainer import MPOConfig, MPOTrainer
 
 
-@pytest.fixture(scope="module")
-def perturbed_policy(tiny_model, tmp_path_factory):
-    """A policy that differs from the reference (the tiny model), so rewards are not all zero."""
-    model = load_model(tiny_model)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    out = tmp_path_factory.mktemp("policy") / "model"
-    model.save_pretrained(out)
-    load_processor(tiny_model).save_pretrained(out)
-    return out
-
-
 def _config(tmp_path, **kw) -> MPOConfig:
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, report_to=[], logging_steps=1,
                 gradient_checkpointing=False, save_strategy="no", max_length=4096, seed=0)  # fmt: skip
