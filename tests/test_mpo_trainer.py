@@ -239,3 +239,42 @@ def test_vision_drop_path_drops_whole_tiles_in_training_only(tiny_model):
     assert 0.25 < dropped.float().mean().item() < 0.55  # about p of the 200 tiles are dropped
     layers[0].mlp.train()
     torch.testing.assert_close(layers[0].mlp(x), layers[0].mlp.eval()(x))  # the first layer's rate is 0
+
+
+def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(tiny_model, mixed_meta, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from mpo.train import build_trainer, parse_train_args
+
+    model_args, data_args, args = parse_train_args([
+        "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(mixed_meta),
+        "--output_dir", str(tmp_path / "lora"), "--max_steps", "3", "--learning_rate", "1e-2", "--use_peft", "true",
+        "--lora_r", "4", "--lora_alpha", "8", "--ref_cache_dir", str(tmp_path / "cache"), "--precompute_ref_log_probs",
+        "false", "--per_device_train_batch_size", "2",
+    ])  # fmt: skip
+    trainer = build_trainer(model_args, data_args, args)
+    assert isinstance(trainer.model, PeftModel) and trainer.ref_model is None
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    base_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    # base weights untouched, adapter saved
+    for n, p in trainer.model.named_parameters():
+        if n in base_before:
+            assert torch.equal(p, base_before[n]), n
+    adapter = load_file(tmp_path / "lora" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    # the reference is the adapter-disabled model: equal to the untouched base checkpoint's log-probs
+    data, _ = load_mmpr(mixed_meta, load_processor(tiny_model))
+    batch = trainer._prepare_inputs(trainer.data_collator([data[0], data[2]]))
+    with torch.no_grad():
+        ref_c, ref_r = trainer._reference_logps(trainer.model, batch)
+        policy, _ = trainer._sequence_logps(trainer.model, batch)
+    plain = plain_batch(load_processor(tiny_model), [data[0], data[2]])
+    with torch.no_grad():
+        base = independent_logps(load_model(tiny_model), plain)
+    torch.testing.assert_close(torch.stack([ref_c, ref_r], 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5,
+                               atol=1e-4)  # fmt: skip
+    assert not torch.allclose(policy[0::2], ref_c, atol=1e-3)  # the adapter moved the policy away from it
