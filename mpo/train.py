@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
 from mpo.data.mmpr import load_mmpr
@@ -92,6 +92,7 @@ def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConf
         attn_implementation=model_args.attn_implementation or "auto",
         dtype=model_args.dtype or "auto",
         vision_drop_path=model_args.vision_drop_path_rate,
+        quantization_config=get_quantization_config(model_args),  # load_in_4bit / load_in_8bit: QLoRA
     )
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = DEFAULT_LORA_TARGETS

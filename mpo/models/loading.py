@@ -136,11 +136,13 @@ def load_model(
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
     vision_drop_path: float = 0.0,
+    quantization_config=None,
 ) -> PreTrainedModel:
     """Load a native InternVL checkpoint with the chosen attention, dtype, freeze policy and drop path."""
     read_checkpoint_config(path)
     model = InternVLForConditionalGeneration.from_pretrained(
-        str(path), attn_implementation=pick_attention(attn_implementation), dtype=pick_dtype(dtype)
+        str(path), attn_implementation=pick_attention(attn_implementation), dtype=pick_dtype(dtype),
+        quantization_config=quantization_config,  # QLoRA: bitsandbytes 4-bit (GPU)
     )
     apply_freeze_policy(model, freeze)
     add_vision_drop_path(model, vision_drop_path)
