@@ -128,6 +128,9 @@ class SFTStageConfig(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator reads whole SFT records, not model columns."}
     )
+    prediction_loss_only: bool = field(
+        default=True, metadata={"help": "Evaluation computes the SFT loss only (no logits are gathered)."}
+    )
     ddp_backend: str | None = field(
         default=None,
         metadata={"help": "torch.distributed backend; 'gloo' is chosen on the CPU, where nccl is unavailable."},
@@ -135,6 +138,8 @@ class SFTStageConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         self.stage = _normalise_stage(self.stage)
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin to on the CPU
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {list(STAGES)} (1: projector, 1.5: ViT + projector, 2: all), "
                              f"got {self.stage!r}")  # fmt: skip

@@ -45,7 +45,13 @@ from mpo.data.images import (
 from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta
 from mpo.data.mmpr import _image_paths
 from mpo.data.repetition import ngram_repetition_ratio
-from mpo.data.template import IMAGE_PLACEHOLDER, SYSTEM_MESSAGE, expand_images, normalize_question, render_turns
+from mpo.data.template import (
+    IMAGE_PLACEHOLDER,
+    SYSTEM_MESSAGE,
+    expand_images,
+    normalize_question,
+    render_turns,
+)
 from mpo.errors import DataError, UserError
 from mpo.sft_loss import sample_weight
 
@@ -171,8 +177,8 @@ class SFTDataReport:
     """What loading kept and dropped, and why; written as JSON next to the run."""
 
     bad_rows: BadRows
-    rows_read: int = 0
-    kept: int = 0
+    rows_read: int = 0  # non-blank lines of the annotation files
+    kept: int = 0  # records after repeat_time
     too_long: list[dict] = field(default_factory=list)
     repetitive: list[dict] = field(default_factory=list)
 
@@ -240,10 +246,10 @@ def load_sft(
     tile_size = processor.image_processor.size["height"]
     tokens_per_tile = processor.image_seq_length
     records: list[dict] = []
+    accepted = 0
     for subset in read_meta(meta_path):
         rows = []
         for line, row in iter_jsonl(subset.annotation, report.bad_rows):
-            report.rows_read += 1
             try:
                 record = parse_sft_row(row, subset, subset.annotation, line)
             except DataError as err:
@@ -261,8 +267,10 @@ def load_sft(
                 report.too_long.append({"source": record["source"], "tokens": len(ids)})
                 continue
             rows.append(record)
+        accepted += len(rows)
         records += apply_repeat(rows, subset.repeat_time, rng)
     report.kept = len(records)
+    report.rows_read = accepted + len(report.bad_rows.skipped) + len(report.too_long) + len(report.repetitive)
     if report_path is not None:
         report.write(report_path)
     if not records:
@@ -287,6 +295,7 @@ class SFTCollator:
         loss_weights   [R, L]      w_i of the token's sample (mpo.sft_loss) on supervised tokens, else 0
         pixel_values   [T, 3, H, W]
         supervised_tokens [N]      x_i of every sample
+        sources        list[str]   ``file:line`` of every sample, in sample-id order
 
     A batch without any image still runs the vision tower on one blank tile whose image tokens sit
     in the padding after row 0 (outside every sample, no loss), as in the preference collator: all
@@ -343,6 +352,7 @@ class SFTCollator:
         labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
         loss_weights = torch.zeros(shape, dtype=torch.float32)
         supervised: list[int] = []
+        sources = [record["source"] for row in rows for record in row]
         for r, row in enumerate(encoded):
             pos = 0
             for ids, labs, _ in row:
@@ -370,4 +380,5 @@ class SFTCollator:
             "loss_weights": loss_weights,
             "pixel_values": torch.cat(tiles),
             "supervised_tokens": torch.tensor(supervised, dtype=torch.long),
+            "sources": sources,
         }
