@@ -329,7 +329,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         return (out.loss, out) if return_outputs else out.loss
 
     def _log_metrics(self, mode: str, out, chosen_logps, rejected_logps, delta: float) -> None:
-        gather = self.accelerator.gather_for_metrics
+        gather = self.accelerator.gather  # not gather_for_metrics: its end-of-dataloader truncation is global state
         metrics = self._metrics[mode]
         terms = torch.stack([out.dpo.detach(), out.bco.detach(), out.sft.detach()])
         dpo, bco, sft = gather(terms.unsqueeze(0)).mean(dim=0).tolist()
