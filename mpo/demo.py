@@ -27,7 +27,7 @@ class Scale:
     """Sizes of one demo run."""
 
     n_sft: int  # SFT examples (the QA and eval splits are a quarter each)
-    sft_steps: tuple[int, int, int]  # steps of stages 1, 1.5, 2
+    sft_steps: tuple[int, int, int] | None  # steps of stages 1, 1.5, 2 (None: the recipes' own)
     pair_questions: int  # questions sampled for pairs
     samples: int  # responses per question
     mpo_steps: int | None  # None: one epoch over the pairs
@@ -35,7 +35,7 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale(n_sft=8000, sft_steps=(50, 50, 3000), pair_questions=600, samples=8, mpo_steps=None, eval_items=1000),
+    "full": Scale(n_sft=8000, sft_steps=None, pair_questions=600, samples=8, mpo_steps=None, eval_items=1000),
     "smoke": Scale(n_sft=80, sft_steps=(2, 2, 4), pair_questions=6, samples=4, mpo_steps=3, eval_items=8),
 }
 
@@ -88,11 +88,12 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
     p.step("2/9 generate the synthetic visual QA task", out / "synthetic" / "eval" / "eval.tsv",
            "synthetic", f"{o}/synthetic", "--n", str(scale.n_sft))  # fmt: skip
     previous = f"{o}/tiny"
-    for i, (stage, steps) in enumerate(zip(("1", "1_5", "2"), scale.sft_steps, strict=True)):
+    for i, stage in enumerate(("1", "1_5", "2")):
         target = f"{o}/sft_stage{stage}"
+        steps = ["--max_steps", str(scale.sft_steps[i])] if scale.sft_steps else []
         p.step(f"{3 + i}/9 SFT stage {stage.replace('_', '.')}", Path(target) / "config.json", "sft",
                "--config", f"recipes/tiny/sft_stage{stage}.yaml", "--model_name_or_path", previous,
-               "--meta_path", f"{o}/synthetic/sft/meta.json", "--output_dir", target, "--max_steps", str(steps))  # fmt: skip
+               "--meta_path", f"{o}/synthetic/sft/meta.json", "--output_dir", target, *steps)  # fmt: skip
         previous = target
     p.step("6/9 build correctness pairs from the SFT model", out / "pairs" / "report.json", "build-pairs",
            "correctness", "--model", previous, "--data", f"{o}/synthetic/qa/meta.json", "--out", f"{o}/pairs",
