@@ -35,7 +35,7 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale(n_sft=8000, sft_steps=None, pair_questions=600, samples=8, mpo_steps=None, eval_items=1000),
+    "full": Scale(n_sft=8000, sft_steps=None, pair_questions=300, samples=8, mpo_steps=None, eval_items=500),
     "smoke": Scale(n_sft=80, sft_steps=(2, 2, 4), pair_questions=6, samples=4, mpo_steps=3, eval_items=8),
 }
 
