@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpo.data.images import check_image
 from mpo.errors import DataError, UserError
 
 ON_BAD_ROW = ("fail", "skip")
@@ -131,3 +132,36 @@ def apply_repeat(items: list, repeat_time: float, rng: random.Random) -> list:
         keep = sorted(rng.sample(range(len(items)), round(len(items) * frac)))
         out += [items[i] for i in keep]
     return out
+
+
+def _image_paths(row: dict, subset: Subset) -> tuple[list[Path], bool]:
+    """The row's image files and whether they are video frames."""
+    if "video" in row:
+        frames = row["video"]
+        if not isinstance(frames, list) or not frames:
+            raise ValueError("video: expected a non-empty list of frame paths")
+        return [subset.root / f for f in frames], True
+    image = row.get("image")
+    if image is None:
+        return [], False
+    images = image if isinstance(image, list) else [image]
+    if not all(isinstance(p, str) and p for p in images):
+        raise ValueError("image: expected a path or a list of paths")
+    return [subset.root / p for p in images], False
+
+
+def row_images(row: dict, subset: Subset, path: Path, line: int) -> tuple[list[Path], bool, list[list[int]]]:
+    """The row's image files, whether they are video frames, and each one's (width, height) read from
+    its header; a missing or unreadable image is a :class:`DataError` naming the file and line."""
+    try:
+        images, is_video = _image_paths(row, subset)
+    except ValueError as err:
+        name, _, msg = str(err).partition(": ")
+        raise DataError(path, line, msg, field=name) from None
+    sizes: list[list[int]] = []
+    for img in images:
+        try:
+            sizes.append(list(check_image(img)))
+        except ValueError as err:
+            raise DataError(path, line, str(err), field="video" if is_video else "image") from None
+    return images, is_video, sizes

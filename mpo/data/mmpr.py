@@ -14,28 +14,12 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from mpo.data.images import check_image, count_tiles, tile_budget
-from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta
+from mpo.data.images import count_tiles, tile_budget
+from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images
 from mpo.data.template import expand_images, normalize_question, prompt_text, response_text
 from mpo.errors import DataError, UserError
 
 REQUIRED_FIELDS = ("question", "chosen", "rejected")
-
-
-def _image_paths(row: dict, subset: Subset) -> tuple[list[Path], bool]:
-    """The row's image files and whether they are video frames."""
-    if "video" in row:
-        frames = row["video"]
-        if not isinstance(frames, list) or not frames:
-            raise ValueError("video: expected a non-empty list of frame paths")
-        return [subset.root / f for f in frames], True
-    image = row.get("image")
-    if image is None:
-        return [], False
-    images = image if isinstance(image, list) else [image]
-    if not all(isinstance(p, str) and p for p in images):
-        raise ValueError("image: expected a path or a list of paths")
-    return [subset.root / p for p in images], False
 
 
 def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
@@ -47,17 +31,7 @@ def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
             raise DataError(path, line, "must be a non-empty string", field=name)
     if row["chosen"].strip() == row["rejected"].strip():
         raise DataError(path, line, "chosen == rejected", field="rejected")
-    try:
-        images, is_video = _image_paths(row, subset)
-    except ValueError as err:
-        field, _, msg = str(err).partition(": ")
-        raise DataError(path, line, msg, field=field) from None
-    sizes: list[list[int]] = []
-    for img in images:
-        try:
-            sizes.append(list(check_image(img)))
-        except ValueError as err:
-            raise DataError(path, line, str(err), field="video" if is_video else "image") from None
+    images, is_video, sizes = row_images(row, subset, path, line)
     try:
         question = normalize_question(row["question"], len(images), video=is_video)
     except ValueError as err:

@@ -35,15 +35,13 @@ import torch
 
 from mpo.data.images import (
     JPEG_QUALITY_RANGE,
-    check_image,
     count_tiles,
     jpeg_compress,
     load_image,
     tile_budget,
     tiles_for,
 )
-from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta
-from mpo.data.mmpr import _image_paths
+from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images
 from mpo.data.repetition import ngram_repetition_ratio
 from mpo.data.template import (
     IMAGE_PLACEHOLDER,
@@ -111,17 +109,7 @@ def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
     if "conversations" not in row:
         raise DataError(path, line, "missing field", field="conversations")
     system, turns = parse_conversations(row["conversations"], path, line)
-    try:
-        images, is_video = _image_paths(row, subset)
-    except ValueError as err:
-        name, _, msg = str(err).partition(": ")
-        raise DataError(path, line, msg, field=name) from None
-    sizes: list[list[int]] = []
-    for img in images:
-        try:
-            sizes.append(list(check_image(img)))
-        except ValueError as err:
-            raise DataError(path, line, str(err), field="video" if is_video else "image") from None
+    images, is_video, sizes = row_images(row, subset, path, line)
     try:
         turns = _place_images(turns, len(images), is_video)
     except ValueError as err:
