@@ -175,8 +175,8 @@ def hyperparameter_rows(run: dict) -> list[list[str]]:
     add("sft_normalization", a.get("sft_normalization"), "generation loss: per sequence (paper) or per token")
     add("learning_rate", _num(a["learning_rate"]) if "learning_rate" in a else None)
     add("lr_scheduler_type", a.get("lr_scheduler_type"))
-    if a.get("warmup_ratio"):
-        add("warmup_ratio", a["warmup_ratio"])
+    if a.get("warmup_steps"):
+        add("warmup_steps", a["warmup_steps"])
     if a.get("warmup_steps"):
         add("warmup_steps", a["warmup_steps"])
     add("weight_decay", a.get("weight_decay"))

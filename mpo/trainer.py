@@ -112,7 +112,11 @@ class MPOConfig(DPOConfig):
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (reference: 1e-6)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (reference: 1)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler (reference: cosine)."})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Warmup fraction (reference: 0.03)."})
+    warmup_steps: float = field(
+        default=0.03,
+        metadata={"help": "Warmup: a count of steps, or below 1 a fraction of all steps (reference: ratio 0.03). "
+                  "transformers 5 has no separate warmup_ratio."},
+    )  # fmt: skip
     weight_decay: float = field(default=0.05, metadata={"help": "Weight decay (reference: 0.05)."})
     ddp_backend: str | None = field(
         default=None,

@@ -105,7 +105,7 @@ def test_dry_run_writes_a_valid_card_and_lists_files(run, capsys):
     assert "Read from `mpo_config.json`" in text
     assert "L = 0.7 × preference (DPO, sigmoid) + 0.3 × quality (BCO, reward shift δ) + 1 × generation (SFT)" in text
     for row in ("| beta | `0.25` |", "| loss_weights | `[0.7, 0.3, 1.0]` |", "| sft_normalization | `token` |",
-                "| learning_rate | `2e-06` |", "| lr_scheduler_type | `cosine` |", "| warmup_ratio | `0.03` |",
+                "| learning_rate | `2e-06` |", "| lr_scheduler_type | `cosine` |", "| warmup_steps | `0.03` |",
                 "| weight_decay | `0.05` |", "| num_train_epochs | `1.0` |", "| per_device_train_batch_size | `2` |",
                 "| gradient_accumulation_steps | `4` |", "| global batch size | `8` | 2 × 4 × 1 processes |",
                 "| frozen | `vision` |", "| training data | `meta.json` (MMPR layout)"):  # fmt: skip

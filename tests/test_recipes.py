@@ -40,7 +40,7 @@ def test_mpo_recipe_per_size(size):
     model, data, args = parse_train_args(["--config", str(path), *CPU])
     zero, global_batch, drop_path, _ = REFERENCE[size]
     assert (args.learning_rate, args.num_train_epochs, args.lr_scheduler_type) == (1e-6, 1, "cosine")
-    assert (args.warmup_ratio, args.weight_decay, args.beta) == (0.03, 0.05, 0.1)
+    assert (args.warmup_steps, args.weight_decay, args.beta) == (0.03, 0.05, 0.1)
     assert args.loss_type == ["sigmoid", "bco_pair", "sft"] and args.loss_weights == [0.8, 0.2, 1.0]
     assert args.per_device_train_batch_size == 1 and args.max_length == 8192
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * _gpus(path) == global_batch
