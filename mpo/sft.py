@@ -35,6 +35,7 @@ from transformers import Trainer, TrainingArguments
 from trl import TrlParser
 
 from mpo.checkpointing import NativeResumeMixin
+from mpo.data.meta import DataConfig
 from mpo.data.packing import pack_samples, packed_attention_mask
 from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
 from mpo.errors import UserError
@@ -196,18 +197,9 @@ class SFTModelConfig:
 
 
 @dataclass
-class SFTDataConfig:
+class SFTDataConfig(DataConfig):
     """The SFT data (InternVL meta.json + conversations jsonl) and its filters."""
 
-    meta_path: str = field(metadata={"help": "meta.json of the SFT subsets (root, annotation, repeat_time, "
-                                     "max_dynamic_patch, data_augment)."})  # fmt: skip
-    eval_meta_path: str | None = field(default=None, metadata={"help": "Optional held-out meta.json."})
-    on_bad_row: str = field(
-        default="fail",
-        metadata={"help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on; every "
-                  "skipped row and why goes to <output_dir>/sft_data_report_<split>.json.",
-                  "choices": ["fail", "skip"]},
-    )  # fmt: skip
     max_repetition_ratio: float | None = field(
         default=0.5,
         metadata={"help": "Drop training samples whose assistant replies have a word n-gram repetition ratio "

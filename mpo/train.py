@@ -18,6 +18,7 @@ from pathlib import Path
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
+from mpo.data.meta import DataConfig
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor
@@ -51,17 +52,8 @@ class InternVLModelConfig(ModelConfig):
 
 
 @dataclass
-class PreferenceDataConfig:
+class PreferenceDataConfig(DataConfig):
     """Where the MMPR preference data is and what to do with bad rows."""
-
-    meta_path: str = field(metadata={"help": "MMPR meta.json (subsets with root, annotation, repeat_time, ...)."})
-    eval_meta_path: str | None = field(default=None, metadata={"help": "Optional held-out meta.json."})
-    on_bad_row: str = field(
-        default="fail",
-        metadata={"help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on, and "
-                  "write every skipped row and why to <output_dir>/skipped_rows.json.",
-                  "choices": ["fail", "skip"]},
-    )  # fmt: skip
 
 
 def parse_train_args(argv: list[str]) -> tuple[InternVLModelConfig, PreferenceDataConfig, MPOConfig]:

@@ -24,6 +24,20 @@ from mpo.errors import DataError, UserError
 ON_BAD_ROW = ("fail", "skip")
 
 
+@dataclass
+class DataConfig:
+    """Where a meta.json dataset is and what to do with its bad rows (shared by `mpo train` and `mpo sft`)."""
+
+    meta_path: str = field(metadata={"help": "meta.json of the subsets (root, annotation, repeat_time, "
+                                     "max_dynamic_patch, data_augment)."})  # fmt: skip
+    eval_meta_path: str | None = field(default=None, metadata={"help": "Optional held-out meta.json."})
+    on_bad_row: str = field(
+        default="fail",
+        metadata={"help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on, and "
+                  "write every skipped row and why to a report in output_dir.", "choices": list(ON_BAD_ROW)},
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Subset:
     """One entry of meta.json."""
