@@ -20,6 +20,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def breakdown(bench: dict) -> dict[str, dict]:
+    """A benchmark's rows below its total: each category, then each answer kind as ``answer: KIND``."""
+    kinds = {f"answer: {kind}": counts for kind, counts in bench.get("kinds", {}).items()}
+    return {**bench["categories"], **kinds}
+
+
 def results_markdown(results: dict) -> str:
     """The table of one run: overall, each benchmark, each of its categories."""
     cot = results.get("cot")
@@ -42,7 +48,7 @@ def results_markdown(results: dict) -> str:
     lines.append(row(f"**{OVERALL}**", "", results["overall"]))
     for bench, b in results["benchmarks"].items():
         lines.append(row(bench, ALL, b))
-        for cat, c in b["categories"].items():
+        for cat, c in breakdown(b).items():
             lines.append(row(bench, cat, c))
     return "\n".join(lines) + "\n"
 
@@ -78,7 +84,7 @@ def _rows(all_results: list[dict]) -> list[tuple[str, str, list[dict | None]]]:
     keys: list[tuple[str, str]] = [(OVERALL, "")]
     for results in all_results:
         for bench, b in results["benchmarks"].items():
-            for key in [(bench, ALL)] + [(bench, cat) for cat in b["categories"]]:
+            for key in [(bench, ALL)] + [(bench, cat) for cat in breakdown(b)]:
                 if key not in keys:
                     keys.append(key)
 
@@ -88,7 +94,7 @@ def _rows(all_results: list[dict]) -> list[tuple[str, str, list[dict | None]]]:
         b = results["benchmarks"].get(bench)
         if b is None:
             return None
-        return b if cat == ALL else b["categories"].get(cat)
+        return b if cat == ALL else breakdown(b).get(cat)
 
     # benchmarks in first-seen order, each followed by its categories
     order = {bench: i for i, (bench, _) in enumerate(keys)}

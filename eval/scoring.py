@@ -41,20 +41,25 @@ def _counts(records: list[dict]) -> dict:
     }
 
 
+def _grouped(records: list[dict], field: str) -> dict[str, dict]:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(str(r[field]), []).append(r)
+    return {key: _counts(groups[key]) for key in sorted(groups)}
+
+
 def summarize(records: list[dict]) -> dict:
-    """``{"overall": counts, "benchmarks": {name: counts + {"categories": {cat: counts}}}}``.
+    """``{"overall": counts, "benchmarks": {name: counts + {"categories": {cat: counts}, "kinds": {kind: counts}}}}``.
 
     ``counts`` is ``{"accuracy", "correct", "total", "unparsable"}``; accuracy is a fraction in
-    [0, 1], micro-averaged (every item counts once). Benchmarks keep the order of ``records``,
-    categories are sorted.
+    [0, 1], micro-averaged (every item counts once). ``kinds`` splits a benchmark by answer kind
+    (choice, yesno, number, text): a model can learn open answers long before it learns to map an
+    answer to its option letter. Benchmarks keep the order of ``records``; categories and kinds are sorted.
     """
     by_bench: dict[str, list[dict]] = {}
     for r in records:
         by_bench.setdefault(r["benchmark"], []).append(r)
     benchmarks = {}
     for name, rows in by_bench.items():
-        cats: dict[str, list[dict]] = {}
-        for r in rows:
-            cats.setdefault(str(r["category"]), []).append(r)
-        benchmarks[name] = {**_counts(rows), "categories": {c: _counts(cats[c]) for c in sorted(cats)}}
+        benchmarks[name] = {**_counts(rows), "categories": _grouped(rows, "category"), "kinds": _grouped(rows, "kind")}
     return {"overall": _counts(records), "benchmarks": benchmarks}

@@ -164,6 +164,14 @@ def test_direct_accuracy_per_benchmark_and_category(bench, tmp_path):
     assert recs[2]["prediction"] == "yes, there is one." and recs[2]["correct"] is True
     assert [r["kind"] for r in recs[:7]] == ["choice", "choice", "yesno", "yesno", "number", "text", "number"]
 
+    # per answer kind: the kept predictions regrouped by kind give the kinds table of results.json
+    by_kind: dict[str, list[bool]] = {}
+    for r in recs[:7]:
+        by_kind.setdefault(r["kind"], []).append(r["correct"])
+    assert {k: counts(v) for k, v in b["kinds"].items()} == {k: acc(sum(v), len(v)) for k, v in by_kind.items()}
+    choice = b["kinds"]["choice"]
+    assert f"| bench | answer: choice | {choice['correct']} | 2 | {100 * choice['accuracy']:.1f} |" in md
+
     # prompts: the training format (mpo.prompts.build_question), images handed over as files
     reqs = {r.question: r for r in backend.requests}
     first = build_question("What colour is the shape?", 1, {"A": "red", "B": "blue", "C": "green"})
@@ -322,6 +330,8 @@ def test_compare_table_and_chart(bench, tmp_path):
     assert "| bench | all | 7 | 71.4 | 100.0 (+28.6) |" in md
     assert "| bench | colour | 2 | 50.0 | 100.0 (+50.0) |" in md
     assert "| qa | math | 1 | 100.0 | 100.0 (+0.0) |" in md
+    choice = json.loads((tmp_path / "sft" / "results.json").read_text())["benchmarks"]["bench"]["kinds"]["choice"]
+    assert f"| bench | answer: choice | 2 | {100 * choice['accuracy']:.1f} | 100.0 (" in md
     report = json.loads((out / "compare.json").read_text())
     overall = report["rows"][0]
     assert overall["accuracy"] == pytest.approx([0.7, 1.0]) and overall["diff"] == pytest.approx([0.0, 0.3])
