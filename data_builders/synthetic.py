@@ -33,6 +33,7 @@ import io
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -241,10 +242,9 @@ class Item:
     reasoning: str  # a short true reasoning, without the final answer
     ordered: bool = False  # options keep the pool's order (Image-1, Image-2, ...)
 
-    def key(self) -> str:
-        if self.scenes:
-            return "|".join(scene.key() for scene in self.scenes)
-        return self.question
+    def keys(self) -> list[str]:
+        """What must not repeat across splits: each of its scenes (each image), or its question if text-only."""
+        return [scene.key() for scene in self.scenes] or [self.question]
 
 
 def _colour_item(rng: Random, d: int) -> Item | None:
@@ -485,10 +485,10 @@ def _bucket(key: str) -> int:
 
 
 def make_item(rng: Random, skill: str, difficulty: int, split: str = "sft") -> Item:
-    """A random item of one skill and difficulty whose scene belongs to ``split``'s hash buckets."""
-    for _ in range(5000):
+    """A random item of one skill and difficulty whose scenes all belong to ``split``'s hash buckets."""
+    for _ in range(100_000):  # most tries are cheap (a count or size draw that does not fit the difficulty)
         item = _GENERATORS[skill](rng, difficulty)
-        if item is not None and _bucket(item.key()) in _BUCKETS[split]:
+        if item is not None and all(_bucket(key) in _BUCKETS[split] for key in item.keys()):
             return item
     raise RuntimeError(f"could not generate a {skill} item of difficulty {difficulty}")  # pragma: no cover
 
@@ -533,21 +533,21 @@ def make_sample(item: Item, fmt: str, cot: bool, rng: Random) -> Sample:
     return Sample(item, fmt, cot, prompt, answer, choices, response)
 
 
-def _allocate(n: int, rng: Random) -> list[tuple[str, int, str]]:
-    """(skill, difficulty, format) for ``n`` records: skills by weight (each present when n allows),
+def _allocate(n: int, rng: Random, skills: tuple[str, ...] = SKILLS) -> list[tuple[str, int, str]]:
+    """(skill, difficulty, format) for ``n`` records: ``skills`` by weight (each present when n allows),
     difficulties and formats balanced within each skill, then shuffled."""
-    total = sum(SKILL_WEIGHTS.values())
-    exact = {s: n * w / total for s, w in SKILL_WEIGHTS.items()}
+    total = sum(SKILL_WEIGHTS[s] for s in skills)
+    exact = {s: n * SKILL_WEIGHTS[s] / total for s in skills}
     counts = {s: int(v) for s, v in exact.items()}
-    for s in sorted(SKILLS, key=lambda s: counts[s] - exact[s])[: n - sum(counts.values())]:
+    for s in sorted(skills, key=lambda s: counts[s] - exact[s])[: n - sum(counts.values())]:
         counts[s] += 1
-    if n >= len(SKILLS):
-        for s in SKILLS:
+    if n >= len(skills):
+        for s in skills:
             if counts[s] == 0:
-                counts[max(SKILLS, key=lambda t: counts[t])] -= 1
+                counts[max(skills, key=lambda t: counts[t])] -= 1
                 counts[s] = 1
     plan = []
-    for s in SKILLS:
+    for s in skills:
         offset = rng.randrange(6)
         for j in range(offset, offset + counts[s]):
             plan.append((s, 1 + (j // 2) % 3, FORMATS[j % 2]))
@@ -568,11 +568,11 @@ def _images_field(names: list[str]):
 
 
 def _generate_split(
-    out: Path, split: str, n: int, seed: int
+    out: Path, split: str, n: int, seed: int, skills: tuple[str, ...] = SKILLS
 ) -> tuple[list[Sample], list[list[str]], set, set]:
     """Samples of one split, their image file names (written under OUT/images/split), keys and digests."""
     rng = Random(f"internvl-mpo-synthetic:{seed}:{split}")
-    plan = _allocate(n, rng)
+    plan = _allocate(n, rng, skills)
     cot_ids = set(rng.sample(range(n), round(COT_FRACTION * n))) if split == "sft" else set()
     image_dir = out / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -590,7 +590,7 @@ def _generate_split(
             (image_dir / name).write_bytes(data)
             digests.add(hashlib.sha256(data).hexdigest())
             files.append(name)
-        keys.add(item.key())
+        keys.update(item.keys())
         samples.append(sample)
         names.append(files)
     return samples, names, keys, digests
@@ -623,17 +623,24 @@ EVAL_COLUMNS = ["index", "image_path", "question", "A", "B", "C", "D", "answer",
 
 
 def generate(
-    out: Path, n_sft: int = 2000, n_qa: int | None = None, n_eval: int | None = None, seed: int = 0
+    out: Path, n_sft: int = 2000, n_qa: int | None = None, n_eval: int | None = None, seed: int = 0,
+    skills: Sequence[str] = SKILLS,
 ) -> dict:
-    """Write the three splits under ``out``; returns ``{"sft": n, "qa": n, "eval": n, "skills": {split: {skill: n}}}``."""
+    """Write the three splits under ``out``, with items of ``skills`` only (all seven by default);
+    returns ``{"sft": n, "qa": n, "eval": n, "skills": {split: {skill: n}}}``."""
     out = Path(out)
+    unknown = sorted(set(skills) - set(SKILLS))
+    if unknown or not skills:
+        raise UserError(f"--skills: unknown skill(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(SKILLS)}")  # fmt: skip
+    skills = tuple(s for s in SKILLS if s in skills)
     n_qa = n_sft // 4 if n_qa is None else n_qa
     n_eval = n_sft // 4 if n_eval is None else n_eval
     for name, value in (("--n", n_sft), ("--n-qa", n_qa), ("--n-eval", n_eval)):
         if value < 0:
             raise UserError(f"{name} must be >= 0, got {value}")
     sizes = {"sft": n_sft, "qa": n_qa, "eval": n_eval}
-    made = {split: _generate_split(out, split, sizes[split], seed) for split in SPLITS}
+    made = {split: _generate_split(out, split, sizes[split], seed, skills) for split in SPLITS}
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             assert not made[a][2] & made[b][2], f"splits {a} and {b} share a scene"
@@ -754,14 +761,16 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--n-eval", type=int, default=None, help="evaluation records (default n/4)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skills", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+                        default=list(SKILLS), help=f"comma-separated subset of {','.join(SKILLS)} (default all)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out} exists and is not a folder")
-    counts = generate(args.out, args.n, args.n_qa, args.n_eval, args.seed)
+    counts = generate(args.out, args.n, args.n_qa, args.n_eval, args.seed, args.skills)
     per_skill = Counter()
     for skills in counts["skills"].values():
         per_skill.update(skills)
     splits = ", ".join(f"{split} {counts[split]}" for split in SPLITS)
-    skills = ", ".join(f"{skill} {per_skill[skill]}" for skill in SKILLS)
+    skills = ", ".join(f"{skill} {per_skill[skill]}" for skill in SKILLS if per_skill[skill])
     print(f"mpo synthetic: wrote {args.out}: {splits} | per skill: {skills}")
     return 0

@@ -10,6 +10,7 @@ import operator
 import re
 from collections import Counter
 from pathlib import Path
+from random import Random
 
 import pytest
 from PIL import Image
@@ -383,3 +384,34 @@ def test_cli(tmp_path, capsys):
     assert len(read_jsonl(tmp_path / "cli" / "sft" / "train.jsonl")) == 40
     assert cli_main(["synthetic", str(tmp_path / "bad"), "--n", "-1"]) == 1
     assert "--n must be >= 0" in capsys.readouterr().err
+
+
+def test_skills_subset(tmp_path, capsys):
+    out = tmp_path / "sub"
+    assert cli_main(["synthetic", str(out), "--n", "60", "--skills", "shape,colour"]) == 0
+    assert "per skill: colour " in capsys.readouterr().out
+    sft = read_jsonl(out / "sft" / "train.jsonl")
+    qa = read_jsonl(out / "qa" / "qa.jsonl")
+    _, tsv = read_tsv(out / "eval" / "eval.tsv")
+    assert (len(sft), len(qa), len(tsv)) == (60, 15, 15)
+    for rows, key in ((sft, "skill"), (qa, "skill"), (tsv, "category")):
+        assert {r[key] for r in rows} == {"colour", "shape"}
+    # weights as in the full task: colour 0.16 : shape 0.13 of the SFT records
+    assert Counter(r["skill"] for r in sft) == {"colour": round(60 * 16 / 29), "shape": 60 - round(60 * 16 / 29)}
+    for row in sft:
+        images = [out / "images" / "sft" / p for p in image_list(row.get("image"))]
+        core, _, options, _ = parse_prompt(row["conversations"][0]["value"])
+        check_answer(row["skill"], core, images, row["answer"], options)
+    assert cli_main(["synthetic", str(tmp_path / "bad"), "--skills", "colour,taste"]) == 1
+    assert "--skills: unknown skill(s) taste; choose from colour, count" in capsys.readouterr().err
+
+
+def test_every_image_of_a_multi_image_item_belongs_to_its_split():
+    # the splits are disjoint per image, not per item: one image may not turn up in two splits as part of
+    # two different multi-image items (at 8000 records it did, before items were split by each scene)
+    rng = Random(0)
+    for split, buckets in synthetic._BUCKETS.items():
+        for difficulty in (1, 2, 3):
+            item = synthetic.make_item(rng, "multi_image", difficulty, split)
+            assert len(item.scenes) >= 2
+            assert all(synthetic._bucket(scene.key()) in buckets for scene in item.scenes)
