@@ -79,8 +79,10 @@ def _default_names(dirs: list[Path]) -> list[str]:
     return [str(d) for d in dirs]
 
 
-def _rows(all_results: list[dict]) -> list[tuple[str, str, list[dict | None]]]:
-    """(benchmark, category, counts per run or None) for overall, every benchmark and category."""
+def comparison_rows(all_results: list[dict]) -> list[tuple[str, str, list[dict | None]]]:
+    """(benchmark, category, counts per run or None) for overall, every benchmark and its breakdown rows.
+
+    ``category`` is ``""`` on the overall row and ``"all"`` on a benchmark's total row."""
     keys: list[tuple[str, str]] = [(OVERALL, "")]
     for results in all_results:
         for bench, b in results["benchmarks"].items():
@@ -111,7 +113,7 @@ def compare(run_dirs: list[Path], out: Path, names: list[str] | None = None) -> 
     all_results = [_load_results(Path(d)) for d in run_dirs]
     names = list(names) if names else _default_names([Path(d) for d in run_dirs])
     rows = []
-    for bench, cat, counts in _rows(all_results):
+    for bench, cat, counts in comparison_rows(all_results):
         acc = [None if c is None else c["accuracy"] for c in counts]
         diff = [None if a is None or acc[0] is None else a - acc[0] for a in acc]
         rows.append({"benchmark": bench, "category": cat, "accuracy": acc, "diff": diff,

@@ -239,7 +239,8 @@ def write_report(out: Path, timings: dict[str, float]) -> Path:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mpo demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="full: 3 skills, < 10 min (default); long: all 7 skills, longer SFT; smoke: seconds")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full",
+                        help="full: 3 skills, < 10 min (default); long: all 7 skills, 20 min of SFT; smoke: seconds")  # fmt: skip
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every step")
     parser.add_argument("--ablation", action="store_true",
                         help="instead of one MPO run: MPO, DPO-only and SFT-on-chosen over 3 seeds each")  # fmt: skip

@@ -27,6 +27,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from eval.reports import OVERALL, comparison_rows
 from mpo.errors import UserError
 
 CARD_NAME = "README.md"
@@ -358,27 +359,14 @@ def load_eval(path: str | Path) -> tuple[str, Path, dict]:
 
 
 def eval_section(runs: list[tuple[str, Path, dict]], model_dir: Path) -> list[str]:
-    """One row per overall / benchmark / category, one accuracy column (%) per evaluated checkpoint."""
+    """The `mpo eval --compare` rows (overall, benchmarks, categories, answer kinds), one accuracy column (%)
+    per evaluated checkpoint."""
     this = str(model_dir.resolve())
     names = [f"{name} (this model)" if str(r.get("model")) == this else name for name, _, r in runs]
-    keys: list[tuple[str, str]] = [("overall", "")]
-    for _, _, r in runs:
-        for bench, b in r["benchmarks"].items():
-            for key in [(bench, "all"), *[(bench, c) for c in b.get("categories", {})]]:
-                if key not in keys:
-                    keys.append(key)
-
-    def cell(r: dict, bench: str, cat: str) -> dict | None:
-        if bench == "overall":
-            return r["overall"]
-        b = r["benchmarks"].get(bench)
-        return None if b is None else b if cat == "all" else b.get("categories", {}).get(cat)
-
     rows = []
-    for bench, cat in keys:
-        cells = [cell(r, bench, cat) for _, _, r in runs]
+    for bench, cat, cells in comparison_rows([r for _, _, r in runs]):
         n = next((c["total"] for c in cells if c is not None), "")
-        rows.append(["**overall**" if bench == "overall" else bench, cat, n,
+        rows.append(["**overall**" if bench == OVERALL else bench, cat, n,
                      *["–" if c is None else f"{100 * c['accuracy']:.1f}" for c in cells]])  # fmt: skip
     prompts = {("chain of thought" if r.get("cot") else "direct answer") for _, _, r in runs}
     lines = ["## Evaluation", "",
