@@ -619,6 +619,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _record(split: str, i: int, s: Sample, files: list[str], **fields) -> dict:
+    """One jsonl line of the SFT or QA split: id, images, the split's own ``fields``, then the labels."""
+    row: dict = {"id": f"synthetic-{split}-{i:06d}"}
+    if files:
+        row["image"] = _images_field(files)
+    row.update(fields, skill=s.item.skill, difficulty=s.item.difficulty, format=s.fmt, answer=s.answer)
+    if s.choices:
+        row["choices"] = s.choices
+    return row
+
+
+def _write_split(out: Path, split: str, annotation: str, rows: list[dict]) -> None:
+    (out / split).mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / split / annotation, rows)
+    _write_json(out / split / "meta.json", _meta(f"synthetic_{split}", f"../images/{split}", annotation, len(rows)))
+
+
 EVAL_COLUMNS = ["index", "image_path", "question", "A", "B", "C", "D", "answer", "category", "difficulty"]
 
 
@@ -647,35 +664,13 @@ def generate(
             assert not made[a][3] & made[b][3], f"splits {a} and {b} share an image"
 
     samples, names = made["sft"][:2]
-    rows = []
-    for i, (s, files) in enumerate(zip(samples, names, strict=True)):
-        row = {"id": f"synthetic-sft-{i:06d}"}
-        if files:
-            row["image"] = _images_field(files)
-        row["conversations"] = [{"from": "human", "value": s.prompt}, {"from": "gpt", "value": s.response}]
-        row.update(skill=s.item.skill, difficulty=s.item.difficulty, format=s.fmt, cot=s.cot, answer=s.answer)
-        if s.choices:
-            row["choices"] = s.choices
-        rows.append(row)
-    (out / "sft").mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "sft" / "train.jsonl", rows)
-    _write_json(out / "sft" / "meta.json", _meta("synthetic_sft", "../images/sft", "train.jsonl", len(rows)))
-
+    rows = [_record("sft", i, s, files, conversations=[{"from": "human", "value": s.prompt},
+                                                      {"from": "gpt", "value": s.response}], cot=s.cot)
+            for i, (s, files) in enumerate(zip(samples, names, strict=True))]  # fmt: skip
+    _write_split(out, "sft", "train.jsonl", rows)
     samples, names = made["qa"][:2]
-    rows = []
-    for i, (s, files) in enumerate(zip(samples, names, strict=True)):
-        row = {"id": f"synthetic-qa-{i:06d}"}
-        if files:
-            row["image"] = _images_field(files)
-        row.update(
-            question=s.prompt, answer=s.answer, skill=s.item.skill, difficulty=s.item.difficulty, format=s.fmt
-        )
-        if s.choices:
-            row["choices"] = s.choices
-        rows.append(row)
-    (out / "qa").mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "qa" / "qa.jsonl", rows)
-    _write_json(out / "qa" / "meta.json", _meta("synthetic_qa", "../images/qa", "qa.jsonl", len(rows)))
+    rows = [_record("qa", i, s, files, question=s.prompt) for i, (s, files) in enumerate(zip(samples, names, strict=True))]
+    _write_split(out, "qa", "qa.jsonl", rows)
 
     samples, names = made["eval"][:2]
     (out / "eval").mkdir(parents=True, exist_ok=True)

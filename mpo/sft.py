@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
-from trl import TrlParser
 
 from mpo.checkpointing import NativeResumeMixin
+from mpo.cli import parse_recipe
 from mpo.data.meta import DataConfig
 from mpo.data.packing import pack_samples, packed_attention_mask
 from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
@@ -304,11 +304,7 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
 
 
 def parse_sft_args(argv: list[str]) -> tuple[SFTModelConfig, SFTDataConfig, SFTStageConfig]:
-    parser = TrlParser((SFTModelConfig, SFTDataConfig, SFTStageConfig), prog="mpo sft")
-    try:
-        return parser.parse_args_and_config(args=argv)
-    except ValueError as err:  # unknown YAML keys, invalid values
-        raise UserError(str(err)) from None
+    return parse_recipe((SFTModelConfig, SFTDataConfig, SFTStageConfig), argv, "mpo sft")
 
 
 def make_dataset(records: list[dict], args: SFTStageConfig) -> SFTDataset:

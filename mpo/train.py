@@ -15,8 +15,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from mpo.cli import parse_recipe
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
 from mpo.data.meta import DataConfig
 from mpo.data.mmpr import load_mmpr
@@ -57,11 +58,7 @@ class PreferenceDataConfig(DataConfig):
 
 
 def parse_train_args(argv: list[str]) -> tuple[InternVLModelConfig, PreferenceDataConfig, MPOConfig]:
-    parser = TrlParser((InternVLModelConfig, PreferenceDataConfig, MPOConfig), prog="mpo train")
-    try:
-        return parser.parse_args_and_config(args=argv)
-    except ValueError as err:  # unknown YAML keys, invalid values
-        raise UserError(str(err)) from None
+    return parse_recipe((InternVLModelConfig, PreferenceDataConfig, MPOConfig), argv, "mpo train")
 
 
 def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConfig, args: MPOConfig) -> MPOTrainer:
