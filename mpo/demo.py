@@ -154,10 +154,36 @@ def ablation(out: Path, scale: Scale, seeds: tuple[int, ...] = (0, 1, 2), fresh:
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         lines.append(f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * std:.1f} | {100 * min(accs):.1f} | "
                      f"{100 * max(accs):.1f} | {', '.join(f'{100 * a:.1f}' for a in accs)} |")  # fmt: skip
+    chart = plot_ablation(out, accuracy, base["accuracy"], chance_level(out, base["total"]))
+    lines += ["", f"![ablation]({chart.name})"]
     report = out / "ABLATION.md"
     report.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return report
+
+
+def plot_ablation(out: Path, accuracy: dict[str, list[float]], sft: float, chance: float) -> Path:
+    """One bar per objective (mean over seeds, each seed a dot), with the SFT checkpoint and chance as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for i, accs in enumerate(accuracy.values()):
+        ax.bar(i, 100 * sum(accs) / len(accs), width=0.6, alpha=0.8)
+        ax.scatter([i] * len(accs), [100 * a for a in accs], color="black", s=12, zorder=3)
+    ax.axhline(100 * sft, color="tab:gray", linestyle="--", label=f"SFT checkpoint {100 * sft:.1f} %")
+    ax.axhline(100 * chance, color="tab:red", linestyle=":", label=f"random guess {100 * chance:.1f} %")
+    ax.set_xticks(range(len(accuracy)), list(accuracy))
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("MPO against its parts (bars: mean, dots: seeds)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = out / "ablation.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def chance_level(out: Path, n_items: int) -> float:

@@ -387,12 +387,15 @@ def test_parse_shard():
             parse_shard(bad)
 
 
+def correctness_argv(model: Path, synthetic: Path, out: Path) -> list[str]:
+    return ["correctness", "--model", str(model), "--data", str(synthetic / "qa" / "meta.json"), "--out", str(out), *GEN]
+
+
 @pytest.fixture(scope="module")
 def unsharded(tmp_path_factory, tiny_model, synthetic) -> Path:
     """The uninterrupted, unsharded reference build on the tiny model (answers tagged)."""
     out = tmp_path_factory.mktemp("runs") / "whole"
-    run_tagged(["correctness", "--model", str(tiny_model), "--data", str(synthetic / "qa" / "meta.json"),
-                "--out", str(out), *GEN])  # fmt: skip
+    run_tagged(correctness_argv(tiny_model, synthetic, out))
     return out
 
 
@@ -415,16 +418,7 @@ def _journal_records(out: Path) -> list[dict]:
 
 def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, tiny_model, synthetic, unsharded):
     out = tmp_path / "killed"
-    argv = [
-        "correctness",
-        "--model",
-        str(tiny_model),
-        "--data",
-        str(synthetic / "qa" / "meta.json"),
-        "--out",
-        str(out),
-        *GEN,
-    ]
+    argv = correctness_argv(tiny_model, synthetic, out)
     argv[argv.index("--batch-size") + 1] = "1"  # one line per question: kill lands between questions
     env = {**os.environ, "PYTHONPATH": str(REPO), DELAY_ENV: "0.4", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "pair_backends.py"), *argv], env=env,
@@ -457,16 +451,7 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, tiny_model, 
 
 def test_two_shards_merged_equal_one_run(tmp_path, tiny_model, synthetic, unsharded):
     out = tmp_path / "sharded"
-    argv = [
-        "correctness",
-        "--model",
-        str(tiny_model),
-        "--data",
-        str(synthetic / "qa" / "meta.json"),
-        "--out",
-        str(out),
-        *GEN,
-    ]
+    argv = correctness_argv(tiny_model, synthetic, out)
     assert run_tagged([*argv, "--shard", "1/2"]) is None  # shard 0 not done: no merge yet
     with pytest.raises(UserError, match="shard 0/2: 6 questions"):
         merge(out)

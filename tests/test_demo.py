@@ -57,3 +57,6 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
         accs = [overall(run / "eval")["accuracy"] for run in runs]
         row = f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * statistics.stdev(accs):.1f} |"
         assert row in report, (row, report)
+    assert "![ablation](ablation.png)" in report
+    with Image.open(out / "ablation.png") as img:
+        img.verify()
