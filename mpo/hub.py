@@ -178,8 +178,6 @@ def hyperparameter_rows(run: dict) -> list[list[str]]:
     add("lr_scheduler_type", a.get("lr_scheduler_type"))
     if a.get("warmup_steps"):
         add("warmup_steps", a["warmup_steps"])
-    if a.get("warmup_steps"):
-        add("warmup_steps", a["warmup_steps"])
     add("weight_decay", a.get("weight_decay"))
     add("num_train_epochs", a.get("num_train_epochs"))
     if (a.get("max_steps") or -1) > 0:
