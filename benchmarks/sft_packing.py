@@ -98,8 +98,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, steps, samples, real, pad, tps, sps in rows:
         print(f"| {name} | {steps} | {samples} | {real} | {pad:.1%} | {tps:,.0f} | {sps:,.1f} |")
-    for name, *rest in rows[1:]:
-        print(f"{name} / unpacked tokens/s: {rest[4] / rows[0][5]:.2f}x")
+    unpacked_tps = rows[0][5]
+    for name, *_, tps, _sps in rows[1:]:
+        print(f"{name} / unpacked tokens/s: {tps / unpacked_tps:.2f}x")
 
 
 if __name__ == "__main__":
