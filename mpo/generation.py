@@ -192,7 +192,7 @@ def make_backend(name: str, model_path: str, *, batch_size: int = 8, max_dynamic
     if name == "transformers":
         from mpo.models.loading import load_model, load_processor
 
-        model = load_model(model_path)
+        model = load_model(model_path, training=False)
         if torch.cuda.is_available():
             model = model.cuda()
         return TransformersBackend(model, load_processor(model_path), batch_size=batch_size)

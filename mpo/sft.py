@@ -33,10 +33,12 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 
+from mpo import attention
+from mpo.attention import layout_of
 from mpo.checkpointing import NativeResumeMixin
 from mpo.cli import parse_recipe
 from mpo.data.meta import DataConfig
-from mpo.data.packing import pack_samples, packed_attention_mask
+from mpo.data.packing import pack_samples
 from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor
@@ -191,8 +193,9 @@ class SFTModelConfig:
     )  # fmt: skip
     attn_implementation: str = field(
         default="auto",
-        metadata={"help": "'auto' = flash_attention_2 (varlen packing) when flash-attn imports and a GPU is "
-                  "present, else sdpa (packing through a block-diagonal mask)."},
+        metadata={"help": "'auto' = the fastest kernel exact for the layout (mpo.attention.choose_kernels): "
+                  "flash_attention_2 (padding-free varlen) on a GPU with flash-attn, flex_attention for packing on "
+                  "a GPU without it, sdpa on the CPU. Or one of eager, sdpa, flex_attention, flash_attention_2."},
     )  # fmt: skip
 
 
@@ -261,34 +264,25 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
         return batches, total
 
     # ---- the model call ---------------------------------------------------------------------------
-    def model_inputs(self, model, inputs: dict) -> dict:
-        """input_ids, pixel_values and the attention inputs for plain or packed rows."""
-        kwargs = {"input_ids": inputs["input_ids"], "pixel_values": inputs["pixel_values"]}
-        sample_ids, position_ids = inputs["sample_ids"], inputs["position_ids"]
-        starts = ((position_ids == 0) & (sample_ids >= 0)).sum(dim=1)
-        if not bool((starts > 1).any()):  # one sample per row: the usual padding mask
-            kwargs["attention_mask"] = inputs["attention_mask"]
-            return kwargs
-        kwargs["position_ids"] = position_ids
-        unwrapped = self.accelerator.unwrap_model(model)
-        impl = unwrapped.config.text_config._attn_implementation or "sdpa"
-        if impl.startswith("flash"):
-            return kwargs  # no mask: restarting position ids -> varlen flash-attention
-        dtype = None if impl == "sdpa" else unwrapped.dtype
-        kwargs["attention_mask"] = packed_attention_mask(sample_ids, dtype)
-        return kwargs
-
     def token_losses(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, weight, sample id) of every supervised target token of the batch, flattened."""
-        labels = inputs["labels"]
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t+1
-        shifted = keep[:, :-1]
-        targets = labels[:, 1:][shifted]
-        weights = inputs["loss_weights"][:, 1:][shifted]
-        sample_ids = inputs["sample_ids"][:, 1:][shifted]
-        outputs = model(**self.model_inputs(model, inputs), logits_to_keep=keep, use_cache=False)
-        return token_losses(outputs.logits, targets), weights, sample_ids
+        """(loss, weight, sample id) of every supervised target token of the batch, flattened.
+
+        Labels are shifted inside each sample first (position t predicts token t+1 of the same sample),
+        so the rows may then take any kernel's form (:func:`mpo.attention.model_inputs`), flattened or not.
+        """
+        labels, samples = inputs["labels"], inputs["sample_ids"]
+        shifted = torch.full_like(labels, IGNORE_INDEX)
+        same = samples[:, 1:] == samples[:, :-1]
+        shifted[:, :-1] = labels[:, 1:].masked_fill(~same, IGNORE_INDEX)
+        weights = torch.zeros_like(inputs["loss_weights"])
+        weights[:, :-1] = inputs["loss_weights"][:, 1:]
+        unwrapped = self.accelerator.unwrap_model(model)
+        batch, kwargs = attention.model_inputs({**inputs, "shift_labels": shifted, "shift_weights": weights},
+                                               attention.text_kernel(unwrapped), unwrapped.dtype)  # fmt: skip
+        keep = batch["shift_labels"] != IGNORE_INDEX
+        outputs = model(**kwargs, pixel_values=batch["pixel_values"], logits_to_keep=keep, use_cache=False)
+        losses = token_losses(outputs.logits, batch["shift_labels"][keep])
+        return losses, batch["shift_weights"][keep], batch["sample_ids"][keep]
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         losses, weights, _ = self.token_losses(model, inputs)
@@ -332,8 +326,8 @@ def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SF
 
     train_data = load(data_args.meta_path, "train", data_args.max_repetition_ratio)
     eval_data = load(data_args.eval_meta_path, "eval", None) if data_args.eval_meta_path else None
-    model = load_model(model_args.model_name_or_path, freeze=args.freeze_policy,
-                       attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)  # fmt: skip
+    model = load_model(model_args.model_name_or_path, freeze=args.freeze_policy, dtype=model_args.dtype,
+                       attn_implementation=model_args.attn_implementation, layout=layout_of(packed=args.packing))  # fmt: skip
     args.apply_model_size(sum(p.numel() for p in model.parameters()))
     return SFTStageTrainer(model, args, train_dataset=train_data, eval_dataset=eval_data, processing_class=processor)
 

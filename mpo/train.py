@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from mpo.attention import layout_of
 from mpo.cli import parse_recipe
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
 from mpo.data.meta import DataConfig
@@ -40,7 +41,10 @@ class InternVLModelConfig(ModelConfig):
     )  # fmt: skip
     attn_implementation: str | None = field(
         default="auto",
-        metadata={"help": "'auto' = flash_attention_2 when flash-attn imports and a GPU is present, else sdpa."},
+        metadata={"help": "'auto' = the fastest kernel exact for the token layout (mpo.attention.choose_kernels): "
+                  "flash_attention_2 (varlen) for plain/packed rows on a GPU with flash-attn, flex_attention for "
+                  "prefix sharing on a GPU, sdpa on the CPU. Or one of eager, sdpa, flex_attention, "
+                  "flash_attention_2; a kernel that cannot compute the layout exactly is an error."},
     )
     freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (InternViT)."})
     freeze_projector: bool = field(default=False, metadata={"help": "Freeze the MLP projector."})
@@ -79,6 +83,7 @@ def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConf
         model_args.model_name_or_path,
         freeze=FreezePolicy.from_flags(model_args.freeze_vision, model_args.freeze_projector, model_args.freeze_llm),
         attn_implementation=model_args.attn_implementation or "auto",
+        layout=layout_of(prefix_sharing=args.prefix_sharing, packed=args.max_packed_tokens is not None),
         dtype=model_args.dtype or "auto",
         vision_drop_path=model_args.vision_drop_path_rate,
         quantization_config=get_quantization_config(model_args),  # load_in_4bit / load_in_8bit: QLoRA

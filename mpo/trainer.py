@@ -27,7 +27,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.models import prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
-from mpo import ref_cache
+from mpo import attention, ref_cache
 from mpo.checkpointing import NativeResumeMixin
 from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import PreferenceCollator
@@ -162,6 +162,11 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
                 processing_class, prefix_sharing=args.prefix_sharing, max_packed_tokens=args.max_packed_tokens,
                 vision_once=args.vision_once,
             )  # fmt: skip
+        layout = attention.layout_of(prefix_sharing=args.prefix_sharing, packed=args.max_packed_tokens is not None)
+        for module, training in ((model, True), (ref_model, False)):
+            if isinstance(module, torch.nn.Module):  # refuse a kernel that cannot compute the layout exactly
+                attention.choose_kernels(attention.text_kernel(module), layout, attention.Platform.detect(),
+                                         training=training)  # fmt: skip
         super().__init__(
             model, ref_model=ref_model, args=args, data_collator=data_collator, processing_class=processing_class,
             **kwargs,
@@ -218,14 +223,16 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
     def _sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed response log-probs ([2B]: chosen of pair i at 2i, rejected at 2i+1) and lengths ([2B]).
 
-        Works for every layout of :mod:`mpo.data.layout`: TRL's fused head scores only the positions
-        with a label, in chunks, and a scatter-add sums them per sequence.
+        Works for every layout of :mod:`mpo.data.layout` under every attention kernel
+        (:func:`mpo.attention.model_inputs` gives the kernel its mask, or flattens the rows for varlen):
+        TRL's fused head scores only the positions with a label, in chunks, and a scatter-add sums them
+        per sequence.
         """
-        kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        internvl = self.accelerator.unwrap_model(model)
+        internvl = internvl.get_base_model() if isinstance(internvl, PeftModel) else internvl
+        inputs, kwargs = attention.model_inputs(inputs, attention.text_kernel(internvl), internvl.dtype)
         pixel_values = inputs["pixel_values"]
         if int(inputs["feature_repeats"]) > 1:  # vision tower once, features for both rows of a pair
-            internvl = self.accelerator.unwrap_model(model)
-            internvl = internvl.get_base_model() if isinstance(internvl, PeftModel) else internvl
             features = internvl.model.get_image_features(pixel_values=pixel_values, return_dict=True)
             features.pooler_output = features.pooler_output.repeat(int(inputs["feature_repeats"]), 1, 1)
             kwargs["mm_encoder_outputs"] = {"image": features}
@@ -267,7 +274,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             "tokens_per_tile": self.processing_class.image_seq_length,
             "tile": [self.processing_class.image_processor.size["height"], self.processing_class.image_processor.size["width"]],
             "dtype": str(self.model.dtype),
-            "attn": self.model.config._attn_implementation,
+            "attn": attention.text_kernel(self.model),
         }
         model_fp = ref_cache.checkpoint_fingerprint(getattr(self.model, "name_or_path", None))
         model_fp += self._precompute_model_hash or ""

@@ -93,3 +93,33 @@ def offline_wandb(tmp_path, monkeypatch):
     yield tmp_path
     wandb.finish()
     wandb.teardown()
+
+
+def _varlen_reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """A CPU stand-in for varlen flash-attention, written from its definition: each sequence of the
+    flattened row ([1, H, N, D]; boundaries in ``cu_seq_lens_q``) attends causally to itself alone."""
+    import torch
+    import torch.nn.functional as F
+
+    assert attention_mask is None and query.shape[0] == 1, "varlen kernels take flattened rows and no mask"
+    cu = kwargs["cu_seq_lens_q"].tolist()
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    pieces = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
+                                             scale=scaling) for s, e in zip(cu[:-1], cu[1:], strict=True)]  # fmt: skip
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+@pytest.fixture
+def varlen_kernel(monkeypatch) -> str:
+    """The name of a registered CPU varlen kernel that mpo.attention treats like flash_attention_2."""
+    from transformers import AttentionInterface
+
+    from mpo import attention
+
+    name = "varlen_reference"
+    AttentionInterface.register(name, _varlen_reference_attention)
+    monkeypatch.setattr(attention, "KERNELS", (*attention.KERNELS, name))
+    monkeypatch.setattr(attention, "VARLEN_KERNELS", {*attention.VARLEN_KERNELS, name})
+    monkeypatch.setattr(attention, "EXPRESSES", {**attention.EXPRESSES, name: {"plain", "packed"}})
+    return name

@@ -58,8 +58,7 @@ def test_text_only_batch_still_feeds_one_unseen_tile(processor, tmp_path):
         assert not (is_img & (batch["logp_index"] >= 0)).any()  # never scored
         first_img = int(is_img[0].int().argmax())
         assert (batch["logp_index"][0, first_img:] < 0).all()  # after every scored token: never seen by one
-        if shared:  # and the block mask keeps real tokens from attending to it
-            assert not batch["attention_mask"][0, 0, :first_img, first_img:].any()
+        assert batch["attn_group"][0, first_img] not in batch["attn_group"][:, :first_img]  # a group of its own
 
 
 @pytest.mark.parametrize("repeat_time, expected", [(0.5, 3), (2.0, 12), (1.5, 9)])

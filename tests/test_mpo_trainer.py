@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from conftest import MIXED_ROWS
+from trl.trainer.utils import add_fused_lm_head
 
 from mpo.data.collator import PreferenceCollator
 from mpo.data.mmpr import load_mmpr
@@ -60,14 +61,27 @@ LAYOUTS = {  # the exact speed switches of MPOConfig, each checked against the p
 }
 
 
-@pytest.mark.parametrize("normalization, layout", [("sequence", "plain"), ("token", "plain")]
-                         + [("sequence", name) for name in LAYOUTS if name != "plain"])  # fmt: skip
+def layout_name(switches: dict) -> str:
+    return "shared" if switches.get("prefix_sharing") else "packed" if "max_packed_tokens" in switches else "plain"
+
+
+# Every layout under every kernel that trains on the CPU; the varlen stand-in (conftest) runs the
+# padding-free flattened rows that flash_attention_2 gets on a GPU, for the layouts it can express.
+CASES = [("sequence", "plain", "sdpa"), ("token", "plain", "sdpa")] + [
+    ("sequence", name, kernel) for kernel in ("sdpa", "eager", "varlen") for name in LAYOUTS
+    if (kernel, name) != ("sdpa", "plain") and (kernel != "varlen" or layout_name(LAYOUTS[name]) != "shared")
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("normalization, layout, kernel", CASES)
 def test_loss_terms_and_gradients_match_independent(tiny_model, perturbed_policy, mixed_meta, tmp_path,
-                                                    normalization, layout):  # fmt: skip
+                                                    normalization, layout, kernel, request):  # fmt: skip
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
     args = _config(tmp_path, sft_normalization=normalization, precompute_ref_log_probs=False, **LAYOUTS[layout])
-    trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
+    kernel = request.getfixturevalue("varlen_kernel") if kernel == "varlen" else kernel
+    load = dict(attn_implementation=kernel, layout=layout_name(LAYOUTS[layout]))
+    trainer = MPOTrainer(load_model(perturbed_policy, **load), ref_model=load_model(tiny_model, **load), args=args,
                          train_dataset=data, processing_class=processor)  # fmt: skip
     trainer.reward_shift.load_state_dict({"value": 0.37, "total": 3.7, "count": 10})
     records = [data[i] for i in range(4)]  # image, multi-image, text, video
@@ -104,6 +118,26 @@ def test_loss_terms_and_gradients_match_independent(tiny_model, perturbed_policy
     for name, p in trainer.model.named_parameters():
         assert p.grad is not None, name
         torch.testing.assert_close(p.grad, expected[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, mixed_meta, tmp_path):
+    """flex_attention has no backward on the CPU (torch 2.14): its BlockMask path is checked for values."""
+    processor = load_processor(tiny_model)
+    data, _ = load_mmpr(mixed_meta, processor)
+    records = [data[i] for i in range(4)]  # image, multi-image, text, video
+    with torch.no_grad():
+        expected = independent_logps(load_model(tiny_model), plain_batch(processor, records))
+    flex = load_model(tiny_model, attn_implementation="flex_attention", layout="shared", training=False)
+    add_fused_lm_head(flex, outputs=("log_probs",))
+    for name, switches in LAYOUTS.items():
+        # the trainer refuses to train a flex model on the CPU; its scoring routine runs one
+        trainer = MPOTrainer(load_model(tiny_model), args=_config(tmp_path, precompute_ref_log_probs=False,
+                             **switches), train_dataset=data, processing_class=processor)  # fmt: skip
+        # static shapes: torch 2.14's CPU inductor fails to compile flex attention for dynamic ones
+        with torch.no_grad(), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            logps, _ = trainer._sequence_logps(flex, trainer.data_collator(records))
+        torch.testing.assert_close(logps[0::2], expected[:4], rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(logps[1::2], expected[4:], rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_delta_fixed_within_step_and_running_mean_across_steps(tiny_model, perturbed_policy, mixed_meta, tmp_path):

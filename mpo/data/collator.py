@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from mpo.attention import layout_of
 from mpo.data.images import load_image, tiles_for
 from mpo.data.layout import IGNORE, Segment, assemble, pack, plain_segment, shared_segment
 from mpo.data.template import expand_images, prompt_text, response_text
@@ -81,8 +82,8 @@ class PreferenceCollator:
             repeats = 1 if shared else 2
         else:
             tiles, repeats = tiles + tiles, 1
-        block_mask = shared or self.max_packed_tokens is not None
-        batch = assemble(rows, self.processor.tokenizer.pad_token_id, block_mask=block_mask)
+        layout = layout_of(prefix_sharing=shared, packed=self.max_packed_tokens is not None)
+        batch = assemble(rows, self.processor.tokenizer.pad_token_id, layout)
         batch["pixel_values"] = torch.cat(tiles)
         batch["num_pairs"] = torch.tensor(len(records))
         batch["feature_repeats"] = torch.tensor(repeats)

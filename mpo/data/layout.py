@@ -7,7 +7,9 @@ routine (TRL's fused LM head with pre-shifted labels, then a scatter-add per seq
     position_ids  [R, L]     restart where a branch restarts
     shift_labels  [R, L]     token predicted at position p (-100 where nothing is scored)
     logp_index    [R, L]     2*pair + 0 (chosen) / 1 (rejected) at scored positions, -1 elsewhere
-    attention_mask: [R, L] padding mask (plain), or [R, 1, L, L] bool "query may attend key" (shared)
+
+plus the attention description of :mod:`mpo.attention` (``attention_mask``, ``attn_group``,
+``attn_prefix``, ``layout``), from which the trainer builds what its attention kernel needs.
 
 Plain: rows 0..B-1 are [prompt | chosen], rows B..2B-1 [prompt | rejected], right-padded.
 
@@ -98,19 +100,19 @@ def pack(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
     return rows
 
 
-def assemble(rows: list[list[Segment]], pad_id: int, *, block_mask: bool) -> dict[str, torch.Tensor]:
-    """Stack rows of segments into the batch tensors (right padding)."""
+def assemble(rows: list[list[Segment]], pad_id: int, layout: str) -> dict:
+    """Stack rows of segments into the batch tensors of :mod:`mpo.attention` (right padding)."""
     length = max(sum(len(s) for s in row) for row in rows)
-    r = len(rows)
+    shape = (len(rows), length)
     out = {
-        "input_ids": torch.full((r, length), pad_id, dtype=torch.long),
-        "position_ids": torch.zeros((r, length), dtype=torch.long),
-        "shift_labels": torch.full((r, length), IGNORE, dtype=torch.long),
-        "logp_index": torch.full((r, length), -1, dtype=torch.long),
+        "input_ids": torch.full(shape, pad_id, dtype=torch.long),
+        "position_ids": torch.zeros(shape, dtype=torch.long),
+        "shift_labels": torch.full(shape, IGNORE, dtype=torch.long),
+        "logp_index": torch.full(shape, -1, dtype=torch.long),
+        "attention_mask": torch.zeros(shape, dtype=torch.long),
+        "attn_group": torch.full(shape, -1, dtype=torch.long),
+        "attn_prefix": torch.full(shape, -1, dtype=torch.long),
     }
-    padding = torch.zeros((r, length), dtype=torch.long)
-    groups = torch.full((r, length), -1, dtype=torch.long)  # -1: padding
-    prefix = torch.full((r, length), -2, dtype=torch.long)
     for i, row in enumerate(rows):
         start = 0
         for seg in row:
@@ -119,19 +121,9 @@ def assemble(rows: list[list[Segment]], pad_id: int, *, block_mask: bool) -> dic
             out["position_ids"][i, start:end] = torch.tensor(seg.positions)
             out["shift_labels"][i, start:end] = torch.tensor(seg.labels)
             out["logp_index"][i, start:end] = torch.tensor(seg.index)
-            groups[i, start:end] = torch.tensor(seg.groups)
-            prefix[i, start:end] = seg.prefix_group
-            padding[i, start:end] = 1
+            out["attn_group"][i, start:end] = torch.tensor(seg.groups)
+            out["attn_prefix"][i, start:end] = seg.prefix_group
+            out["attention_mask"][i, start:end] = 1
             start = end
-    if not block_mask:
-        out["attention_mask"] = padding
-        return out
-    # query q may see key k when k <= q and (same group, or k is in q's segment prefix); padding sees itself
-    q_group, k_group = groups[:, :, None], groups[:, None, :]
-    same = (q_group == k_group) & (q_group >= 0)
-    k_is_prefix = k_group == prefix[:, :, None]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    mask = (same | k_is_prefix) & causal
-    mask |= torch.eye(length, dtype=torch.bool)  # padding rows attend to themselves (no all-masked rows)
-    out["attention_mask"] = mask[:, None]
+    out["layout"] = layout
     return out

@@ -276,17 +276,18 @@ class SFTCollator:
     Output for R rows right-padded to length L, N samples in all, T tiles::
 
         input_ids      [R, L]
-        attention_mask [R, L]      1 on real tokens (padding-only masking; see ``sample_ids`` for packing)
+        attention_mask [R, L]      1 on real tokens
         position_ids   [R, L]      restart at 0 at every sample
-        sample_ids     [R, L]      index 0..N-1 of the sample each token belongs to, -1 on padding
+        attn_group, attn_prefix, layout   the attention description of :mod:`mpo.attention`
+        sample_ids     [R, L]      index 0..N-1 of the sample each token belongs to, -1 elsewhere
         labels         [R, L]      token ids on supervised tokens, -100 elsewhere
         loss_weights   [R, L]      w_i of the token's sample (mpo.sft_loss) on supervised tokens, else 0
         pixel_values   [T, 3, H, W]
         supervised_tokens [N]      x_i of every sample
         sources        list[str]   ``file:line`` of every sample, in sample-id order
 
-    A batch without any image still runs the vision tower on one blank tile whose image tokens sit
-    in the padding after row 0 (outside every sample, no loss), as in the preference collator: all
+    A batch without any image still runs the vision tower on one blank tile whose image tokens form a
+    sequence of their own after row 0's samples (seen by no sample, no loss), as in the preference collator: all
     ranks then run the same modules (DDP, ZeRO-3) and nothing of the samples changes.
     """
 
@@ -355,14 +356,21 @@ class SFTCollator:
                 supervised.append(x)
                 pos += n
             position_ids[r, pos:] = torch.arange(length - pos)  # padding: its own block
+        attn_group = sample_ids.clone()
         if not tiles:
             size = self.processor.image_processor.size
             tiles = [torch.zeros(1, 3, size["height"], size["width"])]
-            input_ids[0, lengths[0] : lengths[0] + n_img] = self.processor.image_token_id
+            blank = slice(lengths[0], lengths[0] + n_img)
+            input_ids[0, blank] = self.processor.image_token_id
+            attention_mask[0, blank] = 1  # a sequence of its own: kept by padding-free kernels, seen by no sample
+            attn_group[0, blank] = len(supervised)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "position_ids": position_ids,
+            "attn_group": attn_group,
+            "attn_prefix": attn_group,
+            "layout": "packed" if any(len(row) > 1 for row in rows) else "plain",
             "sample_ids": sample_ids,
             "labels": labels,
             "loss_weights": loss_weights,

@@ -1,22 +1,25 @@
 """Load a native InternVL checkpoint for training or inference.
 
-One entry point, :func:`load_model`, decides the attention implementation (flash-attn 2 when it
-imports and a GPU is present, else sdpa), the dtype (bf16 on GPU, fp32 on CPU), applies the freeze
-policy and gradient checkpointing, and turns the usual ways a path can be wrong into one-line errors.
+One entry point, :func:`load_model`, decides the attention kernels (:mod:`mpo.attention`) and the dtype
+(bf16 on GPU, fp32 on CPU), applies the freeze policy and gradient checkpointing, and turns the usual
+ways a path can be wrong into one-line errors.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoProcessor, InternVLForConditionalGeneration, PreTrainedModel, ProcessorMixin
 
+from mpo.attention import Platform, choose_kernels
 from mpo.errors import UserError
 from mpo.models.convert import is_original_layout
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,15 +92,6 @@ def add_vision_drop_path(model: torch.nn.Module, rate: float) -> int:
     return len(layers)
 
 
-def pick_attention(requested: str = "auto") -> str:
-    """``flash_attention_2`` when flash-attn imports and CUDA is present, else ``sdpa``."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
 def pick_dtype(requested: str = "auto") -> torch.dtype:
     """bf16 on a GPU that supports it, fp32 on the CPU, or the dtype named."""
     if requested == "auto":
@@ -133,15 +127,24 @@ def load_model(
     *,
     freeze: FreezePolicy = FreezePolicy(),
     attn_implementation: str = "auto",
+    layout: str = "plain",
+    training: bool = True,
     dtype: str = "auto",
     gradient_checkpointing: bool = False,
     vision_drop_path: float = 0.0,
     quantization_config=None,
 ) -> PreTrainedModel:
-    """Load a native InternVL checkpoint with the chosen attention, dtype, freeze policy and drop path."""
+    """Load a native InternVL checkpoint with the chosen attention, dtype, freeze policy and drop path.
+
+    The attention kernels are :func:`mpo.attention.choose_kernels` of ``attn_implementation`` for the
+    token ``layout`` the model will see (one line logged saying which and why); a kernel that cannot
+    compute the layout exactly, or cannot run (or train) here, is an error.
+    """
     read_checkpoint_config(path)
+    kernels = choose_kernels(attn_implementation, layout, Platform.detect(), training=training)
+    logger.warning(kernels.describe(layout))
     model = InternVLForConditionalGeneration.from_pretrained(
-        str(path), attn_implementation=pick_attention(attn_implementation), dtype=pick_dtype(dtype),
+        str(path), attn_implementation=kernels.for_transformers(), dtype=pick_dtype(dtype),
         quantization_config=quantization_config,  # QLoRA: bitsandbytes 4-bit (GPU)
     )
     apply_freeze_policy(model, freeze)
