@@ -270,13 +270,14 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
 
     # ---- reference precompute with a disk cache ---------------------------------------------------
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        reference = self.model if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
         settings = {
             "tokens_per_tile": self.processing_class.image_seq_length,
             "tile": [self.processing_class.image_processor.size["height"], self.processing_class.image_processor.size["width"]],
-            "dtype": str(self.model.dtype),
-            "attn": attention.text_kernel(self.model),
+            "dtype": str(reference.dtype),
+            "attn": attention.text_kernel(reference),
         }
-        model_fp = ref_cache.checkpoint_fingerprint(getattr(self.model, "name_or_path", None))
+        model_fp = ref_cache.checkpoint_fingerprint(getattr(reference, "name_or_path", None))
         model_fp += self._precompute_model_hash or ""
         key = ref_cache.cache_key(ref_cache.dataset_fingerprint(dataset), model_fp, settings)
         path = Path(self.args.ref_cache_dir or ref_cache.default_cache_dir()) / f"{name}-{key}.safetensors"

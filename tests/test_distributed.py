@@ -40,6 +40,12 @@ def test_delta_is_global_over_two_gloo_ranks(tiny_model, perturbed_policy, tmp_p
     for step in range(3):
         seen = r0["rewards"][: 4 * (step + 1)] + r1["rewards"][: 4 * (step + 1)]
         assert math.isclose(r0["deltas"][step], sum(seen) / len(seen), rel_tol=1e-6, abs_tol=1e-9)
+    # the step of unequal micro-batches (1 and 3 pairs per rank): every reward weighs the same
+    assert len(r0["step_rewards"]) == len(r1["step_rewards"]) == 2 * (1 + 3)
+    everything = r0["rewards"] + r1["rewards"] + r0["step_rewards"] + r1["step_rewards"]
+    assert r0["after"] == r1["after"] and r0["before"]["count"] == 24
+    assert r0["after"]["count"] == 24 + 16
+    assert math.isclose(r0["after"]["value"], sum(everything) / len(everything), rel_tol=1e-6, abs_tol=1e-9)
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])

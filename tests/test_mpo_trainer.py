@@ -140,6 +140,54 @@ def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, 
         torch.testing.assert_close(logps[1::2], expected[4:], rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("kernel", ["sdpa", "eager", "varlen"])
+def test_text_only_batch_scores_as_if_the_blank_tile_were_not_there(tiny_model, tmp_path, layout, kernel, request):
+    """A batch without images runs the vision tower on a blank tile (ZeRO-3 needs every rank to): its
+    tokens must change nothing. Independent: the language model alone on [prompt | response] tokens."""
+    from conftest import write_mmpr
+
+    rows = [MIXED_ROWS[2], {"question": "Say hi.", "chosen": "Hi there.", "rejected": "No."}]
+    processor = load_processor(tiny_model)
+    data, _ = load_mmpr(write_mmpr(tmp_path / "text", rows), processor)
+    records = [data[0], data[1]]
+    switches = LAYOUTS[layout]
+    if kernel == "varlen" and layout_name(switches) == "shared":
+        pytest.skip("varlen kernels cannot express prefix sharing (refused, see test_attention)")
+    kernel = request.getfixturevalue("varlen_kernel") if kernel == "varlen" else kernel
+    model = load_model(tiny_model, attn_implementation=kernel, layout=layout_name(switches))
+    trainer = MPOTrainer(model, args=_config(tmp_path, precompute_ref_log_probs=False, **switches),
+                         train_dataset=data, processing_class=processor)  # fmt: skip
+    batch = trainer.data_collator(records)
+    assert batch["pixel_values"].shape[0] == 1  # the blank tile is there
+    with torch.no_grad():
+        logps, _ = trainer._sequence_logps(trainer.model, batch)
+        base = load_model(tiny_model).eval()
+        expected = []
+        for record in records:
+            prompt, chosen, rejected, _ = trainer.data_collator.encode(record)
+            for response in (chosen, rejected):
+                ids = torch.tensor([prompt + response])
+                hidden = base.model.language_model(input_ids=ids).last_hidden_state
+                logp = torch.log_softmax(base.lm_head(hidden)[0, len(prompt) - 1 : -1], dim=-1)
+                expected.append(logp.gather(-1, torch.tensor(response)[:, None]).sum())
+    torch.testing.assert_close(logps, torch.stack(expected), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_does_not_feed_the_reward_shift(tiny_model, perturbed_policy, mixed_meta, tmp_path):
+    processor = load_processor(tiny_model)
+    data, _ = load_mmpr(mixed_meta, processor)
+    args = _config(tmp_path, max_steps=1, per_device_eval_batch_size=2, precompute_ref_log_probs=False)
+    trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
+                         train_dataset=data, eval_dataset=data, processing_class=processor)  # fmt: skip
+    trainer.reward_shift.load_state_dict({"value": 0.25, "total": 2.5, "count": 10})
+    metrics = trainer.evaluate()
+    assert "eval_loss/bco" in metrics and metrics["eval_bco/delta"] == 0.25  # eval uses δ ...
+    assert trainer.reward_shift.pending() == (0.0, 0)  # ... but feeds it nothing
+    trainer.update_reward_shift()
+    assert trainer.reward_shift.state_dict() == {"value": 0.25, "total": 2.5, "count": 10}
+
+
 def test_delta_fixed_within_step_and_running_mean_across_steps(tiny_model, perturbed_policy, mixed_meta, tmp_path):
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)

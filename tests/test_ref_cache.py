@@ -83,6 +83,22 @@ def test_cache_is_exact_reused_and_invalidated(tiny_model, tmp_path, monkeypatch
     assert len(list(cache.glob("train-*.safetensors"))) == 3
 
 
+def test_precompute_scores_the_given_reference_model_not_the_policy(tiny_model, perturbed_policy, tmp_path):
+    meta = write_mmpr(tmp_path / "data", MIXED_ROWS)
+    processor = load_processor(tiny_model)
+    data, _ = load_mmpr(meta, processor)
+    args = MPOConfig(output_dir=str(tmp_path / "out"), report_to=[], ref_cache_dir=str(tmp_path / "cache"),
+                     save_strategy="no", gradient_checkpointing=False, per_device_train_batch_size=2)  # fmt: skip
+    trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
+                         train_dataset=data, processing_class=processor)  # fmt: skip
+    chosen, rejected = _reference_by_hand(tiny_model, meta)
+    policy_chosen, _ = _reference_by_hand(perturbed_policy, meta)
+    assert (policy_chosen - chosen).abs().max() > 1e-2  # the test can tell the two models apart
+    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_chosen_logps"]), chosen, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_rejected_logps"]), rejected, rtol=1e-5,
+                               atol=1e-4)  # fmt: skip
+
+
 def test_two_rank_deepspeed_builds_then_reuses_the_cache(tiny_model, tmp_path):
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
     cache = tmp_path / "cache"

@@ -38,5 +38,18 @@ def record_step(total, count):
 trainer.reward_shift.step = record_step
 trainer.train()
 rank = trainer.accelerator.process_index
+
+# Then one more step by hand with micro-batches of unequal size (1 and 3 pairs, on both ranks, so that
+# the metric gathers line up): δ must weight every reward alike, not every micro-batch or rank.
+trained = len(rewards)
+before = trainer.reward_shift.state_dict()
+trainer.model.train()
+with torch.no_grad():
+    for start, n in ((4 * rank, 1), (4 * rank + 1, 3)):
+        trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator(
+            [data[i] for i in range(start, start + n)])))  # fmt: skip
+trainer.update_reward_shift()
 with open(f"{out}/rank{rank}.json", "w") as f:
-    json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "rewards": rewards, "deltas": deltas}, f)
+    json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "rewards": rewards[:trained],
+               "deltas": deltas[:-1], "before": before, "step_rewards": rewards[trained:],
+               "after": trainer.reward_shift.state_dict()}, f)  # fmt: skip
