@@ -8,7 +8,8 @@ measurement runs in a fresh subprocess, TRL and MPO alternating, so peak RSS is 
 ``image_heavy`` (7 tiles = 112 image tokens + the system prompt against ~12-token responses) and
 ``text_heavy`` (text-only, long answers). MPO's end-to-end time includes its one reference pass
 (a fresh cache), as a one-epoch run pays it; its training-only time does not. Peak memory is the
-growth of the process's peak RSS during training (the kernel's mark is reset just before it).
+growth of the process's peak RSS during training (the kernel's mark is reset just before it), or on
+a GPU the peak of allocated CUDA memory above what was held before training.
 Runs use ``--threads`` torch threads (default 1: stable numbers on a shared machine).
 Writes benchmarks/results/latest.json and latest.md.
 """
@@ -64,6 +65,10 @@ def make_pairs(root: Path, shape: str, n: int, seed: int = 0) -> list[dict]:
             img.save(root / "img" / f"{i}.png")
             rows.append({"image": f"{i}.png", "question": "How many shapes are there and what colours?",
                          "chosen": text(8), "rejected": text(8)})  # fmt: skip
+        elif shape == "cot_image":  # the GPU check's real shape: a 3:2 image, chain-of-thought answers
+            Image.new("RGB", (192, 128), rng.choice(["red", "green", "blue"])).save(root / "img" / f"{i}.png")
+            rows.append({"image": f"{i}.png", "question": text(rng.randint(20, 40)) + "?",
+                         "chosen": text(rng.randint(60, 200)), "rejected": text(rng.randint(60, 200))})  # fmt: skip
         else:
             rows.append({"question": text(40) + "?", "chosen": text(48), "rejected": text(48)})
     (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -108,10 +113,15 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
     import torch
     from transformers import TrainerCallback
 
+    from mpo.attention import layout_of
+
     torch.manual_seed(0)
+    switches = dict(switches or {})
+    attn = switches.pop("attn_implementation", "auto")
+    cuda = torch.cuda.is_available()
     common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps,
                   learning_rate=1e-5, report_to=[], save_strategy="no", logging_steps=10_000,
-                  gradient_checkpointing=False, seed=0, disable_tqdm=True, bf16=False,
+                  gradient_checkpointing=False, seed=0, disable_tqdm=True, bf16=cuda,
                   dataloader_num_workers=0)  # fmt: skip
     rows = [json.loads(line) for line in (Path(data) / "pairs.jsonl").read_text().splitlines()]
     start = time.perf_counter()
@@ -122,7 +132,8 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
 
         args = DPOConfig(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], beta=0.1,
                          max_length=None, **common)  # fmt: skip
-        trainer = DPOTrainer(load_model(model), args=args, train_dataset=trl_dataset(Path(data), rows),
+        trainer = DPOTrainer(load_model(model, attn_implementation=attn), args=args,
+                             train_dataset=trl_dataset(Path(data), rows),
                              processing_class=load_processor(model))  # fmt: skip
     else:
         from mpo.data.mmpr import load_mmpr
@@ -132,8 +143,10 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
         processor = load_processor(model)
         dataset, _ = load_mmpr(Path(data) / "meta.json", processor)
         args = MPOConfig(ref_cache_dir=tempfile.mkdtemp(), max_length=None, precompute_ref_batch_size=4 * batch,
-                         **{**common, **(switches or {})})
-        trainer = MPOTrainer(load_model(model), args=args, train_dataset=dataset, processing_class=processor)
+                         **{**common, **switches})
+        layout = layout_of(prefix_sharing=args.prefix_sharing, packed=args.max_packed_tokens is not None)
+        trainer = MPOTrainer(load_model(model, attn_implementation=attn, layout=layout), args=args,
+                             train_dataset=dataset, processing_class=processor)  # fmt: skip
     setup = time.perf_counter() - start
 
     class Clock(TrainerCallback):  # training steps only: from the first step's start to the last's end
@@ -147,10 +160,15 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
 
     clock = Clock()
     trainer.add_callback(clock)
-    _reset_peak_rss()
-    base_rss = _status_mb("VmRSS")
+    if cuda:  # peak GPU memory allocated during training, above what was held before it
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_rss = torch.cuda.memory_allocated() / 2**20
+    else:
+        _reset_peak_rss()
+        base_rss = _status_mb("VmRSS")
     trainer.train()
-    peak = _status_mb("VmHWM")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _status_mb("VmHWM")
     train_s = clock.t1 - clock.t0
     precompute_s = getattr(trainer, "precompute_seconds", 0.0)
     pairs = steps * batch

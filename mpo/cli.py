@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("mpo.sft", "one stage (1, 1.5, 2) of the InternVL2.5 SFT recipe from a recipe YAML, plus overrides"),
     "eval": ("eval.run", "evaluate a checkpoint on benchmarks (VLMEvalKit TSV, MMPR jsonl), or --compare runs"),
     "bench": ("benchmarks.mpo_speed", "speed and memory of MPOTrainer vs plain trl.DPOTrainer (pairs/s, peak MB)"),
+    "gpu-check": ("benchmarks.gpu_check", "on a GPU: every attention kernel exact in every layout (bf16), speed vs TRL at the 1B widths (--dry: CPU)"),
     "push": ("mpo.hub", "write the model card of a run and upload it to the Hugging Face Hub (--dry-run: list only)"),
     "demo": ("mpo.demo", "run the whole pipeline end to end on the embedded default"),
 }

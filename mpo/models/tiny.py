@@ -39,7 +39,6 @@ from mpo.data.template import (
 TILE_SIZE = 64
 PATCH_SIZE = 8
 MAX_TILES = 6
-TOKENS_PER_TILE = int((TILE_SIZE // PATCH_SIZE) ** 2 * 0.5**2)  # 16
 VOCAB_SIZE = 1024
 
 # Text the tokenizer learns its merges from: the words of visual question answering, counting,
@@ -94,55 +93,71 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2") -> InternVLConfig:
-    """The tiny InternVL2.5 config: InternViT-300M-style vision tower, a Qwen2 or Llama LLM."""
-    vision = dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        image_size=TILE_SIZE, patch_size=PATCH_SIZE, norm_type="layer_norm", use_qk_norm=False,
-        layer_scale_init_value=0.1, use_mean_pooling=True, hidden_act="gelu",
-    )  # fmt: skip
+TINY_VISION = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=TILE_SIZE,
+    patch_size=PATCH_SIZE, norm_type="layer_norm", use_qk_norm=False, layer_scale_init_value=0.1,
+    use_mean_pooling=True, hidden_act="gelu",
+)  # fmt: skip
+TINY_TEXT = dict(
+    hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+    max_position_embeddings=4096, rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=False,
+)  # fmt: skip
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2", *, vision: dict | None = None,
+                text: dict | None = None, vocab_size: int | None = None) -> InternVLConfig:  # fmt: skip
+    """The tiny InternVL2.5 config: InternViT-300M-style vision tower, a Qwen2 or Llama LLM.
+
+    ``vision`` / ``text`` override fields of the tiny widths (e.g. the real InternVL2.5-1B widths, see
+    benchmarks/gpu_check.py); tokens per tile follow from image size, patch size and the 0.5 unshuffle.
+    """
+    vision = {**TINY_VISION, **(vision or {})}
     text_kwargs = dict(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=False,
-        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
-        pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        TINY_TEXT, **(text or {}), vocab_size=vocab_size or len(tokenizer),
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END), pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
     )  # fmt: skip
     if llm == "qwen2":
-        text = Qwen2Config(**text_kwargs)
+        text_config = Qwen2Config(**text_kwargs)
     elif llm == "llama":
-        text = LlamaConfig(**text_kwargs)
+        text_config = LlamaConfig(**text_kwargs)
     else:
         raise ValueError(f"unknown llm {llm!r}: expected qwen2 or llama")
     return InternVLConfig(
         vision_config=vision,
-        text_config=text.to_dict(),
+        text_config=text_config.to_dict(),
         image_token_id=tokenizer.convert_tokens_to_ids(IMG_CONTEXT),
-        image_seq_length=TOKENS_PER_TILE,
+        image_seq_length=tokens_per_tile(vision["image_size"], vision["patch_size"]),
         downsample_ratio=0.5,
         projector_hidden_act="gelu",
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
-        tie_word_embeddings=False,
+        tie_word_embeddings=text_config.tie_word_embeddings,
     )
 
 
-def tiny_processor(tokenizer: PreTrainedTokenizerFast) -> InternVLProcessor:
-    """Dynamic tiling (up to ``MAX_TILES`` tiles of 64 px + thumbnail) with ImageNet normalisation."""
+def tokens_per_tile(tile: int, patch: int) -> int:
+    """Image tokens per tile: (tile / patch)^2 patches, 4 to a token after the 0.5 pixel unshuffle."""
+    return (tile // patch) ** 2 // 4
+
+
+TOKENS_PER_TILE = tokens_per_tile(TILE_SIZE, PATCH_SIZE)  # 16
+
+
+def tiny_processor(tokenizer: PreTrainedTokenizerFast, tile: int = TILE_SIZE, patch: int = PATCH_SIZE,
+                   max_tiles: int = MAX_TILES) -> InternVLProcessor:  # fmt: skip
+    """Dynamic tiling (up to ``max_tiles`` tiles of ``tile`` px + thumbnail) with ImageNet normalisation."""
     common = dict(
-        size={"height": TILE_SIZE, "width": TILE_SIZE},
+        size={"height": tile, "width": tile},
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
         do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
     )  # fmt: skip
-    image_processor = GotOcr2ImageProcessor(
-        crop_to_patches=True, min_patches=1, max_patches=MAX_TILES, **common
-    )
+    image_processor = GotOcr2ImageProcessor(crop_to_patches=True, min_patches=1, max_patches=max_tiles, **common)
     video_processor = InternVLVideoProcessor(**common)
     return InternVLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
-        image_seq_length=TOKENS_PER_TILE,
+        image_seq_length=tokens_per_tile(tile, patch),
         chat_template=CHAT_TEMPLATE_JINJA,
     )
 

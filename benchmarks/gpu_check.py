@@ -1,0 +1,262 @@
+"""GPU check: every installed attention kernel exact in every layout, MPOTrainer vs trl.DPOTrainer at the
+InternVL2.5-1B widths, and padding-free varlen flash-attention vs padded rows.
+
+    python -m benchmarks.gpu_check          # CUDA, bf16: fits in 8 minutes on one H100 (also: mpo gpu-check)
+    python -m benchmarks.gpu_check --dry    # CPU, fp32, tiny shapes: the same code, CUDA-only parts skipped
+
+1. Exactness. For each kernel that runs here (eager, sdpa, flex_attention with triton, flash_attention_2
+   with flash-attn) and each layout (plain, vision once, prefix sharing, packing, prefix sharing +
+   packing), the summed response log-probs and the gradient of their sum are compared with the plain
+   two-row layout under sdpa, in the same dtype. Tolerances: fp32 1e-4; bf16 2 % of the largest
+   |log-prob| and 5 % relative gradient error (bf16 keeps 8 bits of mantissa; a leaking mask is off
+   by far more: the "leaky" control row packs the pairs into one attention group and must FAIL).
+   Model: InternVL2.5-1B widths (InternViT 1024 wide, Qwen2.5-0.5B 896 wide), 2 layers each, 448 px tiles
+   (256 tokens each); --dry: the tiny model.
+2. Speed. MPOTrainer (defaults) against trl.DPOTrainer with the MPO losses, each run in a fresh
+   process: pairs/s in training and end to end (reference pass included), peak GPU memory. Model: the
+   InternVL2.5-1B widths at full depth (24 + 24 layers, 0.8B parameters, random weights). Pairs: one
+   3:2 image each (3 x 2 tiles + thumbnail = 1792 image tokens), a 20-40 word question and
+   chain-of-thought chosen / rejected answers of 60-200 words.
+3. Varlen vs padding. MPOTrainer without prefix sharing (vision once) on the same pairs: padding-free
+   flattened rows under flash_attention_2 against padded rows under sdpa.
+
+Writes benchmarks/results/gpu_check.json and gpu_check.md (--out elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LAYOUTS = {
+    "plain": dict(prefix_sharing=False, vision_once=False),
+    "vision once": dict(prefix_sharing=False, vision_once=True),
+    "prefix sharing": dict(prefix_sharing=True),
+    "packing": dict(prefix_sharing=False, vision_once=True, max_packed_tokens=1 << 16),
+    "prefix sharing + packing": dict(prefix_sharing=True, max_packed_tokens=1 << 16),
+}
+# InternVL2.5-1B: InternViT-300M-448px and Qwen2.5-0.5B-Instruct widths (their published config.json).
+VISION_1B = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                 image_size=448, patch_size=14, norm_type="layer_norm", use_qk_norm=False)  # fmt: skip
+TEXT_1B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+               intermediate_size=4864, max_position_embeddings=32768, tie_word_embeddings=True)  # fmt: skip
+VOCAB_1B = 151674
+TOLERANCE = {"float32": (1e-4, 1e-4), "bfloat16": (2e-2, 5e-2)}  # (log-prob, relative gradient)
+
+
+def build_model(out: Path, *, real: bool, layers: int | None = None) -> Path:
+    """The tiny model, or random weights at the InternVL2.5-1B widths (``layers`` each, default 24)."""
+    from mpo.models.tiny import build_tiny_model, tiny_config, tiny_processor, train_tokenizer
+
+    if not real:
+        return build_tiny_model(out)
+    from transformers import InternVLForConditionalGeneration
+
+    tokenizer = train_tokenizer()
+    depth = {"num_hidden_layers": layers} if layers else {}
+    config = tiny_config(tokenizer, vision={**VISION_1B, **depth}, text={**TEXT_1B, **depth}, vocab_size=VOCAB_1B)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = InternVLForConditionalGeneration(config)
+    model.to(torch.bfloat16).save_pretrained(out)
+    tiny_processor(tokenizer, tile=448, patch=14, max_tiles=12).save_pretrained(out)
+    return out
+
+
+def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:
+    """The kernels that run here, and why each other one does not."""
+    from mpo.attention import Platform
+
+    platform = Platform.detect()
+    kernels, skipped = ["sdpa", "eager"], {}
+    if platform.flex_backward and cuda:
+        kernels.append("flex_attention")
+    else:  # (its CPU forward is checked by tests/test_mpo_trainer.py)
+        skipped["flex_attention"] = "triton is not installed" if cuda else "no backward on the CPU"
+    if platform.flash_attn:
+        kernels.append("flash_attention_2")
+    else:
+        skipped["flash_attention_2"] = "needs CUDA and flash-attn" + ("" if not cuda else " (pip install flash-attn)")
+    return kernels, skipped
+
+
+def exactness(model_dir: Path, data: Path, device: str, dtype: torch.dtype) -> list[dict]:
+    """Log-probs and gradients of every (kernel, layout) against plain rows under sdpa."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from mpo.attention import layout_of
+    from mpo.data.collator import PreferenceCollator
+    from mpo.data.mmpr import load_mmpr
+    from mpo.models.loading import load_model, load_processor
+    from mpo.trainer import MPOConfig, MPOTrainer
+
+    processor = load_processor(model_dir)
+    data_set, _ = load_mmpr(data / "meta.json", processor)
+    records = [data_set[i] for i in range(min(4, len(data_set)))]
+    dtype_name = str(dtype).removeprefix("torch.")
+    kernels, _ = installed_kernels(device == "cuda")
+    # the trainer whose scoring routine runs every model below (its own model is not used)
+    scorer = MPOTrainer(load_model(model_dir, attn_implementation="sdpa"), train_dataset=data_set,
+                        args=MPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], precompute_ref_log_probs=False,
+                                       prefix_sharing=False, max_length=None, bf16=False, use_cpu=device == "cpu"),
+                        processing_class=processor)  # fmt: skip
+
+    def run(kernel: str, switches: dict, leaky: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        grads = not (kernel == "flex_attention" and device == "cpu")  # no flex backward on the CPU
+        layout = layout_of(prefix_sharing=switches.get("prefix_sharing", False),
+                           packed="max_packed_tokens" in switches)  # fmt: skip
+        model = load_model(model_dir, attn_implementation=kernel, layout=layout, training=grads,
+                           dtype=dtype_name).to(device)  # fmt: skip
+        add_fused_lm_head(model, outputs=("log_probs",))
+        collate = PreferenceCollator(processor, prefix_sharing=switches.get("prefix_sharing", False),
+                                     vision_once=switches.get("vision_once", False),
+                                     max_packed_tokens=switches.get("max_packed_tokens"))  # fmt: skip
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(records).items()}
+        if leaky:  # the negative control: every packed pair in one attention group
+            one = torch.where(batch["attn_group"] >= 0, 0, -1)
+            batch = {**batch, "attn_group": one, "attn_prefix": one}
+        with torch.set_grad_enabled(grads), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            logps, _ = scorer._sequence_logps(model, batch)
+            if not grads:
+                return logps.float().detach().cpu(), None
+            logps.sum().backward()
+        grad = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
+        return logps.float().detach().cpu(), grad.cpu()
+
+    ref_logps, ref_grad = run("sdpa", LAYOUTS["plain"])
+    tol_logp, tol_grad = TOLERANCE[dtype_name]
+    rows = []
+    cases = [(k, name, False) for k in kernels for name in LAYOUTS] + [("sdpa", "packing", True)]
+    for kernel, name, leaky in cases:
+        start = time.perf_counter()
+        logps, grad = run(kernel, LAYOUTS[name], leaky)
+        logp_err = float((logps - ref_logps).abs().max() / ref_logps.abs().max().clamp_min(1.0))
+        grad_err = None if grad is None else float((grad - ref_grad).norm() / ref_grad.norm())
+        ok = logp_err <= tol_logp and (grad_err is None or grad_err <= tol_grad)
+        rows.append({"kernel": kernel, "layout": name + (" (leaky control)" if leaky else ""), "dtype": dtype_name,
+                     "logp_err": logp_err, "grad_err": grad_err, "exact": ok, "expected_exact": not leaky,
+                     "seconds": time.perf_counter() - start})  # fmt: skip
+        print(f"  {kernel:17s} {rows[-1]['layout']:28s} logp {logp_err:.2e}  grad "
+              f"{'-' if grad_err is None else f'{grad_err:.2e}'}  {'ok' if ok == (not leaky) else 'FAIL'}", flush=True)
+    return rows
+
+
+def speed(model_dir: Path, data: Path, steps: int, batch: int, flash: bool) -> dict:
+    """MPOTrainer vs trl.DPOTrainer, and varlen vs padded rows, each run in a fresh process."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+
+    def measure(kind: str, switches: dict) -> dict:
+        cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", kind, "real", str(model_dir), str(data),
+               str(steps), str(batch), json.dumps(switches)]  # fmt: skip
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode or not line:
+            return {"error": out.stderr[-2000:]}
+        result = json.loads(line[0][7:])
+        print(f"  {kind} {json.dumps(switches)}: {result['train_pairs_per_s']:.2f} pairs/s train, "
+              f"{result['e2e_pairs_per_s']:.2f} e2e, peak +{result['peak_mb']:.0f} MB", flush=True)  # fmt: skip
+        return result
+
+    runs = {"trl.DPOTrainer (MPO losses)": measure("trl", {}), "MPOTrainer (defaults)": measure("mpo", {})}
+    no_sharing = {"prefix_sharing": False, "vision_once": True}
+    if flash:
+        runs["MPOTrainer, no prefix sharing, flash-attn varlen"] = measure(
+            "mpo", {**no_sharing, "attn_implementation": "flash_attention_2"})
+        runs["MPOTrainer, no prefix sharing, sdpa padded rows"] = measure(
+            "mpo", {**no_sharing, "attn_implementation": "sdpa"})
+    return runs
+
+
+def render(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# GPU check ({'dry run on the CPU' if report['dry'] else env['device']})", "",
+             f"torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}, flash-attn "
+             f"{env['flash_attn']}, triton {env['triton']}", ""]  # fmt: skip
+    lines += [f"- skipped: {k}: {why}" for k, why in report["skipped"].items()]
+    lines += ["", f"## Exactness against plain rows under sdpa ({report['exactness_model']})", "",
+              "| kernel | layout | dtype | max log-prob error (rel.) | gradient error (rel.) | within tolerance |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in report["exactness"]:
+        grad = "no backward here" if r["grad_err"] is None else f"{r['grad_err']:.1e}"
+        lines.append(f"| {r['kernel']} | {r['layout']} | {r['dtype']} | {r['logp_err']:.1e} | {grad} | "
+                     f"{'yes' if r['exact'] else 'no'}{'' if r['exact'] == r['expected_exact'] else ' (UNEXPECTED)'} |")
+    lines += ["", f"## Speed ({report['speed_model']}, {report['steps']} steps x {report['batch']} pairs)", "",
+              "| trainer | pairs/s (train) | pairs/s (end to end) | peak memory MB |", "|---|---|---|---|"]  # fmt: skip
+    for name, r in report["speed"].items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: see gpu_check.json | | |")
+        else:
+            lines.append(f"| {name} | {r['train_pairs_per_s']:.2f} | {r['e2e_pairs_per_s']:.2f} | {r['peak_mb']:.0f} |")
+    base, ours = report["speed"].get("trl.DPOTrainer (MPO losses)", {}), report["speed"].get("MPOTrainer (defaults)", {})
+    if "train_pairs_per_s" in base and "train_pairs_per_s" in ours:
+        lines += ["", f"MPOTrainer / TRL: {ours['train_pairs_per_s'] / base['train_pairs_per_s']:.2f}x training, "
+                  f"{ours['e2e_pairs_per_s'] / base['e2e_pairs_per_s']:.2f}x end to end, "
+                  f"{ours['peak_mb'] / base['peak_mb']:.2f}x peak memory."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def environment(cuda: bool) -> dict:
+    import transformers
+    import trl
+
+    def version(name: str) -> str:
+        if importlib.util.find_spec(name) is None:
+            return "not installed"
+        return getattr(__import__(name), "__version__", "installed")
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "flash_attn": version("flash_attn"), "triton": version("triton"),
+            "device": torch.cuda.get_device_name() if cuda else "cpu"}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.mpo_speed import make_pairs
+
+    parser = argparse.ArgumentParser(prog="mpo gpu-check", description=__doc__.splitlines()[0])
+    parser.add_argument("--dry", action="store_true", help="CPU dry run: tiny shapes, CUDA-only parts skipped")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per speed run (default 10, dry 2)")
+    parser.add_argument("--batch", type=int, default=4, help="pairs per step in the speed runs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.dry:
+        print("mpo gpu-check: no CUDA device here; run with --dry for the CPU dry run", file=sys.stderr)
+        return 1
+    device = "cuda" if cuda and not args.dry else "cpu"
+    real = device == "cuda"
+    steps = args.steps or (10 if real else 2)
+    work = Path(tempfile.mkdtemp(prefix="mpo-gpu-check-"))
+    _, skipped = installed_kernels(real)
+    if not real:
+        skipped["bf16, flash-attn, speed at the InternVL2.5-1B widths"] = "dry run on the CPU (fp32, tiny model)"
+    report = {"dry": not real, "environment": environment(real), "skipped": skipped, "steps": steps,
+              "batch": args.batch, "exactness_model": "InternVL2.5-1B widths, 2 + 2 layers" if real else "tiny",
+              "speed_model": "InternVL2.5-1B widths, 24 + 24 layers" if real else "tiny"}  # fmt: skip
+    make_pairs(work / "pairs", "cot_image", n=max(8, steps * args.batch))
+    print("exactness:", flush=True)
+    report["exactness"] = exactness(build_model(work / "shallow", real=real, layers=2), work / "pairs", device,
+                                    torch.bfloat16 if real else torch.float32)  # fmt: skip
+    print("speed:", flush=True)
+    report["speed"] = speed(build_model(work / "full", real=real), work / "pairs", steps, args.batch,
+                            flash="flash_attention_2" not in skipped)  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    (args.out / "gpu_check.md").write_text(render(report))
+    print(render(report))
+    unexpected = [r for r in report["exactness"] if r["exact"] != r["expected_exact"]]
+    failed = [name for name, r in report["speed"].items() if "error" in r]
+    return 1 if unexpected or failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

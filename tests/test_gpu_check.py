@@ -1,0 +1,35 @@
+"""The GPU check's dry run on the CPU: every CPU kernel and layout checked, the file written, CUDA parts skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_its_results(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "mpo.cli", "gpu-check", "--dry", "--out", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["dry"] is True
+    rows = {(r["kernel"], r["layout"]): r for r in report["exactness"]}
+    layouts = ["plain", "vision once", "prefix sharing", "packing", "prefix sharing + packing"]
+    for kernel in ("sdpa", "eager"):
+        for layout in layouts:
+            row = rows[(kernel, layout)]
+            assert row["exact"] and row["dtype"] == "float32" and row["logp_err"] <= 1e-4 and row["grad_err"] <= 1e-4
+    control = rows[("sdpa", "packing (leaky control)")]
+    assert not control["exact"] and control["grad_err"] > 1e-2  # the check can fail
+    assert "CUDA" in report["skipped"]["flash_attention_2"] and "flex_attention" in report["skipped"]
+    speed = report["speed"]
+    assert set(speed) == {"trl.DPOTrainer (MPO losses)", "MPOTrainer (defaults)"}
+    assert all(r["train_pairs_per_s"] > 0 and r["peak_mb"] > 0 for r in speed.values())
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| eager | prefix sharing | float32 |" in table and "MPOTrainer / TRL:" in table
