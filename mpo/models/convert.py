@@ -12,6 +12,8 @@ Mapping works on module names (``model.vision_tower.*``, ``model.multi_modal_pro
 ``model.language_model.*``, ``lm_head``); native files are written with the names transformers'
 own ``save_pretrained`` writes (``vision_tower.*``, ``language_model.model.*``,
 ``language_model.lm_head``, as in the published ``-hf`` checkpoints), and both spellings are read.
+A native output is a complete checkpoint: besides weights and config, the tokenizer, processor, chat
+template and generation config of ``mpo.models.native_files``.
 """
 
 from __future__ import annotations
