@@ -247,3 +247,25 @@ def test_load_processor_names_a_missing_processor(converted, tmp_path: Path) -> 
     shutil.copytree(out, bare, ignore=shutil.ignore_patterns("processor_config.json"))
     with pytest.raises(UserError, match=f"^{bare}: no processor \\(processor_config.json\\)"):
         load_processor(bare)
+
+
+def test_tiling_other_than_internvl25_is_refused(tmp_path: Path) -> None:
+    src = copy_fixture("qwen2_ln", tmp_path / "src")
+    config = original_config("qwen2_ln")
+    for key in ("use_thumbnail", "dynamic_image_size"):
+        (src / "config.json").write_text(json.dumps({**config, key: False}))
+        with pytest.raises(UserError, match=f"^{src / 'config.json'}: dynamic_image_size and use_thumbnail"):
+            conv.convert(src, tmp_path / "native")
+
+
+def test_tokenizer_without_the_image_tokens_is_refused(tmp_path: Path) -> None:
+    src = copy_fixture("qwen2_ln", tmp_path / "src")
+    added = json.loads((src / "added_tokens.json").read_text())
+    context_id = added.pop("<IMG_CONTEXT>")
+    (src / "added_tokens.json").write_text(json.dumps(added))
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    del config["added_tokens_decoder"][str(context_id)]
+    config["additional_special_tokens"] = [t for t in config["additional_special_tokens"] if t != "<IMG_CONTEXT>"]
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=f"^{src}: the tokenizer lacks the InternVL2.5 token\\(s\\) <IMG_CONTEXT>"):
+        conv.convert(src, tmp_path / "native")
