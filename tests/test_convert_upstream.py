@@ -237,8 +237,12 @@ def test_to_original_names_or_copies_the_remote_code(converted, tmp_path: Path, 
     assert (tmp_path / "full" / "tokenizer_config.json").read_bytes() == (code / "tokenizer_config.json").read_bytes()
 
     (code / "modeling_internvl_chat.py").unlink()
-    with pytest.raises(UserError, match="no modeling_internvl_chat.py"):
+    with pytest.raises(UserError, match=f"^{code}: not an original checkpoint with remote code \\(no modeling_"):
         conv.convert(out, tmp_path / "partial", to="original", code_from=code)
+    assert not (tmp_path / "partial").exists()
+    capsys.readouterr()
+    assert cli.main(["convert", str(FIXTURES / name), str(tmp_path / "n"), "--code-from", str(code)]) == 1
+    assert "--code-from applies to --to original only" in capsys.readouterr().err
 
 
 def test_load_processor_names_a_missing_processor(converted, tmp_path: Path) -> None:

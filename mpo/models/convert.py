@@ -722,6 +722,8 @@ def convert(
             raise UserError(f"{where}: not a valid InternVL config ({_one_line(err)})") from err
         out_config = original_config(native, *native_tiling(src), where)
         spec = llm_spec(native, where)
+        if code_from is not None:
+            check_code_from(Path(code_from), remote_code_files(out_config))
     shards = source_shards(src)
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -739,31 +741,32 @@ def convert(
         generation.save_pretrained(dst)
         return Converted(files, [])
     (dst / "config.json").write_text(json.dumps(out_config, indent=2) + "\n")
-    copy_files(src, dst, (*TOKENIZER_FILES, "generation_config.json"))
-    return Converted(files, original_extras(dst, out_config, Path(code_from) if code_from else None))
-
-
-def original_extras(dst: Path, config: dict[str, Any], code_from: Path | None) -> list[str]:
-    """Copy upstream's remote code and slow-tokenizer files from ``code_from`` into ``dst``; notes on what
-    ``dst`` still lacks for upstream's ``trust_remote_code`` loading."""
-    needed = remote_code_files(config)
+    copy_files(src, dst, ["generation_config.json"])
     if code_from is None:
-        return [
-            f"{dst} has no remote code: upstream loads it (trust_remote_code) only with the files its "
-            f"config.json auto_map names ({', '.join(needed)}) and what they import, plus the slow-tokenizer "
-            "files; copy all *.py and tokenizer files of the original checkpoint (e.g. OpenGVLab/InternVL2_5-8B) "
-            "into it, or pass --code-from ORIGINAL_CHECKPOINT"
-        ]
+        copy_files(src, dst, TOKENIZER_FILES)
+        return Converted(files, [missing_code_note(dst, remote_code_files(out_config))])
+    code = Path(code_from)  # upstream's code and its slow tokenizer, which upstream's code loads
+    copy_files(code, dst, [*(path.name for path in sorted(code.glob("*.py"))), *TOKENIZER_FILES])
+    return Converted(files, [])
+
+
+def check_code_from(code_from: Path, needed: list[str]) -> None:
+    """``code_from`` must be a directory holding the remote-code files ``needed``."""
     if not code_from.is_dir():
         raise UserError(f"{code_from}: --code-from directory not found")
     missing = [name for name in needed if not (code_from / name).is_file()]
     if missing:
         raise UserError(f"{code_from}: not an original checkpoint with remote code (no {', '.join(missing)})")
-    for name in TOKENIZER_FILES:  # the native tokenizer files are replaced by the original's, not mixed
-        (dst / name).unlink(missing_ok=True)
-    copy_files(code_from, dst, [path.name for path in sorted(code_from.glob("*.py"))])
-    copy_files(code_from, dst, TOKENIZER_FILES)
-    return []
+
+
+def missing_code_note(dst: Path, needed: list[str]) -> str:
+    """What an original-layout output without remote code lacks for upstream, said plainly."""
+    return (
+        f"{dst} has no remote code: upstream loads it (trust_remote_code) only with the files its config.json "
+        f"auto_map names ({', '.join(needed)}) and what they import, plus the slow-tokenizer files; copy all "
+        "*.py and tokenizer files of the original checkpoint (e.g. OpenGVLab/InternVL2_5-8B) into it, "
+        "or pass --code-from ORIGINAL_CHECKPOINT"
+    )
 
 
 def main(argv: list[str]) -> int:
