@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList, To
 from mpo import cli
 from mpo.errors import UserError
 from mpo.models import convert as conv
+from mpo.models import native_files
 from mpo.models.loading import load_model, load_processor
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream"
@@ -273,3 +274,9 @@ def test_tokenizer_without_the_image_tokens_is_refused(tmp_path: Path) -> None:
     (src / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=f"^{src}: the tokenizer lacks the InternVL2.5 token\\(s\\) <IMG_CONTEXT>"):
         conv.convert(src, tmp_path / "native")
+
+
+def test_sentencepiece_missing_is_named(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(native_files, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="needs the sentencepiece package"):
+        conv.convert(FIXTURES / "internlm2_rms", tmp_path / "native")

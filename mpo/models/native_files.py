@@ -12,6 +12,7 @@ checkpoint's embedding does not have is added.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ def source_tokenizer(src: Path, tokenizer_config: dict[str, Any]) -> TokenizersB
     elif (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
         tokenizer_class = Qwen2Tokenizer
     elif (src / "tokenizer.model").is_file():
+        if find_spec("sentencepiece") is None:
+            raise UserError(f"{src}: reading tokenizer.model needs the sentencepiece package (pip install sentencepiece)")
         tokenizer_class = TokenizersBackend
         kwargs.update(SLOW_CLASS_DEFAULTS.get(str(tokenizer_config.get("tokenizer_class")), {}))
     else:
