@@ -22,6 +22,7 @@ from mpo import cli
 from mpo.data.template import IMG_CONTEXT
 from mpo.errors import UserError
 from mpo.models import convert as conv
+from mpo.models import native_files
 from mpo.models.tiny import TOKENS_PER_TILE, tiny_config, tiny_processor, train_tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def build_original(out: Path, tokenizer, llm: str, vit: str, shards: int = 1) ->
     (out / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(out)
     tok_config = json.loads((out / "tokenizer_config.json").read_text())
-    for key in conv.IMAGE_TOKENS:  # the published tokenizers do not name the image tokens
+    for key in native_files.image_tokens({}):  # the published tokenizers do not name the image tokens
         tok_config.pop(key)
     tok_config["auto_map"] = {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config))

@@ -12,6 +12,8 @@ Mapping works on module names (``model.vision_tower.*``, ``model.multi_modal_pro
 ``model.language_model.*``, ``lm_head``); native files are written with the names transformers'
 own ``save_pretrained`` writes (``vision_tower.*``, ``language_model.model.*``,
 ``language_model.lm_head``, as in the published ``-hf`` checkpoints), and both spellings are read.
+A native output is a complete checkpoint: besides weights and config, the tokenizer, processor, chat
+template and generation config of ``mpo.models.native_files``.
 """
 
 from __future__ import annotations
@@ -32,19 +34,10 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
-from transformers import (
-    GotOcr2ImageProcessor,
-    InternVLConfig,
-    InternVLProcessor,
-    InternVLVideoProcessor,
-    LlamaConfig,
-    PreTrainedConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
+from transformers import InternVLConfig, InternVLProcessor, LlamaConfig, PreTrainedConfig, Qwen2Config
 
-from mpo.data.template import CHAT_TEMPLATE_JINJA, IMG_CONTEXT, IMG_END, IMG_START, VIDEO_PLACEHOLDER
 from mpo.errors import UserError
+from mpo.models import native_files
 
 ORIGINAL_ARCH = "InternVLChatModel"
 ORIGINAL_MODEL_TYPE = "internvl_chat"
@@ -56,17 +49,8 @@ LM_HEAD = "lm_head.weight"
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "merges.txt", "tokenizer.model",
+    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
 )  # fmt: skip
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-# Tokenizer attributes InternVLProcessor reads.
-IMAGE_TOKENS = {
-    "start_image_token": IMG_START,
-    "end_image_token": IMG_END,
-    "context_image_token": IMG_CONTEXT,
-    "video_token": VIDEO_PLACEHOLDER,
-}
 # Module-name prefix -> the prefix transformers' save_pretrained writes for InternVL.
 NATIVE_DISK_PREFIXES = (
     ("lm_head.", "language_model.lm_head."),
@@ -440,6 +424,15 @@ def check_original_config(config: dict[str, Any], where: Path | str) -> str:
     return family
 
 
+def tokens_per_tile(original: dict[str, Any]) -> int:
+    """Image tokens per tile of an original config, as upstream computes them: (image size / patch
+    size)^2 x downsample ratio^2, the image size being ``force_image_size`` or else the vision tower's
+    (InternVL2.5: (448 / 14)^2 x 0.5^2 = 256)."""
+    vision = original["vision_config"]
+    side = original.get("force_image_size") or vision["image_size"]
+    return int((side // vision["patch_size"]) ** 2 * original.get("downsample_ratio", 0.5) ** 2)
+
+
 def native_config(original: dict[str, Any], image_token_id: int, where: Path | str) -> InternVLConfig:
     """The native ``InternVLConfig`` of an original config.json dict."""
     family = check_original_config(original, where)
@@ -450,14 +443,12 @@ def native_config(original: dict[str, Any], image_token_id: int, where: Path | s
     llm = original["llm_config"]
     tie = bool(llm.get("tie_word_embeddings", False))
     text = native_text_config({**llm, "tie_word_embeddings": tie}, family)
-    ratio = original.get("downsample_ratio", 0.5)
-    image_size, patch_size = vision_in["image_size"], vision_in["patch_size"]
     config = InternVLConfig(
         vision_config=vision,
         text_config=text.to_dict(),
         image_token_id=image_token_id,
-        image_seq_length=int((image_size // patch_size) ** 2 * ratio**2),
-        downsample_ratio=ratio,
+        image_seq_length=tokens_per_tile(original),
+        downsample_ratio=original.get("downsample_ratio", 0.5),
         vision_feature_layer=original.get("select_layer", -1),
         tie_word_embeddings=tie,
         dtype=original.get("torch_dtype") or llm.get("torch_dtype"),
@@ -636,29 +627,17 @@ class ShardWriter:
         return final
 
 
-def find_token_id(src: Path, token: str) -> int | None:
-    """The id of an added token, read from the tokenizer files of ``src`` (no tokenizer loaded)."""
-    tokenizer_json = src / "tokenizer.json"
-    if tokenizer_json.is_file():
-        for added in read_json(tokenizer_json).get("added_tokens") or []:
-            if added.get("content") == token:
-                return int(added["id"])
-    tokenizer_config = src / "tokenizer_config.json"
-    if tokenizer_config.is_file():
-        for token_id, added in (read_json(tokenizer_config).get("added_tokens_decoder") or {}).items():
-            if added.get("content") == token:
-                return int(token_id)
-    added_tokens = src / "added_tokens.json"
-    if added_tokens.is_file() and token in (table := read_json(added_tokens)):
-        return int(table[token])
-    return None
+def optional_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or {} when there is no such file."""
+    return read_json(path) if path.is_file() else {}
 
 
-def copy_files(src: Path, dst: Path, names: Iterable[str]) -> None:
-    """Copy those of ``names`` that exist in ``src`` to ``dst``."""
-    for name in names:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+def copy_files(src: Path, dst: Path, names: Iterable[str]) -> list[str]:
+    """Copy those of ``names`` that exist in ``src`` to ``dst``; the names copied."""
+    copied = [name for name in names if (src / name).is_file()]
+    for name in copied:
+        shutil.copy2(src / name, dst / name)
+    return copied
 
 
 def native_tiling(src: Path) -> tuple[int, int]:
@@ -672,39 +651,32 @@ def native_tiling(src: Path) -> tuple[int, int]:
     return 1, 12
 
 
-def write_processor(src: Path, dst: Path, original: dict[str, Any], image_seq_length: int) -> bool:
-    """Write an ``InternVLProcessor`` (SRC's fast tokenizer, InternVL2.5 tiling and chat template).
+def native_processor(src: Path, original: dict[str, Any]) -> InternVLProcessor:
+    """The ``InternVLProcessor`` of a converted checkpoint: SRC's tokenizer made fast (every id inside the
+    embedding), the InternVL2.5 chat template, and the tiling and tokens per tile of SRC's config."""
+    source = native_files.source_tokenizer(src, optional_json(src / "tokenizer_config.json"))
+    tokenizer = native_files.native_tokenizer(source, src)
+    native_files.check_token_ids(tokenizer, original["llm_config"]["vocab_size"], src)
+    tile, min_tiles, max_tiles = native_files.original_tiling(original, src / "config.json")
+    return native_files.internvl_processor(tokenizer, tile, min_tiles, max_tiles, tokens_per_tile(original))
 
-    Returns False, writing nothing, when SRC has no ``tokenizer.json``.
-    """
-    if not (src / "tokenizer.json").is_file():
-        return False
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(src, extra_special_tokens=IMAGE_TOKENS)
-    tokenizer.init_kwargs.pop("auto_map", None)  # the original remote tokenizer code is not carried over
-    side = original.get("force_image_size") or original["vision_config"]["image_size"]
-    common = dict(
-        size={"height": side, "width": side}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-        do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
-    )  # fmt: skip
-    image_processor = GotOcr2ImageProcessor(
-        crop_to_patches=True,
-        min_patches=original.get("min_dynamic_patch", 1),
-        max_patches=original.get("max_dynamic_patch", 12),
-        **common,
-    )
-    processor = InternVLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=InternVLVideoProcessor(**common),
-        image_seq_length=image_seq_length,
-        chat_template=CHAT_TEMPLATE_JINJA,
-    )
-    processor.save_pretrained(dst)
-    return True
+
+def remote_code_files(config: dict[str, Any]) -> list[str]:
+    """The Python files an original config's ``auto_map`` names (what upstream loads with remote code)."""
+    names = {ref.split(".")[0] + ".py" for ref in (config.get("auto_map") or {}).values()}
+    return sorted(names)
 
 
 # ---------------------------------------------------------------------------------------------
 # Entry points
+
+
+class Converted(list[Path]):
+    """The weight files ``convert`` wrote, with ``notes`` for the user (empty when nothing is missing)."""
+
+    def __init__(self, files: list[Path], notes: list[str]) -> None:
+        super().__init__(files)
+        self.notes = notes
 
 
 def convert(
@@ -712,11 +684,15 @@ def convert(
     dst: str | Path,
     to: str = "native",
     max_shard_size: int | str = "5GB",
-    image_token_id: int | None = None,
-) -> list[Path]:
-    """Convert the checkpoint in ``src`` to the ``to`` layout in ``dst``; returns the weight files.
+    code_from: str | Path | None = None,
+) -> Converted:
+    """Convert the checkpoint in ``src`` to the ``to`` layout in ``dst``.
 
-    ``image_token_id`` (native output only) defaults to the id of ``<IMG_CONTEXT>`` in SRC's tokenizer.
+    Native output is complete: weights, config, fast tokenizer, processor (tiling, chat template) and a
+    generation config that stops at the end of a turn. A native source asked for native is left alone
+    (no files, a note). Original output holds weights, config and SRC's tokenizer files; upstream also
+    loads the remote-code files its ``auto_map`` names, copied from ``code_from`` (an original checkpoint,
+    with its slow-tokenizer files) when given, else named in the notes.
     """
     src, dst = Path(src), Path(dst)
     if to not in ("native", "original"):
@@ -726,19 +702,18 @@ def convert(
     original_in = is_original_layout(config)
     if not original_in and config.get("model_type") != NATIVE_MODEL_TYPE:
         raise UserError(f"{src / 'config.json'}: model_type {config.get('model_type')!r} is not InternVL")
-    if original_in == (to == "original"):
-        raise UserError(f"{src}: already in the {to} layout")
+    if not original_in and to == "native":
+        return Converted([], [f"{src} is already a native (-hf) checkpoint: nothing to convert, use it as it is"])
+    if original_in and to == "original":
+        raise UserError(f"{src}: already in the original layout")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise UserError(f"{dst}: exists and is not an empty directory")
     where = src / "config.json"
 
     if to == "native":
         check_original_config(config, where)
-        if image_token_id is None:
-            image_token_id = find_token_id(src, IMG_CONTEXT)
-        if image_token_id is None:
-            raise UserError(f"{src}: no {IMG_CONTEXT} token in the tokenizer files; pass --image-token-id")
-        out_config: InternVLConfig | dict[str, Any] = native_config(config, image_token_id, where)
+        processor = native_processor(src, config)
+        out_config: InternVLConfig | dict[str, Any] = native_config(config, processor.image_token_id, where)
         spec = llm_spec(config, where)
     else:
         try:
@@ -747,6 +722,8 @@ def convert(
             raise UserError(f"{where}: not a valid InternVL config ({_one_line(err)})") from err
         out_config = original_config(native, *native_tiling(src), where)
         spec = llm_spec(native, where)
+        if code_from is not None:
+            check_code_from(Path(code_from), remote_code_files(out_config))
     shards = source_shards(src)
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -755,30 +732,60 @@ def convert(
         writer.add(name, tensor)
     files = writer.close()
 
-    copy_files(src, dst, (*TOKENIZER_FILES, "generation_config.json"))
     if isinstance(out_config, InternVLConfig):
         out_config.save_pretrained(dst)
-        write_processor(src, dst, config, out_config.image_seq_length)
-    else:
-        (dst / "config.json").write_text(json.dumps(out_config, indent=2) + "\n")
-    return files
+        processor.save_pretrained(dst)
+        generation = native_files.generation_config(
+            optional_json(src / "generation_config.json"), processor.tokenizer, config["llm_config"].get("eos_token_id")
+        )
+        generation.save_pretrained(dst)
+        return Converted(files, [])
+    (dst / "config.json").write_text(json.dumps(out_config, indent=2) + "\n")
+    copy_files(src, dst, ["generation_config.json"])
+    if code_from is None:
+        copy_files(src, dst, TOKENIZER_FILES)
+        return Converted(files, [missing_code_note(dst, remote_code_files(out_config))])
+    code = Path(code_from)  # upstream's code and its slow tokenizer, which upstream's code loads
+    copy_files(code, dst, [*(path.name for path in sorted(code.glob("*.py"))), *TOKENIZER_FILES])
+    return Converted(files, [])
+
+
+def check_code_from(code_from: Path, needed: list[str]) -> None:
+    """``code_from`` must be a directory holding the remote-code files ``needed``."""
+    if not code_from.is_dir():
+        raise UserError(f"{code_from}: --code-from directory not found")
+    missing = [name for name in needed if not (code_from / name).is_file()]
+    if missing:
+        raise UserError(f"{code_from}: not an original checkpoint with remote code (no {', '.join(missing)})")
+
+
+def missing_code_note(dst: Path, needed: list[str]) -> str:
+    """What an original-layout output without remote code lacks for upstream, said plainly."""
+    return (
+        f"{dst} has no remote code: upstream loads it (trust_remote_code) only with the files its config.json "
+        f"auto_map names ({', '.join(needed)}) and what they import, plus the slow-tokenizer files; copy all "
+        "*.py and tokenizer files of the original checkpoint (e.g. OpenGVLab/InternVL2_5-8B) into it, "
+        "or pass --code-from ORIGINAL_CHECKPOINT"
+    )
 
 
 def main(argv: list[str]) -> int:
-    """``mpo convert SRC DST [--to native|original] [--max-shard-size 5GB] [--image-token-id N]``."""
+    """``mpo convert SRC DST [--to native|original] [--max-shard-size 5GB] [--code-from ORIGINAL]``."""
     parser = argparse.ArgumentParser(prog="mpo convert", description=__doc__.splitlines()[0])
     parser.add_argument("src", help="checkpoint directory to convert")
     parser.add_argument("dst", help="output directory (created; must be empty if it exists)")
     parser.add_argument("--to", choices=["native", "original"], default="native", help="target layout")
     parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
     parser.add_argument(
-        "--image-token-id",
-        type=int,
-        help="image context token id (default: <IMG_CONTEXT> in SRC's tokenizer)",
+        "--code-from",
+        help="--to original: an original checkpoint whose remote code (*.py) and tokenizer files to copy",
     )
     args = parser.parse_args(argv)
-    files = convert(args.src, args.dst, args.to, args.max_shard_size, args.image_token_id)
-    print(f"{args.src} -> {args.dst} ({args.to} layout, {len(files)} weight file(s))")
-    if args.to == "native" and not (Path(args.dst) / "processor_config.json").is_file():
-        print(f"note: {args.src} has no tokenizer.json, so no processor was written", file=sys.stderr)
+    if args.code_from and args.to != "original":
+        raise UserError("--code-from applies to --to original only")
+    result = convert(args.src, args.dst, args.to, args.max_shard_size, args.code_from)
+    if result:
+        print(f"{args.src} -> {args.dst} ({args.to} layout, {len(result)} weight file(s))")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0

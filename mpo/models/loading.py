@@ -158,6 +158,11 @@ def load_model(
 def load_processor(path: str | Path) -> ProcessorMixin:
     """The InternVLProcessor saved with a checkpoint (tokenizer, tiling image processor, template)."""
     read_checkpoint_config(path)
+    if not any((Path(path) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+        raise UserError(
+            f"{path}: no processor (processor_config.json); if an older mpo convert wrote this checkpoint, "
+            "convert the original checkpoint again"
+        )
     try:
         return AutoProcessor.from_pretrained(str(path))
     except (OSError, ValueError) as err:

@@ -14,11 +14,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    GotOcr2ImageProcessor,
     InternVLConfig,
     InternVLForConditionalGeneration,
     InternVLProcessor,
-    InternVLVideoProcessor,
     LlamaConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -35,6 +33,7 @@ from mpo.data.template import (
     SYSTEM_MESSAGE,
     VIDEO_PLACEHOLDER,
 )
+from mpo.models.native_files import internvl_processor
 
 TILE_SIZE = 64
 PATCH_SIZE = 8
@@ -146,20 +145,7 @@ TOKENS_PER_TILE = tokens_per_tile(TILE_SIZE, PATCH_SIZE)  # 16
 def tiny_processor(tokenizer: PreTrainedTokenizerFast, tile: int = TILE_SIZE, patch: int = PATCH_SIZE,
                    max_tiles: int = MAX_TILES) -> InternVLProcessor:  # fmt: skip
     """Dynamic tiling (up to ``max_tiles`` tiles of ``tile`` px + thumbnail) with ImageNet normalisation."""
-    common = dict(
-        size={"height": tile, "width": tile},
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-        do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
-    )  # fmt: skip
-    image_processor = GotOcr2ImageProcessor(crop_to_patches=True, min_patches=1, max_patches=max_tiles, **common)
-    video_processor = InternVLVideoProcessor(**common)
-    return InternVLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        image_seq_length=tokens_per_tile(tile, patch),
-        chat_template=CHAT_TEMPLATE_JINJA,
-    )
+    return internvl_processor(tokenizer, tile, 1, max_tiles, tokens_per_tile(tile, patch))
 
 
 def build_tiny_model(out: str | Path, llm: str = "qwen2", seed: int = 0) -> Path:
