@@ -233,6 +233,9 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
                 raise ValueError("SFTStageTrainer needs processing_class (the InternVL processor) or a data_collator")
             data_collator = SFTCollator(processing_class, loss_reduction=args.loss_reduction, train=True,
                                         seed=args.seed + args.process_index)  # fmt: skip
+        # refuse a kernel that cannot compute the layout exactly, or cannot train here
+        attention.choose_kernels(attention.text_kernel(model), layout_of(packed=args.packing),
+                                 attention.Platform.detect())  # fmt: skip
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)  # fmt: skip
         self.loss_is_scaled_for_ga = True

@@ -18,7 +18,7 @@ from PIL import Image
 from mpo.data import sft_data
 from mpo.data.packing import pack_samples
 from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
-from mpo.errors import DataError
+from mpo.errors import DataError, UserError
 from mpo.models.loading import load_model, load_processor, part_of
 from mpo.sft import SFTStageConfig, SFTStageTrainer, make_dataset
 from mpo.sft import main as sft_main
@@ -258,6 +258,13 @@ def _per_sample(trainer, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return per_sample_sums(losses, ids, n), per_sample_sums(losses * weights, ids, n)
 
 
+def test_trainer_refuses_a_model_that_cannot_train_here(tiny_model, processor, sft_meta, tmp_path):
+    records, _ = load_sft(sft_meta, processor)
+    model = load_model(tiny_model, attn_implementation="flex_attention", layout="packed", training=False)
+    with pytest.raises(UserError, match="flex_attention cannot train here"):
+        SFTStageTrainer(model, _config(tmp_path), train_dataset=SFTDataset(records), processing_class=processor)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen", "flex_attention"])
 def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_path, attn, request):
     """Packed rows under every CPU kernel (varlen: the conftest stand-in for flash-attn's padding-free
@@ -267,7 +274,9 @@ def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_pa
     attn = request.getfixturevalue("varlen_kernel") if attn == "varlen" else attn
     grads = attn != "flex_attention"
     model = load_model(tiny_model, attn_implementation=attn, layout="packed", training=grads).eval()
-    trainer = SFTStageTrainer(model, _config(tmp_path), train_dataset=SFTDataset(records), processing_class=processor)
+    # (a flex model cannot train on the CPU, so the trainer is built on an sdpa one; its routine runs either)
+    trainer = SFTStageTrainer(model if grads else load_model(tiny_model), _config(tmp_path),
+                              train_dataset=SFTDataset(records), processing_class=processor)  # fmt: skip
     collate = SFTCollator(processor, train=False)
     packed = collate([records[:3], records[3:]])  # two rows of three samples, images in both
     assert packed["input_ids"].shape[0] == 2 and int(packed["position_ids"].eq(0).sum()) >= 6
