@@ -205,8 +205,8 @@ def load_tsv(
     header, rows = _tsv_rows(Path(path), bad)
     letters = [h for h in header if re.fullmatch(r"[A-Z]", h)]
     items: list[EvalItem] = []
-    image_cells: dict[str, str] = {}  # index -> base64 cell, for references (VLMEvalKit: <= 64 chars)
-    pending: list[tuple[EvalItem, str, str]] = []  # (item, image cell, image_path cell)
+    image_cells: dict[str, str] = {}  # index -> image cell of a good row, for references (<= 64 chars)
+    references: list[tuple[EvalItem, str]] = []  # rows whose image cell names another row's index
     n_dropped = 0
     for line, cells in rows:
         encoded, local = cells.get("image", ""), cells.get("image_path", "")
@@ -215,42 +215,43 @@ def load_tsv(
             continue
         try:
             item = _tsv_item(cells, letters, name, rule, path, line)
-        except DataError as err:
-            bad.handle(err)
-            continue
-        if not _empty(encoded) and len(encoded.strip()) > _IMAGE_REFERENCE_MAX_LEN:
-            image_cells[item.index] = encoded
-        pending.append((item, encoded, local))
-    if dropped is not None and n_dropped:
-        dropped[name] = dropped.get(name, 0) + n_dropped
-    for item, encoded, local in pending:
-        try:
-            item.images = _row_images(item, encoded, local, image_cells, image_dir)
-            if rule.check_item is not None:
-                rule.check_item(item)
-            check_image_refs(item)
+            if not _empty(encoded) and len(encoded.strip()) <= _IMAGE_REFERENCE_MAX_LEN:
+                references.append((item, encoded.strip()))  # resolved once every row's image is known
+            else:
+                _attach_images(item, encoded, local, image_dir)
+                image_cells[item.index] = encoded
         except DataError as err:
             bad.handle(err)
             continue
         items.append(item)
+    failed: set[int] = set()
+    for item, ref in references:
+        try:
+            if _empty(image_cells.get(ref)):
+                raise DataError(path, item.line, f"not base64 image data, nor the index of a row with an image: "
+                                f"{ref!r}", "image")  # fmt: skip
+            _attach_images(item, image_cells[ref], "", image_dir)
+        except DataError as err:
+            bad.handle(err)
+            failed.add(id(item))
+    items = [item for item in items if id(item) not in failed]
+    if dropped is not None and n_dropped:
+        dropped[name] = dropped.get(name, 0) + n_dropped
     return _unique_indices(items, bad)
 
 
-def _row_images(item: EvalItem, encoded: str, local: str, image_cells: dict[str, str], image_dir: Path) -> list[str]:
-    """The row's image files: base64 (or another row's, by index) decoded, else ``image_path`` files."""
+def _attach_images(item: EvalItem, encoded: str, local: str, image_dir: Path) -> None:
+    """Set the row's image files (base64 decoded, else ``image_path`` files) and check the item."""
     path, line = item.path, item.line
     if not _empty(encoded):
-        encoded = encoded.strip()
-        if len(encoded) <= _IMAGE_REFERENCE_MAX_LEN:
-            if encoded not in image_cells:
-                raise DataError(path, line, f"not base64 image data, nor the index of a row with an image: "
-                                f"{encoded!r}", "image")  # fmt: skip
-            encoded = image_cells[encoded]
-        return [decode_image(v, image_dir, path, line) for v in literal_list(encoded, path, line, "image")]
-    if not _empty(local):
+        item.images = [decode_image(v, image_dir, path, line) for v in literal_list(encoded, path, line, "image")]
+    elif not _empty(local):
         base = Path(path).parent
-        return [_local_image(v, base, path, line, "image_path") for v in literal_list(local, path, line, "image_path")]
-    return []
+        item.images = [_local_image(v, base, path, line, "image_path")
+                       for v in literal_list(local, path, line, "image_path")]  # fmt: skip
+    if item.rule.check_item is not None:
+        item.rule.check_item(item)
+    check_image_refs(item)
 
 
 # ------------------------------------------------------------------------------------------ jsonl
