@@ -34,7 +34,8 @@ import io
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -71,7 +72,7 @@ class EvalItem:
     kind: str | None = None  # answer kind override; default: "choice" with options, else inferred
     hint: str | None = None
     max_dynamic_patch: int | None = None  # per-benchmark tile budget (meta.json); None: the run's
-    fields: dict[str, str] = field(default_factory=dict)  # the row's other columns (see eval.rules)
+    fields: dict[str, str] = dataclass_field(default_factory=dict)  # the row's other columns (see eval.rules)
     rule: Rule = GENERIC
 
 

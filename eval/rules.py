@@ -27,6 +27,8 @@ MMMU            MCQ          ``can_infer``; an open question is MC with A = answ
 HallusionBench  Y/N          ``YOrN_Extraction`` == answer; aAcc, fAcc (per figure), qAcc (per question)
 OCRBench        VQA          any accepted answer (list cell) is a substring of the response
 MathVista       VQA          MC: ``can_infer`` == ``answer_option``; integer/float: ``int()``/``float()``
+                             of the whole response equals the answer (``precision`` is only in the
+                             question's hint: VLMEvalKit's check ignores it, and so does this one)
 MMVet           VQA          judge grade in [0, 1]; exact match here is this project's heuristic
 (generic)       MCQ/YN/VQA   options: ``can_infer``; yes/no: ``YOrN_Extraction``; else mpo.answers
 =============== ============ =====================================================================
@@ -105,6 +107,8 @@ def _read_mathvista(cells: dict[str, str], choices, path, line) -> tuple[str, di
     qtype = cells.get("question_type", "").strip()
     if qtype == "multi_choice":
         options = literal_list(cells.get("choices", ""), path, line, "choices")
+        if not all(o.strip() for o in options):
+            raise DataError(path, line, "missing or empty options (a list literal of option texts)", "choices")
         choices = {chr(ord("A") + i): text for i, text in enumerate(options)}
         letter = cells.get("answer_option", "").strip()
         if letter not in choices:

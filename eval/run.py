@@ -204,8 +204,8 @@ def evaluate(
     records = [done[_key(it.benchmark, it.index)] for it in items]
     results = {
         **settings,
-        "data": [{"benchmark": name, "items": len(bench[:limit]), "dropped_no_image": dropped.get(name, 0)}
-                 for name, bench in benchmarks.items()],  # fmt: skip
+        "data": [{"benchmark": name, "items": sum(it.benchmark == name for it in items),
+                  "dropped_no_image": dropped.get(name, 0)} for name in benchmarks],  # fmt: skip
         "resumed": len(items) - len(pending),
         "bad_rows": {"skipped": len(bad.skipped), "by_field": _by_field(bad)},
         "judge_model": judged_by,
