@@ -546,3 +546,21 @@ def test_list_cells_are_parsed_safely(tmp_path):
     assert literal_list("plain", "f", 1, "image") == ["plain"]
     with pytest.raises(DataError, match="f:3: image: not a list literal"):
         literal_list("[__import__('os').system('echo hi')]", "f", 3, "image")
+
+
+def test_cli_judge_model_on_tiny_model(tmp_path, tiny_model, capsys):
+    """``--judge-model`` loads a checkpoint through the generation backend and judges MathVista."""
+    tsv = write_tsv(tmp_path / "MathVista_MINI.tsv", MATHVISTA_COLUMNS, mathvista_rows()[2:4])
+    out = tmp_path / "run"
+    argv = ["eval", "--model", str(tiny_model), "--data", str(tsv), "--out", str(out), "--backend", "transformers",
+            "--max-new-tokens", "3", "--judge-model", str(tiny_model)]  # fmt: skip
+    from mpo.cli import main as cli_main
+
+    assert cli_main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    judged = res["benchmarks"]["MathVista_MINI"]["judged"]
+    assert judged["judged"] == 2 and res["judge_model"] == str(tiny_model)
+    rows = [json.loads(x) for x in (out / "judgements.jsonl").read_text().splitlines()]
+    # the tiny model's random responses are never exact-match hits: both were sent to the judge
+    assert len(rows) == 2 and all(isinstance(r["judge_output"], str) for r in rows)
+    assert "mpo eval: 2 items" in capsys.readouterr().out
