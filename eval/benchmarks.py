@@ -15,7 +15,7 @@ Three inputs (one benchmark per file, or per subset of a meta.json):
   by content hash, so a rerun reuses them. List cells are parsed by :func:`ast.literal_eval`.
 * **MMPR-style jsonl**: ``question``, ``answer``, optional ``image`` (file or list, relative to the
   jsonl), ``choices`` (``{"A": "cat", ...}`` or a list), ``category`` (else ``skill``), ``index``
-  (else ``id``, else the line number), ``kind``.
+  (else ``id``, else the line number), ``kind``. Scored by the generic rule, whatever its name.
 * **meta.json** (MMPR/InternVL layout): each subset's annotation jsonl is one benchmark named after
   the subset, images under its ``root``, its ``max_dynamic_patch`` used for its items.
 

@@ -248,6 +248,7 @@ def check_image_refs(item: EvalItem) -> None:
 class Rule:
     """How one benchmark is read, prompted and scored (see the module docstring)."""
 
+    name: str
     pattern: str
     hit: Callable[[EvalItem, str], bool]
     read_answer: Callable[..., tuple[str, dict[str, str] | None]] = _read_default
@@ -264,25 +265,24 @@ class Rule:
         return self.mc_instruction if has_choices else self.open_instruction
 
 
-RULES: dict[str, Rule] = {
-    "MMBench": Rule(r"MMBench(_(DEV|TEST)_(EN|CN))?(_V11)?", _mcq_hit, circular=True,
-                    check_item=_check_circular_index),
-    "MMStar": Rule(r"MMStar", _mcq_hit, clean_question=_strip_inline_options),
-    "AI2D": Rule(r"AI2D_TEST(_NO_MASK)?", _mcq_hit),
-    "MMMU": Rule(r"MMMU_(DEV_VAL|TEST)", _mmmu_hit, open_instruction=DIRECT_INSTRUCTION),
-    "HallusionBench": Rule(r"HallusionBench", _yes_no_hit, read_answer=_read_yes_no,
-                           open_instruction=YES_NO_INSTRUCTION, check_item=_check_hallusion_index,
-                           metrics=_hallusion_metrics),
-    "OCRBench": Rule(r"OCRBench", _ocrbench_hit, read_answer=_read_answer_list, metrics=_ocrbench_metrics),
-    "MathVista": Rule(r"MathVista_MINI", _mathvista_hit, read_answer=_read_mathvista, open_instruction="",
-                      judge="extract"),
-    "MMVet": Rule(r"MMVet", open_answer_hit, open_instruction="", judge="grade"),
-}  # fmt: skip
-GENERIC = Rule(r".*", _generic_hit, drop_imageless=False)
+RULES: dict[str, Rule] = {rule.name: rule for rule in (
+    Rule("MMBench", r"MMBench(_(DEV|TEST)_(EN|CN))?(_V11)?", _mcq_hit, circular=True,
+         check_item=_check_circular_index),
+    Rule("MMStar", r"MMStar", _mcq_hit, clean_question=_strip_inline_options),
+    Rule("AI2D", r"AI2D_TEST(_NO_MASK)?", _mcq_hit),
+    Rule("MMMU", r"MMMU_(DEV_VAL|TEST)", _mmmu_hit, open_instruction=DIRECT_INSTRUCTION),
+    Rule("HallusionBench", r"HallusionBench", _yes_no_hit, read_answer=_read_yes_no,
+         open_instruction=YES_NO_INSTRUCTION, check_item=_check_hallusion_index, metrics=_hallusion_metrics),
+    Rule("OCRBench", r"OCRBench", _ocrbench_hit, read_answer=_read_answer_list, metrics=_ocrbench_metrics),
+    Rule("MathVista", r"MathVista_MINI", _mathvista_hit, read_answer=_read_mathvista, open_instruction="",
+         judge="extract"),
+    Rule("MMVet", r"MMVet", open_answer_hit, open_instruction="", judge="grade"),
+)}  # fmt: skip
+GENERIC = Rule("generic", r".*", _generic_hit, drop_imageless=False)
 
 
 def rule_for(name: str) -> Rule:
-    """The rule of the benchmark called ``name`` (its last ``/`` part), else :data:`GENERIC`."""
+    """The rule of the VLMEvalKit TSV benchmark called ``name`` (its last ``/`` part), else :data:`GENERIC`."""
     base = name.rsplit("/", 1)[-1]
     for rule in RULES.values():
         if re.fullmatch(rule.pattern, base):

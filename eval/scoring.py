@@ -16,7 +16,7 @@ when ``--judge-model`` was given, the judged score separately (:mod:`eval.judge`
 from __future__ import annotations
 
 from eval.benchmarks import EvalItem
-from eval.rules import CIRCULAR_OFFSET, rule_for
+from eval.rules import CIRCULAR_OFFSET, GENERIC, RULES
 from mpo.answers import extract_answer, infer_kind
 
 UNPARSABLE = "unparsable"
@@ -29,12 +29,13 @@ def answer_kind(item: EvalItem) -> str:
 
 
 def score(item: EvalItem, response: str, cot: bool) -> dict:
-    """``{"kind", "prediction", "correct", "reason"}`` for one response (``reason``: None or
-    "unparsable"), plus ``group`` (circular benchmarks) and ``l2_category`` where the row has one."""
+    """``{"kind", "prediction", "correct", "reason", "rule"}`` for one response (``reason``: None or
+    "unparsable"; ``rule``: the name of the benchmark rule that scored it), plus ``group`` (circular
+    benchmarks) and ``l2_category`` where the row has one."""
     prediction = extract_answer(response, "auto") if cot else response.strip()
     correct = prediction is not None and item.rule.hit(item, prediction)
     record = {"kind": answer_kind(item), "prediction": prediction, "correct": bool(correct),
-              "reason": UNPARSABLE if prediction is None else None}  # fmt: skip
+              "reason": UNPARSABLE if prediction is None else None, "rule": item.rule.name}  # fmt: skip
     if item.rule.circular:
         record["group"] = str(int(item.index) % CIRCULAR_OFFSET)
     if "l2-category" in item.fields:
@@ -103,7 +104,7 @@ def summarize(records: list[dict]) -> dict:
         by_bench.setdefault(r["benchmark"], []).append(r)
     benchmarks, scored = {}, []
     for name, rows in by_bench.items():
-        rule = rule_for(name)
+        rule = RULES.get(rows[0].get("rule"), GENERIC)
         items = circular_items(rows) if rule.circular else rows
         entry = {**_counts(items), "categories": _grouped(items, "category"), "kinds": _grouped(items, "kind")}
         if rule.circular:
