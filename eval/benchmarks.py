@@ -104,7 +104,8 @@ def _local_image(value: str, base: Path, path, line, field: str) -> str:
 
 
 def decode_image(data: str, image_dir: Path, path, line, field: str = "image") -> str:
-    """Decode one base64 image into ``image_dir`` (named by content hash); returns its path."""
+    """Decode one base64 image into ``image_dir`` (named by content hash); returns its path. The image
+    is fully decoded once here, so a truncated file is a bad row now, not a crash mid-generation."""
     try:
         raw = base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError) as err:
@@ -113,6 +114,8 @@ def decode_image(data: str, image_dir: Path, path, line, field: str = "image") -
         with Image.open(io.BytesIO(raw)) as img:
             fmt = (img.format or "png").lower()
             img.verify()
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(path, line, f"base64 data is not a readable image ({err})", field) from None
     ext = {"jpeg": "jpg"}.get(fmt, fmt)

@@ -35,6 +35,13 @@ def b64(colour: str) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def truncated_jpeg() -> str:
+    """A JPEG cut in half, base64-encoded: its header reads (and ``verify()`` passes), decoding fails."""
+    buf = io.BytesIO()
+    Image.effect_noise((256, 256), 40).convert("RGB").save(buf, format="JPEG", quality=95)
+    return base64.b64encode(buf.getvalue()[: len(buf.getvalue()) // 2]).decode()
+
+
 def write_tsv(path: Path, columns: list[str], rows: list[dict]) -> Path:
     """A TSV as pandas ``to_csv(sep="\\t", index=False)`` writes it (VLMEvalKit's files)."""
     with path.open("w", encoding="utf-8", newline="") as f:
@@ -458,6 +465,7 @@ def test_on_bad_row_skip_lists_and_counts_bad_rows(tmp_path):
         {"index": 3, "image": b64("red"), "question": "Letter out of range?", "A": "x", "B": "y", "answer": "E"},
         {"index": 4, "image": "77", "question": "Reference to nothing?", "answer": "No"},
         {"index": 5, "image": b64("blue"), "question": "Also good?", "answer": "No"},
+        {"index": 6, "image": truncated_jpeg(), "question": "Cut short?", "answer": "No"},
     ]  # fmt: skip
     tsv = write_tsv(tmp_path / "bench.tsv", columns, rows)
     with pytest.raises(DataError, match=rf"{tsv}:3: image: corrupt base64 image"):
@@ -467,12 +475,14 @@ def test_on_bad_row_skip_lists_and_counts_bad_rows(tmp_path):
                    on_bad_row="skip")  # fmt: skip
     assert (res["overall"]["correct"], res["overall"]["total"]) == (2, 2)
     report = json.loads((tmp_path / "skip" / "bad_rows.json").read_text())
-    assert report["skipped"] == 4
+    assert report["skipped"] == 5
     assert sorted((r["file"], r["line"], r["field"]) for r in report["rows"]) == [
-        (str(tsv), 3, "image"), (str(tsv), 4, "question"), (str(tsv), 5, "answer"), (str(tsv), 6, "image")]  # fmt: skip
-    assert sum(report["by_reason"].values()) == 4
-    assert res["bad_rows"] == {"skipped": 4, "by_field": {"answer": 1, "image": 2, "question": 1}}
-    assert "4 bad rows skipped (answer 1, image 2, question 1)" in (tmp_path / "skip" / "results.md").read_text()
+        (str(tsv), 3, "image"), (str(tsv), 4, "question"), (str(tsv), 5, "answer"), (str(tsv), 6, "image"),
+        (str(tsv), 8, "image")]  # fmt: skip
+    assert "image file is truncated" in next(r["reason"] for r in report["rows"] if r["line"] == 8)
+    assert sum(report["by_reason"].values()) == 5
+    assert res["bad_rows"] == {"skipped": 5, "by_field": {"answer": 1, "image": 3, "question": 1}}
+    assert "5 bad rows skipped (answer 1, image 3, question 1)" in (tmp_path / "skip" / "results.md").read_text()
 
 
 def test_console_summary_names_skipped_rows(tmp_path):
