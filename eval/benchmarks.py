@@ -42,7 +42,7 @@ from PIL import Image, UnidentifiedImageError
 
 from eval.rules import GENERIC, Rule, check_answer, check_image_refs, literal_list, rule_for
 from mpo.answers import KINDS
-from mpo.data.images import check_image
+from mpo.data.images import check_image, load_image
 from mpo.data.meta import BadRows, iter_jsonl, read_meta
 from mpo.errors import DataError, UserError
 from mpo.prompts import parse_choices
@@ -94,10 +94,12 @@ def _check_kind(kind, path, line) -> str | None:
 
 
 def _local_image(value: str, base: Path, path, line, field: str) -> str:
+    """An image file (relative to ``base``), fully decoded once so that a truncated file is a bad row."""
     image = Path(value.strip())
     image = image if image.is_absolute() else base / image
     try:
         check_image(image)
+        load_image(image)
     except ValueError as err:
         raise DataError(path, line, str(err), field) from None
     return str(image.resolve())

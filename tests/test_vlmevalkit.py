@@ -485,6 +485,18 @@ def test_on_bad_row_skip_lists_and_counts_bad_rows(tmp_path):
     assert "5 bad rows skipped (answer 1, image 3, question 1)" in (tmp_path / "skip" / "results.md").read_text()
 
 
+def test_truncated_image_file_is_a_bad_row(tmp_path):
+    (tmp_path / "cut.jpg").write_bytes(base64.b64decode(truncated_jpeg()))
+    (tmp_path / "ok.png").write_bytes(base64.b64decode(b64("red")))
+    rows = [{"index": 0, "image_path": "cut.jpg", "question": "Cut?", "answer": "No"},
+            {"index": 1, "image_path": "ok.png", "question": "Fine?", "answer": "Yes"}]  # fmt: skip
+    tsv = write_tsv(tmp_path / "bench.tsv", ["index", "image_path", "question", "answer"], rows)
+    with pytest.raises(DataError, match=rf"{tsv}:2: image_path: .*image file is truncated"):
+        load_benchmarks([str(tsv)], tmp_path / "images")
+    res = evaluate("m", [str(tsv)], tmp_path / "skip", backend=Model({"Fine?": "yes"}), on_bad_row="skip")
+    assert res["overall"]["total"] == 1 and res["bad_rows"] == {"skipped": 1, "by_field": {"image_path": 1}}
+
+
 def test_console_summary_names_skipped_rows(tmp_path):
     from eval.run import summary_line
 
