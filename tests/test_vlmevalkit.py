@@ -497,13 +497,20 @@ def test_truncated_image_file_is_a_bad_row(tmp_path):
     assert res["overall"]["total"] == 1 and res["bad_rows"] == {"skipped": 1, "by_field": {"image_path": 1}}
 
 
-def test_console_summary_names_skipped_rows(tmp_path):
-    from eval.run import summary_line
+def test_cli_skip_prints_one_summary_line(tmp_path, tiny_model, capsys):
+    rows = [{"index": 0, "image": b64("red"), "question": "Is it red?", "answer": "Yes"},
+            {"index": 1, "image": "%%%%" * 30, "question": "Broken?", "answer": "No"},
+            {"index": 2, "image": b64("red"), "question": "No answer?", "answer": ""}]  # fmt: skip
+    tsv = write_tsv(tmp_path / "bench.tsv", ["index", "image", "question", "answer"], rows)
+    out = tmp_path / "run"
+    argv = ["eval", "--model", str(tiny_model), "--data", str(tsv), "--out", str(out), "--backend", "transformers",
+            "--max-new-tokens", "2", "--on-bad-row", "skip"]  # fmt: skip
+    from mpo.cli import main as cli_main
 
-    results = {"overall": {"total": 2, "accuracy": 1.0}, "benchmarks": {}, "resumed": 0,
-               "bad_rows": {"skipped": 3, "by_field": {"image": 2, "answer": 1}}}  # fmt: skip
-    text = summary_line(results, tmp_path)
-    assert text.splitlines()[1] == f"mpo eval: skipped 3 bad rows (image 2, answer 1) -> {tmp_path}/bad_rows.json"
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"mpo eval: skipped 2 bad rows (answer 1, image 1) -> {out}/bad_rows.json"
+    assert printed[-2].startswith("mpo eval: 1 items")
 
 
 # ------------------------------------------------------------------------------------ build-pairs
