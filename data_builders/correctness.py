@@ -32,6 +32,7 @@ from data_builders.prompts import COT_INSTRUCTION, cot_question
 from data_builders.store import question_seed
 from mpo.answers import extract_answer, infer_kind, is_correct
 from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams
+from mpo.prompts import parse_choices
 
 SUBSETS = ("correctness", "format")
 VERDICTS = ("correct", "incorrect", "format")
@@ -123,8 +124,10 @@ class CorrectnessBuilder:
     subsets = SUBSETS
 
     def request(self, q: Question) -> GenerationRequest:
-        return GenerationRequest(cot_question(str(q.row["question"]), self.instruction), q.image_paths(),
-                                 q.subset.max_dynamic_patch, seed=question_seed(self.seed, q.key))  # fmt: skip
+        """The CoT prompt of ``q``, its options listed (as ``mpo eval`` lists them) when it has ``choices``."""
+        question = cot_question(str(q.row["question"]), self.instruction, parse_choices(q.row.get("choices")))
+        return GenerationRequest(question, q.image_paths(), q.subset.max_dynamic_patch,
+                                 seed=question_seed(self.seed, q.key))  # fmt: skip
 
     def process(self, questions: list[Question]) -> list[dict]:
         records: dict[str, dict] = {}
@@ -139,7 +142,7 @@ class CorrectnessBuilder:
         outputs = self.backend.generate(requests, self.params) if requests else []
         for q, req, texts in zip(good, requests, outputs, strict=True):
             row = q.row
-            gt, choices = str(row["answer"]), row.get("choices") or None
+            gt, choices = str(row["answer"]), parse_choices(row.get("choices"))
             kind = row.get("answer_kind") or infer_kind(gt, choices)
             judged = [judge(t, gt, kind=kind, choices=choices, style=self.answer_style) for t in texts]
             record = {

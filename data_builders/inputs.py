@@ -16,6 +16,7 @@ from mpo.data.images import check_image
 from mpo.data.meta import BadRows, Subset, iter_jsonl, read_meta
 from mpo.data.template import normalize_question
 from mpo.errors import UserError
+from mpo.prompts import parse_choices
 
 
 @dataclass
@@ -90,6 +91,10 @@ def check_question(q: Question, need: tuple[str, ...] = ("question",)) -> str | 
         value = row.get(name)
         if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
             return f"{name}: missing or empty"
+    try:
+        parse_choices(row.get("choices"))
+    except ValueError as err:
+        return f"choices: {err}"
     if not all(isinstance(p, str) and p for p in q.images):
         return "image: expected a path or a list of paths"
     for path in q.image_paths():
@@ -106,8 +111,8 @@ def check_question(q: Question, need: tuple[str, ...] = ("question",)) -> str | 
 
 def bad_row_record(q: Question, reason: str) -> dict:
     """The journal record of a question that was not used."""
-    return {"key": q.key, "index": q.index, "subset": q.subset.name, "line": q.line,
-            "status": "bad_row", "reason": reason, "pairs": [], "responses": []}  # fmt: skip
+    return {"key": q.key, "index": q.index, "subset": q.subset.name, "file": str(q.subset.annotation),
+            "line": q.line, "status": "bad_row", "reason": reason, "pairs": [], "responses": []}  # fmt: skip
 
 
 __all__ = ["Question", "bad_row_record", "check_question", "load_questions", "read_subsets"]

@@ -11,7 +11,7 @@ import re
 
 from mpo.data.template import IMAGE_PLACEHOLDER
 from mpo.errors import UserError
-from mpo.prompts import COT_INSTRUCTION, strip_instruction
+from mpo.prompts import COT_INSTRUCTION, build_question, strip_instruction
 
 __all__ = [
     "COT_INSTRUCTION",
@@ -53,10 +53,14 @@ def strip_answer_format(question: str) -> str:
         text = strip_instruction(text[: match.start()].rstrip())
 
 
-def cot_question(question: str, instruction: str = COT_INSTRUCTION) -> str:
-    """The chain-of-thought prompt: the question without its answer-format instruction, then
-    ``instruction`` (by default the one the synthetic SFT data teaches, ending in "Final answer: ..")."""
-    return f"{strip_answer_format(question)}\n{instruction}"
+def cot_question(
+    question: str, instruction: str = COT_INSTRUCTION, choices: dict[str, str] | None = None
+) -> str:
+    """The chain-of-thought prompt: the question without its answer-format instruction, the options
+    of ``choices`` unless the question lists them already, then ``instruction`` (by default the one
+    the synthetic SFT data teaches, ending in "Final answer: .."). Built by
+    :func:`mpo.prompts.build_question`, as evaluation builds its prompts."""
+    return build_question(strip_answer_format(question), None, choices, cot=True, instruction=instruction)
 
 
 def text_only_question(question: str) -> str:

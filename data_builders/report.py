@@ -59,7 +59,8 @@ def build_report(records: list[dict], build: dict) -> dict:
         "subsets": dict(sorted(subsets.items())),
         "bad_rows": {
             "by_field": dict(Counter(r["reason"].split(":")[0] for r in bad)),
-            "examples": [{"key": r["key"], "line": r["line"], "reason": r["reason"]} for r in bad[:10]],
+            "examples": [{"key": r["key"], "file": r.get("file", ""), "line": r["line"], "reason": r["reason"]}
+                         for r in bad[:10]],  # fmt: skip
         },
     }
     if pipeline == "correctness":
@@ -98,8 +99,8 @@ def render_markdown(report: dict) -> str:
     if report["bad_rows"]["examples"]:
         lines += ["", "## Bad rows", ""]
         lines += _table(
-            ["key", "line", "reason"],
-            [[e["key"], e["line"], e["reason"]] for e in report["bad_rows"]["examples"]],
+            ["key", "file:line", "reason"],
+            [[e["key"], f"{e['file']}:{e['line']}", e["reason"]] for e in report["bad_rows"]["examples"]],
         )
     if "accuracy_histogram" in report:
         lines += ["", "## Per-question accuracy", "", f"![accuracy histogram]({HISTOGRAM})", ""]

@@ -2,20 +2,26 @@
 
 Three inputs (one benchmark per file, or per subset of a meta.json):
 
-* **VLMEvalKit TSV**: columns ``index``, ``question``, ``answer``, and ``image`` (base64; a JSON list
-  of base64 strings for several images; a short value naming another row's ``index`` reuses that
-  row's image, as VLMEvalKit does) and/or ``image_path`` (relative to the TSV; a JSON list for
-  several images). Optional: option columns ``A``, ``B``, ... (a row with any non-empty option is
-  multiple choice), ``category``, ``hint``, ``kind`` (an answer kind of :mod:`mpo.answers`). An empty
-  image cell is a text-only question. Base64 images are decoded once into ``image_dir``, named by
-  content hash, so a rerun reuses them.
+* **VLMEvalKit TSV**: columns ``index``, ``question``, ``answer``, and ``image`` (base64; a list
+  literal of base64 strings for several images, ``['...', '...']`` as VLMEvalKit writes it; a value
+  of at most 64 characters names another row's ``index`` and reuses that row's image, as VLMEvalKit
+  does) and/or ``image_path`` (relative to the TSV; a list literal for several images). Optional:
+  option columns ``A``, ``B``, ... (a row with any non-empty option is multiple choice),
+  ``category``, ``hint``, ``kind`` (an answer kind of :mod:`mpo.answers`); every other column is
+  kept in :attr:`EvalItem.fields` for the benchmark's rule (:mod:`eval.rules`: MathVista's
+  ``question_type`` / ``answer_option`` / ``choices``, HallusionBench's ``l2-category``, ...). A row
+  without any image is dropped for the VLMEvalKit benchmarks (as VLMEvalKit drops it, and counted)
+  and is a text-only question otherwise. Base64 images are decoded once into ``image_dir``, named
+  by content hash, so a rerun reuses them. List cells are parsed by :func:`ast.literal_eval`.
 * **MMPR-style jsonl**: ``question``, ``answer``, optional ``image`` (file or list, relative to the
   jsonl), ``choices`` (``{"A": "cat", ...}`` or a list), ``category`` (else ``skill``), ``index``
-  (else ``id``, else the line number), ``kind``.
+  (else ``id``, else the line number), ``kind``. Scored by the generic rule, whatever its name.
 * **meta.json** (MMPR/InternVL layout): each subset's annotation jsonl is one benchmark named after
   the subset, images under its ``root``, its ``max_dynamic_patch`` used for its items.
 
-Every problem raises :class:`~mpo.errors.DataError` naming the file, the line and the field.
+Every problem raises :class:`~mpo.errors.DataError` naming the file, the line and the field; with a
+``skip`` :class:`~mpo.data.meta.BadRows` policy, a bad row is recorded there and left out instead
+(problems with the whole file, such as a missing column, still raise).
 """
 
 from __future__ import annotations
@@ -25,22 +31,26 @@ import binascii
 import csv
 import hashlib
 import io
-import json
 import os
 import re
 import sys
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from eval.rules import GENERIC, Rule, check_answer, check_image_refs, literal_list, rule_for
 from mpo.answers import KINDS
-from mpo.data.images import check_image
+from mpo.data.images import check_image, load_image
 from mpo.data.meta import BadRows, iter_jsonl, read_meta
 from mpo.errors import DataError, UserError
+from mpo.prompts import parse_choices
 
 DEFAULT_CATEGORY = "uncategorized"
 REQUIRED_TSV_COLUMNS = ("index", "question", "answer")
+# Columns read into EvalItem attributes (everything else goes to EvalItem.fields).
+_OWN_COLUMNS = ("index", "question", "answer", "image", "image_path", "hint", "kind")
 # VLMEvalKit stores a duplicated image once; other rows hold that row's index (at most 64 chars).
 _IMAGE_REFERENCE_MAX_LEN = 64
 _EMPTY = ("", "nan", "NaN", "None")
@@ -62,6 +72,8 @@ class EvalItem:
     kind: str | None = None  # answer kind override; default: "choice" with options, else inferred
     hint: str | None = None
     max_dynamic_patch: int | None = None  # per-benchmark tile budget (meta.json); None: the run's
+    fields: dict[str, str] = dataclass_field(default_factory=dict)  # the row's other columns (see eval.rules)
+    rule: Rule = GENERIC
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -69,19 +81,6 @@ class EvalItem:
 
 def _empty(value) -> bool:
     return value is None or (isinstance(value, str) and value.strip() in _EMPTY)
-
-
-def _list_cell(value: str) -> list[str]:
-    """A cell holding one value or a JSON list of values."""
-    value = value.strip()
-    if value.startswith("["):
-        try:
-            items = json.loads(value)
-        except json.JSONDecodeError:
-            return [value]
-        if isinstance(items, list) and all(isinstance(v, str) for v in items):
-            return items
-    return [value]
 
 
 def _check_kind(kind, path, line) -> str | None:
@@ -94,34 +93,21 @@ def _check_kind(kind, path, line) -> str | None:
     return kind
 
 
-def _check_answer(answer: str, choices: dict[str, str] | None, path, line) -> str:
-    """The ground truth; for multiple choice, the option letter (an option's exact text also names it)."""
-    answer = answer.strip()
-    if not answer:
-        raise DataError(path, line, "empty answer (a split without ground truth cannot be scored)", "answer")
-    if choices:
-        letter = answer.strip("().").upper()
-        if len(letter) == 1 and letter in choices:
-            return letter
-        named = [key for key, text in choices.items() if text.strip() == answer]
-        if len(named) == 1:
-            return named[0]
-        raise DataError(path, line, f"{answer!r} is not one of the options {', '.join(choices)}", "answer")
-    return answer
-
-
 def _local_image(value: str, base: Path, path, line, field: str) -> str:
+    """An image file (relative to ``base``), fully decoded once so that a truncated file is a bad row."""
     image = Path(value.strip())
     image = image if image.is_absolute() else base / image
     try:
         check_image(image)
+        load_image(image)
     except ValueError as err:
         raise DataError(path, line, str(err), field) from None
     return str(image.resolve())
 
 
 def decode_image(data: str, image_dir: Path, path, line, field: str = "image") -> str:
-    """Decode one base64 image into ``image_dir`` (named by content hash); returns its path."""
+    """Decode one base64 image into ``image_dir`` (named by content hash); returns its path. The image
+    is fully decoded once here, so a truncated file is a bad row now, not a crash mid-generation."""
     try:
         raw = base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError) as err:
@@ -130,6 +116,8 @@ def decode_image(data: str, image_dir: Path, path, line, field: str = "image") -
         with Image.open(io.BytesIO(raw)) as img:
             fmt = (img.format or "png").lower()
             img.verify()
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(path, line, f"base64 data is not a readable image ({err})", field) from None
     ext = {"jpeg": "jpg"}.get(fmt, fmt)
@@ -142,136 +130,190 @@ def decode_image(data: str, image_dir: Path, path, line, field: str = "image") -
     return str(target.resolve())
 
 
-def _unique_indices(items: list[EvalItem]) -> None:
+def _unique_indices(items: list[EvalItem], bad: BadRows) -> list[EvalItem]:
+    """``items`` without repeated indices; each repeat is a bad row (the first one is kept)."""
     first: dict[str, int] = {}
+    kept = []
     for item in items:
         if item.index in first:
-            raise DataError(item.path, item.line, f"duplicate index {item.index!r} (first at line {first[item.index]})",
-                            "index")  # fmt: skip
+            bad.handle(DataError(item.path, item.line, f"duplicate index {item.index!r} (first at line "
+                                 f"{first[item.index]})", "index"))  # fmt: skip
+            continue
         first[item.index] = item.line
+        kept.append(item)
+    return kept
 
 
 # -------------------------------------------------------------------------------------------- TSV
 
 
-def load_tsv(path: Path, name: str, image_dir: Path) -> list[EvalItem]:
-    """A VLMEvalKit TSV (see the module docstring); base64 images are written under ``image_dir``."""
+def _tsv_header(reader, path) -> list[str]:
+    header = next(reader, None)
+    if not header:
+        raise DataError(path, 1, "empty file: expected a header row of tab-separated column names")
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    for column in REQUIRED_TSV_COLUMNS:
+        if column not in header:
+            raise DataError(path, 1, f"missing column (the header has: {', '.join(header)})", column)
+    if "image" not in header and "image_path" not in header:
+        raise DataError(path, 1, "missing column: need 'image' (base64) or 'image_path'", "image")
+    return header
+
+
+def _tsv_item(cells: dict[str, str], letters: list[str], name: str, rule: Rule, path, line: int) -> EvalItem:
+    """One row (images not attached yet)."""
+    index = cells["index"].strip()
+    if not index:
+        raise DataError(path, line, "empty index", "index")
+    question = cells["question"]
+    if _empty(question):
+        raise DataError(path, line, "empty question", "question")
+    choices = {letter: cells[letter].strip() for letter in letters if not _empty(cells[letter])} or None
+    answer, choices = rule.read_answer(cells, choices, path, line)
+    fields = {k: v.strip() for k, v in cells.items() if k not in _OWN_COLUMNS and k not in letters and not _empty(v)}
+    return EvalItem(
+        benchmark=name, index=index, question=rule.clean_question(question.strip(), choices), answer=answer,
+        images=[], choices=choices, category=fields.get("category") or DEFAULT_CATEGORY, path=str(path),
+        line=line, kind=_check_kind(cells.get("kind"), path, line),
+        hint=None if _empty(cells.get("hint")) else cells["hint"].strip(), fields=fields, rule=rule,
+    )  # fmt: skip
+
+
+def _tsv_rows(path: Path, bad: BadRows):
+    """(header, [(line, cells)]) of a TSV; rows with the wrong number of fields are bad rows."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    items: list[EvalItem] = []
-    image_cells: dict[str, list[str]] = {}  # index -> decoded image paths (for references)
-    references: list[tuple[EvalItem, str]] = []
+    rows = []
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if not header:
-            raise DataError(path, 1, "empty file: expected a header row of tab-separated column names")
-        header = [h.strip().lstrip("\ufeff") for h in header]
-        for column in REQUIRED_TSV_COLUMNS:
-            if column not in header:
-                raise DataError(path, 1, f"missing column (the header has: {', '.join(header)})", column)
-        if "image" not in header and "image_path" not in header:
-            raise DataError(path, 1, "missing column: need 'image' (base64) or 'image_path'", "image")
-        letters = [h for h in header if re.fullmatch(r"[A-Z]", h)]
+        header = _tsv_header(reader, path)
         line = 1
         for row in reader:
             start, line = line + 1, reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != len(header):
-                raise DataError(path, start, f"{len(row)} tab-separated fields, the header has {len(header)}")
-            cells = dict(zip(header, row, strict=True))
-            index = cells["index"].strip()
-            if not index:
-                raise DataError(path, start, "empty index", "index")
-            question = cells["question"]
-            if _empty(question):
-                raise DataError(path, start, "empty question", "question")
-            choices = {
-                letter: cells[letter].strip() for letter in letters if not _empty(cells[letter])
-            } or None
-            item = EvalItem(
-                benchmark=name, index=index, question=question.strip(), answer=_check_answer(cells["answer"], choices, path, start),
-                images=[], choices=choices, category=cells.get("category", "").strip() or DEFAULT_CATEGORY,
-                path=str(path), line=start, kind=_check_kind(cells.get("kind"), path, start),
-                hint=None if _empty(cells.get("hint")) else cells["hint"].strip(),
-            )  # fmt: skip
-            encoded = cells.get("image", "")
-            if not _empty(encoded):
-                values = _list_cell(encoded)
-                if len(values) == 1 and len(values[0]) <= _IMAGE_REFERENCE_MAX_LEN:
-                    references.append((item, values[0].strip()))
-                else:
-                    item.images = [decode_image(v, image_dir, path, start) for v in values]
-                    image_cells[index] = item.images
-            elif not _empty(cells.get("image_path")):
-                base = Path(path).parent
-                item.images = [
-                    _local_image(v, base, path, start, "image_path") for v in _list_cell(cells["image_path"])
-                ]
-            items.append(item)
+                bad.handle(DataError(path, start, f"{len(row)} tab-separated fields, the header has {len(header)}"))
+                continue
+            rows.append((start, dict(zip(header, row, strict=True))))
+    return header, rows
+
+
+def load_tsv(
+    path: Path, name: str, image_dir: Path, bad: BadRows | None = None, dropped: dict[str, int] | None = None
+) -> list[EvalItem]:
+    """A VLMEvalKit TSV (see the module docstring); base64 images are written under ``image_dir``.
+
+    ``bad`` (default: raise) takes the bad rows; ``dropped[name]`` counts the rows without an image
+    that the benchmark's rule drops.
+    """
+    bad = bad if bad is not None else BadRows("fail")
+    rule = rule_for(name)
+    header, rows = _tsv_rows(Path(path), bad)
+    letters = [h for h in header if re.fullmatch(r"[A-Z]", h)]
+    items: list[EvalItem] = []
+    image_cells: dict[str, str] = {}  # index -> image cell of a good row, for references (<= 64 chars)
+    references: list[tuple[EvalItem, str]] = []  # rows whose image cell names another row's index
+    n_dropped = 0
+    for line, cells in rows:
+        encoded, local = cells.get("image", ""), cells.get("image_path", "")
+        if rule.drop_imageless and _empty(encoded) and _empty(local):
+            n_dropped += 1
+            continue
+        try:
+            item = _tsv_item(cells, letters, name, rule, path, line)
+            if not _empty(encoded) and len(encoded.strip()) <= _IMAGE_REFERENCE_MAX_LEN:
+                references.append((item, encoded.strip()))  # resolved once every row's image is known
+            else:
+                _attach_images(item, encoded, local, image_dir)
+                image_cells[item.index] = encoded
+        except DataError as err:
+            bad.handle(err)
+            continue
+        items.append(item)
+    failed: set[int] = set()
     for item, ref in references:
-        if ref not in image_cells:
-            raise DataError(path, item.line, f"not base64 image data, nor the index of a row with an image: {ref!r}",
-                            "image")  # fmt: skip
-        item.images = list(image_cells[ref])
-    _unique_indices(items)
-    return items
+        try:
+            if _empty(image_cells.get(ref)):
+                raise DataError(path, item.line, f"not base64 image data, nor the index of a row with an image: "
+                                f"{ref!r}", "image")  # fmt: skip
+            _attach_images(item, image_cells[ref], "", image_dir)
+        except DataError as err:
+            bad.handle(err)
+            failed.add(id(item))
+    items = [item for item in items if id(item) not in failed]
+    if dropped is not None and n_dropped:
+        dropped[name] = dropped.get(name, 0) + n_dropped
+    return _unique_indices(items, bad)
+
+
+def _attach_images(item: EvalItem, encoded: str, local: str, image_dir: Path) -> None:
+    """Set the row's image files (base64 decoded, else ``image_path`` files) and check the item."""
+    path, line = item.path, item.line
+    if not _empty(encoded):
+        item.images = [decode_image(v, image_dir, path, line) for v in literal_list(encoded, path, line, "image")]
+    elif not _empty(local):
+        base = Path(path).parent
+        item.images = [_local_image(v, base, path, line, "image_path")
+                       for v in literal_list(local, path, line, "image_path")]  # fmt: skip
+    if item.rule.check_item is not None:
+        item.rule.check_item(item)
+    check_image_refs(item)
 
 
 # ------------------------------------------------------------------------------------------ jsonl
 
 
 def _choices_field(value, path, line) -> dict[str, str] | None:
-    if value in (None, {}, []):
-        return None
-    if isinstance(value, list) and all(isinstance(v, str) for v in value) and len(value) <= 26:
-        return {chr(ord("A") + i): v for i, v in enumerate(value)}
-    if isinstance(value, dict) and all(isinstance(k, str) and re.fullmatch(r"[A-Z]", k.strip()) and isinstance(v, str)
-                                       for k, v in value.items()):  # fmt: skip
-        return {k.strip(): v for k, v in value.items()}
-    raise DataError(path, line, 'expected {"A": "option text", ...} or a list of option texts', "choices")
+    try:
+        return parse_choices(value)
+    except ValueError as err:
+        raise DataError(path, line, str(err), "choices") from None
+
+
+def _jsonl_item(row: dict, position: int, name: str, root: Path, max_dynamic_patch, path, line) -> EvalItem:
+    if "video" in row:
+        raise DataError(path, line, "video items are not supported by mpo eval", "video")
+    question = row.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(path, line, "missing or empty (expected a string)", "question")
+    answer = row.get("answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if not isinstance(answer, str):
+        raise DataError(path, line, "missing (expected a string or a number)", "answer")
+    choices = _choices_field(row.get("choices"), path, line)
+    image = row.get("image")
+    if image in (None, "", []):
+        images = []
+    elif isinstance(image, str) or (isinstance(image, list) and all(isinstance(p, str) for p in image)):
+        images = [_local_image(p, root, path, line, "image") for p in ([image] if isinstance(image, str) else image)]
+    else:
+        raise DataError(path, line, "expected a file name or a list of file names", "image")
+    index = row.get("index", row.get("id", position))
+    category = row.get("category", row.get("skill"))
+    return EvalItem(
+        benchmark=name, index=str(index), question=question.strip(),
+        answer=check_answer(answer, choices, path, line), images=images, choices=choices,
+        category=str(category).strip() if not _empty(category) else DEFAULT_CATEGORY, path=str(path),
+        line=line, kind=_check_kind(row.get("kind"), path, line), max_dynamic_patch=max_dynamic_patch,
+    )  # fmt: skip
 
 
 def load_jsonl(
-    path: Path, name: str, root: Path | None = None, max_dynamic_patch: int | None = None
-) -> list[EvalItem]:
-    """An MMPR-style jsonl with ground truth (see the module docstring); images under ``root``."""
+    path: Path, name: str, root: Path | None = None, max_dynamic_patch: int | None = None,
+    bad: BadRows | None = None,
+) -> list[EvalItem]:  # fmt: skip
+    """An MMPR-style jsonl with ground truth (see the module docstring); images under ``root``.
+    ``bad`` (default: raise) takes the bad rows."""
+    bad = bad if bad is not None else BadRows("fail")
     root = Path(path).parent if root is None else Path(root)
     items = []
-    for position, (line, row) in enumerate(iter_jsonl(Path(path), BadRows("fail"))):
-        if "video" in row:
-            raise DataError(path, line, "video items are not supported by mpo eval", "video")
-        question = row.get("question")
-        if not isinstance(question, str) or not question.strip():
-            raise DataError(path, line, "missing or empty (expected a string)", "question")
-        answer = row.get("answer")
-        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-            answer = str(answer)
-        if not isinstance(answer, str):
-            raise DataError(path, line, "missing (expected a string or a number)", "answer")
-        choices = _choices_field(row.get("choices"), path, line)
-        image = row.get("image")
-        if image in (None, "", []):
-            images = []
-        elif isinstance(image, str) or (isinstance(image, list) and all(isinstance(p, str) for p in image)):
-            images = [
-                _local_image(p, root, path, line, "image")
-                for p in ([image] if isinstance(image, str) else image)
-            ]
-        else:
-            raise DataError(path, line, "expected a file name or a list of file names", "image")
-        index = row.get("index", row.get("id", position))
-        category = row.get("category", row.get("skill"))
-        items.append(
-            EvalItem(
-                benchmark=name, index=str(index), question=question.strip(),
-                answer=_check_answer(answer, choices, path, line), images=images, choices=choices,
-                category=str(category).strip() if not _empty(category) else DEFAULT_CATEGORY, path=str(path),
-                line=line, kind=_check_kind(row.get("kind"), path, line), max_dynamic_patch=max_dynamic_patch,
-            )
-        )  # fmt: skip
-    _unique_indices(items)
-    return items
+    for position, (line, row) in enumerate(iter_jsonl(Path(path), bad)):
+        try:
+            items.append(_jsonl_item(row, position, name, root, max_dynamic_patch, path, line))
+        except DataError as err:
+            bad.handle(err)
+    return _unique_indices(items, bad)
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -285,8 +327,11 @@ def parse_data_arg(arg: str) -> tuple[str | None, Path]:
     return None, Path(arg)
 
 
-def load_benchmarks(data: list[str], image_dir: Path) -> dict[str, list[EvalItem]]:
-    """Every ``--data`` argument -> ``{benchmark name: items}``, in the order given."""
+def load_benchmarks(
+    data: list[str], image_dir: Path, bad: BadRows | None = None, dropped: dict[str, int] | None = None
+) -> dict[str, list[EvalItem]]:
+    """Every ``--data`` argument -> ``{benchmark name: items}``, in the order given. ``bad`` (default:
+    raise) takes the bad rows; ``dropped`` counts, per benchmark, the rows without an image dropped."""
     out: dict[str, list[EvalItem]] = {}
 
     def add(name: str, items: list[EvalItem], path: Path) -> None:
@@ -305,14 +350,14 @@ def load_benchmarks(data: list[str], image_dir: Path) -> dict[str, list[EvalItem
         suffix = path.suffix.lower()
         if suffix == ".tsv":
             bench = name or path.stem
-            add(bench, load_tsv(path, bench, image_dir / _safe(bench)), path)
+            add(bench, load_tsv(path, bench, image_dir / _safe(bench), bad, dropped), path)
         elif suffix == ".jsonl":
             bench = name or path.stem
-            add(bench, load_jsonl(path, bench), path)
+            add(bench, load_jsonl(path, bench, bad=bad), path)
         elif suffix == ".json":
             for subset in read_meta(path):
                 bench = f"{name}/{subset.name}" if name else subset.name
-                add(bench, load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch), path)
+                add(bench, load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch, bad), path)
         else:
             raise UserError(f"{path}: unknown benchmark format {suffix or '(no suffix)'}; expected .tsv "
                             "(VLMEvalKit), .jsonl (MMPR-style with answers) or a meta.json")  # fmt: skip

@@ -1,14 +1,14 @@
-"""Evaluation prompts, built by :func:`mpo.prompts.build_question` exactly as the training data is.
+"""Evaluation prompts, built by :func:`mpo.prompts.build_question` exactly as the training data and
+the pair builders build theirs.
 
-Direct mode asks for the option letter or a single word/phrase; ``--cot`` asks for step-by-step
-reasoning ending in ``Final answer: ..`` (the MPO format). A trailing answer-format instruction
-already in the question is replaced by the mode's own; options already listed in the question are
-not listed twice.
+Direct mode ends with the benchmark's own instruction (:class:`eval.rules.Rule`: the option letter,
+a single word or phrase, yes or no, or none where the question says how to answer); ``--cot`` asks
+for step-by-step reasoning ending in ``Final answer: ..`` (the MPO format). A trailing answer-format
+instruction already in the question is replaced by the mode's own; options already listed in the
+question are not listed twice.
 """
 
 from __future__ import annotations
-
-import re
 
 from eval.benchmarks import EvalItem
 from mpo.data.template import IMAGE_PLACEHOLDER
@@ -17,23 +17,11 @@ from mpo.generation import GenerationRequest
 from mpo.prompts import build_question, strip_instruction
 
 
-def options_listed(text: str, choices: dict[str, str]) -> bool:
-    """Whether every option already appears in ``text`` on its own line ("A. cat", "(A) cat", "A) cat")."""
-    lines = {line.strip() for line in text.splitlines()}
-    for letter, option in choices.items():
-        forms = (f"{letter}. {option}", f"({letter}) {option}", f"{letter}) {option}", f"{letter}: {option}")
-        if not any(re.sub(r"\s+", " ", form).strip() in lines for form in forms):
-            return False
-    return True
-
-
 def make_prompt(item: EvalItem, cot: bool) -> str:
     """The user turn for one item: placeholders, hint, question, options and the answer instruction."""
-    core = strip_instruction(item.question)
-    if item.hint:
-        core = f"Hint: {item.hint}\n{core}"
-    listed = bool(item.choices) and options_listed(core, item.choices)
-    prompt = build_question(core, len(item.images), item.choices, cot, list_options=not listed)
+    instruction = None if cot else item.rule.instruction(bool(item.choices))
+    prompt = build_question(strip_instruction(item.question), len(item.images), item.choices, cot,
+                            instruction=instruction, hint=item.hint)  # fmt: skip
     found = prompt.count(IMAGE_PLACEHOLDER)
     if found != len(item.images):
         raise DataError(item.path, item.line, f"{found} {IMAGE_PLACEHOLDER} placeholders for {len(item.images)} images",

@@ -50,7 +50,32 @@ def results_markdown(results: dict) -> str:
         lines.append(row(bench, ALL, b))
         for cat, c in breakdown(b).items():
             lines.append(row(bench, cat, c))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _notes(results)) + "\n"
+
+
+def _notes(results: dict) -> list[str]:
+    """Lines under the table: circular counting, benchmark metrics, judged scores, skipped rows."""
+    notes = []
+    for bench, b in results["benchmarks"].items():
+        if "rows" in b:
+            notes.append(f"- {bench}: circular evaluation, {b['total']} items from {b['rows']} rows "
+                         "(an item is right only if all its rotations are).")  # fmt: skip
+        if b.get("metrics"):
+            notes.append(f"- {bench}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                                    for k, v in b["metrics"].items()))  # fmt: skip
+        if "judged" in b:
+            judged = b["judged"]
+            notes.append(f"- {bench}: exact match {_pct(b['accuracy'])}; " + (
+                f"judged by `{results.get('judge_model')}` {_pct(judged['accuracy'])} ({judged['judged']} items)"
+                if judged else "exact match only (no --judge-model given; VLMEvalKit's score uses a judge)"))  # fmt: skip
+    dropped = {d["benchmark"]: d["dropped_no_image"] for d in results.get("data", []) if d.get("dropped_no_image")}
+    for bench, n in dropped.items():
+        notes.append(f"- {bench}: {n} rows without an image dropped (as VLMEvalKit drops them).")
+    bad = results.get("bad_rows") or {}
+    if bad.get("skipped"):
+        reasons = ", ".join(f"{field} {n}" for field, n in bad["by_field"].items())
+        notes.append(f"- {bad['skipped']} bad rows skipped ({reasons}); see bad_rows.json.")
+    return ["", "Notes:", "", *notes] if notes else []
 
 
 # ---------------------------------------------------------------------------------------- compare

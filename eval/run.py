@@ -1,6 +1,6 @@
 """`mpo eval`: evaluate a checkpoint on benchmarks, or compare finished evaluations.
 
-    mpo eval --model M --data FILE [--data FILE ...] [--cot] --out DIR
+    mpo eval --model M --data FILE [--data FILE ...] [--cot] [--judge-model J] [--on-bad-row skip] --out DIR
     mpo eval --compare DIR_A DIR_B ... --out DIR
 
 An evaluation writes ``DIR/predictions.jsonl`` (one line per item, appended as soon as its batch is
@@ -8,6 +8,12 @@ generated), ``DIR/results.json`` (accuracy overall, per benchmark, per category,
 ``DIR/results.md`` and ``DIR/run.json`` (the settings). Rerunning the same command resumes: items
 already in predictions.jsonl are skipped, never written twice. A comparison writes
 ``DIR/compare.md``, ``DIR/compare.json`` and ``DIR/compare.png``.
+
+Bad rows (an unreadable image, a missing field, ...) stop the run with ``file:line: field: reason``
+(``--on-bad-row error``, the default) or are left out (``skip``): then ``DIR/bad_rows.json`` lists
+each with its file, line, field and reason, counted per reason, and one console line sums them up.
+``--judge-model`` adds the judged scores of MathVista and MMVet (:mod:`eval.judge`) next to their
+exact-match scores; without it, results say they are exact match only.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from eval.benchmarks import EvalItem, load_benchmarks
+from eval.judge import judge_records
 from eval.prompting import make_request
 from eval.reports import compare, results_markdown
 from eval.scoring import score, summarize
 from mpo.dashboards import log_report_artifact
-from mpo.errors import UserError
+from mpo.data.meta import BadRows
+from mpo.errors import DataError, UserError
 from mpo.generation import GenerationBackend, SamplingParams
 
 PREDICTIONS = "predictions.jsonl"
@@ -35,6 +43,9 @@ DEFAULT_BATCH_SIZE = {"transformers": 16, "vllm": 512}
 DEFAULT_MAX_DYNAMIC_PATCH = 6
 # Settings a resumed run must share with the run that wrote DIR.
 _RUN_KEYS = ("model", "cot", "max_new_tokens", "max_dynamic_patch")
+BAD_ROWS = "bad_rows.json"
+# --on-bad-row values -> mpo.data.meta.BadRows policies.
+ON_BAD_ROW = {"error": "fail", "skip": "skip"}
 
 
 def _key(benchmark: str, index: str) -> tuple[str, str]:
@@ -78,7 +89,7 @@ def _check_run(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse to mix predictions of different models or prompts in one DIR (unless --overwrite)."""
     run_file = out / "run.json"
     if overwrite:
-        for name in (PREDICTIONS, "results.json", "results.md", "run.json"):
+        for name in (PREDICTIONS, "results.json", "results.md", "run.json", BAD_ROWS, "judgements.jsonl"):
             (out / name).unlink(missing_ok=True)
     elif run_file.is_file():
         previous = json.loads(run_file.read_text(encoding="utf-8"))
@@ -105,11 +116,17 @@ def evaluate(
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    on_bad_row: str = "error",
+    judge_model: str | None = None,
+    judge_backend: GenerationBackend | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``data`` into ``out``; returns the results (also in results.json).
 
     ``backend`` is a name for :func:`mpo.generation.make_backend` (built only when something is
     left to generate) or a ready backend object. ``limit`` keeps the first N items of each benchmark.
+    ``on_bad_row``: ``error`` raises on the first bad row, ``skip`` leaves bad rows out and lists them
+    in ``out/bad_rows.json``. ``judge_model`` (with the same backend kind as ``backend``) or a ready
+    ``judge_backend`` judges the benchmarks that need one.
     """
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
@@ -121,6 +138,8 @@ def evaluate(
         raise UserError(f"--max-dynamic-patch must be >= 1, got {max_dynamic_patch}")
     if not data:
         raise UserError("no benchmark given: --data FILE")
+    if on_bad_row not in ON_BAD_ROW:
+        raise UserError(f"--on-bad-row must be one of {', '.join(ON_BAD_ROW)}, got {on_bad_row!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a folder")
@@ -134,10 +153,16 @@ def evaluate(
         "max_dynamic_patch": max_dynamic_patch,
     }
 
-    benchmarks = load_benchmarks(list(data), out / "images")
-    items: list[EvalItem] = [it for bench in benchmarks.values() for it in bench[:limit]]
-    requests = {_key(it.benchmark, it.index): make_request(it, cot, max_dynamic_patch) for it in items}
+    backend_name = backend if isinstance(backend, str) else "transformers"  # for a judge model
+    bad, dropped = BadRows(ON_BAD_ROW[on_bad_row]), {}
+    benchmarks = load_benchmarks(list(data), out / "images", bad, dropped)
+    items, requests = _requests([it for bench in benchmarks.values() for it in bench[:limit]], cot,
+                                max_dynamic_patch, bad)  # fmt: skip
     _check_run(out, {**settings, "data": list(data)}, overwrite)
+    if bad.skipped:
+        bad.write(out / BAD_ROWS)
+    else:
+        (out / BAD_ROWS).unlink(missing_ok=True)
     pred_path = out / PREDICTIONS
     done = read_predictions(pred_path)
     for it in items:
@@ -175,11 +200,15 @@ def evaluate(
                 bar.update(len(chunk))
         bar.close()
 
+    judged_by = _judge(items, done, out, judge_model, judge_backend, backend_name, batch_size)
     records = [done[_key(it.benchmark, it.index)] for it in items]
     results = {
         **settings,
-        "data": [{"benchmark": name, "items": len(bench[:limit])} for name, bench in benchmarks.items()],
+        "data": [{"benchmark": name, "items": sum(it.benchmark == name for it in items),
+                  "dropped_no_image": dropped.get(name, 0)} for name in benchmarks],  # fmt: skip
         "resumed": len(items) - len(pending),
+        "bad_rows": {"skipped": len(bad.skipped), "by_field": _by_field(bad)},
+        "judge_model": judged_by,
         **summarize(records),
     }
     (out / "results.json").write_text(
@@ -187,6 +216,55 @@ def evaluate(
     )
     (out / "results.md").write_text(results_markdown(results), encoding="utf-8")
     return results
+
+
+def _requests(items: list[EvalItem], cot: bool, max_dynamic_patch: int, bad: BadRows):
+    """The items whose prompt can be built, and their requests; the others go to ``bad``."""
+    kept, requests = [], {}
+    for it in items:
+        try:
+            requests[_key(it.benchmark, it.index)] = make_request(it, cot, max_dynamic_patch)
+        except DataError as err:
+            bad.handle(err)
+            continue
+        kept.append(it)
+    return kept, requests
+
+
+def _by_field(bad: BadRows) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in bad.skipped:
+        counts[row["field"] or "row"] = counts.get(row["field"] or "row", 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _judge(items, done, out: Path, judge_model, judge_backend, backend_name: str, batch_size) -> str | None:
+    """Judge what needs it when a judge is given; returns the judge's name (None: no judge)."""
+    if judge_model is None and judge_backend is None:
+        return None
+    name = judge_model or getattr(judge_backend, "name", type(judge_backend).__name__)
+    if not any(it.rule.judge for it in items):
+        return name
+    if judge_backend is None:
+        from mpo.generation import make_backend
+
+        kind = _resolve_backend_name(backend_name)
+        judge_backend = make_backend(kind, judge_model, batch_size=batch_size or DEFAULT_BATCH_SIZE.get(kind, 16))
+    judge_records(items, done, judge_backend, out, batch_size or DEFAULT_BATCH_SIZE["transformers"], name)
+    return name
+
+
+def summary_line(results: dict, out: Path) -> str:
+    """The console line of a finished evaluation (and of its skipped rows, when there were any)."""
+    o = results["overall"]
+    per_bench = ", ".join(f"{name} {100 * b['accuracy']:.1f}%" for name, b in results["benchmarks"].items())
+    line = (f"mpo eval: {o['total']} items ({results['resumed']} resumed), accuracy {100 * o['accuracy']:.1f}% "
+            f"({per_bench}) -> {out}/results.json")  # fmt: skip
+    bad = results["bad_rows"]
+    if bad["skipped"]:
+        reasons = ", ".join(f"{field} {n}" for field, n in bad["by_field"].items())
+        line += f"\nmpo eval: skipped {bad['skipped']} bad rows ({reasons}) -> {out}/{BAD_ROWS}"
+    return line
 
 
 def main(argv: list[str]) -> int:
@@ -210,6 +288,12 @@ def main(argv: list[str]) -> int:
                         help=f"tiles per sample, split across its images (default {DEFAULT_MAX_DYNAMIC_PATCH})")  # fmt: skip
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of each benchmark")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
+    parser.add_argument("--on-bad-row", choices=list(ON_BAD_ROW), default="error",
+                        help="error: stop at the first bad row (file:line: field); skip: leave bad rows out, "
+                        f"listed in --out/{BAD_ROWS}")  # fmt: skip
+    parser.add_argument("--judge-model", default=None, metavar="M",
+                        help="checkpoint that judges MathVista answer extraction and MMVet grading (opt-in; "
+                        "without it those benchmarks report exact match only)")  # fmt: skip
     parser.add_argument("--report-to", choices=["none", "wandb"], default="none",
                         help="also log the results (or the comparison) as a wandb artifact")  # fmt: skip
     parser.add_argument(
@@ -235,12 +319,9 @@ def main(argv: list[str]) -> int:
     results = evaluate(
         args.model, args.data, args.out, cot=args.cot, backend=args.backend, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, max_dynamic_patch=args.max_dynamic_patch, limit=args.limit,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, on_bad_row=args.on_bad_row, judge_model=args.judge_model,
     )  # fmt: skip
-    o = results["overall"]
-    per_bench = ", ".join(f"{name} {100 * b['accuracy']:.1f}%" for name, b in results["benchmarks"].items())
-    print(f"mpo eval: {o['total']} items ({results['resumed']} resumed), accuracy {100 * o['accuracy']:.1f}% "
-          f"({per_bench}) -> {args.out}/results.json")  # fmt: skip
+    print(summary_line(results, args.out))
     if args.report_to == "wandb":
         files = [args.out / name for name in ("results.json", "results.md")]
         log_report_artifact(f"eval-{args.out.name}", "evaluation-report", files)

@@ -15,6 +15,8 @@ __all__ = [
     "SHORT_INSTRUCTION",
     "answer_instruction",
     "build_question",
+    "options_listed",
+    "parse_choices",
     "strip_instruction",
 ]
 
@@ -34,6 +36,7 @@ KNOWN_INSTRUCTIONS = (
     "Answer yes or no.",
     "Please select the correct answer from the options above.",
     "Answer with the option letter from the given choices directly.",
+    "Answer the question directly.",
 )
 
 
@@ -42,29 +45,64 @@ def answer_instruction(multiple_choice: bool, cot: bool = False) -> str:
     return COT_INSTRUCTION if cot else MC_INSTRUCTION if multiple_choice else SHORT_INSTRUCTION
 
 
+def parse_choices(value) -> dict[str, str] | None:
+    """A row's ``choices`` as ``{letter: option text}``: a dict keyed by capital letters, or a list
+    of option texts (lettered A, B, ...). Empty or absent: ``None``. Anything else: ``ValueError``."""
+    if value in (None, {}, []):
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value) and len(value) <= 26:
+        return {chr(ord("A") + i): v for i, v in enumerate(value)}
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and len(k.strip()) == 1 and k.strip().isupper() and isinstance(v, str)
+        for k, v in value.items()
+    ):
+        return {k.strip(): v for k, v in value.items()}
+    raise ValueError('expected {"A": "option text", ...} or a list of option texts')
+
+
+def options_listed(text: str, choices: dict[str, str]) -> bool:
+    """Whether every option already appears in ``text`` on its own line ("A. cat", "(A) cat", "A) cat",
+    "A: cat")."""
+    lines = {" ".join(line.split()) for line in text.splitlines()}
+    for letter, option in choices.items():
+        forms = (f"{letter}. {option}", f"({letter}) {option}", f"{letter}) {option}", f"{letter}: {option}")
+        if not any(" ".join(form.split()) in lines for form in forms):
+            return False
+    return True
+
+
 def build_question(
     core: str,
-    num_images: int,
+    num_images: int | None,
     choices: dict[str, str] | None = None,
     cot: bool = False,
     *,
-    list_options: bool = True,
+    instruction: str | None = None,
+    hint: str | None = None,
 ) -> str:
-    """The full prompt: image placeholders, the question, the options (MC) and the answer instruction.
+    """The full prompt: image placeholders, hint, the question, the options (MC) and the answer instruction.
 
     One image: ``<image>\\n`` first; several: one ``Image-k: <image>`` line each (unless ``core``
-    already carries them); none: text only. The instruction is ``COT_INSTRUCTION`` when ``cot``,
-    otherwise the direct multiple-choice or short-answer instruction. ``list_options=False`` keeps
-    the options out of the prompt (for questions that already list them) but still asks for a letter.
+    already carries them); none: text only; ``num_images=None`` leaves placeholders as they are.
+    ``hint`` becomes a ``Hint: ...`` line before the question. The options are listed one per line
+    (``A. text``) unless the question already lists them all (:func:`options_listed`). The last
+    line is ``instruction`` when given (``""``: none), else ``COT_INSTRUCTION`` when ``cot``, else
+    the direct multiple-choice or short-answer instruction. Evaluation and the pair builders both
+    build their prompts here, so a row is shown the same way to both.
     """
+    if hint:
+        core = f"Hint: {hint}\n{core}"
     if num_images == 1 and "<image>" not in core:
         core = "<image>\n" + core
-    elif num_images > 1 and core.count("<image>") != num_images:
+    elif num_images is not None and num_images > 1 and core.count("<image>") != num_images:
         core = "".join(f"Image-{k + 1}: <image>\n" for k in range(num_images)) + core
     lines = [core]
-    if choices and list_options:
+    if choices and not options_listed(core, choices):
         lines += [f"{letter}. {option}" for letter, option in choices.items()]
-    lines.append(answer_instruction(bool(choices), cot))
+    if instruction is None:
+        instruction = answer_instruction(bool(choices), cot)
+    if instruction:
+        lines.append(instruction)
     return "\n".join(lines)
 
 
