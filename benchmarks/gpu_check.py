@@ -49,7 +49,7 @@ LAYOUTS = {
 VISION_1B = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                  image_size=448, patch_size=14, norm_type="layer_norm", use_qk_norm=False)  # fmt: skip
 TEXT_1B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-               intermediate_size=4864, max_position_embeddings=32768, tie_word_embeddings=True)  # fmt: skip
+               intermediate_size=4864, max_position_embeddings=32768, tie_word_embeddings=False)  # fmt: skip
 VOCAB_1B = 151674
 TOLERANCE = {"float32": (1e-4, 1e-4), "bfloat16": (2e-2, 5e-2)}  # (log-prob, relative gradient)
 
