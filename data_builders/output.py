@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from data_builders.store import atomic_write
+from mpo.atomic import atomic_write
 
 IMAGE_ROOTS = ("relative", "absolute")
 

@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from data_builders.store import atomic_write
+from mpo.atomic import atomic_write
 
 HISTOGRAM = "accuracy_histogram.png"
 
