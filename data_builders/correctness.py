@@ -123,8 +123,8 @@ class CorrectnessBuilder:
     subsets = SUBSETS
 
     def request(self, q: Question) -> GenerationRequest:
-        return GenerationRequest(cot_question(str(q.row["question"]), self.instruction), q.image_paths(),
-                                 q.subset.max_dynamic_patch, seed=question_seed(self.seed, q.key))  # fmt: skip
+        return q.request(cot_question(str(q.row["question"]), self.instruction), q.subset.max_dynamic_patch,
+                         seed=question_seed(self.seed, q.key))
 
     def process(self, questions: list[Question]) -> list[dict]:
         records: dict[str, dict] = {}
@@ -148,8 +148,7 @@ class CorrectnessBuilder:
                 "n_correct": sum(j["verdict"] == "correct" for j in judged), "responses": judged,
                 "pairs": plan_pairs(judged, self.filters),
             }  # fmt: skip
-            if "image" in row:
-                record["image"] = row["image"]
+            record.update(q.visual_fields())
             records[q.key] = record
         if self.scorer is not None:
             self._score(

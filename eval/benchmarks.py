@@ -29,14 +29,14 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from mpo.answers import KINDS
 from mpo.data.images import check_image
-from mpo.data.meta import BadRows, iter_jsonl, read_meta
+from mpo.data.meta import BadRows, Subset, iter_jsonl, read_meta, row_images
 from mpo.errors import DataError, UserError
 
 DEFAULT_CATEGORY = "uncategorized"
@@ -62,6 +62,13 @@ class EvalItem:
     kind: str | None = None  # answer kind override; default: "choice" with options, else inferred
     hint: str | None = None
     max_dynamic_patch: int | None = None  # per-benchmark tile budget (meta.json); None: the run's
+    frames: list[int] = field(default_factory=list)  # a video file (images[0]): the frames shown
+    video: bool = False  # images are video frames (Frame{i}: <image>, one tile each)
+
+    @property
+    def num_images(self) -> int:
+        """Images shown: the frames of a video file, else the image files."""
+        return len(self.frames) if self.frames else len(self.images)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -233,14 +240,15 @@ def _choices_field(value, path, line) -> dict[str, str] | None:
 
 
 def load_jsonl(
-    path: Path, name: str, root: Path | None = None, max_dynamic_patch: int | None = None
+    path: Path, name: str, root: Path | None = None, max_dynamic_patch: int | None = None,
+    subset: Subset | None = None,
 ) -> list[EvalItem]:
-    """An MMPR-style jsonl with ground truth (see the module docstring); images under ``root``."""
+    """An MMPR-style jsonl with ground truth (see the module docstring); images under ``root``.
+    A ``video`` (file or frame files) is shown as training shows it (``subset``'s frame counts)."""
     root = Path(path).parent if root is None else Path(root)
+    subset = subset or Subset(name=name, root=root, annotation=Path(path))
     items = []
     for position, (line, row) in enumerate(iter_jsonl(Path(path), BadRows("fail"))):
-        if "video" in row:
-            raise DataError(path, line, "video items are not supported by mpo eval", "video")
         question = row.get("question")
         if not isinstance(question, str) or not question.strip():
             raise DataError(path, line, "missing or empty (expected a string)", "question")
@@ -251,7 +259,10 @@ def load_jsonl(
             raise DataError(path, line, "missing (expected a string or a number)", "answer")
         choices = _choices_field(row.get("choices"), path, line)
         image = row.get("image")
-        if image in (None, "", []):
+        video = row_images(row, subset, Path(path), line) if "video" in row else None
+        if video is not None:
+            images = [str(p) for p in video.paths]
+        elif image in (None, "", []):
             images = []
         elif isinstance(image, str) or (isinstance(image, list) and all(isinstance(p, str) for p in image)):
             images = [
@@ -268,6 +279,7 @@ def load_jsonl(
                 answer=_check_answer(answer, choices, path, line), images=images, choices=choices,
                 category=str(category).strip() if not _empty(category) else DEFAULT_CATEGORY, path=str(path),
                 line=line, kind=_check_kind(row.get("kind"), path, line), max_dynamic_patch=max_dynamic_patch,
+                frames=video.frames if video else [], video=video is not None,
             )
         )  # fmt: skip
     _unique_indices(items)
@@ -312,7 +324,7 @@ def load_benchmarks(data: list[str], image_dir: Path) -> dict[str, list[EvalItem
         elif suffix == ".json":
             for subset in read_meta(path):
                 bench = f"{name}/{subset.name}" if name else subset.name
-                add(bench, load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch), path)
+                add(bench, load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch, subset), path)
         else:
             raise UserError(f"{path}: unknown benchmark format {suffix or '(no suffix)'}; expected .tsv "
                             "(VLMEvalKit), .jsonl (MMPR-style with answers) or a meta.json")  # fmt: skip

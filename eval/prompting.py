@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from eval.benchmarks import EvalItem
-from mpo.data.template import IMAGE_PLACEHOLDER
+from mpo.data.template import IMAGE_PLACEHOLDER, normalize_question
 from mpo.errors import DataError
 from mpo.generation import GenerationRequest
 from mpo.prompts import build_question, strip_instruction
@@ -33,10 +33,12 @@ def make_prompt(item: EvalItem, cot: bool) -> str:
     if item.hint:
         core = f"Hint: {item.hint}\n{core}"
     listed = bool(item.choices) and options_listed(core, item.choices)
-    prompt = build_question(core, len(item.images), item.choices, cot, list_options=not listed)
+    if item.video:  # Frame{i}: <image> lines, as in training
+        core = normalize_question(core, item.num_images, video=True)
+    prompt = build_question(core, item.num_images, item.choices, cot, list_options=not listed)
     found = prompt.count(IMAGE_PLACEHOLDER)
-    if found != len(item.images):
-        raise DataError(item.path, item.line, f"{found} {IMAGE_PLACEHOLDER} placeholders for {len(item.images)} images",
+    if found != item.num_images:
+        raise DataError(item.path, item.line, f"{found} {IMAGE_PLACEHOLDER} placeholders for {item.num_images} images",
                         "question")  # fmt: skip
     return prompt
 
@@ -47,4 +49,6 @@ def make_request(item: EvalItem, cot: bool, max_dynamic_patch: int) -> Generatio
         question=make_prompt(item, cot),
         images=list(item.images),
         max_dynamic_patch=item.max_dynamic_patch or max_dynamic_patch,
+        frames=list(item.frames),
+        video=item.video,
     )

@@ -241,7 +241,7 @@ def skip_summary(prog: str, rows: list[dict], report: str | Path | None = None) 
     for row in rows:
         kinds.setdefault(reason_kind(row.get("field") or None, str(row["reason"])), []).append(row)
     where = f" (every row in {report})" if report else ""
-    lines = [f"{prog}: skipped {len(rows)} bad row{'s' * (len(rows) != 1)} under on_bad_row: skip{where}"]
+    lines = [f"{prog}: skipped {len(rows)} bad row{'s' * (len(rows) != 1)}{where}"]
     for kind, group in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
         first = group[0]
         lines.append(f"{prog}:   {len(group)} x {kind} (first: {first['file']}:{first['line']}: {first['reason']})")
