@@ -112,10 +112,13 @@ def resolve_meta_path(value: str, meta_dir: Path, data_root: str | Path | None, 
     if Path(mapped).is_absolute():
         if Path(mapped).exists():
             return Path(mapped)
-        hint = f"{mapped} (mapped from {value})" if mapped != value else mapped
-        example = "/".join(Path(value).parts[:3]).replace("//", "/") if mapped == value else None
-        remap = f"; remap it with --path-map {example}=/your/copy" if example else ""
-        raise UserError(f"{where}: {name}: no such path {hint}{remap}")
+        if mapped != value:
+            raise UserError(f"{where}: {name}: no such path {mapped} (mapped from {value})")
+        missing = Path(mapped)
+        while not missing.parent.exists():  # the first folder that is not on this machine
+            missing = missing.parent
+        raise UserError(f"{where}: {name}: no such path {mapped} (written on another machine? remap it: "
+                        f"--path-map {missing}=/where/it/is/here)")  # fmt: skip
     if data_root is not None:
         candidates = [Path(data_root) / mapped]
     else:
