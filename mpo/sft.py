@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 
-from mpo.checkpointing import NativeResumeMixin
+from mpo.checkpointing import NativeResumeMixin, resolve_resume
 from mpo.cli import parse_recipe
 from mpo.data.collator import SkipBadRecords
 from mpo.data.meta import BadRows, DataConfig, skip_summary
@@ -352,6 +352,7 @@ def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SF
 
 def main(argv: list[str]) -> int:
     model_args, data_args, args = parse_sft_args(argv)
+    resolve_resume(args.resume_from_checkpoint, args.output_dir)  # a bad checkpoint fails before any loading
     trainer = build_trainer(model_args, data_args, args)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)

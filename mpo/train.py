@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from mpo.checkpointing import resolve_resume
 from mpo.cli import parse_recipe
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
 from mpo.data.meta import DataConfig, skip_summary
@@ -96,6 +97,7 @@ def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConf
 
 def main(argv: list[str]) -> int:
     model_args, data_args, args = parse_train_args(argv)
+    resolve_resume(args.resume_from_checkpoint, args.output_dir)  # a bad checkpoint fails before any loading
     # The Trainer would push at every save with TRL's card; mpo pushes once, at the end, with the MPO card.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     recipe = argv[argv.index("--config") + 1] if "--config" in argv else None
