@@ -110,8 +110,8 @@ def main(argv: list[str]) -> int:
     trainer.save_model(args.output_dir)
     trainer.save_state()
     if trainer.accelerator.is_main_process:
-        bad_rows = trainer.data_collator.bad_rows  # load-time skips and those of the reference pass and batches
-        if bad_rows.skipped:
+        bad_rows = trainer.bad_rows  # load-time skips and those of the reference pass and batches
+        if bad_rows is not None and bad_rows.skipped:
             report = bad_rows.write(skip_report_path(args.output_dir, "train"))
             print("\n".join(skip_summary("mpo train", bad_rows.skipped, report)))
         final = {k: v for k, v in trainer.state.log_history[-1].items()}

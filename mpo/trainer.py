@@ -176,6 +176,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         # metrics; the MPO loss and metrics need only the log-probs.
         unwrapped = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         add_fused_lm_head(unwrapped, outputs=("log_probs",))
+        self.bad_rows = bad_rows  # the data's skips, and those of later decode failures (skip policy)
         self.reward_shift = RewardShift()
         self.add_callback(_RewardShiftStep(self))
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo train adds "model" and "data")
