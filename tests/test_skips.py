@@ -183,3 +183,20 @@ def test_build_pairs_reports_name_file_and_line_and_summarise_per_reason(tmp_pat
     assert f"{ann}:4: missing image" in " ".join(lines)
     assert "| key | file | line | reason |" in (tmp_path / "o" / "report.md").read_text()
     assert summary(report, tmp_path / "o")  # the one-line run summary still renders
+
+
+def test_sft_packed_rows_lose_only_the_sample_that_fails_to_decode(processor, tmp_path):
+    from mpo.data.sft_data import SFTCollator
+
+    rows = [{"image": r["image"], "conversations": [{"from": "human", "value": "Colour?"},
+                                                    {"from": "gpt", "value": r["chosen"]}]} for r in ROWS]  # fmt: skip
+    records, report = load_sft(write_mmpr(tmp_path, rows, name="sft"), processor, on_bad_row="skip")
+    truncate_png(tmp_path / "img" / "green.png")
+    inner = SFTCollator(processor, train=False)
+    collate = SkipBadRecords(inner, report.bad_rows)
+    batch = collate([[records[0], records[1]], [records[2]]])  # two packed rows
+    expected = inner([[records[0]], [records[2]]])
+    assert batch["sources"] == [records[0]["source"], records[2]["source"]]
+    assert batch["input_ids"].equal(expected["input_ids"]) and batch["labels"].equal(expected["labels"])
+    assert [r["line"] for r in report.bad_rows.skipped] == [2]
+    assert [r["line"] for r in report.skipped_rows()] == [2]

@@ -109,6 +109,11 @@ def _drop_source(items: list, source: str) -> list:
     return out
 
 
+def _count(items: list) -> int:
+    """Records in ``items`` (records, or rows that are lists of records)."""
+    return sum(len(item) if isinstance(item, list) else 1 for item in items)
+
+
 @dataclass
 class SkipBadRecords:
     """A collate function that skips records whose files fail to decode, under ``on_bad_row: skip``.
@@ -145,8 +150,8 @@ class SkipBadRecords:
                 self.bad_rows.handle(err)  # raises under "fail"
                 logger.warning(f"skipped a row that failed to decode: {err}")
                 self.bad_sources.add(source)
-                before, items = len(items), _drop_source(items, source)
-                if len(items) == before:  # the error names no record of this batch
+                before, items = _count(items), _drop_source(items, source)
+                if _count(items) == before:  # the error names no record of this batch
                     raise
                 continue
             self.last_good = items
