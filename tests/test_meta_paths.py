@@ -39,7 +39,7 @@ def test_internvl_shell_meta_resolves_against_the_working_directory(processor, t
     assert Path(data[0]["image_paths"][0]).resolve() == (tmp_path / "playground/data/img/red.png").resolve()
     # launched elsewhere, the explicit --data-root says where the paths are relative to
     monkeypatch.chdir(meta.parent)
-    with pytest.raises(UserError, match=r"subset 'toy': annotation: 'playground/data/toy.jsonl' found neither as"):
+    with pytest.raises(UserError, match=r"subset 'toy': annotation: 'playground/data/toy.jsonl' is not at "):
         load_mmpr(meta, processor)
     data, _ = load_mmpr(meta, processor, data_root=tmp_path)
     assert Path(data[0]["image_paths"][0]) == tmp_path / "playground/data/img/red.png"

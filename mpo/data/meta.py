@@ -50,8 +50,10 @@ class DataConfig:
     eval_meta_path: str | None = field(default=None, metadata={"help": "Optional held-out meta.json."})
     on_bad_row: str = field(
         default="fail",
-        metadata={"help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on, and "
-                  "write every skipped row and why to a report in output_dir.", "choices": list(ON_BAD_ROW)},
+        metadata={"help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on (rows "
+                  "whose files fail to decode later, in the reference pass or a batch, too), write every skipped row "
+                  "and why to a report in output_dir and print one line per kind of problem.",
+                  "choices": list(ON_BAD_ROW)},
     )  # fmt: skip
     data_root: str | None = field(
         default=None,
@@ -126,9 +128,9 @@ def resolve_meta_path(value: str, meta_dir: Path, data_root: str | Path | None, 
     for candidate in candidates:
         if candidate.exists():
             return candidate
-    tried = " nor ".join(str(c) for c in candidates)
-    via = "--data-root" if data_root is not None else "the meta.json's folder nor the working directory"
-    raise UserError(f"{where}: {name}: {mapped!r} found neither as {tried} (relative to {via}; "
+    tried = " or ".join(str(c) for c in candidates)
+    via = "--data-root" if data_root is not None else "the meta.json's folder, else to the working directory"
+    raise UserError(f"{where}: {name}: {mapped!r} is not at {tried} (relative to {via}; "
                     "set --data-root to the folder it is relative to)")  # fmt: skip
 
 
