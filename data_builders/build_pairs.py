@@ -56,7 +56,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="folder the meta.json's relative root/annotation paths are relative to (default: the "
                         "meta.json's folder where they exist there, else the working directory)")  # fmt: skip
     g.add_argument("--path-map", nargs="+", default=[], metavar="OLD=NEW",
-                   help="rewrite meta.json path prefixes written on another machine, e.g. /mnt/petrelfs/x=/data/x")
+                   help="rewrite meta.json path prefixes written on another machine, "
+                        "e.g. /mnt/petrelfs/x=/data/x")  # fmt: skip
     g.add_argument("--limit", type=int, default=None, help="use only the first LIMIT questions")
     g.add_argument(
         "--max-dynamic-patch", type=int, default=None, help="tiles per image (default: the subset's)"

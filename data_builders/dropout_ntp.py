@@ -115,8 +115,8 @@ class DropoutNTPBuilder:
                 good.append(q)
             else:
                 records[q.key] = bad_row_record(q, reason)
-        with_image = [q.request(str(q.row["question"]), q.subset.max_dynamic_patch, seed=question_seed(self.seed, q.key))
-                      for q in good]
+        with_image = [q.request(str(q.row["question"]), q.subset.max_dynamic_patch,
+                                seed=question_seed(self.seed, q.key)) for q in good]  # fmt: skip
         if self.chosen_from == "model":
             chosen = [out[0] for out in self.backend.generate(with_image, self.params)] if good else []
         else:

@@ -2,9 +2,10 @@
 
 Lines look like the synthetic QA split: ``{"id", "image" (path or list, relative to the subset
 root; absent for text-only), "question", "answer", "choices"?, ...}``; ``"video"`` (a video file,
-or a list of frame files) instead of ``image`` is shown as ``mpo train`` shows it (:mod:`mpo.data.video`). Every line becomes a
-:class:`Question` with a stable key (``subset:id``, or ``subset:L<line>`` without an id) and its
-position in the input (``index``), so shards, resumes and reports agree on what a question is.
+or a list of frame files) instead of ``image`` is shown as ``mpo train`` shows it
+(:mod:`mpo.data.video`). Every line becomes a :class:`Question` with a stable key (``subset:id``,
+or ``subset:L<line>`` without an id) and its position in the input (``index``), so shards, resumes
+and reports agree on what a question is.
 Unreadable lines are questions too, with an ``error``: they are counted as bad rows, never lost.
 """
 

@@ -29,7 +29,7 @@ def _status(record: dict) -> str:
 
 
 def _skipped_row(record: dict) -> dict:
-    """A bad-row journal record as ``{"file", "line", "field", "reason"}`` (its reason reads ``field: why``)."""
+    """A bad-row journal record as ``{"file", "line", "field", "reason"}`` (its reason: ``field: why``)."""
     field, sep, why = record["reason"].partition(": ")
     return {"file": record.get("file", record["subset"]), "line": record["line"],
             "field": field if sep else "", "reason": why if sep else record["reason"]}  # fmt: skip
@@ -67,8 +67,8 @@ def build_report(records: list[dict], build: dict) -> dict:
         "subsets": dict(sorted(subsets.items())),
         "bad_rows": {
             "by_field": dict(Counter(r["reason"].split(":")[0] for r in bad)),
-            "examples": [{"key": r["key"], "file": r.get("file", r["subset"]), "line": r["line"], "reason": r["reason"]}
-                         for r in bad[:10]],  # fmt: skip
+            "examples": [{"key": r["key"], "file": r.get("file", r["subset"]), "line": r["line"],
+                          "reason": r["reason"]} for r in bad[:10]],  # fmt: skip
             "summary": skip_summary("mpo build-pairs", [_skipped_row(r) for r in bad]),
         },
     }

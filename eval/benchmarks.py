@@ -324,7 +324,8 @@ def load_benchmarks(data: list[str], image_dir: Path) -> dict[str, list[EvalItem
         elif suffix == ".json":
             for subset in read_meta(path):
                 bench = f"{name}/{subset.name}" if name else subset.name
-                add(bench, load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch, subset), path)
+                items = load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch, subset)
+                add(bench, items, path)
         else:
             raise UserError(f"{path}: unknown benchmark format {suffix or '(no suffix)'}; expected .tsv "
                             "(VLMEvalKit), .jsonl (MMPR-style with answers) or a meta.json")  # fmt: skip

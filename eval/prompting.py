@@ -38,8 +38,8 @@ def make_prompt(item: EvalItem, cot: bool) -> str:
     prompt = build_question(core, item.num_images, item.choices, cot, list_options=not listed)
     found = prompt.count(IMAGE_PLACEHOLDER)
     if found != item.num_images:
-        raise DataError(item.path, item.line, f"{found} {IMAGE_PLACEHOLDER} placeholders for {item.num_images} images",
-                        "question")  # fmt: skip
+        raise DataError(item.path, item.line,
+                        f"{found} {IMAGE_PLACEHOLDER} placeholders for {item.num_images} images", "question")  # fmt: skip
     return prompt
 
 

@@ -30,7 +30,8 @@ CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # One of these holds the weights of a checkpoint: full model (safetensors, sharded or not, or torch
 # pickles), a PEFT adapter, or a DeepSpeed checkpoint (its ``latest`` tag file).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin", "latest")  # fmt: skip
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
+                "latest")  # fmt: skip
 
 
 def _missing_shards(index: Path) -> list[str]:
@@ -71,7 +72,8 @@ def checkpoints(output_dir: Path) -> list[Path]:
     """The ``checkpoint-N`` folders of ``output_dir``, newest (highest N) first."""
     if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))]
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
+             if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))]  # fmt: skip
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -109,8 +111,8 @@ class NativeResumeMixin:
     """Mix into a ``transformers.Trainer`` subclass (before the Trainer in the bases)."""
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        """``Trainer.train`` from the checkpoint :func:`resolve_resume` picks (a one-line error, not a traceback,
-        when there is none to resume from)."""
+        """``Trainer.train`` from the checkpoint :func:`resolve_resume` picks (a one-line error, not a
+        traceback, when there is none to resume from)."""
         checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
         if checkpoint is not None:
             logger.warning(f"resuming from {checkpoint}")

@@ -38,7 +38,7 @@ from mpo.cli import parse_recipe
 from mpo.data.collator import SkipBadRecords
 from mpo.data.meta import BadRows, DataConfig, skip_summary
 from mpo.data.packing import pack_samples, packed_attention_mask
-from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
+from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataReport, SFTDataset, load_sft
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor
 from mpo.runtime import cpu_training_defaults
@@ -225,7 +225,8 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
     """
 
     def __init__(self, model, args: SFTStageConfig, train_dataset=None, eval_dataset=None, *,
-                 processing_class=None, data_collator=None, bad_rows: BadRows | None = None, **kwargs) -> None:  # fmt: skip
+                 processing_class=None, data_collator=None, bad_rows: BadRows | None = None,
+                 **kwargs) -> None:  # fmt: skip
         """``bad_rows``: under ``skip``, samples whose files fail to decode in a batch are skipped and
         counted there (:class:`~mpo.data.collator.SkipBadRecords`); without it such a failure stops the run."""
         if data_collator is None:
@@ -330,7 +331,7 @@ def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SF
     processor = load_processor(model_args.model_name_or_path)
     out = Path(args.output_dir)
 
-    def load(meta: str, split: str, repetition: float | None) -> SFTDataset:
+    def load(meta: str, split: str, repetition: float | None) -> tuple[SFTDataset, SFTDataReport]:
         records, report = load_sft(
             meta, processor, max_length=args.max_length, seed=args.seed, on_bad_row=data_args.on_bad_row,
             repetition_ngram=data_args.repetition_ngram, max_repetition_ratio=repetition,
@@ -344,9 +345,9 @@ def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SF
     model = load_model(model_args.model_name_or_path, freeze=args.freeze_policy,
                        attn_implementation=model_args.attn_implementation, dtype=model_args.dtype)  # fmt: skip
     args.apply_model_size(sum(p.numel() for p in model.parameters()))
-    trainer = SFTStageTrainer(model, args, train_dataset=train_data, eval_dataset=eval_data, processing_class=processor,
-                              bad_rows=report.bad_rows)  # fmt: skip
-    trainer.data_report = report
+    trainer = SFTStageTrainer(model, args, train_dataset=train_data, eval_dataset=eval_data,
+                              processing_class=processor, bad_rows=report.bad_rows)  # fmt: skip
+    trainer.data_report = report  # what loading (and, under skip, later decoding) left out; main() prints it
     return trainer
 
 

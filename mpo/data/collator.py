@@ -53,7 +53,8 @@ class PreferenceCollator:
             try:
                 images = load_visuals(record["image_paths"], record.get("video_frames"))
             except ValueError as err:
-                raise DataError(*_source(record), str(err), field="video" if record.get("is_video") else "image") from None
+                field_name = "video" if record.get("is_video") else "image"
+                raise DataError(*_source(record), str(err), field=field_name) from None
             pixel_values, tiles = tiles_for(self.processor.image_processor, images, record["max_dynamic_patch"])
         prompt = expand_images(prompt_text(record["question"]), tiles, self.processor.image_seq_length)
 

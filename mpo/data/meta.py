@@ -57,8 +57,8 @@ class DataConfig:
     )  # fmt: skip
     data_root: str | None = field(
         default=None,
-        metadata={"help": "Folder that relative 'root' and 'annotation' paths of the meta.json are resolved against. "
-                  "Default: the meta.json's folder where the path exists there, else the working directory "
+        metadata={"help": "Folder that relative 'root' and 'annotation' paths of the meta.json are resolved "
+                  "against. Default: the meta.json's folder where the path exists there, else the working directory "
                   "(InternVL's convention for its shell/data meta files)."},
     )  # fmt: skip
     path_map: list[str] = field(
@@ -106,8 +106,8 @@ def map_path(path: str, path_map: list[tuple[str, str]]) -> str:
     return path
 
 
-def resolve_meta_path(value: str, meta_dir: Path, data_root: str | Path | None, path_map: list[tuple[str, str]],
-                      where: str, name: str) -> Path:  # fmt: skip
+def resolve_meta_path(value: str, meta_dir: Path, data_root: str | Path | None,
+                      path_map: list[tuple[str, str]], where: str, name: str) -> Path:  # fmt: skip
     """A ``root`` / ``annotation`` path of meta.json by the rule of the module docstring; a path that
     exists nowhere is a UserError naming ``where`` (file and subset), the field and what was tried."""
     mapped = map_path(value, path_map)
@@ -146,7 +146,7 @@ def _frame_range(entry: dict, where: str) -> tuple[int, int]:
 
 def read_meta(meta_path: str | Path, data_root: str | Path | None = None,
               path_map: list[str] | tuple[str, ...] | None = None) -> list[Subset]:  # fmt: skip
-    """Parse meta.json, resolving its paths (module docstring); every error names the file and the subset/field."""
+    """Parse meta.json, resolving its paths (module docstring); errors name the file and the subset/field."""
     meta_path = Path(meta_path)
     mapping = parse_path_map(path_map)
     if data_root is not None and not Path(data_root).is_dir():
@@ -249,7 +249,8 @@ def skip_summary(prog: str, rows: list[dict], report: str | Path | None = None) 
     lines = [f"{prog}: skipped {len(rows)} bad row{'s' * (len(rows) != 1)}{where}"]
     for kind, group in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
         first = group[0]
-        lines.append(f"{prog}:   {len(group)} x {kind} (first: {first['file']}:{first['line']}: {first['reason']})")
+        where = f"{first['file']}:{first['line']}"
+        lines.append(f"{prog}:   {len(group)} x {kind} (first: {where}: {first['reason']})")
     return lines
 
 

@@ -8,9 +8,10 @@ A line::
 
 Multi-turn, multi-image (one ``<image>`` per image, anywhere in the human turns), video (a video
 file or frame files, shown as ``Frame{i}: <image>``, one tile per frame; which frames of a video
-file: :mod:`mpo.data.video`, ``rand`` positions redrawn at every training collation), text-only. Without any placeholder, the first human turn gets them
-prepended (:func:`mpo.data.template.normalize_question`). Only assistant replies and their
-``<|im_end|>`` are supervised.
+file: :mod:`mpo.data.video`, ``rand`` positions redrawn at every training collation), text-only.
+Without any placeholder, the first human turn gets them prepended
+(:func:`mpo.data.template.normalize_question`). Only assistant replies and their ``<|im_end|>`` are
+supervised.
 
 Loading (:func:`load_sft`) validates every row (fields, roles, placeholders, image files) under the
 same bad-row policy as the MPO data (``fail``: ``file:line: field: reason``; ``skip``: counted and
@@ -195,7 +196,8 @@ class SFTDataReport:
     def skipped_rows(self) -> list[dict]:
         """Every row left out, as ``{"file", "line", "field", "reason"}`` (for the console summary)."""
         rows = list(self.bad_rows.skipped)
-        for entries, reason in ((self.too_long, "too long: {tokens} tokens"), (self.repetitive, "repetitive: ratio {ratio}")):
+        dropped = ((self.too_long, "too long: {tokens} tokens"), (self.repetitive, "repetitive: ratio {ratio}"))
+        for entries, reason in dropped:
             for entry in entries:
                 file, _, line = entry["source"].rpartition(":")
                 rows.append({"file": file, "line": int(line), "field": "", "reason": reason.format(**entry)})
@@ -333,7 +335,7 @@ class SFTCollator:
             images = load_visuals(record["images"], self.frames(record))
         except ValueError as err:
             path, _, line = record["source"].rpartition(":")
-            raise DataError(path, int(line), str(err), field="image") from None
+            raise DataError(path, int(line), str(err), field="video" if record["is_video"] else "image") from None
         if self.train and record.get("data_augment"):
             images = [jpeg_compress(img, self.draw_jpeg_quality()) for img in images]
         return images
