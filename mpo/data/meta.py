@@ -254,6 +254,13 @@ def skip_summary(prog: str, rows: list[dict], report: str | Path | None = None) 
     return lines
 
 
+def too_long(path: Path, line: int, tokens: int, max_length: int) -> DataError:
+    """The bad-row error of a sample longer than ``max_length`` (never truncated: that would separate
+    image tokens from their features), the same in SFT and MPO."""
+    return DataError(path, line, f"too long: {tokens} tokens > max_length {max_length} (raise max_length, "
+                     "or drop such samples with on_bad_row: skip)")  # fmt: skip
+
+
 def iter_jsonl(path: Path, bad_rows: BadRows) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; malformed lines go to ``bad_rows``."""
     with open(path, encoding="utf-8") as f:

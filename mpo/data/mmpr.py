@@ -16,7 +16,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from mpo.data.images import count_tiles, tile_budget
-from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images
+from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
 from mpo.data.template import expand_images, normalize_question, prompt_text, response_text
 from mpo.errors import DataError, UserError
 
@@ -95,7 +95,7 @@ def load_mmpr(
                 if max_length is not None:
                     n = sequence_length(record, processor.tokenizer, tile_size, tokens_per_tile)
                     if n > max_length:
-                        raise DataError(subset.annotation, line, f"too long: {n} tokens > max_length {max_length}")
+                        raise too_long(subset.annotation, line, n, max_length)
             except DataError as err:
                 bad_rows.handle(err)
                 continue

@@ -45,7 +45,7 @@ from mpo.data.images import (
     tile_budget,
     tiles_for,
 )
-from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images
+from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
 from mpo.data.repetition import ngram_repetition_ratio
 from mpo.data.template import (
     IMAGE_PLACEHOLDER,
@@ -270,7 +270,7 @@ def load_sft(
             record["supervised_tokens"] = sum(1 for t in labels if t != IGNORE_INDEX)
             if max_length is not None and len(ids) > max_length:
                 if report.bad_rows.policy == "fail":  # under skip: listed under too_long
-                    raise DataError(subset.annotation, line, f"too long: {len(ids)} tokens > max_length {max_length}")
+                    raise too_long(subset.annotation, line, len(ids), max_length)
                 report.too_long.append({"source": record["source"], "tokens": len(ids)})
                 continue
             rows.append(record)
