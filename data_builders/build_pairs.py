@@ -52,6 +52,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--out", required=True, type=Path, help="output folder (MMPR layout, report, shard journals)"
     )
+    g.add_argument("--data-root", type=Path, default=None,
+                   help="folder the meta.json's relative root/annotation paths are relative to (default: the "
+                        "meta.json's folder where they exist there, else the working directory)")  # fmt: skip
+    g.add_argument("--path-map", nargs="+", default=[], metavar="OLD=NEW",
+                   help="rewrite meta.json path prefixes written on another machine, "
+                        "e.g. /mnt/petrelfs/x=/data/x")  # fmt: skip
     g.add_argument("--limit", type=int, default=None, help="use only the first LIMIT questions")
     g.add_argument(
         "--max-dynamic-patch", type=int, default=None, help="tiles per image (default: the subset's)"
@@ -213,8 +219,9 @@ def run(args: argparse.Namespace, backend: GenerationBackend | None = None) -> d
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     i, n_shards = parse_shard(args.shard)
-    subsets = read_subsets(args.data, args.max_dynamic_patch)
-    questions = load_questions(args.data, limit=args.limit, max_dynamic_patch=args.max_dynamic_patch)
+    paths = {"data_root": args.data_root, "path_map": args.path_map}
+    subsets = read_subsets(args.data, args.max_dynamic_patch, **paths)
+    questions = load_questions(args.data, limit=args.limit, max_dynamic_patch=args.max_dynamic_patch, **paths)
     if not questions:
         raise UserError(f"--data {args.data}: no questions")
     build = {
@@ -224,7 +231,8 @@ def run(args: argparse.Namespace, backend: GenerationBackend | None = None) -> d
         "questions": len(questions),
         "input_sha256": _sha256_files([s.annotation for s in subsets]),
         "subsets": {
-            s.name: {"root": str(s.root.resolve()), "max_dynamic_patch": s.max_dynamic_patch} for s in subsets
+            s.name: {"root": str(s.root.resolve()), "max_dynamic_patch": s.max_dynamic_patch,
+                     "min_num_frame": s.min_num_frame, "max_num_frame": s.max_num_frame} for s in subsets
         },
     }
     store = BuildDir(args.out)
@@ -257,7 +265,8 @@ def _global_dedupe(records: list[dict]) -> None:
         for cand in record["pairs"]:
             if cand["drop"] is not None:
                 continue
-            key = (record["subset"], cand["subset"], repr(record.get("image")), record["question"],
+            key = (record["subset"], cand["subset"], repr(record.get("image")), repr(record.get("video")),
+                   record["question"],
                    record["responses"][cand["c"]]["text"], record["responses"][cand["r"]]["text"])  # fmt: skip
             if key in seen:
                 cand["drop"] = "duplicate"
@@ -289,7 +298,7 @@ def merge(out: str | Path, *, copy_images: bool = False, image_root: str = "rela
             sources[name] = {**build["subsets"][record["subset"]], "input_subset": record["subset"]}
             if cand["drop"] is not None:
                 continue
-            line = {"image": record["image"]} if "image" in record else {}
+            line = {k: record[k] for k in ("image", "video") if k in record}
             line.update(question=record["question"], chosen=record["responses"][cand["c"]]["text"],
                         rejected=record["responses"][cand["r"]]["text"], source=record["key"])  # fmt: skip
             if "answer" in record:
@@ -319,6 +328,8 @@ def main(argv: list[str]) -> int:
         report = run(args)
     if report is not None:
         print(summary(report, args.out))
+        for line in report["bad_rows"].get("summary", []):
+            print(line)
         if getattr(args, "report_to", "none") == "wandb":
             files = [args.out / name for name in ("report.json", "report.md", "accuracy_histogram.png")]
             log_report_artifact(f"pairs-{args.out.name}", "preference-data-report", files)

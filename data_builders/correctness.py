@@ -126,8 +126,7 @@ class CorrectnessBuilder:
     def request(self, q: Question) -> GenerationRequest:
         """The CoT prompt of ``q``, its options listed (as ``mpo eval`` lists them) when it has ``choices``."""
         question = cot_question(str(q.row["question"]), self.instruction, parse_choices(q.row.get("choices")))
-        return GenerationRequest(question, q.image_paths(), q.subset.max_dynamic_patch,
-                                 seed=question_seed(self.seed, q.key))  # fmt: skip
+        return q.request(question, q.subset.max_dynamic_patch, seed=question_seed(self.seed, q.key))
 
     def process(self, questions: list[Question]) -> list[dict]:
         records: dict[str, dict] = {}
@@ -151,8 +150,7 @@ class CorrectnessBuilder:
                 "n_correct": sum(j["verdict"] == "correct" for j in judged), "responses": judged,
                 "pairs": plan_pairs(judged, self.filters),
             }  # fmt: skip
-            if "image" in row:
-                record["image"] = row["image"]
+            record.update(q.visual_fields())
             records[q.key] = record
         if self.scorer is not None:
             self._score(

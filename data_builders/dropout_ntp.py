@@ -115,8 +115,8 @@ class DropoutNTPBuilder:
                 good.append(q)
             else:
                 records[q.key] = bad_row_record(q, reason)
-        with_image = [GenerationRequest(str(q.row["question"]), q.image_paths(), q.subset.max_dynamic_patch,
-                                        seed=question_seed(self.seed, q.key)) for q in good]  # fmt: skip
+        with_image = [q.request(str(q.row["question"]), q.subset.max_dynamic_patch,
+                                seed=question_seed(self.seed, q.key)) for q in good]  # fmt: skip
         if self.chosen_from == "model":
             chosen = [out[0] for out in self.backend.generate(with_image, self.params)] if good else []
         else:
@@ -144,8 +144,7 @@ class DropoutNTPBuilder:
                 pair.update(r=1, drop=rule_drop(chosen[k], rejected, self.filters))
             record = {"key": q.key, "index": q.index, "subset": q.subset.name, "line": q.line, "status": "candidate",
                       "question": str(q.row["question"]), "responses": responses, "pairs": [pair]}  # fmt: skip
-            if "image" in q.row:
-                record["image"] = q.row["image"]
+            record.update(q.visual_fields())
             records[q.key] = record
         if self.scorer is not None:
             alive = [(k, q) for k, q in enumerate(good) if records[q.key]["pairs"][0]["drop"] is None]

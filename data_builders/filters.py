@@ -7,6 +7,7 @@ the report's counts add up: candidates = kept + dropped by reason.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,11 +86,8 @@ class QualityScorer:
         if not items:
             return []
         requests = [
-            GenerationRequest(
-                fill_quality_template(self.template, req.question, response),
-                list(req.images),
-                req.max_dynamic_patch,
-            )  # fmt: skip
+            dataclasses.replace(req, question=fill_quality_template(self.template, req.question, response),
+                                prefix="", seed=None)  # fmt: skip
             for req, response in items
         ]
         return [parse_score(out[0]) if out else None for out in self.backend.generate(requests, self.params)]

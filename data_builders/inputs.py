@@ -1,21 +1,24 @@
 """The questions a pair build reads: an InternVL meta.json (every subset) or a single jsonl file.
 
 Lines look like the synthetic QA split: ``{"id", "image" (path or list, relative to the subset
-root; absent for text-only), "question", "answer", "choices"?, ...}``. Every line becomes a
-:class:`Question` with a stable key (``subset:id``, or ``subset:L<line>`` without an id) and its
-position in the input (``index``), so shards, resumes and reports agree on what a question is.
+root; absent for text-only), "question", "answer", "choices"?, ...}``; ``"video"`` (a video file,
+or a list of frame files) instead of ``image`` is shown as ``mpo train`` shows it
+(:mod:`mpo.data.video`). Every line becomes a :class:`Question` with a stable key (``subset:id``,
+or ``subset:L<line>`` without an id) and its position in the input (``index``), so shards, resumes
+and reports agree on what a question is.
 Unreadable lines are questions too, with an ``error``: they are counted as bad rows, never lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpo.data.images import check_image
-from mpo.data.meta import BadRows, Subset, iter_jsonl, read_meta
+from mpo.data.meta import BadRows, Subset, iter_jsonl, read_meta, row_images
 from mpo.data.template import normalize_question
-from mpo.errors import UserError
+from mpo.errors import DataError, UserError
+from mpo.generation import GenerationRequest
 from mpo.prompts import parse_choices
 
 
@@ -28,39 +31,43 @@ class Question:
     row: dict | None  # None when the line could not be read (see ``error``)
     error: str | None = None
 
-    @property
-    def images(self) -> list[str]:
-        """The row's ``image`` field as a list (paths as written, relative to the subset root)."""
-        image = (self.row or {}).get("image")
-        return [] if image is None else list(image) if isinstance(image, list) else [image]
+    def visual_fields(self) -> dict:
+        """The row's ``image`` / ``video`` fields as written (what an output pair line repeats)."""
+        return {k: self.row[k] for k in ("image", "video") if self.row and k in self.row}
 
-    def image_paths(self) -> list[str]:
-        return [str(self.subset.root / p) for p in self.images]
+    def request(self, question: str, max_dynamic_patch: int, **kwargs) -> GenerationRequest:
+        """A generation request showing this row's images, video frames or sampled video-file frames
+        exactly as the training data loader shows them (:func:`mpo.data.meta.row_images`)."""
+        visuals = row_images(self.row or {}, self.subset, self.subset.annotation, self.line)
+        return GenerationRequest(question, [str(p) for p in visuals.paths], max_dynamic_patch,
+                                 frames=visuals.frames, video=visuals.is_video, **kwargs)  # fmt: skip
 
 
-def read_subsets(data: str | Path, max_dynamic_patch: int | None = None) -> list[Subset]:
-    """``data`` as subsets: a meta.json, or a jsonl file (one subset named after it, images
-    relative to its folder). ``max_dynamic_patch`` overrides the subsets' own."""
+def read_subsets(data: str | Path, max_dynamic_patch: int | None = None, data_root: str | Path | None = None,
+                 path_map: list[str] | None = None) -> list[Subset]:  # fmt: skip
+    """``data`` as subsets: a meta.json (its paths resolved with ``data_root`` and ``path_map`` as
+    :mod:`mpo.data.meta` describes), or a jsonl file (one subset named after it, images relative to
+    its folder). ``max_dynamic_patch`` overrides the subsets' own."""
     data = Path(data)
     if data.suffix == ".jsonl":
         if not data.is_file():
             raise UserError(f"--data: no such file {data}")
         subsets = [Subset(name=data.stem, root=data.parent, annotation=data)]
     else:
-        subsets = read_meta(data)
+        subsets = read_meta(data, data_root, path_map)
     if max_dynamic_patch is not None:
-        subsets = [Subset(s.name, s.root, s.annotation, s.repeat_time, max_dynamic_patch, s.data_augment)
-                   for s in subsets]  # fmt: skip
+        subsets = [dataclasses.replace(s, max_dynamic_patch=max_dynamic_patch) for s in subsets]
     return subsets
 
 
 def load_questions(
-    data: str | Path, *, limit: int | None = None, max_dynamic_patch: int | None = None
+    data: str | Path, *, limit: int | None = None, max_dynamic_patch: int | None = None,
+    data_root: str | Path | None = None, path_map: list[str] | None = None,
 ) -> list[Question]:
     """Every line of every subset of ``data`` as a :class:`Question` (the first ``limit`` only)."""
     questions: list[Question] = []
     seen: set[str] = set()
-    for subset in read_subsets(data, max_dynamic_patch):
+    for subset in read_subsets(data, max_dynamic_patch, data_root, path_map):
         bad = BadRows("skip")
         rows = dict(iter_jsonl(subset.annotation, bad))
         errors = {int(r["line"]): str(r["reason"]) for r in bad.skipped}
@@ -85,8 +92,6 @@ def check_question(q: Question, need: tuple[str, ...] = ("question",)) -> str | 
     if q.error is not None:
         return q.error
     row = q.row or {}
-    if "video" in row:
-        return "video: video rows are not supported by the pair builders"
     for name in need:
         value = row.get(name)
         if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
@@ -95,15 +100,12 @@ def check_question(q: Question, need: tuple[str, ...] = ("question",)) -> str | 
         parse_choices(row.get("choices"))
     except ValueError as err:
         return f"choices: {err}"
-    if not all(isinstance(p, str) and p for p in q.images):
-        return "image: expected a path or a list of paths"
-    for path in q.image_paths():
-        try:
-            check_image(Path(path))
-        except (ValueError, OSError) as err:
-            return f"image: {err}"
     try:
-        normalize_question(str(row.get("question", "")), len(q.images))
+        visuals = row_images(row, q.subset, q.subset.annotation, q.line)
+    except DataError as err:
+        return f"{err.field}: {err.reason}"
+    try:
+        normalize_question(str(row.get("question", "")), len(visuals.sizes), video=visuals.is_video)
     except ValueError as err:
         return f"question: {err}"
     return None

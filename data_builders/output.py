@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from data_builders.store import atomic_write
+from mpo.atomic import atomic_write
 
 IMAGE_ROOTS = ("relative", "absolute")
 
@@ -47,16 +47,17 @@ def write_mmpr(out: Path, rows: dict[str, list[dict]], sources: dict[str, dict],
             copied_root = Path("images") / src["input_subset"]
             lines = [dict(line) for line in lines]
             for line in lines:
-                if "image" not in line:
-                    continue
-                paths = line["image"] if isinstance(line["image"], list) else [line["image"]]
-                targets = [_copy_target(p) for p in paths]
-                for p, t in zip(paths, targets, strict=True):
-                    dest = out / copied_root / t
-                    if not dest.exists():
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(root / p, dest)
-                line["image"] = targets if isinstance(line["image"], list) else targets[0]
+                for key in ("image", "video"):  # a video is one file or a list of frame files
+                    if key not in line:
+                        continue
+                    paths = line[key] if isinstance(line[key], list) else [line[key]]
+                    targets = [_copy_target(p) for p in paths]
+                    for p, t in zip(paths, targets, strict=True):
+                        dest = out / copied_root / t
+                        if not dest.exists():
+                            dest.parent.mkdir(parents=True, exist_ok=True)
+                            shutil.copy2(root / p, dest)
+                    line[key] = targets if isinstance(line[key], list) else targets[0]
             root_field = copied_root.as_posix()
         elif image_root == "absolute":
             root_field = str(root.resolve())
@@ -66,6 +67,7 @@ def write_mmpr(out: Path, rows: dict[str, list[dict]], sources: dict[str, dict],
         atomic_write(out / f"{name}.jsonl", text)
         meta[name] = {"root": root_field, "annotation": f"{name}.jsonl", "repeat_time": 1.0,
                       "max_dynamic_patch": src["max_dynamic_patch"], "data_augment": False,
+                      **{k: src[k] for k in ("min_num_frame", "max_num_frame") if k in src},
                       "length": len(lines)}  # fmt: skip
     atomic_write(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return meta

@@ -14,7 +14,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from data_builders.store import atomic_write
+from mpo.atomic import atomic_write
+from mpo.data.meta import skip_summary
 
 HISTOGRAM = "accuracy_histogram.png"
 
@@ -25,6 +26,13 @@ def _status(record: dict) -> str:
         kept = any(c["drop"] is None for c in record["pairs"])
         return "paired" if kept else "no_pair_kept" if status == "mixed" else "dropped"
     return status
+
+
+def _skipped_row(record: dict) -> dict:
+    """A bad-row journal record as ``{"file", "line", "field", "reason"}`` (its reason: ``field: why``)."""
+    field, sep, why = record["reason"].partition(": ")
+    return {"file": record.get("file", record["subset"]), "line": record["line"],
+            "field": field if sep else "", "reason": why if sep else record["reason"]}  # fmt: skip
 
 
 def build_report(records: list[dict], build: dict) -> dict:
@@ -59,8 +67,9 @@ def build_report(records: list[dict], build: dict) -> dict:
         "subsets": dict(sorted(subsets.items())),
         "bad_rows": {
             "by_field": dict(Counter(r["reason"].split(":")[0] for r in bad)),
-            "examples": [{"key": r["key"], "file": r.get("file", ""), "line": r["line"], "reason": r["reason"]}
-                         for r in bad[:10]],  # fmt: skip
+            "examples": [{"key": r["key"], "file": r.get("file", r["subset"]), "line": r["line"],
+                          "reason": r["reason"]} for r in bad[:10]],  # fmt: skip
+            "summary": skip_summary("mpo build-pairs", [_skipped_row(r) for r in bad]),
         },
     }
     if pipeline == "correctness":

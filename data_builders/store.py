@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from mpo.atomic import atomic_write
 from mpo.errors import UserError
 
 BUILD_FILE = "build.json"
@@ -50,13 +51,6 @@ def parse_shard(spec: str | None, env: dict[str, str] | None = None) -> tuple[in
     if n < 1 or not 0 <= i < n:
         raise UserError(f"--shard: need 0 <= i < n, got {spec!r}")
     return i, n
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_records(path: Path) -> tuple[list[dict], int]:

@@ -43,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from eval.rules import GENERIC, Rule, check_answer, check_image_refs, literal_list, rule_for
 from mpo.answers import KINDS
 from mpo.data.images import check_image, load_image
-from mpo.data.meta import BadRows, iter_jsonl, read_meta
+from mpo.data.meta import BadRows, Subset, iter_jsonl, read_meta, row_images
 from mpo.errors import DataError, UserError
 from mpo.prompts import parse_choices
 
@@ -74,6 +74,13 @@ class EvalItem:
     max_dynamic_patch: int | None = None  # per-benchmark tile budget (meta.json); None: the run's
     fields: dict[str, str] = dataclass_field(default_factory=dict)  # the row's other columns (see eval.rules)
     rule: Rule = GENERIC
+    frames: list[int] = dataclass_field(default_factory=list)  # a video file (images[0]): the frames shown
+    video: bool = False  # images are video frames (Frame{i}: <image>, one tile each)
+
+    @property
+    def num_images(self) -> int:
+        """Images shown: the frames of a video file, else the image files."""
+        return len(self.frames) if self.frames else len(self.images)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -270,9 +277,8 @@ def _choices_field(value, path, line) -> dict[str, str] | None:
         raise DataError(path, line, str(err), "choices") from None
 
 
-def _jsonl_item(row: dict, position: int, name: str, root: Path, max_dynamic_patch, path, line) -> EvalItem:
-    if "video" in row:
-        raise DataError(path, line, "video items are not supported by mpo eval", "video")
+def _jsonl_item(row: dict, position: int, name: str, root: Path, max_dynamic_patch, path, line,
+                subset: Subset | None) -> EvalItem:  # fmt: skip
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         raise DataError(path, line, "missing or empty (expected a string)", "question")
@@ -283,7 +289,10 @@ def _jsonl_item(row: dict, position: int, name: str, root: Path, max_dynamic_pat
         raise DataError(path, line, "missing (expected a string or a number)", "answer")
     choices = _choices_field(row.get("choices"), path, line)
     image = row.get("image")
-    if image in (None, "", []):
+    video = row_images(row, subset, Path(path), line) if "video" in row else None
+    if video is not None:
+        images = [str(p) for p in video.paths]
+    elif image in (None, "", []):
         images = []
     elif isinstance(image, str) or (isinstance(image, list) and all(isinstance(p, str) for p in image)):
         images = [_local_image(p, root, path, line, "image") for p in ([image] if isinstance(image, str) else image)]
@@ -296,21 +305,25 @@ def _jsonl_item(row: dict, position: int, name: str, root: Path, max_dynamic_pat
         answer=check_answer(answer, choices, path, line), images=images, choices=choices,
         category=str(category).strip() if not _empty(category) else DEFAULT_CATEGORY, path=str(path),
         line=line, kind=_check_kind(row.get("kind"), path, line), max_dynamic_patch=max_dynamic_patch,
+        frames=video.frames if video else [], video=video is not None,
     )  # fmt: skip
 
 
 def load_jsonl(
     path: Path, name: str, root: Path | None = None, max_dynamic_patch: int | None = None,
     bad: BadRows | None = None,
+    subset: Subset | None = None,
 ) -> list[EvalItem]:  # fmt: skip
     """An MMPR-style jsonl with ground truth (see the module docstring); images under ``root``.
-    ``bad`` (default: raise) takes the bad rows."""
+    ``bad`` (default: raise) takes the bad rows. A ``video`` (file or frame files) is shown as
+    training shows it (``subset``'s frame counts)."""
     bad = bad if bad is not None else BadRows("fail")
     root = Path(path).parent if root is None else Path(root)
+    subset = subset or Subset(name=name, root=root, annotation=Path(path))
     items = []
     for position, (line, row) in enumerate(iter_jsonl(Path(path), bad)):
         try:
-            items.append(_jsonl_item(row, position, name, root, max_dynamic_patch, path, line))
+            items.append(_jsonl_item(row, position, name, root, max_dynamic_patch, path, line, subset))
         except DataError as err:
             bad.handle(err)
     return _unique_indices(items, bad)
@@ -357,7 +370,8 @@ def load_benchmarks(
         elif suffix == ".json":
             for subset in read_meta(path):
                 bench = f"{name}/{subset.name}" if name else subset.name
-                add(bench, load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch, bad), path)
+                items = load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch, bad, subset)
+                add(bench, items, path)
         else:
             raise UserError(f"{path}: unknown benchmark format {suffix or '(no suffix)'}; expected .tsv "
                             "(VLMEvalKit), .jsonl (MMPR-style with answers) or a meta.json")  # fmt: skip

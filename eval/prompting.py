@@ -11,7 +11,7 @@ question are not listed twice.
 from __future__ import annotations
 
 from eval.benchmarks import EvalItem
-from mpo.data.template import IMAGE_PLACEHOLDER
+from mpo.data.template import IMAGE_PLACEHOLDER, normalize_question
 from mpo.errors import DataError
 from mpo.generation import GenerationRequest
 from mpo.prompts import build_question, strip_instruction
@@ -19,13 +19,16 @@ from mpo.prompts import build_question, strip_instruction
 
 def make_prompt(item: EvalItem, cot: bool) -> str:
     """The user turn for one item: placeholders, hint, question, options and the answer instruction."""
+    core = strip_instruction(item.question)
+    if item.video:  # Frame{i}: <image> lines, as in training
+        core = normalize_question(core, item.num_images, video=True)
     instruction = None if cot else item.rule.instruction(bool(item.choices))
-    prompt = build_question(strip_instruction(item.question), len(item.images), item.choices, cot,
+    prompt = build_question(core, None if item.video else item.num_images, item.choices, cot,
                             instruction=instruction, hint=item.hint)  # fmt: skip
     found = prompt.count(IMAGE_PLACEHOLDER)
-    if found != len(item.images):
-        raise DataError(item.path, item.line, f"{found} {IMAGE_PLACEHOLDER} placeholders for {len(item.images)} images",
-                        "question")  # fmt: skip
+    if found != item.num_images:
+        raise DataError(item.path, item.line,
+                        f"{found} {IMAGE_PLACEHOLDER} placeholders for {item.num_images} images", "question")  # fmt: skip
     return prompt
 
 
@@ -35,4 +38,6 @@ def make_request(item: EvalItem, cot: bool, max_dynamic_patch: int) -> Generatio
         question=make_prompt(item, cot),
         images=list(item.images),
         max_dynamic_patch=item.max_dynamic_patch or max_dynamic_patch,
+        frames=list(item.frames),
+        video=item.video,
     )

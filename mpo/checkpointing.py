@@ -4,15 +4,119 @@ transformers 5 saves InternVL under its legacy key names (``language_model.model
 back only in ``from_pretrained``; the Trainer's raw ``load_state_dict(strict=False)`` on resume would
 match no key and silently go on from the initial weights. :class:`NativeResumeMixin` resumes
 full-model weights through ``from_pretrained`` instead.
+
+``resume_from_checkpoint`` (:func:`resolve_resume`) is ``True`` (the newest *complete*
+``checkpoint-N`` of ``output_dir``) or a checkpoint folder. A checkpoint is complete
+(:func:`checkpoint_problem`) when it holds its weights and a readable ``trainer_state.json``: the
+Trainer writes that file last, so a save killed before the end leaves it missing, empty or cut
+short. Anything else is one line naming what is missing, never a hub look-up or a traceback.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from pathlib import Path
+
 from peft import PeftModel
+
+from mpo.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+# One of these holds the weights of a checkpoint: full model (safetensors, sharded or not, or torch
+# pickles), a PEFT adapter, or a DeepSpeed checkpoint (its ``latest`` tag file).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
+                "latest")  # fmt: skip
+
+
+def _missing_shards(index: Path) -> list[str]:
+    """Shard files that a sharded checkpoint's index names but that are absent."""
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return [f"{index.name} (unreadable)"]
+    return sorted(s for s in shards if not (index.parent / s).is_file())
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What makes ``path`` unusable as a checkpoint to resume from, or ``None`` when it is complete."""
+    if not path.exists():
+        return "no such checkpoint folder"
+    if not path.is_dir():
+        return "not a folder (a checkpoint is a checkpoint-N folder of output_dir)"
+    weights = [name for name in WEIGHT_FILES if (path / name).is_file() and (path / name).stat().st_size > 0]
+    if not weights:
+        return f"no weights file (none of {', '.join(WEIGHT_FILES)}): the save was cut short"
+    for index in (name for name in weights if name.endswith(".index.json")):
+        missing = _missing_shards(path / index)
+        if missing:
+            return f"weight shards missing: {', '.join(missing)}"
+    state = path / TRAINER_STATE
+    if not state.is_file():
+        return f"no {TRAINER_STATE}: the save was cut short"
+    if state.stat().st_size == 0:
+        return f"{TRAINER_STATE} is empty: the save was cut short"
+    try:
+        json.loads(state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"{TRAINER_STATE} is not valid JSON ({err}): the save was cut short"
+    return None
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``output_dir``, newest (highest N) first."""
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
+             if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))]  # fmt: skip
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | None:
+    """The checkpoint folder to resume from, or ``None`` to start afresh.
+
+    ``None``, ``False``, ``"false"`` or ``""``: none. ``True`` or ``"true"`` (any case): the newest complete
+    checkpoint of ``output_dir`` (newer incomplete ones are named in a warning and passed over). A path:
+    that folder, if complete. Raises :class:`UserError` naming the folder and what is missing.
+    """
+    if value is None or value is False or str(value).strip().lower() in ("", "false", "none"):
+        return None
+    if value is True or str(value).strip().lower() == "true":
+        output_dir = Path(output_dir)
+        found = checkpoints(output_dir)
+        if not found:
+            raise UserError(f"resume_from_checkpoint=True: no checkpoint-N folder in output_dir {output_dir}")
+        problems = []
+        for candidate in found:
+            problem = checkpoint_problem(candidate)
+            if problem is None:
+                for skipped, why in problems:
+                    logger.warning(f"resume_from_checkpoint: passing over {skipped} ({why})")
+                return str(candidate)
+            problems.append((candidate, problem))
+        listed = "; ".join(f"{p.name}: {why}" for p, why in problems)
+        raise UserError(f"resume_from_checkpoint=True: no complete checkpoint in {output_dir} ({listed})")
+    problem = checkpoint_problem(Path(value))
+    if problem is not None:
+        raise UserError(f"resume_from_checkpoint: {value}: {problem}")
+    return str(value)
 
 
 class NativeResumeMixin:
     """Mix into a ``transformers.Trainer`` subclass (before the Trainer in the bases)."""
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """``Trainer.train`` from the checkpoint :func:`resolve_resume` picks (a one-line error, not a
+        traceback, when there is none to resume from)."""
+        checkpoint = resolve_resume(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None:
+            logger.warning(f"resuming from {checkpoint}")
+        return super().train(checkpoint, *args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resume full-model weights through ``from_pretrained`` (strict: every key must load).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -18,7 +17,7 @@ from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from mpo.data.images import load_image, tile_budget, tiles_for
+from mpo.data.images import load_visuals, tile_budget, tiles_for
 from mpo.data.template import IMAGE_PLACEHOLDER, IMG_CONTEXT, expand_images, normalize_question, prompt_text
 
 
@@ -37,6 +36,15 @@ class GenerationRequest:
     max_dynamic_patch: int = 12
     prefix: str = ""
     seed: int | None = None
+    frames: list[int] = field(default_factory=list)  # a video file (images[0]): the frames shown
+    video: bool = False  # images are video frames: one tile each, shown as Frame{i}: <image>
+
+    def pictures(self) -> list:
+        """The decoded images shown (the files of ``images``, or the ``frames`` of the video file)."""
+        return load_visuals(self.images, self.frames)
+
+    def num_images(self) -> int:
+        return len(self.frames) if self.frames else len(self.images)
 
 
 @dataclass
@@ -104,11 +112,9 @@ class TransformersBackend:
     def _encode(self, req: GenerationRequest) -> tuple[str, torch.Tensor | None]:
         if not req.images:
             return prompt_text(req.question) + req.prefix, None
-        per_image = tile_budget(req.max_dynamic_patch, len(req.images))
-        pixel_values, tiles = tiles_for(
-            self.processor.image_processor, [load_image(Path(p)) for p in req.images], per_image
-        )
-        question = normalize_question(req.question, len(req.images))
+        per_image = 1 if req.video else tile_budget(req.max_dynamic_patch, req.num_images())
+        pixel_values, tiles = tiles_for(self.processor.image_processor, req.pictures(), per_image)
+        question = normalize_question(req.question, req.num_images(), video=req.video)
         text = expand_images(prompt_text(question), tiles, self.processor.image_seq_length) + req.prefix
         return text, pixel_values
 
@@ -169,11 +175,11 @@ class VLLMBackend:
             per_request.append(vparams if r.seed is None else vparams.clone())
             if r.seed is not None:
                 per_request[-1].seed = r.seed
-            question = normalize_question(r.question, len(r.images))
+            question = normalize_question(r.question, r.num_images(), video=r.video)
             text = prompt_text(question).replace(IMAGE_PLACEHOLDER, IMG_CONTEXT) + r.prefix
             prompt: dict = {"prompt": text}
             if r.images:
-                prompt["multi_modal_data"] = {"image": [load_image(Path(p)) for p in r.images]}
+                prompt["multi_modal_data"] = {"image": r.pictures()}
             prompts.append(prompt)
         results = self.llm.generate(prompts, per_request)
         return [[o.text.strip() for o in res.outputs] for res in results]

@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 from eval.reports import OVERALL, comparison_rows
+from mpo.atomic import atomic_write
 from mpo.errors import UserError
 
 CARD_NAME = "README.md"
@@ -64,9 +65,7 @@ def write_run_config(output_dir: str | Path, args, extra: dict | None = None) ->
     """``output_dir/mpo_config.json``: the trainer's arguments (``args.to_dict()``, tokens masked) and
     ``extra`` (``mpo train`` adds its model and data sections). Called by MPOTrainer at every save."""
     record = {"args": args.to_dict(), "world_size": int(getattr(args, "world_size", 1)), **(extra or {})}
-    path = Path(output_dir) / RUN_CONFIG_NAME
-    path.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
-    return path
+    return atomic_write(Path(output_dir) / RUN_CONFIG_NAME, json.dumps(record, indent=1, default=str) + "\n")
 
 
 def _read_json(path: Path) -> dict:

@@ -35,11 +35,12 @@ from transformers import Trainer, TrainingArguments
 
 from mpo import attention
 from mpo.attention import layout_of
-from mpo.checkpointing import NativeResumeMixin
+from mpo.checkpointing import NativeResumeMixin, resolve_resume
 from mpo.cli import parse_recipe
-from mpo.data.meta import DataConfig
+from mpo.data.collator import SkipBadRecords
+from mpo.data.meta import BadRows, DataConfig, skip_summary
 from mpo.data.packing import pack_samples
-from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
+from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataReport, SFTDataset, load_sft
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor
 from mpo.runtime import cpu_training_defaults
@@ -227,7 +228,10 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
     """
 
     def __init__(self, model, args: SFTStageConfig, train_dataset=None, eval_dataset=None, *,
-                 processing_class=None, data_collator=None, **kwargs) -> None:  # fmt: skip
+                 processing_class=None, data_collator=None, bad_rows: BadRows | None = None,
+                 **kwargs) -> None:  # fmt: skip
+        """``bad_rows``: under ``skip``, samples whose files fail to decode in a batch are skipped and
+        counted there (:class:`~mpo.data.collator.SkipBadRecords`); without it such a failure stops the run."""
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("SFTStageTrainer needs processing_class (the InternVL processor) or a data_collator")
@@ -236,6 +240,8 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
         # refuse a kernel that cannot compute the layout exactly, or cannot train here
         attention.choose_kernels(attention.text_kernel(model), layout_of(packed=args.packing),
                                  attention.Platform.detect())  # fmt: skip
+        if bad_rows is not None:
+            data_collator = SkipBadRecords(data_collator, bad_rows)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)  # fmt: skip
         self.loss_is_scaled_for_ga = True
@@ -244,7 +250,10 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation batches without augmentation (the collator's ``train`` flag off)."""
         train_collator = self.data_collator
-        if isinstance(train_collator, SFTCollator):
+        if isinstance(train_collator, SkipBadRecords) and isinstance(train_collator.collate, SFTCollator):
+            self.data_collator = dataclasses.replace(
+                train_collator, collate=dataclasses.replace(train_collator.collate, train=False))
+        elif isinstance(train_collator, SFTCollator):
             self.data_collator = dataclasses.replace(train_collator, train=False)
         try:
             return super().get_eval_dataloader(eval_dataset)
@@ -319,29 +328,38 @@ def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SF
     processor = load_processor(model_args.model_name_or_path)
     out = Path(args.output_dir)
 
-    def load(meta: str, split: str, repetition: float | None) -> SFTDataset:
-        records, _ = load_sft(
+    def load(meta: str, split: str, repetition: float | None) -> tuple[SFTDataset, SFTDataReport]:
+        records, report = load_sft(
             meta, processor, max_length=args.max_length, seed=args.seed, on_bad_row=data_args.on_bad_row,
             repetition_ngram=data_args.repetition_ngram, max_repetition_ratio=repetition,
             report_path=out / f"sft_data_report_{split}.json" if args.process_index == 0 else None,
+            **data_args.meta_paths(),
         )  # fmt: skip
-        return make_dataset(records, args)
+        return make_dataset(records, args), report
 
-    train_data = load(data_args.meta_path, "train", data_args.max_repetition_ratio)
-    eval_data = load(data_args.eval_meta_path, "eval", None) if data_args.eval_meta_path else None
+    train_data, report = load(data_args.meta_path, "train", data_args.max_repetition_ratio)
+    eval_data = load(data_args.eval_meta_path, "eval", None)[0] if data_args.eval_meta_path else None
     model = load_model(model_args.model_name_or_path, freeze=args.freeze_policy, dtype=model_args.dtype,
                        attn_implementation=model_args.attn_implementation, layout=layout_of(packed=args.packing))  # fmt: skip
     args.apply_model_size(sum(p.numel() for p in model.parameters()))
-    return SFTStageTrainer(model, args, train_dataset=train_data, eval_dataset=eval_data, processing_class=processor)
+    trainer = SFTStageTrainer(model, args, train_dataset=train_data, eval_dataset=eval_data,
+                              processing_class=processor, bad_rows=report.bad_rows)  # fmt: skip
+    trainer.data_report = report  # what loading (and, under skip, later decoding) left out; main() prints it
+    return trainer
 
 
 def main(argv: list[str]) -> int:
     model_args, data_args, args = parse_sft_args(argv)
+    resolve_resume(args.resume_from_checkpoint, args.output_dir)  # a bad checkpoint fails before any loading
     trainer = build_trainer(model_args, data_args, args)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     trainer.save_state()
     if trainer.accelerator.is_main_process:
+        report = trainer.data_report  # its bad rows include those that failed to decode in a batch
+        if report.skipped_rows():
+            path = report.write(Path(args.output_dir) / "sft_data_report_train.json")
+            print("\n".join(skip_summary("mpo sft", report.skipped_rows(), path)))
         data = trainer.train_dataset
         last = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h or "loss" in h), {})
         print(f"mpo sft: stage {args.stage}, {trainer.state.global_step} steps, {len(data.records)} samples in "

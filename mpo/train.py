@@ -18,9 +18,10 @@ from pathlib import Path
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from mpo.attention import layout_of
+from mpo.checkpointing import resolve_resume
 from mpo.cli import parse_recipe
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
-from mpo.data.meta import DataConfig
+from mpo.data.meta import DataConfig, skip_summary
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor
@@ -65,20 +66,23 @@ def parse_train_args(argv: list[str]) -> tuple[InternVLModelConfig, PreferenceDa
     return parse_recipe((InternVLModelConfig, PreferenceDataConfig, MPOConfig), argv, "mpo train")
 
 
+def skip_report_path(output_dir: str | Path, split: str) -> Path:
+    """Where the rows skipped while loading or decoding the ``split`` data are listed."""
+    return Path(output_dir) / f"skipped_rows_{split}.json"
+
+
 def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConfig, args: MPOConfig) -> MPOTrainer:
     """Recipe -> processor, data, model -> MPOTrainer (nothing trained yet)."""
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is required (a native InternVL checkpoint directory)")
     processor = load_processor(model_args.model_name_or_path)
-    out = Path(args.output_dir)
 
-    def load(meta: str, name: str):
-        data, _ = load_mmpr(meta, processor, max_length=args.max_length, seed=args.seed,
-                            on_bad_row=data_args.on_bad_row, report_path=out / f"skipped_rows_{name}.json")  # fmt: skip
-        return data
+    def load(meta: str, split: str):
+        return load_mmpr(meta, processor, max_length=args.max_length, seed=args.seed, on_bad_row=data_args.on_bad_row,
+                         report_path=skip_report_path(args.output_dir, split), **data_args.meta_paths())  # fmt: skip
 
-    train_data = load(data_args.meta_path, "train")
-    eval_data = load(data_args.eval_meta_path, "eval") if data_args.eval_meta_path else None
+    train_data, bad_rows = load(data_args.meta_path, "train")
+    eval_data = load(data_args.eval_meta_path, "eval")[0] if data_args.eval_meta_path else None
     model = load_model(
         model_args.model_name_or_path,
         freeze=FreezePolicy.from_flags(model_args.freeze_vision, model_args.freeze_projector, model_args.freeze_llm),
@@ -92,12 +96,13 @@ def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConf
         model_args.lora_target_modules = DEFAULT_LORA_TARGETS
     return MPOTrainer(
         model, args=args, train_dataset=train_data, eval_dataset=eval_data, processing_class=processor,
-        peft_config=get_peft_config(model_args),
+        peft_config=get_peft_config(model_args), bad_rows=bad_rows,
     )  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
     model_args, data_args, args = parse_train_args(argv)
+    resolve_resume(args.resume_from_checkpoint, args.output_dir)  # a bad checkpoint fails before any loading
     # The Trainer would push at every save with TRL's card; mpo pushes once, at the end, with the MPO card.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     recipe = argv[argv.index("--config") + 1] if "--config" in argv else None
@@ -110,6 +115,10 @@ def main(argv: list[str]) -> int:
     trainer.save_model(args.output_dir)
     trainer.save_state()
     if trainer.accelerator.is_main_process:
+        bad_rows = trainer.bad_rows  # load-time skips and those of the reference pass and batches
+        if bad_rows is not None and bad_rows.skipped:
+            report = bad_rows.write(skip_report_path(args.output_dir, "train"))
+            print("\n".join(skip_summary("mpo train", bad_rows.skipped, report)))
         final = {k: v for k, v in trainer.state.log_history[-1].items()}
         print(f"mpo train: {trainer.state.global_step} steps, delta {trainer.reward_shift.value:.4f}, "
               f"saved to {args.output_dir}: {json.dumps(final)}")  # fmt: skip

@@ -30,7 +30,8 @@ from trl.trainer.utils import add_fused_lm_head, use_adapter
 from mpo import attention, ref_cache
 from mpo.checkpointing import NativeResumeMixin
 from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
-from mpo.data.collator import PreferenceCollator
+from mpo.data.collator import PreferenceCollator, SkipBadRecords
+from mpo.data.meta import BadRows
 from mpo.hub import write_run_config
 from mpo.losses import RewardShift, mpo_loss
 from mpo.runtime import cpu_training_defaults
@@ -155,7 +156,10 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
     _name = "MPO"
 
     def __init__(self, model, ref_model=None, args: MPOConfig | None = None, data_collator=None, *,
-                 processing_class=None, **kwargs) -> None:  # fmt: skip
+                 processing_class=None, bad_rows: BadRows | None = None, **kwargs) -> None:  # fmt: skip
+        """``bad_rows`` (the policy and skips of loading the data): under ``skip``, records whose files
+        fail to decode later, in the reference pass or in a training batch, are skipped and counted
+        there too (:class:`~mpo.data.collator.SkipBadRecords`); without it such a failure stops the run."""
         args = args or MPOConfig(output_dir="mpo_output")
         if data_collator is None and processing_class is not None:
             data_collator = PreferenceCollator(
@@ -167,6 +171,8 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             if isinstance(module, torch.nn.Module):  # refuse a kernel that cannot compute the layout exactly
                 attention.choose_kernels(attention.text_kernel(module), layout, attention.Platform.detect(),
                                          training=training)  # fmt: skip
+        if bad_rows is not None and data_collator is not None:
+            data_collator = SkipBadRecords(data_collator, bad_rows)
         super().__init__(
             model, ref_model=ref_model, args=args, data_collator=data_collator, processing_class=processing_class,
             **kwargs,
@@ -175,6 +181,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         # metrics; the MPO loss and metrics need only the log-probs.
         unwrapped = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         add_fused_lm_head(unwrapped, outputs=("log_probs",))
+        self.bad_rows = bad_rows  # the data's skips, and those of later decode failures (skip policy)
         self.reward_shift = RewardShift()
         self.add_callback(_RewardShiftStep(self))
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo train adds "model" and "data")
@@ -295,7 +302,12 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             logger.warning(f"reference log-probs: reusing {path} ({len(chosen)} {name} pairs)")
         self.ref_cache_file = path
         dataset = dataset.add_column("ref_chosen_logps", chosen.tolist())
-        return dataset.add_column("ref_rejected_logps", rejected.tolist())
+        dataset = dataset.add_column("ref_rejected_logps", rejected.tolist())
+        failed = torch.isnan(chosen) | torch.isnan(rejected)
+        if bool(failed.any()):  # records whose files failed to decode in the reference pass (skip policy)
+            logger.warning(f"reference log-probs: {int(failed.sum())} {name} pairs failed to decode and are skipped")
+            dataset = dataset.select([i for i, bad in enumerate(failed.tolist()) if not bad])
+        return dataset
 
     @torch.no_grad()
     def _compute_reference(self, dataset, name: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,20 +321,38 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             model = self.model
         model.eval()
         rows = []
+        collate = self.data_collator
         for start in tqdm(range(0, len(mine), batch_size), desc=f"reference log-probs ({name})",
                           disable=not acc.is_local_main_process):  # fmt: skip
             idx = mine[start : start + batch_size]
-            batch = self._prepare_inputs(self.data_collator([dataset[i] for i in idx]))
+            records = [dataset[i] for i in idx]
+            batch = self._prepare_inputs(collate(records))
             with self._as_reference(model) as ref:
                 logps, _ = self._sequence_logps(ref, batch)
-            rows.append(torch.stack([torch.tensor(idx, dtype=logps.dtype, device=logps.device),
-                                     logps[0::2], logps[1::2]], dim=1))  # fmt: skip
+            rows.append(self._reference_rows(idx, records, logps, getattr(collate, "bad_sources", set())))
         gathered = acc.gather(torch.cat(rows)).cpu()
-        chosen = torch.empty(len(dataset), dtype=torch.float32)
-        rejected = torch.empty(len(dataset), dtype=torch.float32)
+        gathered = gathered[gathered[:, 0] >= 0]
+        chosen = torch.full((len(dataset),), float("nan"), dtype=torch.float32)  # NaN: failed to decode
+        rejected = torch.full((len(dataset),), float("nan"), dtype=torch.float32)
         chosen[gathered[:, 0].long()] = gathered[:, 1].float()
         rejected[gathered[:, 0].long()] = gathered[:, 2].float()
         return chosen, rejected
+
+    @staticmethod
+    def _reference_rows(idx: list[int], records: list[dict], logps: torch.Tensor, skipped: set[str]) -> torch.Tensor:
+        """[len(idx), 3] rows (dataset index, chosen, rejected log-prob) of one reference batch.
+
+        Under the skip policy a record that failed to decode is left out of the batch, which then holds
+        the other records in order (or, when none is left, an earlier batch run again): its row, and
+        every row of a batch of failed records, is (-1, nan, nan). Every rank gathers as many rows.
+        """
+        out = logps.new_full((len(idx), 3), float("nan"))
+        out[:, 0] = -1
+        kept = [k for k, r in enumerate(records) if r["source"] not in skipped]
+        if kept:
+            out[kept, 0] = torch.tensor([float(idx[k]) for k in kept], dtype=logps.dtype, device=logps.device)
+            out[kept, 1], out[kept, 2] = logps[0::2], logps[1::2]
+        return out
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"

@@ -219,6 +219,7 @@ def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
         accelerator = type("A", (), {"is_main_process": True})()
         state = type("S", (), {"log_history": [{"loss": 1.0}], "global_step": 1})()
         reward_shift = type("R", (), {"value": 0.5})()
+        bad_rows = None  # nothing skipped
 
         def train(self, resume_from_checkpoint=None):
             seen["order"] = ["train"]

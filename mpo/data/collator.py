@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from mpo.attention import layout_of
-from mpo.data.images import load_image, tiles_for
+from mpo.data.images import load_visuals, tiles_for
 from mpo.data.layout import IGNORE, Segment, assemble, pack, plain_segment, shared_segment
+from mpo.data.meta import BadRows
 from mpo.data.template import expand_images, prompt_text, response_text
-from mpo.errors import DataError
+from mpo.errors import DataError, UserError
+
+logger = logging.getLogger(__name__)
 
 
 def _source(record: dict) -> tuple[str, int]:
@@ -48,9 +52,10 @@ class PreferenceCollator:
         pixel_values, tiles = None, []
         if record["image_paths"]:
             try:
-                images = [load_image(Path(p)) for p in record["image_paths"]]
+                images = load_visuals(record["image_paths"], record.get("video_frames"))
             except ValueError as err:
-                raise DataError(*_source(record), str(err), field="image") from None
+                field_name = "video" if record.get("is_video") else "image"
+                raise DataError(*_source(record), str(err), field=field_name) from None
             pixel_values, tiles = tiles_for(self.processor.image_processor, images, record["max_dynamic_patch"])
         prompt = expand_images(prompt_text(record["question"]), tiles, self.processor.image_seq_length)
 
@@ -91,3 +96,68 @@ class PreferenceCollator:
             batch["ref_chosen_logps"] = torch.tensor([r["ref_chosen_logps"] for r in records])
             batch["ref_rejected_logps"] = torch.tensor([r["ref_rejected_logps"] for r in records])
         return batch
+
+
+def _drop_source(items: list, source: str) -> list:
+    """``items`` (records, or rows that are lists of records) without the records from ``source``."""
+    out = []
+    for item in items:
+        if isinstance(item, list):
+            kept = [r for r in item if r["source"] != source]
+            if kept:
+                out.append(kept)
+        elif item["source"] != source:
+            out.append(item)
+    return out
+
+
+def _count(items: list) -> int:
+    """Records in ``items`` (records, or rows that are lists of records)."""
+    return sum(len(item) if isinstance(item, list) else 1 for item in items)
+
+
+@dataclass
+class SkipBadRecords:
+    """A collate function that skips records whose files fail to decode, under ``on_bad_row: skip``.
+
+    Rows are checked when the data is loaded, but a file can still fail when a batch is built (it
+    changed, or a video frame does not decode). Then the error names the record (``file:line``);
+    with ``bad_rows.policy == "skip"`` that record is dropped from the batch, counted in
+    ``bad_rows`` once (later batches drop it without decoding it again) and the batch is built from
+    the rest. When no record of a batch is left, the last batch that was built is built again, as
+    InternVL's loader replaces a failed item by another one: the step still runs on every rank.
+    With ``fail`` the error stops the run.
+
+    ``items`` are records (preference collator) or rows of records (SFT collator, packed rows).
+    """
+
+    collate: Callable[[list], dict]
+    bad_rows: BadRows
+    bad_sources: set[str] = field(default_factory=set)
+    last_good: list | None = None
+
+    def __getattr__(self, name: str):  # the wrapped collator's settings (prefix_sharing, train, ...)
+        if name == "collate":
+            raise AttributeError(name)
+        return getattr(self.collate, name)
+
+    def __call__(self, items: list) -> dict:
+        for source in self.bad_sources:
+            items = _drop_source(items, source)
+        while items:
+            try:
+                batch = self.collate(items)
+            except DataError as err:
+                source = f"{err.path}:{err.line}"
+                self.bad_rows.handle(err)  # raises under "fail"
+                logger.warning(f"skipped a row that failed to decode: {err}")
+                self.bad_sources.add(source)
+                before, items = _count(items), _drop_source(items, source)
+                if _count(items) == before:  # the error names no record of this batch
+                    raise
+                continue
+            self.last_good = items
+            return batch
+        if self.last_good is None:
+            raise UserError("every record of the first batch failed to decode (see the skipped rows above)")
+        return self.collate(self.last_good)

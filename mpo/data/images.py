@@ -10,15 +10,22 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
 
+from mpo.data.video import read_frames
+
 
 def check_image(path: Path) -> tuple[int, int]:
-    """(width, height) from the header alone; raises ``ValueError`` naming what is wrong."""
+    """(width, height) of an image that decodes completely; raises ``ValueError`` naming what is wrong.
+
+    The whole image is decoded (``Image.load``), not only its header (``Image.verify`` passes a PNG
+    cut short after a valid header): a file that loads here also loads in the collator.
+    """
     if not path.is_file():
         raise ValueError(f"missing image {path}")
     try:
         with Image.open(path) as img:
+            img.load()
             return img.size
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"corrupt image {path} ({err})") from None
 
 
@@ -29,6 +36,14 @@ def load_image(path: Path) -> Image.Image:
             return img.convert("RGB")
     except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
         raise ValueError(f"corrupt or missing image {path} ({err})") from None
+
+
+def load_visuals(paths: list[str], frames: list[int] | None = None) -> list[Image.Image]:
+    """The images of a record: each file of ``paths``, or, when ``frames`` is given, those frames of
+    the single video file ``paths[0]`` (:func:`mpo.data.video.read_frames`). ``ValueError`` if any fails."""
+    if frames:
+        return read_frames(Path(paths[0]), list(frames))
+    return [load_image(Path(p)) for p in paths]
 
 
 def tile_budget(max_dynamic_patch: int, num_images: int) -> int:

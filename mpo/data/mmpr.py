@@ -1,7 +1,8 @@
 """MMPR preference data: meta.json + jsonl lines ``{"image", "question", "chosen", "rejected"}``.
 
-``image`` is one path, a list of paths (multi-image) or absent (text-only); ``video`` is a list of
-frame paths shown as ``Frame{i}: <image>``. Rows are validated when the dataset is built (fields,
+``image`` is one path, a list of paths (multi-image) or absent (text-only); ``video`` is a video
+file (frames sampled as :mod:`mpo.data.video` describes) or a list of frame paths, shown as
+``Frame{i}: <image>``, one tile each. Rows are validated when the dataset is built (fields,
 chosen != rejected, image files present and readable, total length within ``max_length``); images
 are decoded only when a batch is collated. Extra keys are kept as metadata.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from mpo.data.images import count_tiles, tile_budget
-from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images
+from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
 from mpo.data.template import expand_images, normalize_question, prompt_text, response_text
 from mpo.errors import DataError, UserError
 
@@ -31,20 +32,21 @@ def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
             raise DataError(path, line, "must be a non-empty string", field=name)
     if row["chosen"].strip() == row["rejected"].strip():
         raise DataError(path, line, "chosen == rejected", field="rejected")
-    images, is_video, sizes = row_images(row, subset, path, line)
+    visuals = row_images(row, subset, path, line)
     try:
-        question = normalize_question(row["question"], len(images), video=is_video)
+        question = normalize_question(row["question"], len(visuals.sizes), video=visuals.is_video)
     except ValueError as err:
         raise DataError(path, line, str(err), field="question") from None
     extra = {k: v for k, v in row.items() if k not in (*REQUIRED_FIELDS, "image", "video")}
     return {
-        "image_paths": [str(p) for p in images],
-        "image_sizes": sizes,
-        "is_video": is_video,
+        "image_paths": [str(p) for p in visuals.paths],
+        "image_sizes": visuals.sizes,
+        "is_video": visuals.is_video,
+        "video_frames": visuals.frames,
         "question": question,
         "chosen": row["chosen"],
         "rejected": row["rejected"],
-        "max_dynamic_patch": 1 if is_video else tile_budget(subset.max_dynamic_patch, len(images)),
+        "max_dynamic_patch": 1 if visuals.is_video else tile_budget(subset.max_dynamic_patch, len(visuals.sizes)),
         "subset": subset.name,
         "source": f"{path}:{line}",
         "metadata": json.dumps(extra, ensure_ascii=False),
@@ -70,19 +72,22 @@ def load_mmpr(
     seed: int = 42,
     on_bad_row: str = "fail",
     report_path: str | Path | None = None,
+    data_root: str | Path | None = None,
+    path_map: list[str] | None = None,
 ) -> tuple[Dataset, BadRows]:
     """Read every subset of an MMPR meta.json into one ``datasets.Dataset`` of preference records.
 
     Bad rows stop the load with ``file:line: field: reason`` (``on_bad_row="fail"``) or are skipped,
     counted and, when ``report_path`` is given, written there (``"skip"``). Over-long samples are bad
-    rows too: truncating would separate image tokens from their features.
+    rows too: truncating would separate image tokens from their features. ``data_root`` and
+    ``path_map`` resolve the meta.json's paths (:mod:`mpo.data.meta`).
     """
     bad_rows = BadRows(on_bad_row)
     rng = random.Random(seed)
     tile_size = processor.image_processor.size["height"]
     tokens_per_tile = processor.image_seq_length
     records: list[dict] = []
-    for subset in read_meta(meta_path):
+    for subset in read_meta(meta_path, data_root, path_map):
         rows = []
         for line, row in iter_jsonl(subset.annotation, bad_rows):
             try:
@@ -90,7 +95,7 @@ def load_mmpr(
                 if max_length is not None:
                     n = sequence_length(record, processor.tokenizer, tile_size, tokens_per_tile)
                     if n > max_length:
-                        raise DataError(subset.annotation, line, f"too long: {n} tokens > max_length {max_length}")
+                        raise too_long(subset.annotation, line, n, max_length)
             except DataError as err:
                 bad_rows.handle(err)
                 continue

@@ -2,20 +2,23 @@
 
 A line::
 
-    {"image": "a.png" | ["a.png", "b.png"] | absent, "video": ["f1.png", ...] (instead of image),
+    {"image": "a.png" | ["a.png", "b.png"] | absent, "video": "clip.mp4" | ["f1.png", ...] (instead of image),
      "conversations": [{"from": "system", "value": "..."} (optional, first),
                        {"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}, ...]}
 
-Multi-turn, multi-image (one ``<image>`` per image, anywhere in the human turns), video (frames shown
-as ``Frame{i}: <image>``), text-only. Without any placeholder, the first human turn gets them
-prepended (:func:`mpo.data.template.normalize_question`). Only assistant replies and their
-``<|im_end|>`` are supervised.
+Multi-turn, multi-image (one ``<image>`` per image, anywhere in the human turns), video (a video
+file or frame files, shown as ``Frame{i}: <image>``, one tile per frame; which frames of a video
+file: :mod:`mpo.data.video`, ``rand`` positions redrawn at every training collation), text-only.
+Without any placeholder, the first human turn gets them prepended
+(:func:`mpo.data.template.normalize_question`). Only assistant replies and their ``<|im_end|>`` are
+supervised.
 
 Loading (:func:`load_sft`) validates every row (fields, roles, placeholders, image files) under the
 same bad-row policy as the MPO data (``fail``: ``file:line: field: reason``; ``skip``: counted and
-reported), computes each sample's exact token length (image tokens included, from the image headers)
-and drops, never truncates, samples longer than ``max_length``; samples whose replies loop
-(n-gram repetition ratio above a threshold) are dropped too. Both drops are counted in the report.
+reported), computes each sample's exact token length (image tokens included) and never truncates:
+a sample longer than ``max_length`` is a bad row like the others (``fail``: an error naming its
+file and line, as in ``mpo train``; ``skip``: dropped and counted). Samples whose replies loop
+(n-gram repetition ratio above a threshold) are dropped and counted whatever the policy.
 
 Collation (:class:`SFTCollator`) decodes the images, applies random JPEG compression (quality
 uniform in 75..100) to subsets with ``data_augment: true`` when ``train`` is set, tiles them
@@ -33,15 +36,16 @@ from pathlib import Path
 
 import torch
 
+from mpo.atomic import atomic_write
 from mpo.data.images import (
     JPEG_QUALITY_RANGE,
     count_tiles,
     jpeg_compress,
-    load_image,
+    load_visuals,
     tile_budget,
     tiles_for,
 )
-from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images
+from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
 from mpo.data.repetition import ngram_repetition_ratio
 from mpo.data.template import (
     IMAGE_PLACEHOLDER,
@@ -50,6 +54,7 @@ from mpo.data.template import (
     normalize_question,
     render_turns,
 )
+from mpo.data.video import frame_indices
 from mpo.errors import DataError, UserError
 from mpo.sft_loss import sample_weight
 
@@ -109,18 +114,20 @@ def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
     if "conversations" not in row:
         raise DataError(path, line, "missing field", field="conversations")
     system, turns = parse_conversations(row["conversations"], path, line)
-    images, is_video, sizes = row_images(row, subset, path, line)
+    visuals = row_images(row, subset, path, line)
     try:
-        turns = _place_images(turns, len(images), is_video)
+        turns = _place_images(turns, len(visuals.sizes), visuals.is_video)
     except ValueError as err:
         raise DataError(path, line, str(err), field="conversations") from None
     return {
-        "images": [str(p) for p in images],
-        "image_sizes": sizes,
-        "is_video": is_video,
+        "images": [str(p) for p in visuals.paths],
+        "image_sizes": visuals.sizes,
+        "is_video": visuals.is_video,
+        "video_frames": visuals.frames,
+        "video_length": visuals.video_length,
         "system": system,
         "turns": turns,
-        "max_dynamic_patch": 1 if is_video else tile_budget(subset.max_dynamic_patch, len(images)),
+        "max_dynamic_patch": 1 if visuals.is_video else tile_budget(subset.max_dynamic_patch, len(visuals.sizes)),
         "data_augment": subset.data_augment,
         "subset": subset.name,
         "source": f"{path}:{line}",
@@ -184,10 +191,17 @@ class SFTDataReport:
         }
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
-        return path
+        return atomic_write(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False))
+
+    def skipped_rows(self) -> list[dict]:
+        """Every row left out, as ``{"file", "line", "field", "reason"}`` (for the console summary)."""
+        rows = list(self.bad_rows.skipped)
+        dropped = ((self.too_long, "too long: {tokens} tokens"), (self.repetitive, "repetitive: ratio {ratio}"))
+        for entries, reason in dropped:
+            for entry in entries:
+                file, _, line = entry["source"].rpartition(":")
+                rows.append({"file": file, "line": int(line), "field": "", "reason": reason.format(**entry)})
+        return rows
 
 
 class SFTDataset(torch.utils.data.Dataset):
@@ -219,13 +233,16 @@ def load_sft(
     repetition_ngram: int = 4,
     max_repetition_ratio: float | None = None,
     report_path: str | Path | None = None,
+    data_root: str | Path | None = None,
+    path_map: list[str] | None = None,
 ) -> tuple[list[dict], SFTDataReport]:
     """Read every subset of an SFT meta.json into records with their exact ``length`` (tokens,
     image tokens included) and ``supervised_tokens``.
 
-    Bad rows follow ``on_bad_row``. Samples longer than ``max_length`` and, when
+    Bad rows, samples longer than ``max_length`` included, follow ``on_bad_row``. When
     ``max_repetition_ratio`` is set, samples whose assistant replies have a word
     ``repetition_ngram``-gram repetition ratio above it are dropped and counted whatever the policy.
+    ``data_root`` and ``path_map`` resolve the meta.json's paths (:mod:`mpo.data.meta`).
     ``repeat_time`` applies after filtering. The report is written to ``report_path`` when given.
     """
     report = SFTDataReport(BadRows(on_bad_row))
@@ -235,7 +252,7 @@ def load_sft(
     tokens_per_tile = processor.image_seq_length
     records: list[dict] = []
     accepted = 0
-    for subset in read_meta(meta_path):
+    for subset in read_meta(meta_path, data_root, path_map):
         rows = []
         for line, row in iter_jsonl(subset.annotation, report.bad_rows):
             try:
@@ -252,6 +269,8 @@ def load_sft(
             record["length"] = len(ids)
             record["supervised_tokens"] = sum(1 for t in labels if t != IGNORE_INDEX)
             if max_length is not None and len(ids) > max_length:
+                if report.bad_rows.policy == "fail":  # under skip: listed under too_long
+                    raise too_long(subset.annotation, line, len(ids), max_length)
                 report.too_long.append({"source": record["source"], "tokens": len(ids)})
                 continue
             rows.append(record)
@@ -304,12 +323,20 @@ class SFTCollator:
         """JPEG quality for one image, uniform over the integers of ``JPEG_QUALITY_RANGE`` (75..100)."""
         return self.rng.randint(*JPEG_QUALITY_RANGE)
 
+    def frames(self, record: dict) -> list[int]:
+        """The frames of a video-file record to show: ``rand`` positions drawn anew in training, the
+        load-time ``middle`` ones otherwise (:mod:`mpo.data.video`); empty for other records."""
+        chosen = list(record.get("video_frames") or [])
+        if chosen and self.train:
+            return frame_indices(len(chosen), record["video_length"], "rand", self.rng)
+        return chosen
+
     def _images(self, record: dict) -> list:
         try:
-            images = [load_image(Path(p)) for p in record["images"]]
+            images = load_visuals(record["images"], self.frames(record))
         except ValueError as err:
             path, _, line = record["source"].rpartition(":")
-            raise DataError(path, int(line), str(err), field="image") from None
+            raise DataError(path, int(line), str(err), field="video" if record["is_video"] else "image") from None
         if self.train and record.get("data_augment"):
             images = [jpeg_compress(img, self.draw_jpeg_quality()) for img in images]
         return images
