@@ -18,7 +18,14 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from mpo.data.images import load_visuals, tile_budget, tiles_for
-from mpo.data.template import IMAGE_PLACEHOLDER, IMG_CONTEXT, expand_images, normalize_question, prompt_text
+from mpo.data.template import (
+    IMAGE_PLACEHOLDER,
+    IMG_CONTEXT,
+    expand_images,
+    leading_special_ids,
+    normalize_question,
+    prompt_text,
+)
 
 
 @dataclass
@@ -118,6 +125,13 @@ class TransformersBackend:
         text = expand_images(prompt_text(question), tiles, self.processor.image_seq_length) + req.prefix
         return text, pixel_values
 
+    def tokenize(self, texts: list[str]):
+        """Left-padded ids of prompts, each led by the tokenizer's own leading special tokens (as in training)."""
+        tokenizer = self.processor.tokenizer
+        lead = "".join(tokenizer.convert_ids_to_tokens(leading_special_ids(tokenizer)))
+        return tokenizer([lead + t for t in texts], return_tensors="pt", padding=True, padding_side="left",
+                         add_special_tokens=False)  # fmt: skip
+
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
         tokenizer = self.processor.tokenizer
@@ -125,8 +139,7 @@ class TransformersBackend:
         batches = range(0, len(requests), self.batch_size)
         for start in tqdm(batches, desc="generating", disable=not self.progress or len(batches) < 2):
             encoded = [self._encode(r) for r in requests[start : start + self.batch_size]]
-            enc = tokenizer([t for t, _ in encoded], return_tensors="pt", padding=True, padding_side="left",
-                            add_special_tokens=False).to(self.model.device)  # fmt: skip
+            enc = self.tokenize([t for t, _ in encoded]).to(self.model.device)
             tiles = [p for _, p in encoded if p is not None]
             kwargs = dict(enc)
             if tiles:

@@ -12,7 +12,7 @@ from mpo.attention import layout_of
 from mpo.data.images import load_visuals, tiles_for
 from mpo.data.layout import IGNORE, Segment, assemble, pack, plain_segment, shared_segment
 from mpo.data.meta import BadRows
-from mpo.data.template import expand_images, prompt_text, response_text
+from mpo.data.template import expand_images, leading_special_ids, prompt_text, response_text
 from mpo.errors import DataError, UserError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ class PreferenceCollator:
         def ids(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-        return ids(prompt), ids(response_text(record["chosen"])), ids(response_text(record["rejected"])), pixel_values
+        prompt_ids = leading_special_ids(tokenizer) + ids(prompt)
+        return prompt_ids, ids(response_text(record["chosen"])), ids(response_text(record["rejected"])), pixel_values
 
     def _dummy_image_segment(self, group: int) -> Segment:
         n = self.processor.image_seq_length

@@ -17,7 +17,13 @@ from datasets import Dataset
 
 from mpo.data.images import count_tiles, tile_budget
 from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
-from mpo.data.template import expand_images, normalize_question, prompt_text, response_text
+from mpo.data.template import (
+    expand_images,
+    leading_special_ids,
+    normalize_question,
+    prompt_text,
+    response_text,
+)
 from mpo.errors import DataError, UserError
 
 REQUIRED_FIELDS = ("question", "chosen", "rejected")
@@ -57,7 +63,7 @@ def sequence_length(record: dict, tokenizer, tile_size: int, tokens_per_tile: in
     """Tokens of [prompt | longer response], image tokens included, as the collator will build it."""
     tiles = [count_tiles(w, h, tile_size, record["max_dynamic_patch"]) for w, h in record["image_sizes"]]
     prompt = expand_images(prompt_text(record["question"]), tiles, tokens_per_tile)
-    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    n_prompt = len(leading_special_ids(tokenizer)) + len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     n_resp = max(
         len(tokenizer(response_text(record[k]), add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected")
     )

@@ -51,6 +51,7 @@ from mpo.data.template import (
     IMAGE_PLACEHOLDER,
     SYSTEM_MESSAGE,
     expand_images,
+    leading_special_ids,
     normalize_question,
     render_turns,
 )
@@ -141,8 +142,8 @@ def encode_turns(record: dict, tokenizer, tiles_per_image: Sequence[int], tokens
     """(input ids, labels) of one sample: the InternVL2.5 template with each ``<image>`` expanded
     to its tiles' tokens; labels are the ids on supervised tokens and -100 elsewhere."""
     system = SYSTEM_MESSAGE if record.get("system") is None else record["system"]
-    ids: list[int] = []
-    labels: list[int] = []
+    ids: list[int] = leading_special_ids(tokenizer)
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
     next_image = 0
     for text, supervised in render_turns([tuple(t) for t in record["turns"]], system):
         k = text.count(IMAGE_PLACEHOLDER)

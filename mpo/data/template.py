@@ -90,6 +90,23 @@ def prompt_text(question: str, system: str | None = SYSTEM_MESSAGE) -> str:
     return head + f"{IM_START}assistant\n"
 
 
+def leading_special_ids(tokenizer) -> list[int]:
+    """The ids the tokenizer itself puts before any text: ``<s>`` for InternLM2, none for Qwen2.
+
+    Upstream InternVL tokenizes whole conversations with the special tokens on (``chat()`` and its
+    training preprocessing), so an InternLM2-based checkpoint (2B, 8B, 26B) always saw ``<s>`` first.
+    Prompts here are rendered and tokenised in pieces with the special tokens off; each sequence gets
+    these ids once, at its start. Read from the tokenizer, so no family is named here.
+    """
+    probe = "a"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
+
+
 def response_text(answer: str) -> str:
     """A supervised assistant reply: the answer and the closing ``<|im_end|>``."""
     return f"{answer}{IM_END}"
