@@ -9,6 +9,7 @@ InternVL2.5 special tokens and chat template. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -94,6 +95,22 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     )
 
 
+def widen_vocabulary(tokenizer: PreTrainedTokenizerFast, size: int) -> PreTrainedTokenizerFast:
+    """The same tokenizer with ``size`` entries: filler words `` w<id>`` fill the ids it did not have.
+
+    Encoding is unchanged (no merge produces a filler); decoding any id below ``size`` gives text. A model
+    built at a real vocabulary size (e.g. 151674) then generates words, never unknown ids.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    taken = set(vocab.values()) | {t["id"] for t in state["added_tokens"]}
+    vocab.update({f"\u0120w{i}": i for i in range(size) if i not in taken})  # \u0120: byte-level space
+    widened = Tokenizer.from_str(json.dumps(state))
+    if widened.get_vocab_size() != size:
+        raise ValueError(f"widened vocabulary has {widened.get_vocab_size()} entries, expected {size}")
+    return PreTrainedTokenizerFast(tokenizer_object=widened, **tokenizer.init_kwargs)
+
+
 def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2") -> InternVLConfig:
     """The tiny InternVL2.5 config: InternViT-300M-style vision tower, a Qwen2 or Llama LLM."""
     vision = dict(
@@ -127,22 +144,27 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2") -> Inter
     )
 
 
-def tiny_processor(tokenizer: PreTrainedTokenizerFast) -> InternVLProcessor:
-    """Dynamic tiling (up to ``MAX_TILES`` tiles of 64 px + thumbnail) with ImageNet normalisation."""
+def tiny_processor(
+    tokenizer: PreTrainedTokenizerFast,
+    tile_size: int = TILE_SIZE,
+    max_tiles: int = MAX_TILES,
+    tokens_per_tile: int = TOKENS_PER_TILE,
+) -> InternVLProcessor:
+    """Dynamic tiling (up to ``max_tiles`` tiles of ``tile_size`` px + thumbnail) with ImageNet normalisation."""
     common = dict(
-        size={"height": TILE_SIZE, "width": TILE_SIZE},
+        size={"height": tile_size, "width": tile_size},
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
         do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
     )  # fmt: skip
     image_processor = GotOcr2ImageProcessor(
-        crop_to_patches=True, min_patches=1, max_patches=MAX_TILES, **common
+        crop_to_patches=True, min_patches=1, max_patches=max_tiles, **common
     )
     video_processor = InternVLVideoProcessor(**common)
     return InternVLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
-        image_seq_length=TOKENS_PER_TILE,
+        image_seq_length=tokens_per_tile,
         chat_template=CHAT_TEMPLATE_JINJA,
     )
 
