@@ -47,7 +47,10 @@ _CHILD = (
 
 
 def build_native(out: str | Path, seed: int = 0) -> Path:
-    """Random weights at the 1B widths in the native layout, with its tokenizer and processor (448 px)."""
+    """Random weights at the 1B widths in the native layout, with its tokenizer and processor (448 px).
+
+    (Imports are local: the parent process only starts the phases and stays small.)
+    """
     import torch
     from transformers import InternVLForConditionalGeneration
 
@@ -166,7 +169,9 @@ def render(results: dict) -> str:
         f"| **total** | **{results['total_seconds']}** | **{results['peak_rss_gib']}** (max) |",
         "",
         f"Pairs kept: {results['pairs'].get('kept')}; optimizer steps: {results['global_step']}; "
-        f"losses: {[round(e['loss'], 4) for e in results['train_log']]}.",
+        f"losses: {[round(e['loss'], 4) for e in results['train_log']]}. Each phase is its own process; peak RSS "
+        "is its ru_maxrss (memory-mapped weight pages included). Image 896 x 448 at max_dynamic_patch 2: "
+        "2 tiles + thumbnail, 768 image tokens.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -15,6 +15,7 @@ from test_sizes import upstream_shapes
 from benchmarks.real_width_1b import MAX_DYNAMIC_PATCH, MAX_NEW_TOKENS, MEMORY_LIMIT_GIB, STEPS, run
 from mpo.models.loading import load_processor
 from mpo.models.sizes import SIZES
+from mpo.models.tiny import train_tokenizer, widen_vocabulary
 
 
 def _shapes(folder) -> dict[str, tuple[int, ...]]:
@@ -23,6 +24,20 @@ def _shapes(folder) -> dict[str, tuple[int, ...]]:
         with safe_open(str(shard), framework="pt") as f:
             out |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     return out
+
+
+def test_widened_vocabulary_encodes_as_before_and_decodes_every_id():
+    tokenizer = train_tokenizer()
+    wide = widen_vocabulary(tokenizer, 5000)
+    assert len(tokenizer) < 5000 == len(wide) == wide.backend_tokenizer.get_vocab_size()
+    text = "<|im_start|>user\n<img><IMG_CONTEXT></img>\nWhat colour is the circle?<|im_end|>"
+    assert wide(text).input_ids == tokenizer(text).input_ids
+    assert wide.decode([4999, 4000]) == " w4999 w4000"  # filler ids: the words the docstring promises
+    old = len(tokenizer)
+    assert wide.decode(list(range(old))) == tokenizer.decode(list(range(old)))
+    assert (wide.eos_token, wide.pad_token, wide.padding_side) == (tokenizer.eos_token, tokenizer.pad_token, "left")
+    with pytest.raises(ValueError, match="expected 100"):
+        widen_vocabulary(tokenizer, 100)  # cannot shrink
 
 
 @pytest.mark.slow
