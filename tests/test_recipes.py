@@ -21,7 +21,7 @@ from mpo.sft import parse_sft_args
 from mpo.train import parse_train_args
 
 RECIPES = REPO / "recipes"
-SIZES = ["1b", "2b", "4b", "8b", "26b", "38b", "78b"]
+SIZES = list(TABLE)  # the seven published sizes
 STAGES = {"sft_stage1": ("1", 2e-4, 100), "sft_stage1_5": ("1.5", 1e-5, 100), "sft_stage2": ("2", None, 0.03)}
 CPU = ["--bf16", "false"]  # the recipes ask for bf16, which needs a GPU to validate
 
