@@ -14,7 +14,7 @@ InternVL2.5-1B widths, and padding-free varlen flash-attention vs padded rows.
    (256 tokens each); --dry: the tiny model.
 2. Speed. MPOTrainer (defaults) against trl.DPOTrainer with the MPO losses, each run in a fresh
    process: pairs/s in training and end to end (reference pass included), peak GPU memory. Model: the
-   InternVL2.5-1B widths at full depth (24 + 24 layers, 0.8B parameters, random weights). Pairs: one
+   InternVL2.5-1B widths at full depth (24 + 24 layers, 0.94B parameters, random weights). Pairs: one
    3:2 image each (3 x 2 tiles + thumbnail = 1792 image tokens), a 20-40 word question and
    chain-of-thought chosen / rejected answers of 60-200 words.
 3. Varlen vs padding. MPOTrainer without prefix sharing (vision once) on the same pairs: padding-free
@@ -45,32 +45,17 @@ LAYOUTS = {
     "packing": dict(prefix_sharing=False, vision_once=True, max_packed_tokens=1 << 16),
     "prefix sharing + packing": dict(prefix_sharing=True, max_packed_tokens=1 << 16),
 }
-# InternVL2.5-1B: InternViT-300M-448px and Qwen2.5-0.5B-Instruct widths (their published config.json).
-VISION_1B = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                 image_size=448, patch_size=14, norm_type="layer_norm", use_qk_norm=False)  # fmt: skip
-TEXT_1B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-               intermediate_size=4864, max_position_embeddings=32768, tie_word_embeddings=False)  # fmt: skip
-VOCAB_1B = 151674
 TOLERANCE = {"float32": (1e-4, 1e-4), "bfloat16": (2e-2, 5e-2)}  # (log-prob, relative gradient)
 
 
 def build_model(out: Path, *, real: bool, layers: int | None = None) -> Path:
-    """The tiny model, or random weights at the InternVL2.5-1B widths (``layers`` each, default 24)."""
-    from mpo.models.tiny import build_tiny_model, tiny_config, tiny_processor, train_tokenizer
+    """The tiny model, or random weights at the InternVL2.5-1B widths (``layers`` deep, default 24)."""
+    from mpo.models.sizes import build_random_native
+    from mpo.models.tiny import build_tiny_model
 
     if not real:
         return build_tiny_model(out)
-    from transformers import InternVLForConditionalGeneration
-
-    tokenizer = train_tokenizer()
-    depth = {"num_hidden_layers": layers} if layers else {}
-    config = tiny_config(tokenizer, vision={**VISION_1B, **depth}, text={**TEXT_1B, **depth}, vocab_size=VOCAB_1B)
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = InternVLForConditionalGeneration(config)
-    model.to(torch.bfloat16).save_pretrained(out)
-    tiny_processor(tokenizer, tile=448, patch=14, max_tiles=12).save_pretrained(out)
-    return out
+    return build_random_native("1b", out, layers=layers, device="cuda", dtype=torch.bfloat16)
 
 
 def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:

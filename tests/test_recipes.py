@@ -16,16 +16,12 @@ import yaml
 from conftest import MIXED_ROWS, REPO, write_mmpr
 
 from mpo.errors import UserError
+from mpo.models.sizes import SIZES as TABLE
 from mpo.sft import parse_sft_args
 from mpo.train import parse_train_args
 
 RECIPES = REPO / "recipes"
-SIZES = ["1b", "2b", "4b", "8b", "26b", "38b", "78b"]
-# DESIGN section 6, written out again here: (ZeRO stage, global batch, drop path, stage-2 lr)
-REFERENCE = {
-    "1b": (1, 256, 0.1, 4e-5), "2b": (1, 256, 0.1, 4e-5), "4b": (1, 256, 0.1, 4e-5), "8b": (1, 256, 0.1, 4e-5),
-    "26b": (3, 256, 0.4, 2e-5), "38b": (3, 512, 0.4, 2e-5), "78b": (3, 512, 0.4, 2e-5),
-}  # fmt: skip
+SIZES = list(TABLE)  # the seven published sizes
 STAGES = {"sft_stage1": ("1", 2e-4, 100), "sft_stage1_5": ("1.5", 1e-5, 100), "sft_stage2": ("2", None, 0.03)}
 CPU = ["--bf16", "false"]  # the recipes ask for bf16, which needs a GPU to validate
 
@@ -38,16 +34,20 @@ def _gpus(path: Path) -> int:
 def test_mpo_recipe_per_size(size):
     path = RECIPES / "internvl2_5" / size / "mpo.yaml"
     model, data, args = parse_train_args(["--config", str(path), *CPU])
-    zero, global_batch, drop_path, _ = REFERENCE[size]
-    assert (args.learning_rate, args.num_train_epochs, args.lr_scheduler_type) == (1e-6, 1, "cosine")
+    ref = TABLE[size]  # mpo.models.sizes: the published sizes and their reference training settings
+    assert (args.learning_rate, args.num_train_epochs, args.lr_scheduler_type) == (ref.mpo_learning_rate, 1, "cosine")
     assert (args.warmup_steps, args.weight_decay, args.beta) == (0.03, 0.05, 0.1)
     assert args.loss_type == ["sigmoid", "bco_pair", "sft"] and args.loss_weights == [0.8, 0.2, 1.0]
     assert args.per_device_train_batch_size == 1 and args.max_length == 8192
-    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * _gpus(path) == global_batch
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * _gpus(path) == ref.global_batch
     assert yaml.safe_load(path.read_text())["bf16"] is True and args.gradient_checkpointing
-    assert model.vision_drop_path_rate == drop_path
+    assert model.vision_drop_path_rate == ref.drop_path_rate
     assert not (model.freeze_vision or model.freeze_projector or model.freeze_llm)
-    assert f"ZeRO-{zero}" in path.read_text().splitlines()[1]
+    assert f"ZeRO-{ref.zero_stage}" in path.read_text().splitlines()[1]
+    # A single image at the most tiles (max_dynamic_patch + thumbnail) fits in max_length, never truncated.
+    assert (ref.max_dynamic_patch + ref.use_thumbnail) * ref.tokens_per_tile < args.max_length
+    assert f"max_dynamic_patch {ref.max_dynamic_patch} + thumbnail" in path.read_text()
+    assert path.read_text().startswith(f"# InternVL2.5-{ref.name} ({ref.vision.name.split('-448px')[0]} + {ref.llm.name})")
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -57,7 +57,8 @@ def test_sft_recipe_per_size(size, name):
     _, _, args = parse_sft_args(["--config", str(path), *CPU])
     stage, lr, warmup = STAGES[name]
     assert args.stage == stage
-    assert args.learning_rate == (lr if lr is not None else REFERENCE[size][3])
+    assert args.learning_rate == (lr if lr is not None else TABLE[size].sft_stage2_learning_rate)
+    assert f"ZeRO-{TABLE[size].zero_stage}" in path.read_text().splitlines()[1]
     assert args.warmup_steps == warmup
     assert (args.lr_scheduler_type, args.weight_decay, args.loss_reduction) == ("cosine", 0.05, "square")
     assert args.packing and args.max_packed_tokens == 16384

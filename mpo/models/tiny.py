@@ -9,6 +9,7 @@ InternVL2.5 special tokens and chat template. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -90,6 +91,22 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
             "video_token": VIDEO_PLACEHOLDER,
         },
     )
+
+
+def widen_vocabulary(tokenizer: PreTrainedTokenizerFast, size: int) -> PreTrainedTokenizerFast:
+    """The same tokenizer with ``size`` entries: filler words `` w<id>`` fill the ids it did not have.
+
+    Encoding is unchanged (no merge produces a filler); decoding any id below ``size`` gives text. A model
+    built at a real vocabulary size (e.g. 151674) then generates words, never unknown ids.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    taken = set(vocab.values()) | {t["id"] for t in state["added_tokens"]}
+    vocab.update({f"\u0120w{i}": i for i in range(size) if i not in taken})  # \u0120: byte-level space
+    widened = Tokenizer.from_str(json.dumps(state))
+    if widened.get_vocab_size() != size:
+        raise ValueError(f"widened vocabulary has {widened.get_vocab_size()} entries, expected {size}")
+    return PreTrainedTokenizerFast(tokenizer_object=widened, **tokenizer.init_kwargs)
 
 
 TINY_VISION = dict(
