@@ -21,17 +21,27 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from mpo.atomic import atomic_write
 from mpo.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.json"
+RUN_CONFIG_NAME = "mpo_config.json"  # the run record, written with every save (read by `mpo push`)
+REWARD_SHIFT_KEY = "MPORewardShift"  # δ's entry in trainer_state.json's stateful_callbacks
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # One of these holds the weights of a checkpoint: full model (safetensors, sharded or not, or torch
 # pickles), a PEFT adapter, or a DeepSpeed checkpoint (its ``latest`` tag file).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
                 "latest")  # fmt: skip
+
+
+def write_run_config(output_dir: str | Path, args, extra: dict | None = None) -> Path:
+    """``output_dir/mpo_config.json``: the trainer's arguments (``args.to_dict()``, tokens masked) and
+    ``extra`` (``mpo train`` adds its model and data sections). Written by MPOTrainer at every save."""
+    record = {"args": args.to_dict(), "world_size": int(getattr(args, "world_size", 1)), **(extra or {})}
+    return atomic_write(Path(output_dir) / RUN_CONFIG_NAME, json.dumps(record, indent=1, default=str) + "\n")
 
 
 def _missing_shards(index: Path) -> list[str]:

@@ -28,17 +28,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def parse_recipe(types: tuple[type, ...], argv: list[str], prog: str) -> tuple:
-    """TRL's recipe parsing (``--config YAML`` plus ``--key value`` overrides) into one instance of each
-    of ``types``; an unknown key or an invalid value becomes a one-line :class:`UserError`."""
-    from trl import TrlParser
-
-    try:
-        return TrlParser(types, prog=prog).parse_args_and_config(args=argv)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-
-
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: mpo <command> [options]", "", "commands:"]

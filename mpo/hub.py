@@ -28,13 +28,11 @@ from importlib import metadata
 from pathlib import Path
 
 from eval.reports import OVERALL, comparison_rows
-from mpo.atomic import atomic_write
+from mpo.checkpointing import REWARD_SHIFT_KEY, RUN_CONFIG_NAME
 from mpo.errors import UserError
 
 CARD_NAME = "README.md"
-RUN_CONFIG_NAME = "mpo_config.json"  # written by MPOTrainer at every save, see write_run_config
 STATE_NAME = "trainer_state.json"
-REWARD_SHIFT_KEY = "MPORewardShift"  # same as mpo.trainer.REWARD_SHIFT_KEY (not imported: it pulls in trl)
 PIPELINE_TAG = "image-text-to-text"
 TAGS = ["mpo", "internvl", "trl", "preference-optimization"]
 DEFAULT_LICENSE = "apache-2.0"
@@ -59,13 +57,6 @@ FINAL_METRICS = ("loss", "loss/dpo", "loss/bco", "loss/sft", "rewards/accuracies
 
 
 # ------------------------------------------------------------------------------------- run record
-
-
-def write_run_config(output_dir: str | Path, args, extra: dict | None = None) -> Path:
-    """``output_dir/mpo_config.json``: the trainer's arguments (``args.to_dict()``, tokens masked) and
-    ``extra`` (``mpo train`` adds its model and data sections). Called by MPOTrainer at every save."""
-    record = {"args": args.to_dict(), "world_size": int(getattr(args, "world_size", 1)), **(extra or {})}
-    return atomic_write(Path(output_dir) / RUN_CONFIG_NAME, json.dumps(record, indent=1, default=str) + "\n")
 
 
 def _read_json(path: Path) -> dict:

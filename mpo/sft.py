@@ -36,13 +36,13 @@ from transformers import Trainer, TrainingArguments
 from mpo import attention
 from mpo.attention import layout_of
 from mpo.checkpointing import NativeResumeMixin, resolve_resume
-from mpo.cli import parse_recipe
 from mpo.data.collator import SkipBadRecords
 from mpo.data.meta import BadRows, DataConfig, skip_summary
 from mpo.data.packing import pack_samples
 from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataReport, SFTDataset, load_sft
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor
+from mpo.recipe import parse_recipe
 from mpo.runtime import cpu_training_defaults
 from mpo.sft_loss import LOSS_REDUCTIONS, token_losses, weight_sum, weighted_loss_sum
 

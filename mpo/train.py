@@ -19,12 +19,12 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from mpo.attention import layout_of
 from mpo.checkpointing import resolve_resume
-from mpo.cli import parse_recipe
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
 from mpo.data.meta import DataConfig, skip_summary
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor
+from mpo.recipe import parse_recipe
 from mpo.trainer import MPOConfig, MPOTrainer
 
 # LoRA on the LLM's linear layers when the recipe names no target modules.

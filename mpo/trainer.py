@@ -28,17 +28,15 @@ from trl.models import prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
 from mpo import attention, ref_cache
-from mpo.checkpointing import NativeResumeMixin
+from mpo.checkpointing import REWARD_SHIFT_KEY, NativeResumeMixin, write_run_config
 from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import PreferenceCollator, SkipBadRecords
 from mpo.data.meta import BadRows
-from mpo.hub import write_run_config
 from mpo.losses import RewardShift, mpo_loss
 from mpo.runtime import cpu_training_defaults
 
 # TRL loss-type names of the three MPO terms, in the order of `mpo_loss(weights=...)`.
 MPO_TERMS = ("sigmoid", "bco_pair", "sft")
-REWARD_SHIFT_KEY = "MPORewardShift"  # entry in TrainerState.stateful_callbacks
 
 logger = get_logger(__name__)
 

@@ -15,6 +15,7 @@ from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
 from mpo import hub
+from mpo.checkpointing import write_run_config
 from mpo.cli import main as cli_main
 from mpo.trainer import MPOConfig
 
@@ -50,7 +51,7 @@ def run(tmp_path, tiny_model) -> Path:
     args = MPOConfig(output_dir=str(out), beta=0.25, loss_weights=[0.7, 0.3, 1.0], learning_rate=2e-6,
                      per_device_train_batch_size=2, gradient_accumulation_steps=4, sft_normalization="token",
                      report_to=[])  # fmt: skip
-    hub.write_run_config(out, args, {"base_model": str(tiny_model),
+    write_run_config(out, args, {"base_model": str(tiny_model),
                                      "model": {"model_name_or_path": str(tiny_model), "freeze_vision": True},
                                      "data": {"meta_path": str(tmp_path / "pairs" / "meta.json")}})  # fmt: skip
     torch.save(args, out / "training_args.bin")

@@ -279,9 +279,13 @@ def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_pa
                               train_dataset=SFTDataset(records), processing_class=processor)  # fmt: skip
     collate = SFTCollator(processor, train=False)
     packed = collate([records[:3], records[3:]])  # two rows of three samples, images in both
+    rows = collate([[r] for r in records])  # the plain layout: one sample per row, padded
     assert packed["input_ids"].shape[0] == 2 and int(packed["position_ids"].eq(0).sum()) >= 6
+    assert packed["layout"] == "packed" and rows["layout"] == "plain"
     with torch.set_grad_enabled(grads), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
         # (static shapes: torch 2.14's CPU inductor fails to compile flex attention for dynamic ones)
+        with torch.no_grad():
+            sums_rows, _ = _per_sample(trainer, model, rows)
         sums_p, weighted_p = _per_sample(trainer, model, packed)
         loss_p = trainer.compute_loss(model, packed)
         with torch.no_grad():  # the test can tell: packed rows with a plain causal mask (samples see each other)
@@ -303,6 +307,7 @@ def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_pa
         weighted_s.append(ce * counts[-1] ** -0.5)  # square averaging, the stage default
     sums_s, weighted_s = torch.stack(sums_s), torch.stack(weighted_s)
     loss_s = weighted_s.sum() / sum(x**0.5 for x in counts)  # Σ w_i x_i with w_i = x_i^-1/2
+    torch.testing.assert_close(sums_rows, sums_s.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sums_p.detach(), sums_s.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(weighted_p.detach(), weighted_s.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_p.detach(), loss_s.detach(), rtol=1e-5, atol=1e-5)
