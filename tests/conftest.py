@@ -123,3 +123,17 @@ def varlen_kernel(monkeypatch) -> str:
     monkeypatch.setattr(attention, "VARLEN_KERNELS", {*attention.VARLEN_KERNELS, name})
     monkeypatch.setattr(attention, "EXPRESSES", {**attention.EXPRESSES, name: {"plain", "packed"}})
     return name
+
+
+def write_tsv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """A TSV as pandas ``to_csv(sep="\\t", index=False)`` writes it (VLMEvalKit's benchmark files);
+    ``columns`` default to the keys of the first row."""
+    import csv
+
+    columns = columns or list(rows[0])
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row.get(c, "") for c in columns])
+    return path

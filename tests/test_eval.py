@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
 from pathlib import Path
 
 import pytest
+from conftest import write_tsv
 from PIL import Image
 
 from eval.benchmarks import load_benchmarks
@@ -32,15 +32,6 @@ def png(colour: str, size=(64, 64)) -> bytes:
 
 def b64(colour: str) -> str:
     return base64.b64encode(png(colour)).decode()
-
-
-def write_tsv(path: Path, rows: list[dict], columns=TSV_COLUMNS) -> Path:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([row.get(c, "") for c in columns])
-    return path
 
 
 # question (core, unique) -> (fake direct response, whether that response is right)
@@ -110,7 +101,7 @@ def bench(tmp_path) -> dict[str, Path]:
     (tmp_path / "img").mkdir()
     for colour in COLOURS:
         (tmp_path / "img" / f"{colour}.png").write_bytes(png(colour))
-    tsv = write_tsv(tmp_path / "bench.tsv", TSV_ROWS)
+    tsv = write_tsv(tmp_path / "bench.tsv", TSV_ROWS, TSV_COLUMNS)
     jsonl = tmp_path / "qa.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in JSONL_ROWS))
     return {"tsv": tsv, "jsonl": jsonl, "root": tmp_path}
@@ -253,7 +244,7 @@ def test_resume_after_crash_gives_same_results_without_duplicates(bench, tmp_pat
 )  # fmt: skip
 def test_corrupt_base64_image_names_file_and_row(bench, tmp_path, image, message):
     rows = [dict(TSV_ROWS[0]), dict(TSV_ROWS[2], image=image)]
-    tsv = write_tsv(tmp_path / "bad.tsv", rows)
+    tsv = write_tsv(tmp_path / "bad.tsv", rows, TSV_COLUMNS)
     with pytest.raises(DataError, match=message) as err:
         load_benchmarks([str(tsv)], tmp_path / "images")
     assert str(err.value).startswith(f"{tsv}:3: image: ")
@@ -261,7 +252,7 @@ def test_corrupt_base64_image_names_file_and_row(bench, tmp_path, image, message
 
 
 def test_cli_reports_errors_in_one_line(bench, tmp_path, capsys):
-    tsv = write_tsv(tmp_path / "bad.tsv", [dict(TSV_ROWS[0], image="%%%%" * 30)])
+    tsv = write_tsv(tmp_path / "bad.tsv", [dict(TSV_ROWS[0], image="%%%%" * 30)], TSV_COLUMNS)
     assert cli_main(["eval", "--model", "m", "--data", str(tsv), "--out", str(tmp_path / "o")]) == 1
     assert f"mpo eval: error: {tsv}:2: image: corrupt base64 image" in capsys.readouterr().err
 
@@ -274,14 +265,14 @@ def test_missing_column_and_bad_rows(bench, tmp_path):
     with pytest.raises(DataError, match=r"noimage.tsv:1: image: missing column"):
         load_benchmarks([str(no_image)], tmp_path / "images")
     missing_file = write_tsv(
-        tmp_path / "nofile.tsv", [TSV_ROWS[0], dict(TSV_ROWS[1], image_path="img/nope.png")]
+        tmp_path / "nofile.tsv", [TSV_ROWS[0], dict(TSV_ROWS[1], image_path="img/nope.png")], TSV_COLUMNS
     )
     with pytest.raises(DataError, match=r"nofile.tsv:3: image_path: missing image"):
         load_benchmarks([str(missing_file)], tmp_path / "images")
-    bad_letter = write_tsv(tmp_path / "letter.tsv", [dict(TSV_ROWS[1], answer="E")])
+    bad_letter = write_tsv(tmp_path / "letter.tsv", [dict(TSV_ROWS[1], answer="E")], TSV_COLUMNS)
     with pytest.raises(DataError, match=r"letter.tsv:2: answer: 'E' is not one of the options A, B"):
         load_benchmarks([str(bad_letter)], tmp_path / "images")
-    duplicate = write_tsv(tmp_path / "dup.tsv", [TSV_ROWS[2], dict(TSV_ROWS[3], index=2)])
+    duplicate = write_tsv(tmp_path / "dup.tsv", [TSV_ROWS[2], dict(TSV_ROWS[3], index=2)], TSV_COLUMNS)
     with pytest.raises(DataError, match=r"dup.tsv:3: index: duplicate index '2'"):
         load_benchmarks([str(duplicate)], tmp_path / "images")
     jsonl = tmp_path / "bad.jsonl"

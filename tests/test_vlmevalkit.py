@@ -12,13 +12,13 @@ builder), so they fail on the code before it.
 from __future__ import annotations
 
 import base64
-import csv
 import io
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import write_tsv
 from PIL import Image
 
 from eval.benchmarks import load_benchmarks
@@ -42,16 +42,6 @@ def truncated_jpeg() -> str:
     return base64.b64encode(buf.getvalue()[: len(buf.getvalue()) // 2]).decode()
 
 
-def write_tsv(path: Path, columns: list[str], rows: list[dict]) -> Path:
-    """A TSV as pandas ``to_csv(sep="\\t", index=False)`` writes it (VLMEvalKit's files)."""
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([row.get(c, "") for c in columns])
-    return path
-
-
 class Model:
     """Answers each prompt with the response of the one marker it contains; keeps every prompt."""
 
@@ -71,7 +61,7 @@ class Model:
 
 
 def run(tmp_path: Path, name: str, columns: list[str], rows: list[dict], responses: dict[str, str], **kw):
-    tsv = write_tsv(tmp_path / f"{name}.tsv", columns, rows)
+    tsv = write_tsv(tmp_path / f"{name}.tsv", rows, columns)
     model = Model(responses)
     res = evaluate("fake-model", [str(tsv)], tmp_path / f"out-{name}", backend=model, **kw)
     return res, res["benchmarks"][name], model
@@ -233,14 +223,14 @@ def test_mmmu_image_paths_as_list_literals(tmp_path):
         (tmp_path / "imgs" / f"{colour}.png").write_bytes(base64.b64decode(b64(colour)))
     columns = [c for c in MMMU_COLUMNS if c != "image"]
     row = dict(mmmu_rows()[0], image_path="['imgs/red.png', 'imgs/blue.png']")
-    tsv = write_tsv(tmp_path / "MMMU_DEV_VAL.tsv", columns, [row])
+    tsv = write_tsv(tmp_path / "MMMU_DEV_VAL.tsv", [row], columns)
     [item] = load_benchmarks([str(tsv)], tmp_path / "images")["MMMU_DEV_VAL"]
     assert [Path(p).name for p in item.images] == ["red.png", "blue.png"]
 
 
 def test_mmmu_reference_to_a_missing_image_is_a_bad_row(tmp_path):
     row = dict(mmmu_rows()[1], question="<image 2> How many sides does the shape have?")
-    tsv = write_tsv(tmp_path / "MMMU_DEV_VAL.tsv", MMMU_COLUMNS, [row])
+    tsv = write_tsv(tmp_path / "MMMU_DEV_VAL.tsv", [row], MMMU_COLUMNS)
     with pytest.raises(DataError, match=r"MMMU_DEV_VAL.tsv:2: question: mentions <image 2> but the row has 1 image"):
         load_benchmarks([str(tsv)], tmp_path / "images")
 
@@ -467,7 +457,7 @@ def test_on_bad_row_skip_lists_and_counts_bad_rows(tmp_path):
         {"index": 5, "image": b64("blue"), "question": "Also good?", "answer": "No"},
         {"index": 6, "image": truncated_jpeg(), "question": "Cut short?", "answer": "No"},
     ]  # fmt: skip
-    tsv = write_tsv(tmp_path / "bench.tsv", columns, rows)
+    tsv = write_tsv(tmp_path / "bench.tsv", rows, columns)
     with pytest.raises(DataError, match=rf"{tsv}:3: image: corrupt base64 image"):
         evaluate("m", [str(tsv)], tmp_path / "err", backend=Model({}))
 
@@ -490,7 +480,7 @@ def test_truncated_image_file_is_a_bad_row(tmp_path):
     (tmp_path / "ok.png").write_bytes(base64.b64decode(b64("red")))
     rows = [{"index": 0, "image_path": "cut.jpg", "question": "Cut?", "answer": "No"},
             {"index": 1, "image_path": "ok.png", "question": "Fine?", "answer": "Yes"}]  # fmt: skip
-    tsv = write_tsv(tmp_path / "bench.tsv", ["index", "image_path", "question", "answer"], rows)
+    tsv = write_tsv(tmp_path / "bench.tsv", rows, ["index", "image_path", "question", "answer"])
     with pytest.raises(DataError, match=rf"{tsv}:2: image_path: .*image file is truncated"):
         load_benchmarks([str(tsv)], tmp_path / "images")
     res = evaluate("m", [str(tsv)], tmp_path / "skip", backend=Model({"Fine?": "yes"}), on_bad_row="skip")
@@ -501,7 +491,7 @@ def test_cli_skip_prints_one_summary_line(tmp_path, tiny_model, capsys):
     rows = [{"index": 0, "image": b64("red"), "question": "Is it red?", "answer": "Yes"},
             {"index": 1, "image": "%%%%" * 30, "question": "Broken?", "answer": "No"},
             {"index": 2, "image": b64("red"), "question": "No answer?", "answer": ""}]  # fmt: skip
-    tsv = write_tsv(tmp_path / "bench.tsv", ["index", "image", "question", "answer"], rows)
+    tsv = write_tsv(tmp_path / "bench.tsv", rows, ["index", "image", "question", "answer"])
     out = tmp_path / "run"
     argv = ["eval", "--model", str(tiny_model), "--data", str(tsv), "--out", str(out), "--backend", "transformers",
             "--max-new-tokens", "2", "--on-bad-row", "skip"]  # fmt: skip
@@ -579,7 +569,7 @@ def test_list_cells_are_parsed_safely(tmp_path):
 
 def test_cli_judge_model_on_tiny_model(tmp_path, tiny_model, capsys):
     """``--judge-model`` loads a checkpoint through the generation backend and judges MathVista."""
-    tsv = write_tsv(tmp_path / "MathVista_MINI.tsv", MATHVISTA_COLUMNS, mathvista_rows()[2:4])
+    tsv = write_tsv(tmp_path / "MathVista_MINI.tsv", mathvista_rows()[2:4], MATHVISTA_COLUMNS)
     out = tmp_path / "run"
     argv = ["eval", "--model", str(tiny_model), "--data", str(tsv), "--out", str(out), "--backend", "transformers",
             "--max-new-tokens", "3", "--judge-model", str(tiny_model)]  # fmt: skip
