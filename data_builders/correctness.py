@@ -1,4 +1,4 @@
-"""Correctness-based preference pairs (DESIGN section 7): sample N chain-of-thought responses per
+"""Correctness-based preference pairs (docs/design.md#preference-pairs): sample N chain-of-thought responses per
 question, check each final answer against the ground truth, pair correct with incorrect.
 
 Per question:

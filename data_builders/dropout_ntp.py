@@ -1,4 +1,4 @@
-"""Dropout Next-Token Prediction pairs (DESIGN section 7), for data without ground truth.
+"""Dropout Next-Token Prediction pairs (docs/design.md#preference-pairs), for data without ground truth.
 
 Per question: ``chosen`` is the model's own full answer (``--chosen-from model``, sampled with the
 image) or the answer the data gives (``--chosen-from data``: the row's ``chosen``, else the first

@@ -4,7 +4,7 @@
     accelerate launch [--use_deepspeed --deepspeed_config_file recipes/deepspeed/zero1.json] \\
         --num_processes N -m mpo.cli sft --config ...
 
-==========  ==========================  =====  =================  (DESIGN section 6)
+==========  ==========================  =====  =================  (docs/design.md#reference-hyperparameters)
 stage       trains                      lr     warmup
 ==========  ==========================  =====  =================
 1           MLP projector               2e-4   100 steps
@@ -61,7 +61,7 @@ STAGES: dict[str, StageSpec] = {
     "1.5": StageSpec(FreezePolicy(vision=True, projector=True, llm=False), 1e-5, 100),
     "2": StageSpec(FreezePolicy(vision=True, projector=True, llm=True), 4e-5, 0.03),
 }
-# Stage 2 of the 26B, 38B and 78B models uses 2e-5 (DESIGN section 6).
+# Stage 2 of the 26B, 38B and 78B models uses 2e-5 (docs/design.md#reference-hyperparameters).
 LARGE_MODEL_PARAMS = 20e9
 LARGE_MODEL_STAGE2_LR = 2e-5
 

@@ -45,7 +45,7 @@ logger = get_logger(__name__)
 class MPOConfig(DPOConfig):
     """Configuration of :class:`MPOTrainer`: a `trl.DPOConfig` with MPO defaults and fields.
 
-    Defaults follow the InternVL2.5 MPO scripts (DESIGN section 6): lr 1e-6, one epoch, cosine,
+    Defaults follow the InternVL2.5 MPO scripts (docs/design.md#reference-hyperparameters): lr 1e-6, one epoch, cosine,
     warmup ratio 0.03, weight decay 0.05, β 0.1, weights 0.8 / 0.2 / 1.0, max length 8192.
     """
 

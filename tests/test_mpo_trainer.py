@@ -39,7 +39,7 @@ def independent_logps(model, batch) -> torch.Tensor:
 
 
 def independent_mpo(pol, ref, lengths, beta, delta, weights, normalization):
-    """DESIGN section 5 written out with log(sigmoid(.)) instead of logsigmoid."""
+    """docs/design.md#objective written out with log(sigmoid(.)) instead of logsigmoid."""
     b = pol.shape[0] // 2
     r_c = beta * (pol[:b] - ref[:b])
     r_r = beta * (pol[b:] - ref[b:])
