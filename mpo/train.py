@@ -57,6 +57,13 @@ class InternVLModelConfig(ModelConfig):
     )  # fmt: skip
 
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model_revision != "main":
+            raise ValueError("model_revision: checkpoints are local directories (nothing is downloaded); "
+                             "point model_name_or_path at the revision's folder")  # fmt: skip
+
+
 @dataclass
 class PreferenceDataConfig(DataConfig):
     """Where the MMPR preference data is and what to do with bad rows."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import torch
@@ -39,6 +40,29 @@ from mpo.runtime import cpu_training_defaults
 MPO_TERMS = ("sigmoid", "bco_pair", "sft")
 
 logger = get_logger(__name__)
+
+# trl.DPOConfig (trl 1.16) fields that MPOTrainer does not implement, and why: setting one is an error,
+# never a silent no-op. The other inherited fields (max_length, precompute_ref_batch_size,
+# disable_dropout, activation_offloading, the TrainingArguments) work as in TRL.
+IGNORED_DPO_FIELDS = {
+    "label_smoothing": "the objective is mpo.losses; add a term there",
+    "f_divergence_type": "the preference term is DPO's sigmoid",
+    "f_alpha_divergence_coef": "the preference term is DPO's sigmoid",
+    "use_weighting": "the objective is mpo.losses",
+    "ld_alpha": "responses are scored whole",
+    "discopop_tau": "loss_type has no discopop",
+    "router_aux_loss_coef": "InternVL has no mixture of experts",
+    "padding_free": "the token layout is set by prefix_sharing and max_packed_tokens, the kernel by "
+    "attn_implementation",
+    "pad_to_multiple_of": "batches come from mpo.data.collator",
+    "truncation_mode": "samples are never truncated: over-long ones are bad rows (max_length)",
+    "pad_token": "the processor's tokenizer pads",
+    "dataset_num_proc": "records are prepared by mpo.data.mmpr",
+    "model_init_kwargs": "the model is loaded by mpo.models.loading.load_model",
+    "trust_remote_code": "no code from a checkpoint runs; convert original checkpoints with mpo convert",
+    "sync_ref_model": "the reference is fixed (and cached on disk)",
+}
+DPO_DEFAULTS = {f.name: f.default for f in dataclass_fields(DPOConfig)}
 
 
 @dataclass
@@ -123,6 +147,9 @@ class MPOConfig(DPOConfig):
     )
 
     def __post_init__(self) -> None:
+        for name, why in IGNORED_DPO_FIELDS.items():  # before the parent's set-up may convert them
+            if getattr(self, name) != DPO_DEFAULTS[name]:
+                raise ValueError(f"{name}: a trl.DPOConfig field that MPOTrainer does not use ({why}); leave it unset")
         cpu_training_defaults(self)  # fp32 and gloo multi-process on the CPU; before the parent's set-up
         super().__post_init__()
         unknown = set(self.loss_type) - set(MPO_TERMS)

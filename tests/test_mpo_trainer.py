@@ -360,3 +360,18 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(tin
     torch.testing.assert_close(torch.stack([ref_c, ref_r], 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5,
                                atol=1e-4)  # fmt: skip
     assert not torch.allclose(policy[0::2], ref_c, atol=1e-3)  # the adapter moved the policy away from it
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("label_smoothing", "0.1", "label_smoothing: a trl.DPOConfig field that MPOTrainer does not use"),
+    ("padding_free", "true", "padding_free: .*prefix_sharing and max_packed_tokens"),
+    ("truncation_mode", "keep_end", "truncation_mode: .*never truncated"),
+    ("trust_remote_code", "true", "trust_remote_code: .*no code from a checkpoint runs"),
+    ("model_revision", "v2", "model_revision: checkpoints are local directories"),
+])  # fmt: skip
+def test_inherited_fields_that_would_do_nothing_are_refused(flag, value, message):
+    from mpo.errors import UserError
+    from mpo.train import parse_train_args
+
+    with pytest.raises(UserError, match=message):
+        parse_train_args(["--config", "recipes/tiny/mpo.yaml", f"--{flag}", value])
