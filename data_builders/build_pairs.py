@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import os
 import sys
-import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -37,7 +36,6 @@ from mpo.generation import GenerationBackend, SamplingParams
 
 PIPELINES = {"correctness": CorrectnessBuilder, "dropout-ntp": DropoutNTPBuilder}
 # Seconds to sleep after each finished batch: lets crash tests kill a run in the middle.
-DELAY_ENV = "MPO_BUILD_PAIRS_TEST_DELAY"
 
 
 # ----------------------------------------------------------------------------------------- cli
@@ -237,7 +235,6 @@ def run(args: argparse.Namespace, backend: GenerationBackend | None = None) -> d
     }
     store = BuildDir(args.out)
     store.prepare(build)
-    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     with Journal(store.shard_path(i, n_shards)) as journal:
         mine = [q for q in questions if q.index % n_shards == i]
         pending = [q for q in mine if q.key not in journal.done]
@@ -249,8 +246,6 @@ def run(args: argparse.Namespace, backend: GenerationBackend | None = None) -> d
                 for record in builder.process(pending[start : start + args.batch_size]):
                     journal.append(record)
                 bar.update(min(args.batch_size, len(pending) - start))
-                if delay:
-                    time.sleep(delay)
             bar.close()
     if args.no_merge:
         return None

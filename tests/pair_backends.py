@@ -6,7 +6,7 @@
   the ground truth, a wrong answer, or nothing (unparsable). Deterministic in the response text, so
   everything the real model's seeding guarantees (shards, resume) carries over to the pairs.
 
-``python tests/pair_backends.py correctness --model M ...`` runs ``mpo build-pairs`` with
+``python tests/pair_backends.py DELAY correctness --model M ...`` runs ``mpo build-pairs`` with
 :class:`AnswerTagging` around the transformers backend (the crash test kills it).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 from data_builders.prompts import cot_question
@@ -58,12 +59,13 @@ class Recording:
 class AnswerTagging:
     name = "tiny+answer-tags"
 
-    def __init__(self, inner, qa_jsonl: Path) -> None:
-        self.inner = inner
+    def __init__(self, inner, qa_jsonl: Path, delay: float = 0.0) -> None:
+        self.inner, self.delay = inner, delay  # seconds per call: lets the crash test kill mid-build
         rows = [json.loads(line) for line in Path(qa_jsonl).read_text().splitlines() if line.strip()]
         self.answers = {cot_question(r["question"]): str(r["answer"]) for r in rows}
 
     def generate(self, requests, params):
+        time.sleep(self.delay)
         out = self.inner.generate(requests, params)
         tagged = []
         for req, texts in zip(requests, out, strict=True):
@@ -78,7 +80,7 @@ class AnswerTagging:
         return tagged
 
 
-def run_tagged(argv: list[str]):
+def run_tagged(argv: list[str], delay: float = 0.0):
     """``mpo build-pairs`` with :class:`AnswerTagging` around the transformers backend."""
     from data_builders.build_pairs import build_parser, run
     from data_builders.inputs import read_subsets
@@ -87,10 +89,10 @@ def run_tagged(argv: list[str]):
     args = build_parser().parse_args(argv)
     (subset,) = read_subsets(args.data)
     backend = AnswerTagging(
-        make_backend("transformers", args.model, batch_size=args.batch_size), subset.annotation
+        make_backend("transformers", args.model, batch_size=args.batch_size), subset.annotation, delay
     )
     return run(args, backend=backend)
 
 
-if __name__ == "__main__":
-    run_tagged(sys.argv[1:])
+if __name__ == "__main__":  # pair_backends.py DELAY ARGV...: the crash test's slowed build
+    run_tagged(sys.argv[2:], delay=float(sys.argv[1]))

@@ -17,7 +17,7 @@ import torch
 from pair_backends import Recording, ScriptedBackend, run_tagged
 from PIL import Image
 
-from data_builders.build_pairs import DELAY_ENV, build_parser, merge, run
+from data_builders.build_pairs import build_parser, merge, run
 from data_builders.correctness import apply_cap, contains_answer, judge, plan_pairs, question_status
 from data_builders.dropout_ntp import join_continuation, truncate_words
 from data_builders.filters import FilterConfig, rule_drop
@@ -420,8 +420,8 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, tiny_model, 
     out = tmp_path / "killed"
     argv = correctness_argv(tiny_model, synthetic, out)
     argv[argv.index("--batch-size") + 1] = "1"  # one line per question: kill lands between questions
-    env = {**os.environ, "PYTHONPATH": str(REPO), DELAY_ENV: "0.4", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "pair_backends.py"), *argv], env=env,
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "pair_backends.py"), "0.4", *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     journal = out / "shards" / "shard-00000-of-00001.jsonl"
     deadline = time.time() + 60

@@ -219,10 +219,6 @@ class SFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> list[dict]:
         return [self.records[j] for j in self.rows[i]]
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(r["length"] for r in self.records)
-
 
 def load_sft(
     meta_path: str | Path,

@@ -1,7 +1,7 @@
 """Load a native InternVL checkpoint for training or inference.
 
 One entry point, :func:`load_model`, decides the attention kernels (:mod:`mpo.attention`) and the dtype
-(bf16 on GPU, fp32 on CPU), applies the freeze policy and gradient checkpointing, and turns the usual
+(bf16 on GPU, fp32 on CPU), applies the freeze policy and vision drop path, and turns the usual
 ways a path can be wrong into one-line errors.
 """
 
@@ -130,7 +130,6 @@ def load_model(
     layout: str = "plain",
     training: bool = True,
     dtype: str = "auto",
-    gradient_checkpointing: bool = False,
     vision_drop_path: float = 0.0,
     quantization_config=None,
 ) -> PreTrainedModel:
@@ -149,9 +148,6 @@ def load_model(
     )
     apply_freeze_policy(model, freeze)
     add_vision_drop_path(model, vision_drop_path)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     return model
 
 
