@@ -29,14 +29,18 @@ class PreferenceSamplesCallback(TrainerCallback):
 
         trainer = self.trainer
         dataset = trainer.eval_dataset
-        if dataset is None or wandb.run is None or not trainer.accelerator.is_main_process:
+        if dataset is None:
             return
+        # Every rank runs the forward pass (the same records): under ZeRO-3 it gathers parameters from all
+        # ranks, and a forward on rank 0 alone would wait for the others forever. Rank 0 logs.
         records = [dataset[i] for i in range(min(self.num_samples, len(dataset)))]
         batch = trainer._prepare_inputs(trainer.data_collator(records))
         model = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
         with torch.no_grad():
             logps, _ = trainer._sequence_logps(model, batch)
             ref_c, ref_r = trainer._reference_logps(model, batch)
+        if not trainer.accelerator.is_main_process or wandb.run is None:
+            return
         chosen, rejected = logps[0::2].float().cpu(), logps[1::2].float().cpu()
         reward_margin = trainer.beta * ((chosen - ref_c.float().cpu()) - (rejected - ref_r.float().cpu()))
         table = wandb.Table(columns=["step", "image", "question", "chosen", "rejected", "logp_margin",

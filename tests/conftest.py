@@ -137,3 +137,12 @@ def write_tsv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
         for row in rows:
             writer.writerow([row.get(c, "") for c in columns])
     return path
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now: the rendezvous of a multi-process test."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MIXED_ROWS, REPO, write_mmpr
+from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 from transformers import InternVLForConditionalGeneration
 
 BIN = Path(sys.executable).parent
@@ -29,7 +29,7 @@ def test_delta_is_global_over_two_gloo_ranks(tiny_model, perturbed_policy, tmp_p
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
     out = tmp_path / "run"
     out.mkdir()
-    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29531", "tests/dist/delta_ranks.py",
+    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "tests/dist/delta_ranks.py",
           str(tiny_model), str(perturbed_policy), str(meta), str(out)], tmp_path / "log.txt")  # fmt: skip
     r0, r1 = (json.loads((out / f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["world"] == r1["world"] == 2
@@ -54,7 +54,7 @@ def test_deepspeed_two_ranks_mixed_shapes(tiny_model, tmp_path, zero):
     out = tmp_path / "out"
     _run([str(BIN / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
           f"recipes/deepspeed/{zero}.json", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
-          "29533", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpo.cli", "train", "--config",
+          str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpo.cli", "train", "--config",
           "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
           "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "1",
           "--learning_rate", "1e-3", "--logging_steps", "1", "--save_steps", "3"], tmp_path / "log.txt")  # fmt: skip
@@ -69,3 +69,32 @@ def test_deepspeed_two_ranks_mixed_shapes(tiny_model, tmp_path, zero):
     assert before.keys() == after.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("vision_tower" in k for k in changed) and any("language_model" in k for k in changed)
+
+
+def test_wandb_samples_table_under_zero3_is_collective_safe(tiny_model, tmp_path):
+    """The preference-samples table runs a forward pass at every evaluation. Under ZeRO-3 that forward
+    gathers parameters from all ranks, so every rank must take part (rank 0 alone would wait forever).
+    Setting where a mismatch cannot hide: the only evaluation comes after the last training step (no
+    later step of the other rank can pair with rank 0's gathers) and every parameter is partitioned
+    (persistence threshold 0)."""
+    meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
+    config = json.loads((REPO / "recipes" / "deepspeed" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    env = {**ENV, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
+    proc = subprocess.run([str(BIN / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
+                           str(tmp_path / "zero3.json"), "--num_processes", "2", "--num_machines", "1",
+                           "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend",
+                           "no", "-m", "mpo.cli", "train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path",
+                           str(tiny_model), "--meta_path", str(meta), "--eval_meta_path", str(meta), "--output_dir",
+                           str(out), "--max_steps", "2", "--per_device_train_batch_size", "1", "--eval_strategy",
+                           "steps", "--eval_steps", "2", "--per_device_eval_batch_size", "2", "--report_to", "wandb",
+                           "--save_strategy", "no", "--precompute_ref_log_probs", "false"],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=420)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1  # rank 0 logs, once
+    logged = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
+    assert b"preference_samples" in logged

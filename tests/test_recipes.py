@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import MIXED_ROWS, REPO, write_mmpr
+from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 
 from mpo.errors import UserError
 from mpo.models.sizes import SIZES as TABLE
@@ -93,6 +93,7 @@ def test_readme_cpu_launch_line_runs_on_two_ranks(tiny_model, tmp_path):
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS)
     out = tmp_path / "out"
     argv[0] = str(Path(sys.executable).parent / "accelerate")
+    argv[2:2] = ["--main_process_port", str(free_port())]  # over the config's fixed port
     argv += ["--model_name_or_path", str(tiny_model), "--meta_path", str(meta), "--output_dir", str(out),
              "--max_steps", "2", "--per_device_train_batch_size", "1", "--ref_cache_dir", str(tmp_path / "cache")]  # fmt: skip
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

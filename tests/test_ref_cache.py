@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import MIXED_ROWS, REPO, write_mmpr
+from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 from safetensors.torch import load_file
 
 from mpo.data.collator import PreferenceCollator
@@ -108,7 +108,7 @@ def test_two_rank_deepspeed_builds_then_reuses_the_cache(tiny_model, tmp_path):
     def run(out: str) -> str:
         cmd = [str(bin_dir / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
                "recipes/deepspeed/zero3.json", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
-               "29541", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpo.cli", "train", "--config",
+               str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpo.cli", "train", "--config",
                "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
                "--output_dir", str(tmp_path / out), "--max_steps", "2", "--per_device_train_batch_size", "1",
                "--ref_cache_dir", str(cache), "--precompute_ref_log_probs", "true"]  # fmt: skip

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, write_mmpr
+from conftest import REPO, free_port, write_mmpr
 from PIL import Image
 
 from mpo.data import sft_data
@@ -403,7 +403,7 @@ def test_loss_reduction_two_gloo_ranks_matches_independent(tiny_model, processor
     meta = write_sft(tmp_path / "d", SFT_ROWS * 2)
     out = tmp_path / "run"
     out.mkdir()
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29541", "tests/dist/sft_ranks.py",
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "tests/dist/sft_ranks.py",
            str(tiny_model), str(meta), str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600)  # fmt: skip
