@@ -1,16 +1,26 @@
 """MPOTrainer: trl.DPOTrainer with the Mixed Preference Optimization objective (see mpo.losses).
 
-What changes against the parent, and nothing else:
+Why not TRL's own ``loss_type=["sigmoid", "bco_pair", "sft"]`` (trl 1.16), which names the same three
+terms: its ``bco_pair`` has no reward shift (δ = 0, where MPO's quality term is centred on the running
+mean of the rewards), its ``sft`` is a per-token mean (MPO's default averages per sequence), it refuses
+precomputed reference log-probs for vision data, and it runs the vision tower and the prompt twice per
+pair. What changes against the parent, and nothing else:
+
 - the loss is :func:`mpo.losses.mpo_loss` (DPO sigmoid + BCO with reward shift δ + SFT), with the
   unweighted terms logged as ``loss/dpo``, ``loss/bco``, ``loss/sft`` and ``bco/delta``;
 - δ is held in one :class:`~mpo.losses.RewardShift`, fixed during an optimizer step, updated once
   after it from the rewards of all micro-batches on all ranks, saved in ``trainer_state.json`` of
   every checkpoint and restored on resume;
 - batches come from :class:`~mpo.data.collator.PreferenceCollator` (InternVL2.5 template, dynamic
-  tiles, MMPR records), so TRL's own tokenisation and truncation are bypassed.
+  tiles, MMPR records, the token layouts of :mod:`mpo.data.layout`), so TRL's own tokenisation and
+  truncation are bypassed;
+- the reference log-probs are precomputed with images (:meth:`MPOTrainer._precompute_ref_logps`) and
+  cached on disk. TRL (1.16) takes a dataset with an ``image`` / ``images`` column for vision data and
+  then refuses the precompute; the records here name their files ``image_paths``, so that TRL's vision
+  branches (its collator, its tokenisation, that refusal) stay off and this trainer's own run instead.
 Log-probs use TRL's fused LM head: only response positions, in chunks, no full logits tensor.
+DPOConfig fields this trainer does not implement are refused (:data:`IGNORED_DPO_FIELDS`).
 """
-
 from __future__ import annotations
 
 import contextlib
