@@ -30,6 +30,7 @@ from pathlib import Path
 from eval.reports import OVERALL, comparison_rows
 from mpo.checkpointing import REWARD_SHIFT_KEY, RUN_CONFIG_NAME
 from mpo.errors import UserError
+from mpo.losses import TERMS
 
 CARD_NAME = "README.md"
 STATE_NAME = "trainer_state.json"
@@ -49,11 +50,10 @@ DEFAULT_IGNORE = [
 ]
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")  # fmt: skip
-TERM_NAMES = {"sigmoid": "preference (DPO, sigmoid)", "bco_pair": "quality (BCO, reward shift δ)",
-              "sft": "generation (SFT)"}  # fmt: skip
 # metrics reported at the end of training (train log; the eval log adds the "eval_" prefix)
-FINAL_METRICS = ("loss", "loss/dpo", "loss/bco", "loss/sft", "rewards/accuracies", "rewards/margins",
-                 "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "bco/delta")  # fmt: skip
+FINAL_METRICS = ("loss", *(f"loss/{term.metric}" for term in TERMS.values()), "rewards/accuracies",
+                 "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected",
+                 "bco/delta")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- run record
@@ -148,7 +148,7 @@ def objective_line(args: dict) -> str:
     """``0.8 × preference (DPO, sigmoid) + 0.2 × quality (...) + 1 × generation (SFT)``."""
     terms = list(args.get("loss_type") or [])
     weights = args.get("loss_weights") or [1.0] * len(terms)
-    return " + ".join(f"{_num(float(w))} × {TERM_NAMES.get(t, t)}" for t, w in zip(terms, weights, strict=False))
+    return " + ".join(f"{_num(float(w))} × {TERMS[t].title if t in TERMS else t}" for t, w in zip(terms, weights, strict=False))
 
 
 def hyperparameter_rows(run: dict) -> list[list[str]]:

@@ -11,12 +11,16 @@ sequence log-probs summed over response tokens and the implicit rewards
 - generation, SFT on the chosen response:                   L_g = −log π(y_c|x) / |y_c|
 - total:                                                    L = w_p L_p + w_q L_q + w_g L_g
 
+The terms are one table, :data:`TERMS`, keyed by their ``loss_type`` names (TRL's); the trainer's
+objective is any weighted subset of it (:func:`objective`).
+
 δ, the reward shift, is the running mean of all rewards (chosen and rejected) seen so far on all
 ranks. It is held in :class:`RewardShift`: fixed during one optimizer step, updated once after it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,19 +56,60 @@ def sft_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor, normaliza
     raise ValueError(f"sft_normalization must be 'sequence' or 'token', got {normalization!r}")
 
 
+def hinge_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Preference loss of SLiC (Zhao et al., 2023, Eq. 5, with the rewards' β as its scale), per pair:
+    max(0, 1 − (r_c − r_r)). [B], [B] -> [B]."""
+    return torch.relu(1 - (chosen_rewards - rejected_rewards))
+
+
 @dataclass
-class MPOLossOutput:
-    """The total loss and each unweighted term (batch means), with the rewards that produced them."""
+class Batch:
+    """What a term sees of one micro-batch of B pairs (all [B])."""
+
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    chosen_lengths: torch.Tensor
+    delta: float
+    sft_normalization: str
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term of the objective: its ``loss_type`` name (TRL's, where TRL has the term), the name it is
+    logged under (``loss/<metric>``), how the model card names it, and its batch mean."""
+
+    metric: str
+    title: str
+    value: Callable[[Batch], torch.Tensor]
+
+
+# The objective's terms. MPO is sigmoid + bco_pair + sft; a new term is one entry here (and its test).
+TERMS: dict[str, Term] = {
+    "sigmoid": Term("dpo", "preference (DPO, sigmoid)",
+                    lambda b: dpo_sigmoid_loss(b.chosen_rewards, b.rejected_rewards).mean()),
+    "bco_pair": Term("bco", "quality (BCO, reward shift δ)",
+                     lambda b: bco_loss(b.chosen_rewards, b.rejected_rewards, b.delta).mean()),
+    "sft": Term("sft", "generation (SFT)", lambda b: sft_loss(b.chosen_logps, b.chosen_lengths, b.sft_normalization)),
+    "hinge": Term("hinge", "preference (SLiC hinge)", lambda b: hinge_loss(b.chosen_rewards, b.rejected_rewards).mean()),
+}  # fmt: skip
+MPO_TERMS = ("sigmoid", "bco_pair", "sft")  # the MPO paper's objective, weights 0.8 / 0.2 / 1.0
+MPO_WEIGHTS = (0.8, 0.2, 1.0)
+
+
+@dataclass
+class ObjectiveOutput:
+    """The weighted total, the terms unweighted (batch means: MPO's three, logged whether weighted or
+    not, and any other term of the objective), and the rewards that produced them."""
 
     loss: torch.Tensor
-    dpo: torch.Tensor
-    bco: torch.Tensor
-    sft: torch.Tensor
-    chosen_rewards: torch.Tensor  # [B]
-    rejected_rewards: torch.Tensor  # [B]
+    terms: dict[str, torch.Tensor]  # loss_type name -> batch mean
+    chosen_rewards: torch.Tensor  # [B], detached
+    rejected_rewards: torch.Tensor  # [B], detached
 
 
-def mpo_loss(
+def objective(
     chosen_logps: torch.Tensor,
     rejected_logps: torch.Tensor,
     ref_chosen_logps: torch.Tensor,
@@ -73,17 +118,17 @@ def mpo_loss(
     *,
     beta: float,
     delta: float,
-    weights: tuple[float, float, float] = (0.8, 0.2, 1.0),
+    weights: dict[str, float],
     sft_normalization: str = "sequence",
-) -> MPOLossOutput:
-    """L = w_p L_p + w_q L_q + w_g L_g over one micro-batch of B pairs (all inputs [B])."""
+) -> ObjectiveOutput:
+    """L = Σ_t w_t L_t over the terms named in ``weights`` (MPO: w_p L_p + w_q L_q + w_g L_g), one
+    micro-batch of B pairs (all inputs [B])."""
     r_c = implicit_rewards(chosen_logps, ref_chosen_logps, beta)
     r_r = implicit_rewards(rejected_logps, ref_rejected_logps, beta)
-    dpo = dpo_sigmoid_loss(r_c, r_r).mean()
-    bco = bco_loss(r_c, r_r, delta).mean()
-    sft = sft_loss(chosen_logps, chosen_lengths, sft_normalization)
-    w_p, w_q, w_g = weights
-    return MPOLossOutput(w_p * dpo + w_q * bco + w_g * sft, dpo, bco, sft, r_c.detach(), r_r.detach())
+    batch = Batch(chosen_logps, rejected_logps, r_c, r_r, chosen_lengths, delta, sft_normalization)
+    terms = {name: term.value(batch) for name, term in TERMS.items() if name in MPO_TERMS or name in weights}
+    loss = sum(weight * terms[name] for name, weight in weights.items())
+    return ObjectiveOutput(loss, terms, r_c.detach(), r_r.detach())
 
 
 class RewardShift:

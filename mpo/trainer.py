@@ -6,8 +6,9 @@ mean of the rewards), its ``sft`` is a per-token mean (MPO's default averages pe
 precomputed reference log-probs for vision data, and it runs the vision tower and the prompt twice per
 pair. What changes against the parent, and nothing else:
 
-- the loss is :func:`mpo.losses.mpo_loss` (DPO sigmoid + BCO with reward shift δ + SFT), with the
-  unweighted terms logged as ``loss/dpo``, ``loss/bco``, ``loss/sft`` and ``bco/delta``;
+- the loss is :func:`mpo.losses.objective`, the weighted terms of ``loss_type`` from the table
+  :data:`mpo.losses.TERMS` (MPO: DPO sigmoid + BCO with reward shift δ + SFT), every term logged
+  unweighted as ``loss/<metric>`` (``loss/dpo``, ``loss/bco``, ``loss/sft``, ...) with ``bco/delta``;
 - δ is held in one :class:`~mpo.losses.RewardShift`, fixed during an optimizer step, updated once
   after it from the rewards of all micro-batches on all ranks, saved in ``trainer_state.json`` of
   every checkpoint and restored on resume;
@@ -43,11 +44,8 @@ from mpo.checkpointing import REWARD_SHIFT_KEY, NativeResumeMixin, write_run_con
 from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import PreferenceCollator, SkipBadRecords
 from mpo.data.meta import BadRows
-from mpo.losses import RewardShift, mpo_loss
+from mpo.losses import MPO_TERMS, MPO_WEIGHTS, TERMS, RewardShift, objective
 from mpo.runtime import cpu_training_defaults
-
-# TRL loss-type names of the three MPO terms, in the order of `mpo_loss(weights=...)`.
-MPO_TERMS = ("sigmoid", "bco_pair", "sft")
 
 logger = get_logger(__name__)
 
@@ -86,13 +84,13 @@ class MPOConfig(DPOConfig):
     loss_type: list[str] = field(
         default_factory=lambda: list(MPO_TERMS),
         metadata={
-            "help": "Terms of the objective, a subset of 'sigmoid' (preference, DPO), 'bco_pair' (quality, BCO "
-            "with reward shift) and 'sft' (generation). ['sigmoid'] alone is plain DPO; ['sft'] alone is SFT on "
-            "the chosen responses."
+            "help": "Terms of the objective, names of mpo.losses.TERMS: 'sigmoid' (preference, DPO), 'bco_pair' "
+            "(quality, BCO with reward shift), 'sft' (generation), 'hinge' (preference, SLiC). ['sigmoid'] alone is "
+            "plain DPO; ['sft'] alone is SFT on the chosen responses."
         },
     )
     loss_weights: list[float] | None = field(
-        default_factory=lambda: [0.8, 0.2, 1.0],
+        default_factory=lambda: list(MPO_WEIGHTS),
         metadata={"help": "Weight of each entry of `loss_type` (w_p, w_q, w_g in the MPO paper)."},
     )
     beta: float = field(default=0.1, metadata={"help": "β of the implicit reward r = β log(π/π_ref)."})
@@ -162,16 +160,16 @@ class MPOConfig(DPOConfig):
                 raise ValueError(f"{name}: a trl.DPOConfig field that MPOTrainer does not use ({why}); leave it unset")
         cpu_training_defaults(self)  # fp32 and gloo multi-process on the CPU; before the parent's set-up
         super().__post_init__()
-        unknown = set(self.loss_type) - set(MPO_TERMS)
+        unknown = set(self.loss_type) - set(TERMS)
         if unknown:
-            raise ValueError(f"loss_type: unknown terms {sorted(unknown)}; MPO supports {list(MPO_TERMS)}")
+            raise ValueError(f"loss_type: unknown terms {sorted(unknown)}; the objective's terms are {list(TERMS)}")
         if self.sft_normalization not in ("sequence", "token"):
             raise ValueError(f"sft_normalization must be 'sequence' or 'token', got {self.sft_normalization!r}")
 
-    def term_weights(self) -> tuple[float, float, float]:
-        """(w_p, w_q, w_g), zero for the terms not in `loss_type`."""
-        weights = dict(zip(self.loss_type, self.loss_weights or [1.0] * len(self.loss_type), strict=True))
-        return tuple(float(weights.get(term, 0.0)) for term in MPO_TERMS)  # type: ignore[return-value]
+    def term_weights(self) -> dict[str, float]:
+        """Each term of ``loss_type`` with its weight."""
+        weights = self.loss_weights or [1.0] * len(self.loss_type)
+        return {term: float(w) for term, w in zip(self.loss_type, weights, strict=True)}
 
 
 class _RewardShiftStep(TrainerCallback):
@@ -395,7 +393,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         chosen_logps, rejected_logps = logps[0::2], logps[1::2]
         ref_chosen, ref_rejected = self._reference_logps(model, inputs)
         delta = self.reward_shift.value
-        out = mpo_loss(
+        out = objective(
             chosen_logps, rejected_logps, ref_chosen.to(logps.dtype), ref_rejected.to(logps.dtype),
             lengths[0::2], beta=self.beta, delta=delta, weights=self.args.term_weights(),
             sft_normalization=self.args.sft_normalization,
@@ -408,11 +406,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
     def _log_metrics(self, mode: str, out, chosen_logps, rejected_logps, delta: float) -> None:
         gather = self.accelerator.gather  # not gather_for_metrics: its end-of-dataloader truncation is global state
         metrics = self._metrics[mode]
-        terms = torch.stack([out.dpo.detach(), out.bco.detach(), out.sft.detach()])
-        dpo, bco, sft = gather(terms.unsqueeze(0)).mean(dim=0).tolist()
-        metrics["loss/dpo"].append(dpo)
-        metrics["loss/bco"].append(bco)
-        metrics["loss/sft"].append(sft)
+        values = torch.stack([value.detach() for value in out.terms.values()])
+        for name, value in zip(out.terms, gather(values.unsqueeze(0)).mean(dim=0).tolist(), strict=True):
+            metrics[f"loss/{TERMS[name].metric}"].append(value)
         metrics["bco/delta"].append(delta)
         r_c, r_r = gather(out.chosen_rewards), gather(out.rejected_rewards)
         metrics["rewards/chosen"].append(r_c.mean().item())

@@ -188,6 +188,32 @@ def test_evaluation_does_not_feed_the_reward_shift(tiny_model, perturbed_policy,
     assert trainer.reward_shift.state_dict() == {"value": 0.25, "total": 2.5, "count": 10}
 
 
+def test_a_new_term_is_one_entry_of_the_table(tiny_model, perturbed_policy, mixed_meta, tmp_path):
+    """The SLiC hinge term, added to mpo.losses.TERMS alone, trains through loss_type and is logged and
+    named on the model card; here against max(0, 1 − (r_c − r_r)) written out."""
+    from mpo.hub import objective_line
+
+    processor = load_processor(tiny_model)
+    data, _ = load_mmpr(mixed_meta, processor)
+    args = _config(tmp_path, loss_type=["hinge", "sft"], loss_weights=[0.5, 1.0], precompute_ref_log_probs=False)
+    trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
+                         train_dataset=data, processing_class=processor)  # fmt: skip
+    records = [data[i] for i in range(4)]
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator(records)))
+    batch = plain_batch(processor, records)
+    with torch.no_grad():
+        pol = independent_logps(load_model(perturbed_policy), batch)
+        ref = independent_logps(load_model(tiny_model), batch)
+    lengths = (batch["logp_index"] >= 0).sum(dim=1).float()
+    r = 0.1 * (pol - ref)
+    hinge = torch.clamp(1 - (r[:4] - r[4:]), min=0).mean()
+    sft = torch.stack([-pol[i] / lengths[i] for i in range(4)]).mean()
+    assert loss.item() == pytest.approx((0.5 * hinge + sft).item(), rel=1e-5)
+    assert trainer._metrics["train"]["loss/hinge"][-1] == pytest.approx(hinge.item(), rel=1e-5)
+    assert "0.5 × preference (SLiC hinge)" in objective_line(args.to_dict())
+
+
 def test_delta_fixed_within_step_and_running_mean_across_steps(tiny_model, perturbed_policy, mixed_meta, tmp_path):
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
