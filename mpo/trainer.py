@@ -172,6 +172,18 @@ class MPOConfig(DPOConfig):
         return {term: float(w) for term, w in zip(self.loss_type, weights, strict=True)}
 
 
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """The reference is deterministic: no dropout, no vision drop path, no gradient checkpointing, even
+    when it is the policy itself (LoRA, adapter disabled) in the middle of training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 class _RewardShiftStep(TrainerCallback):
     """Folds the step's rewards into δ after every optimizer step."""
 
@@ -292,7 +304,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         model under LoRA)."""
         if "ref_chosen_logps" in inputs:
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        with torch.no_grad(), self._as_reference(model) as ref:
+        with torch.no_grad(), self._as_reference(model) as ref, _eval_mode(ref):
             logps, _ = self._sequence_logps(ref, inputs)
         return logps[0::2], logps[1::2]
 
@@ -360,7 +372,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             idx = mine[start : start + batch_size]
             records = [dataset[i] for i in idx]
             batch = self._prepare_inputs(collate(records))
-            with self._as_reference(model) as ref:
+            with self._as_reference(model) as ref, acc.autocast():  # the precision training runs in, as TRL's
                 logps, _ = self._sequence_logps(ref, batch)
             rows.append(self._reference_rows(idx, records, logps, getattr(collate, "bad_sources", set())))
         gathered = acc.gather(torch.cat(rows)).cpu()

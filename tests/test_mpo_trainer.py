@@ -401,3 +401,27 @@ def test_inherited_fields_that_would_do_nothing_are_refused(flag, value, message
 
     with pytest.raises(UserError, match=message):
         parse_train_args(["--config", "recipes/tiny/mpo.yaml", f"--{flag}", value])
+
+
+def test_in_step_reference_is_deterministic_under_lora_and_vision_drop_path(tiny_model, mixed_meta, tmp_path):
+    """With LoRA the reference is the policy with its adapter off, computed in the middle of training:
+    the vision tower's drop path (active in training mode) must not reach it."""
+    from mpo.train import build_trainer, parse_train_args
+
+    model_args, data_args, args = parse_train_args([
+        "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(mixed_meta),
+        "--output_dir", str(tmp_path / "lora"), "--use_peft", "true", "--lora_r", "4", "--precompute_ref_log_probs",
+        "false", "--vision_drop_path_rate", "0.9",
+    ])  # fmt: skip
+    trainer = build_trainer(model_args, data_args, args)
+    data, _ = load_mmpr(mixed_meta, load_processor(tiny_model))
+    batch = trainer._prepare_inputs(trainer.data_collator([data[0], data[1]]))  # images: the vision tower runs
+    trainer.model.train()
+    torch.manual_seed(0)
+    first = trainer._reference_logps(trainer.model, batch)
+    second = trainer._reference_logps(trainer.model, batch)
+    assert trainer.model.training  # back in training mode after the reference pass
+    with torch.no_grad():
+        base = independent_logps(load_model(tiny_model).eval(), plain_batch(load_processor(tiny_model), [data[0], data[1]]))
+    for got in (first, second):
+        torch.testing.assert_close(torch.stack(got, 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5, atol=1e-4)
