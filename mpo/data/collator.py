@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from mpo.attention import layout_of
-from mpo.data.images import load_visuals, tiles_for
-from mpo.data.layout import IGNORE, Segment, assemble, pack, plain_segment, shared_segment
+from mpo.data.images import blank_tile, load_visuals, tiles_for
+from mpo.data.layout import IGNORE_INDEX, Segment, assemble, pack, plain_segment, shared_segment
 from mpo.data.meta import BadRows
 from mpo.data.template import expand_images, leading_special_ids, prompt_text, response_text
 from mpo.errors import DataError, UserError
@@ -67,7 +67,7 @@ class PreferenceCollator:
 
     def _dummy_image_segment(self, group: int) -> Segment:
         n = self.processor.image_seq_length
-        return Segment([self.processor.image_token_id] * n, list(range(n)), [IGNORE] * n, [-1] * n, [group] * n, group)
+        return Segment([self.processor.image_token_id] * n, list(range(n)), [IGNORE_INDEX] * n, [-1] * n, [group] * n, group)
 
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
         encoded = [self.encode(r) for r in records]
@@ -80,8 +80,7 @@ class PreferenceCollator:
             segments += [plain_segment(p, r, 2 * i + 1, 2 * i + 1) for i, (p, _, r, _) in enumerate(encoded)]
         rows = [[segments[i] for i in row] for row in pack([len(s) for s in segments], self.max_packed_tokens)]
         if not tiles:
-            size = self.processor.image_processor.size
-            tiles = [torch.zeros(1, 3, size["height"], size["width"])]
+            tiles = [blank_tile(self.processor.image_processor)]
             rows[0].append(self._dummy_image_segment(group=10 * len(segments) + 1))
             repeats = 1
         elif shared or self.vision_once:

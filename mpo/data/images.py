@@ -68,6 +68,13 @@ def tiles_for(image_processor, images: list[Image.Image], max_tiles: int) -> tup
 JPEG_QUALITY_RANGE = (75, 100)
 
 
+def blank_tile(image_processor) -> torch.Tensor:
+    """One black tile [1, 3, H, W]: what a batch without images feeds the vision tower, so that every
+    rank runs the same modules (DDP, ZeRO-3); its image tokens are seen by no real token."""
+    size = image_processor.size
+    return torch.zeros(1, 3, size["height"], size["width"])
+
+
 def jpeg_compress(image: Image.Image, quality: int) -> Image.Image:
     """Encode ``image`` as JPEG at ``quality`` (1..100) and decode it again (same size, RGB)."""
     buf = io.BytesIO()

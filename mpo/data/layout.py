@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE = -100
+IGNORE_INDEX = -100  # label of a position that is not scored (transformers' and PyTorch's ignore_index)
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _branch(tokens: list[int], start_pos: int, score: int, group: int) -> tuple[
     """A run of tokens that predicts its own successors: positions from start_pos; the last token
     predicts nothing."""
     n = len(tokens)
-    labels = tokens[1:] + [IGNORE]
+    labels = tokens[1:] + [IGNORE_INDEX]
     index = [score] * (n - 1) + [-1]
     return tokens, list(range(start_pos, start_pos + n)), labels, index, [group] * n
 
@@ -61,7 +61,7 @@ def _branch(tokens: list[int], start_pos: int, score: int, group: int) -> tuple[
 def plain_segment(prompt: list[int], response: list[int], score: int, group: int) -> Segment:
     """[prompt | response]; the positions that predict response tokens are scored as ``score``."""
     ids = prompt + response
-    labels = [IGNORE] * (len(prompt) - 1) + response + [IGNORE]
+    labels = [IGNORE_INDEX] * (len(prompt) - 1) + response + [IGNORE_INDEX]
     index = [-1] * (len(prompt) - 1) + [score] * len(response) + [-1]
     return Segment(ids, list(range(len(ids))), labels, index, [group] * len(ids), prefix_group=group)
 
@@ -70,7 +70,7 @@ def shared_segment(prompt: list[int], chosen: list[int], rejected: list[int], pa
     """[prompt[:-1] | t chosen | t rejected] with groups group0 (prefix), group0+1, group0+2."""
     head, t = prompt[:-1], prompt[-1]
     p = len(head)
-    ids, pos, lab, idx, grp = (list(head), list(range(p)), [IGNORE] * p, [-1] * p, [group0] * p)
+    ids, pos, lab, idx, grp = (list(head), list(range(p)), [IGNORE_INDEX] * p, [-1] * p, [group0] * p)
     for k, response in enumerate((chosen, rejected)):
         b_ids, b_pos, b_lab, b_idx, b_grp = _branch([t] + response, p, 2 * pair + k, group0 + 1 + k)
         ids += b_ids
@@ -107,7 +107,7 @@ def assemble(rows: list[list[Segment]], pad_id: int, layout: str) -> dict:
     out = {
         "input_ids": torch.full(shape, pad_id, dtype=torch.long),
         "position_ids": torch.zeros(shape, dtype=torch.long),
-        "shift_labels": torch.full(shape, IGNORE, dtype=torch.long),
+        "shift_labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),
         "logp_index": torch.full(shape, -1, dtype=torch.long),
         "attention_mask": torch.zeros(shape, dtype=torch.long),
         "attn_group": torch.full(shape, -1, dtype=torch.long),

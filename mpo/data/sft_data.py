@@ -39,12 +39,14 @@ import torch
 from mpo.atomic import atomic_write
 from mpo.data.images import (
     JPEG_QUALITY_RANGE,
+    blank_tile,
     count_tiles,
     jpeg_compress,
     load_visuals,
     tile_budget,
     tiles_for,
 )
+from mpo.data.layout import IGNORE_INDEX
 from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
 from mpo.data.repetition import ngram_repetition_ratio
 from mpo.data.template import (
@@ -60,7 +62,6 @@ from mpo.errors import DataError, UserError
 from mpo.sft_loss import sample_weight
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-IGNORE_INDEX = -100
 
 
 # ------------------------------------------------------------------------------------------- rows
@@ -382,8 +383,7 @@ class SFTCollator:
             position_ids[r, pos:] = torch.arange(length - pos)  # padding: its own block
         attn_group = sample_ids.clone()
         if not tiles:
-            size = self.processor.image_processor.size
-            tiles = [torch.zeros(1, 3, size["height"], size["width"])]
+            tiles = [blank_tile(self.processor.image_processor)]
             blank = slice(lengths[0], lengths[0] + n_img)
             input_ids[0, blank] = self.processor.image_token_id
             attention_mask[0, blank] = 1  # a sequence of its own: kept by padding-free kernels, seen by no sample
