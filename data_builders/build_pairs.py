@@ -144,11 +144,9 @@ def _sha256_files(paths: list[Path]) -> str:
 def _backend_name(args: argparse.Namespace, backend: GenerationBackend | None) -> str:
     if backend is not None:
         return getattr(backend, "name", type(backend).__name__)
-    if args.backend == "auto":
-        from mpo.generation import vllm_available
+    from mpo.generation import resolve_backend_name
 
-        return "vllm" if vllm_available() else "transformers"
-    return args.backend
+    return resolve_backend_name(args.backend)
 
 
 def settings_of(args: argparse.Namespace, backend_name: str) -> dict:

@@ -77,14 +77,6 @@ def read_predictions(path: Path) -> dict[tuple[str, str], dict]:
     return done
 
 
-def _resolve_backend_name(name: str) -> str:
-    if name == "auto":
-        from mpo.generation import vllm_available
-
-        return "vllm" if vllm_available() else "transformers"
-    return name
-
-
 def _check_run(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse to mix predictions of different models or prompts in one DIR (unless --overwrite)."""
     run_file = out / "run.json"
@@ -174,9 +166,9 @@ def evaluate(
 
     if pending:
         if isinstance(backend, str):
-            from mpo.generation import make_backend
+            from mpo.generation import make_backend, resolve_backend_name
 
-            name = _resolve_backend_name(backend)
+            name = resolve_backend_name(backend)
             batch_size = batch_size or DEFAULT_BATCH_SIZE.get(name, 16)
             backend = make_backend(name, model, batch_size=batch_size, max_dynamic_patch=max_dynamic_patch)
         batch_size = batch_size or DEFAULT_BATCH_SIZE["transformers"]
@@ -246,9 +238,9 @@ def _judge(items, done, out: Path, judge_model, judge_backend, backend_name: str
     if not any(it.rule.judge for it in items):
         return name
     if judge_backend is None:
-        from mpo.generation import make_backend
+        from mpo.generation import make_backend, resolve_backend_name
 
-        kind = _resolve_backend_name(backend_name)
+        kind = resolve_backend_name(backend_name)
         judge_backend = make_backend(kind, judge_model, batch_size=batch_size or DEFAULT_BATCH_SIZE.get(kind, 16))
     judge_records(items, done, judge_backend, out, batch_size or DEFAULT_BATCH_SIZE["transformers"], name)
     return name

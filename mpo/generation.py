@@ -202,10 +202,17 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
-def make_backend(name: str, model_path: str, *, batch_size: int = 8, max_dynamic_patch: int = 12) -> GenerationBackend:
-    """``auto`` picks vLLM when it imports and a GPU is present, else transformers."""
+def resolve_backend_name(name: str) -> str:
+    """The generation backend ``name`` stands for: ``auto`` is vLLM when it imports and a GPU is present,
+    else transformers."""
     if name == "auto":
-        name = "vllm" if vllm_available() else "transformers"
+        return "vllm" if vllm_available() else "transformers"
+    return name
+
+
+def make_backend(name: str, model_path: str, *, batch_size: int = 8, max_dynamic_patch: int = 12) -> GenerationBackend:
+    """The backend :func:`resolve_backend_name` picks, loaded from ``model_path``."""
+    name = resolve_backend_name(name)
     if name == "vllm":
         return VLLMBackend(model_path, max_dynamic_patch=max_dynamic_patch)
     if name == "transformers":
