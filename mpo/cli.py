@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval.run", "evaluate a checkpoint on benchmarks (VLMEvalKit TSV, MMPR jsonl), or --compare runs"),
     "bench": ("benchmarks.mpo_speed", "speed and memory of MPOTrainer vs plain trl.DPOTrainer (pairs/s, peak MB)"),
     "gpu-check": ("benchmarks.gpu_check", "on a GPU: every attention kernel exact in every layout (bf16), speed vs TRL at the 1B widths (--dry: CPU)"),
+    "plan": ("mpo.plan", "per-GPU memory of a recipe on a cluster (model states at its ZeRO stage, activations): does it fit?"),
     "push": ("mpo.hub", "write the model card of a run and upload it to the Hugging Face Hub (--dry-run: list only)"),
     "demo": ("mpo.demo", "run the whole pipeline end to end on the embedded default"),
 }
