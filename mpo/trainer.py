@@ -163,6 +163,9 @@ class MPOConfig(DPOConfig):
         unknown = set(self.loss_type) - set(TERMS)
         if unknown:
             raise ValueError(f"loss_type: unknown terms {sorted(unknown)}; the objective's terms are {list(TERMS)}")
+        if self.prefix_sharing and not self.vision_once:
+            raise ValueError("vision_once: false does nothing with prefix_sharing (one sequence per pair runs the "
+                             "vision tower once anyway); set prefix_sharing: false to run it twice")  # fmt: skip
         if self.sft_normalization not in ("sequence", "token"):
             raise ValueError(f"sft_normalization must be 'sequence' or 'token', got {self.sft_normalization!r}")
 

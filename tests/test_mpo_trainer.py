@@ -394,6 +394,7 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(tin
     ("truncation_mode", "keep_end", "truncation_mode: .*never truncated"),
     ("trust_remote_code", "true", "trust_remote_code: .*no code from a checkpoint runs"),
     ("model_revision", "v2", "model_revision: checkpoints are local directories"),
+    ("vision_once", "false", "vision_once: false does nothing with prefix_sharing"),
 ])  # fmt: skip
 def test_inherited_fields_that_would_do_nothing_are_refused(flag, value, message):
     from mpo.errors import UserError
