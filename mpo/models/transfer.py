@@ -38,6 +38,7 @@ from transformers import InternVLConfig
 from mpo.errors import UserError
 from mpo.models.convert import (
     ShardWriter,
+    _one_line,
     native_disk_name,
     native_module_name,
     parse_size,
@@ -70,7 +71,7 @@ def parse_config(config: dict[str, Any], where: Path) -> InternVLConfig:
     try:
         return InternVLConfig.from_dict(config)
     except (TypeError, ValueError) as err:
-        raise UserError(f"{where}: not a valid InternVL config ({' '.join(str(err).split())})") from None
+        raise UserError(f"{where}: not a valid InternVL config ({_one_line(err)})") from None
 
 
 def vision_differences(source: InternVLConfig, target: InternVLConfig) -> list[str]:
@@ -103,7 +104,7 @@ def projector_mismatch(source: InternVLConfig, target: InternVLConfig) -> str | 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Name (module spelling), shape and dtype of a stored tensor, read from the safetensors header."""
+    """Shape and dtype of a stored tensor, as its safetensors header gives them."""
 
     shape: tuple[int, ...]
     dtype: str
@@ -119,9 +120,7 @@ def tensor_infos(shards: list[Path]) -> dict[str, TensorInfo]:
                     piece = f.get_slice(name)
                     infos[native_module_name(name)] = TensorInfo(tuple(piece.get_shape()), piece.get_dtype())
         except SafetensorError as err:
-            raise UserError(
-                f"{shard}: not a readable safetensors file ({' '.join(str(err).split())})"
-            ) from None
+            raise UserError(f"{shard}: not a readable safetensors file ({_one_line(err)})") from None
     return infos
 
 
