@@ -83,6 +83,15 @@ def test_wider_tiny_model(wide, small) -> None:
         wider_text(130)
 
 
+def test_tiny_model_width_option_refuses_bad_width(tmp_path, capsys) -> None:
+    assert cli(["tiny-model", str(tmp_path / "m"), "--text-hidden-size", "130"]) == 1
+    assert (
+        "--text-hidden-size: text hidden size 130 is not a positive multiple of 4 heads"
+        in capsys.readouterr().err
+    )
+    assert not (tmp_path / "m").exists()
+
+
 def test_wider_llm_gets_fresh_seeded_projector(small, wide, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     assert cli(["transfer-vision", "--vision", str(small), "--into", str(wide), "--out", str(out)]) == 0
