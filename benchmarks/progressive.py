@@ -44,17 +44,22 @@ ARMS = (
 )
 
 
-def sft(p: Pipeline, label: str, recipe: str, model: str, target: str, meta: str, *extra: str) -> None:
-    """One SFT stage: recipes/tiny/RECIPE.yaml from MODEL into TARGET (skipped when done)."""
+def sft(
+    p: Pipeline, label: str, recipe: str, model: str, target: str, meta: str, seed: int, *extra: str
+) -> None:
+    """One SFT stage: recipes/tiny/RECIPE.yaml from MODEL into TARGET with SEED (skipped when done)."""
     p.step(label, Path(target) / "trainer_state.json", "sft", "--config", f"recipes/tiny/{recipe}.yaml",
-           "--model_name_or_path", model, "--meta_path", meta, "--output_dir", target, *extra)  # fmt: skip
+           "--model_name_or_path", model, "--meta_path", meta, "--output_dir", target, "--seed", str(seed),
+           *extra)  # fmt: skip
 
 
 def state(path: Path) -> dict:
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def run(out: Path, stage2_steps: int, eval_every: int, eval_items: int, fresh: bool = False) -> Path:
+def run(
+    out: Path, stage2_steps: int, eval_every: int, eval_items: int, seed: int = 42, fresh: bool = False
+) -> Path:
     """Train both arms, evaluate every stage-2 checkpoint, write PROGRESSIVE.md (+ .png) under ``out``."""
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -66,8 +71,8 @@ def run(out: Path, stage2_steps: int, eval_every: int, eval_items: int, fresh: b
            "tiny-model", f"{o}/wide", "--text-hidden-size", str(WIDE))  # fmt: skip
     p.step("generate the synthetic task", out / "synthetic" / "eval" / "eval.tsv", "synthetic", f"{o}/synthetic",
            "--n", "8000", "--skills", ",".join(DEMO_SKILLS))  # fmt: skip
-    sft(p, "small: stage 1", "sft_stage1", f"{o}/small/tiny", f"{o}/small/sft_stage1", meta)
-    sft(p, "small: stage 1.5", "sft_stage1_5", f"{o}/small/sft_stage1", f"{o}/small/sft_stage1_5", meta)
+    sft(p, "small: stage 1", "sft_stage1", f"{o}/small/tiny", f"{o}/small/sft_stage1", meta, seed)
+    sft(p, "small: stage 1.5", "sft_stage1_5", f"{o}/small/sft_stage1", f"{o}/small/sft_stage1_5", meta, seed)
     p.step("transfer the small model's vision tower into the wide model", out / "progressive" / "init" / "config.json",
            "transfer-vision", "--vision", f"{o}/small/sft_stage1_5", "--into", f"{o}/wide", "--out",
            f"{o}/progressive/init")  # fmt: skip
@@ -76,7 +81,7 @@ def run(out: Path, stage2_steps: int, eval_every: int, eval_items: int, fresh: b
         previous = f"{o}/{arm.start}"
         for recipe in arm.stages:
             target = f"{o}/{arm_dir(arm)}/{Path(recipe).name}"
-            sft(p, f"{arm.name}: {recipe}", recipe, previous, target, meta,
+            sft(p, f"{arm.name}: {recipe}", recipe, previous, target, meta, seed,
                 *(stage2 if recipe.endswith("stage2") else ()))  # fmt: skip
             previous = target
     scale = Scale(n_sft=8000, skills=DEMO_SKILLS, sft_steps=None, pair_questions=0, samples=0, mpo_steps=None,
@@ -94,7 +99,7 @@ def run(out: Path, stage2_steps: int, eval_every: int, eval_items: int, fresh: b
             rows.append(Row(arm.name, step, steps_before + step, flos_before + state(checkpoint)["total_flos"],
                             result["overall"], categories(result)))  # fmt: skip
     small = [state(out / "small" / s) for s in ("sft_stage1", "sft_stage1_5")]
-    return write_report(out, rows, small, p.timings, chance_level(out, rows[0].overall["total"]))
+    return write_report(out, rows, small, chance_level(out, rows[0].overall["total"]), seed)
 
 
 def arm_dir(arm: Arm) -> str:
@@ -117,14 +122,11 @@ class Row:
     skills: dict[str, float]
 
 
-def write_report(
-    out: Path, rows: list[Row], small: list[dict], timings: dict[str, float], chance: float
-) -> Path:
+def write_report(out: Path, rows: list[Row], small: list[dict], chance: float, seed: int) -> Path:
     """PROGRESSIVE.md and progressive.png under ``out``, copied to benchmarks/results/."""
     skills = sorted({s for r in rows for s in r.skills})
     n_items = rows[0].overall["total"]
     small_steps, small_flos = sum(s["global_step"] for s in small), sum(s["total_flos"] for s in small)
-    seconds = {arm.name: sum(t for k, t in timings.items() if k.startswith(f"{arm.name}:")) for arm in ARMS}
     lines = [
         "# Progressive scaling on the CPU (tiny InternVL2.5)", "",
         f"Wide model: LLM width {WIDE} (the small one: 128), same vision tower config; data: `mpo synthetic --n 8000 "
@@ -133,7 +135,7 @@ def write_report(
         f"model's stages 1 + 1.5 ({small_steps} steps, {small_flos:.2e} FLOPs), its vision tower moved into the wide "
         "model (fresh projector), which runs stages 1 + 2. *from scratch*: the wide model runs stages 1, 1.5, 2. "
         "Recipes: recipes/tiny/ (stage 2 with checkpoints along one cosine schedule, so a mid-run checkpoint has "
-        "not annealed). One seed per arm. Produced by `python -m benchmarks.progressive`.", "",
+        f"not annealed). One run per arm, SFT seed {seed}. Produced by `python -m benchmarks.progressive`.", "",
         "| arm | stage-2 step | steps on the wide model | wide-model FLOPs | accuracy | "
         + " | ".join(skills) + " |",
         "|---|---|---|---|---|" + "---|" * len(skills),
@@ -142,9 +144,13 @@ def write_report(
         per_skill = " | ".join(f"{100 * r.skills[s]:.1f}" for s in skills)
         lines.append(f"| {r.arm} | {r.stage2_step} | {r.wide_steps} | {r.wide_flos:.2e} | "
                      f"{100 * r.overall['accuracy']:.1f} % | {per_skill} |")  # fmt: skip
-    if any(seconds.values()):
-        lines += ["", "Wall time of the wide-model stages on this machine: "
-                  + ", ".join(f"{arm} {s:.0f} s" for arm, s in seconds.items()) + "."]  # fmt: skip
+    lines += ["", verdict(rows), "",
+              "FLOPs are the Trainer's estimate, 6 x all parameters x tokens per step, frozen parts included; a "
+              f"small-model step costs {small_flos / small_steps:.2e}, a wide-model step "
+              f"{rows[0].wide_flos / rows[0].wide_steps:.2e}.", "",
+        "Caution: when the tiny model starts to read the image in stage 2 varies from run to run "
+        "(recipes/tiny/sft_stage2.yaml), so one run per arm does not separate the transferred tower from that "
+        "variation; `--seed` with another `--out` repeats the comparison."]  # fmt: skip
     chart = plot(out, rows, chance)
     lines += ["", f"![accuracy against wide-model steps]({chart.name})", ""]
     report = out / "PROGRESSIVE.md"
@@ -154,6 +160,23 @@ def write_report(
     shutil.copy(chart, RESULTS / chart.name)
     print("\n".join(lines))
     return report
+
+
+def verdict(rows: list[Row]) -> str:
+    """Each arm's best accuracy, and the fewest wide-model steps at which the other arm matched it."""
+    best = {
+        arm.name: max((r for r in rows if r.arm == arm.name), key=lambda r: r.overall["accuracy"])
+        for arm in ARMS
+    }
+    parts = []
+    for arm, top in best.items():
+        other = next(a.name for a in ARMS if a.name != arm)
+        match = [r for r in rows if r.arm == other and r.overall["accuracy"] >= top.overall["accuracy"]]
+        reached = (f"{other} reaches it after {min(r.wide_steps for r in match)} wide-model steps" if match
+                   else f"{other} does not reach it within {max(r.wide_steps for r in rows if r.arm == other)}")  # fmt: skip
+        parts.append(f"{arm} peaks at {100 * top.overall['accuracy']:.1f} % after {top.wide_steps} wide-model steps; "
+                     f"{reached}")  # fmt: skip
+    return "; ".join(parts) + "."
 
 
 def plot(out: Path, rows: list[Row], chance: float) -> Path:
@@ -200,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-items", type=int, default=500, help="held-out items per evaluation (default 500)"
     )
+    parser.add_argument("--seed", type=int, default=42, help="seed of every SFT stage (the recipes' 42); use "
+                        "another --out per seed")  # fmt: skip
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every step")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    run(args.out, args.stage2_steps, args.eval_every, args.eval_items, args.fresh)
+    run(args.out, args.stage2_steps, args.eval_every, args.eval_items, args.seed, args.fresh)
     print(f"[progressive] done in {time.perf_counter() - start:.0f} s")
     return 0
 
