@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # on the machine made tiny-model training 3-26x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo demo-ablation test bench lint clean
+.PHONY: setup demo demo-ablation test bench bench-progressive lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: setup
 
 bench: setup
 	$(PY) -m mpo.cli bench
+
+# Progressive scaling on the CPU (about 25 minutes): benchmarks/results/progressive.md
+bench-progressive: setup
+	$(PY) -m benchmarks.progressive
 
 demo-ablation: setup
 	$(PY) -m mpo.cli demo --out demo_out --ablation

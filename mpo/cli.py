@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("mpo.models.tiny", "build the embedded tiny InternVL2.5-architecture model"),
     "synthetic": ("data_builders.synthetic", "generate the synthetic visual QA task (SFT / QA / eval splits)"),
     "convert": ("mpo.models.convert", "convert a checkpoint between the OpenGVLab layout and native transformers"),
+    "transfer-vision": ("mpo.models.transfer", "progressive scaling: put the vision tower of a small-LLM run into a checkpoint with a larger LLM"),
     "train": ("mpo.train", "MPO training (DPO + BCO + SFT) from a recipe YAML, plus --key value overrides"),
     "build-pairs": ("data_builders.build_pairs", "preference pairs from the model itself: correctness-based or DropoutNTP (MMPR layout)"),
     "sft": ("mpo.sft", "one stage (1, 1.5, 2) of the InternVL2.5 SFT recipe from a recipe YAML, plus overrides"),

@@ -1,5 +1,6 @@
 """Recipes: every YAML loads into its config classes, per-size values equal the reference table,
-unknown keys fail, and the CPU launch line of recipes/README.md runs on 2 ranks."""
+the progressive-scaling recipes keep their size's values and chain their commands, unknown keys fail,
+and the CPU launch line of recipes/README.md runs on 2 ranks."""
 
 from __future__ import annotations
 
@@ -17,12 +18,19 @@ from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 
 from mpo.errors import UserError
 from mpo.models.sizes import SIZES as TABLE
+from mpo.models.tiny import TINY_TEXT
 from mpo.sft import parse_sft_args
 from mpo.train import parse_train_args
 
 RECIPES = REPO / "recipes"
 SIZES = list(TABLE)  # the seven published sizes
 STAGES = {"sft_stage1": ("1", 2e-4, 100), "sft_stage1_5": ("1.5", 1e-5, 100), "sft_stage2": ("2", None, 0.03)}
+# Progressive scaling: target size -> the size whose stage-1.5 vision tower it receives (the same InternViT).
+PROGRESSIVE = {"2b": "1b", "4b": "1b", "8b": "1b", "38b": "26b", "78b": "26b"}
+PROGRESSIVE_STAGES = ["sft_stage1", "sft_stage2"]
+SFT_RECIPES = [(size, name, RECIPES / "internvl2_5" / size / f"{name}.yaml") for size in SIZES for name in STAGES]
+SFT_RECIPES += [(size, name, RECIPES / "internvl2_5" / "progressive" / size / f"{name}.yaml")
+                for size in PROGRESSIVE for name in PROGRESSIVE_STAGES]  # fmt: skip
 CPU = ["--bf16", "false"]  # the recipes ask for bf16, which needs a GPU to validate
 
 
@@ -50,10 +58,8 @@ def test_mpo_recipe_per_size(size):
     assert path.read_text().startswith(f"# InternVL2.5-{ref.name} ({ref.vision.name.split('-448px')[0]} + {ref.llm.name})")
 
 
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("name", list(STAGES))
-def test_sft_recipe_per_size(size, name):
-    path = RECIPES / "internvl2_5" / size / f"{name}.yaml"
+@pytest.mark.parametrize(("size", "name", "path"), SFT_RECIPES, ids=lambda v: str(v.relative_to(RECIPES)) if isinstance(v, Path) else "")
+def test_sft_recipe_per_size(size, name, path):
     _, _, args = parse_sft_args(["--config", str(path), *CPU])
     stage, lr, warmup = STAGES[name]
     assert args.stage == stage
@@ -64,7 +70,63 @@ def test_sft_recipe_per_size(size, name):
     assert args.packing and args.max_packed_tokens == 16384
 
 
-@pytest.mark.parametrize("path", sorted((RECIPES / "tiny").glob("*.yaml")), ids=lambda p: p.name)
+def _comment_command(path: Path, program: str) -> list[str]:
+    """The argv of the ``program ...`` command a recipe's header comments give."""
+    found = re.search(rf"^#\s+({re.escape(program)} .*)$", path.read_text(), re.M)
+    assert found, f"{path}: no '{program}' line in the header"
+    return shlex.split(found.group(1))
+
+
+def _option(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def _check_progressive(path: Path, own: Path, vision_from: Path, into: str | None = None) -> None:
+    """A progressive recipe: its own size's YAML but for model_name_or_path / output_dir; stage 1 starts from
+    the output of the transfer-vision line in its header, whose --vision is the source run's stage-1.5 output
+    and whose --into is ``into`` (default: what its own size's stage 1 starts from); stage 2 starts from
+    stage 1's output."""
+    got, want = yaml.safe_load(path.read_text()), yaml.safe_load(own.read_text())
+    paths = ("model_name_or_path", "output_dir")
+    assert {k: v for k, v in got.items() if k not in paths} == {k: v for k, v in want.items() if k not in paths}
+    assert got["output_dir"] not in (want["output_dir"], yaml.safe_load(vision_from.read_text())["output_dir"])
+    if path.name == "sft_stage1.yaml":
+        transfer = _comment_command(path, "mpo transfer-vision")
+        assert _option(transfer, "--vision") == yaml.safe_load(vision_from.read_text())["output_dir"]
+        assert _option(transfer, "--into") == (into or want["model_name_or_path"])
+        assert _option(transfer, "--out") == got["model_name_or_path"]
+    else:
+        assert got["model_name_or_path"] == yaml.safe_load(path.with_name("sft_stage1.yaml").read_text())["output_dir"]
+
+
+@pytest.mark.parametrize("size", list(PROGRESSIVE))
+@pytest.mark.parametrize("name", PROGRESSIVE_STAGES)
+def test_progressive_recipes_chain(size, name):
+    path = RECIPES / "internvl2_5" / "progressive" / size / f"{name}.yaml"
+    source = RECIPES / "internvl2_5" / PROGRESSIVE[size]
+    _check_progressive(path, RECIPES / "internvl2_5" / size / f"{name}.yaml", source / "sft_stage1_5.yaml")
+    vit = re.compile(r"InternViT-\w+")  # the tower moves only between models built on the same InternViT
+    assert vit.search(path.read_text()).group(0) == vit.search((source / "sft_stage1.yaml").read_text()).group(0)
+    # the header's launch line is the one recipes/README.md gives for it, as is the transfer line
+    launch = _comment_command(path, "accelerate launch")
+    assert _option(launch, "--config") == str(path.relative_to(REPO))
+    readme = (RECIPES / "README.md").read_text()
+    assert f"`{shlex.join(launch)}`" in readme.replace("$NODE_RANK", "'$NODE_RANK'").replace("$MASTER_ADDR", "'$MASTER_ADDR'")
+    if name == "sft_stage1":
+        assert f"`{shlex.join(_comment_command(path, 'mpo transfer-vision'))}`" in readme
+
+
+@pytest.mark.parametrize("name", PROGRESSIVE_STAGES)
+def test_tiny_progressive_recipes_chain(name):
+    """The tiny path moves the tower into a tiny model with a wider LLM, built by the header's tiny-model line."""
+    stage1 = RECIPES / "tiny" / "progressive" / "sft_stage1.yaml"
+    build = _comment_command(stage1, "mpo tiny-model")
+    assert int(_option(build, "--text-hidden-size")) > TINY_TEXT["hidden_size"]
+    _check_progressive(RECIPES / "tiny" / "progressive" / f"{name}.yaml", RECIPES / "tiny" / f"{name}.yaml",
+                       RECIPES / "tiny" / "sft_stage1_5.yaml", into=build[2])  # fmt: skip
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES / "tiny").rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_tiny_recipes_load(path):
     parse = parse_train_args if path.name == "mpo.yaml" else parse_sft_args
     parse(["--config", str(path)])

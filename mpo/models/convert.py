@@ -554,9 +554,9 @@ def source_shards(src: Path) -> list[Path]:
     raise UserError(f"{src}: no model.safetensors or model.safetensors.index.json")
 
 
-def read_shards(shards: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) pairs of all shards, opening one shard at a time."""
-    for shard in tqdm(shards, desc="converting", unit="shard"):
+def read_shards(shards: list[Path], desc: str = "converting") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of all shards, opening one shard at a time (``desc`` labels the progress bar)."""
+    for shard in tqdm(shards, desc=desc, unit="shard"):
         try:
             with safe_open(str(shard), framework="pt") as f:
                 for name in f.keys():

@@ -34,6 +34,7 @@ from mpo.data.template import (
     SYSTEM_MESSAGE,
     VIDEO_PLACEHOLDER,
 )
+from mpo.errors import UserError
 from mpo.models.native_files import internvl_processor
 
 TILE_SIZE = 64
@@ -165,11 +166,21 @@ def tiny_processor(tokenizer: PreTrainedTokenizerFast, tile: int = TILE_SIZE, pa
     return internvl_processor(tokenizer, tile, 1, max_tiles, tokens_per_tile(tile, patch))
 
 
-def build_tiny_model(out: str | Path, llm: str = "qwen2", seed: int = 0) -> Path:
-    """Write the tiny model, tokenizer and processor to ``out``; same seed, same weights."""
+def wider_text(hidden_size: int) -> dict:
+    """Text overrides of a tiny LLM of width ``hidden_size``: the MLP stays 2x as wide, the heads keep their
+    number (so their width scales). The progressive-scaling demo moves a ViT into such a wider LLM."""
+    heads = TINY_TEXT["num_attention_heads"]
+    if hidden_size <= 0 or hidden_size % heads:
+        raise ValueError(f"text hidden size {hidden_size} is not a positive multiple of {heads} heads")
+    return dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size)
+
+
+def build_tiny_model(out: str | Path, llm: str = "qwen2", seed: int = 0, text: dict | None = None) -> Path:
+    """Write the tiny model, tokenizer and processor to ``out``; same seed (and ``text`` overrides of the
+    LLM, e.g. :func:`wider_text`), same weights. The tokenizer is the same for every LLM."""
     out = Path(out)
     tokenizer = train_tokenizer()
-    config = tiny_config(tokenizer, llm)
+    config = tiny_config(tokenizer, llm, text=text)
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
@@ -184,8 +195,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", help="output directory")
     parser.add_argument("--llm", choices=["qwen2", "llama"], default="qwen2", help="LLM family")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
+    parser.add_argument("--text-hidden-size", type=int, default=None,
+                        help=f"LLM width (default {TINY_TEXT['hidden_size']}); its MLP is twice as wide")  # fmt: skip
     args = parser.parse_args(argv)
-    out = build_tiny_model(args.out, args.llm, args.seed)
+    try:
+        text = wider_text(args.text_hidden_size) if args.text_hidden_size is not None else None
+    except ValueError as err:
+        raise UserError(f"--text-hidden-size: {err}") from None
+    out = build_tiny_model(args.out, args.llm, args.seed, text)
     n = sum(p.numel() for p in InternVLForConditionalGeneration.from_pretrained(out).parameters())
-    print(f"tiny InternVL2.5 ({args.llm}, {n / 1e6:.2f}M parameters, seed {args.seed}) written to {out}")
+    width = args.text_hidden_size or TINY_TEXT["hidden_size"]
+    print(f"tiny InternVL2.5 ({args.llm} of width {width}, {n / 1e6:.2f}M parameters, seed {args.seed}) "
+          f"written to {out}")
     return 0
