@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # on the machine made tiny-model training 3-26x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo demo-ablation test bench bench-progressive lint clean
+.PHONY: setup demo demo-ablation test test-fast bench bench-progressive lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ demo-ablation: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# Unit tests only (no multi-process or end-to-end runs): under 5 minutes on 2 cores.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: setup
 	.venv/bin/ruff check mpo data_builders eval tests benchmarks

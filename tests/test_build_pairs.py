@@ -416,6 +416,7 @@ def _journal_records(out: Path) -> list[dict]:
     return [r for path in sorted((out / "shards").glob("*.jsonl")) for r in read_records(path)[0]]
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, tiny_model, synthetic, unsharded):
     out = tmp_path / "killed"
     argv = correctness_argv(tiny_model, synthetic, out)

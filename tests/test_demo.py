@@ -8,6 +8,7 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from data_builders.synthetic import chance_accuracy
@@ -20,6 +21,7 @@ def overall(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())["overall"]
 
 
+@pytest.mark.slow
 def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the demo names its recipes relative to the repository, as `make demo` does
     out = tmp_path / "demo"

@@ -14,6 +14,7 @@ import torch
 from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 from transformers import InternVLForConditionalGeneration
 
+pytestmark = pytest.mark.slow  # every test here starts 2 processes
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 

@@ -148,6 +148,7 @@ def test_unknown_and_invalid_keys_fail(tmp_path):
         parse_sft_args(["--config", str(bad)])
 
 
+@pytest.mark.slow
 def test_readme_cpu_launch_line_runs_on_two_ranks(tiny_model, tmp_path):
     readme = (RECIPES / "README.md").read_text()
     command = re.search(r"<!-- tiny-2rank -->\n```bash\n(.+?)\n```", readme, re.S).group(1)

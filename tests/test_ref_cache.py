@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 from safetensors.torch import load_file
@@ -99,6 +100,7 @@ def test_precompute_scores_the_given_reference_model_not_the_policy(tiny_model, 
                                atol=1e-4)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_rank_deepspeed_builds_then_reuses_the_cache(tiny_model, tmp_path):
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
     cache = tmp_path / "cache"

@@ -109,6 +109,7 @@ def test_true_resumes_from_the_last_complete_checkpoint_with_delta(tiny_model, f
     assert resumed["total"] == pytest.approx(expected["total"] + 1000.0, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_then_resume_true_matches_the_uninterrupted_run(tiny_model, full_run, tmp_path,
                                                                                 caplog):
     """A real SIGKILL of the training process as soon as checkpoint-2 appears (the save is under way);

@@ -399,6 +399,7 @@ def test_loss_reduction_over_accumulation_matches_independent(tiny_model, proces
     _check_step(before, dict(trainer.model.named_parameters()), grads, wrong)
 
 
+@pytest.mark.slow
 def test_loss_reduction_two_gloo_ranks_matches_independent(tiny_model, processor, tmp_path):
     meta = write_sft(tmp_path / "d", SFT_ROWS * 2)
     out = tmp_path / "run"
