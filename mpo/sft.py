@@ -135,10 +135,6 @@ class SFTStageConfig(TrainingArguments):
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluation computes the SFT loss only (no logits are gathered)."}
     )
-    ddp_backend: str | None = field(
-        default=None,
-        metadata={"help": "torch.distributed backend; 'gloo' is chosen on the CPU, where nccl is unavailable."},
-    )
 
     def __post_init__(self) -> None:
         self.stage = _normalise_stage(self.stage)

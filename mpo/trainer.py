@@ -149,10 +149,6 @@ class MPOConfig(DPOConfig):
                   "transformers 5 has no separate warmup_ratio."},
     )  # fmt: skip
     weight_decay: float = field(default=0.05, metadata={"help": "Weight decay (reference: 0.05)."})
-    ddp_backend: str | None = field(
-        default=None,
-        metadata={"help": "torch.distributed backend; 'gloo' is chosen on the CPU, where nccl is unavailable."},
-    )
 
     def __post_init__(self) -> None:
         for name, why in IGNORED_DPO_FIELDS.items():  # before the parent's set-up may convert them
