@@ -1,8 +1,9 @@
 """Checkpoint resume shared by the trainers (MPO and the SFT stages).
 
-transformers 5 saves InternVL under its legacy key names (``language_model.model.*``) and maps them
-back only in ``from_pretrained``; the Trainer's raw ``load_state_dict(strict=False)`` on resume would
-match no key and silently go on from the initial weights. :class:`NativeResumeMixin` resumes
+transformers 5 (seen in 5.23 and 5.24) saves InternVL under its legacy key names
+(``language_model.model.*``) and maps them back only in ``from_pretrained``; the Trainer's raw
+``load_state_dict(strict=False)`` on resume would match no key and silently go on from the initial
+weights. :class:`NativeResumeMixin` resumes
 full-model weights through ``from_pretrained`` instead.
 
 ``resume_from_checkpoint`` (:func:`resolve_resume`) is ``True`` (the newest *complete*

@@ -146,7 +146,7 @@ class MPOConfig(DPOConfig):
     warmup_steps: float = field(
         default=0.03,
         metadata={"help": "Warmup: a count of steps, or below 1 a fraction of all steps (reference: ratio 0.03). "
-                  "transformers 5 has no separate warmup_ratio."},
+                  "transformers 5 (5.24) has no separate warmup_ratio."},
     )  # fmt: skip
     weight_decay: float = field(default=0.05, metadata={"help": "Weight decay (reference: 0.05)."})
 
