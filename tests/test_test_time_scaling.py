@@ -273,3 +273,20 @@ def test_best_of_n_reward_through_eval(tiny_model, perturbed_policy, tmp_path):
     [rec] = lines(out / "predictions.jsonl")
     assert len(rec["scores"]) == 4 and rec["pick"] == max(range(4), key=lambda i: (rec["scores"][i], -i))
     assert res["scorer"] == "reward" and res["reference"] == str(Path(tiny_model).resolve())
+
+
+def test_demo_report_section_reads_both_curves(qa, tmp_path):
+    from mpo.demo import scaling_section
+
+    worse = {q: list(reversed(v)) for q, v in SAMPLES.items()}
+    evaluate("sft", [str(qa)], tmp_path / "eval" / "sft_majority", cot=True, backend=FakeSampler(worse), num_samples=8)
+    evaluate("mpo", [str(qa)], tmp_path / "eval" / "mpo_majority", cot=True, backend=FakeSampler(SAMPLES),
+             num_samples=8)  # fmt: skip
+    compare([tmp_path / "eval" / "sft_majority", tmp_path / "eval" / "mpo_majority"],
+            tmp_path / "eval" / "compare_majority", names=["SFT", "MPO"])  # fmt: skip
+    text = "\n".join(scaling_section(tmp_path))
+    # SFT (reversed samples): dots 4 at N=1 (right), N=8 4:3 (right); colour never right -> 33.3 both.
+    # MPO: 0.0 at N=1, 66.7 at N=8 (test_majority_accuracy_against_n).
+    assert "| SFT | 33.3 % | 33.3 % | +0.0 |" in text and "| MPO | 0.0 % | 66.7 % | +66.7 |" in text
+    assert "+0.0 points for SFT and +66.7 for MPO" in text and "does not narrow" in text
+    assert "| 8 | 33.3 | 66.7 |" in text
