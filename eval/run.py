@@ -8,7 +8,8 @@ An evaluation writes ``DIR/predictions.jsonl`` (one line per item, appended as s
 generated), ``DIR/results.json`` (accuracy overall, per benchmark, per category, with counts),
 ``DIR/results.md`` and ``DIR/run.json`` (the settings). Rerunning the same command resumes: items
 already in predictions.jsonl are skipped, never written twice. A comparison writes
-``DIR/compare.md``, ``DIR/compare.json`` and ``DIR/compare.png``.
+``DIR/compare.md``, ``DIR/compare.json`` and ``DIR/compare.png`` (and, when runs sampled with
+``--num-samples``, their accuracy against N in compare.md and ``DIR/compare_scaling.png``).
 
 Bad rows (an unreadable image, a missing field, ...) stop the run with ``file:line: field: reason``
 (``--on-bad-row error``, the default) or are left out (``skip``): then ``DIR/bad_rows.json`` lists
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from eval.benchmarks import EvalItem, load_benchmarks
 from eval.judge import judge_records
 from eval.prompting import make_request
-from eval.reports import SCALING_PLOT, compare, results_markdown, scaling_chart
+from eval.reports import COMPARE_SCALING_PLOT, SCALING_PLOT, compare, results_markdown, scaling_chart
 from eval.scaling import AGGREGATES, aggregate_record, records_at, sample_counts
 from eval.scoring import score, summarize
 from mpo.dashboards import log_report_artifact
@@ -468,9 +469,11 @@ def main(argv: list[str]) -> int:
             raise UserError("--compare takes finished evaluation folders; it does not run --model / --data")
         report = compare(args.compare, args.out, args.names)
         print((args.out / "compare.md").read_text(encoding="utf-8"))
-        print(f"mpo eval: compared {len(report['runs'])} runs -> {args.out}/compare.md, compare.png")
+        plots = "compare.png" + (f", {COMPARE_SCALING_PLOT}" if "test_time_scaling" in report else "")
+        print(f"mpo eval: compared {len(report['runs'])} runs -> {args.out}/compare.md, {plots}")
         if args.report_to == "wandb":
-            files = [args.out / name for name in ("compare.md", "compare.json", "compare.png")]
+            files = [args.out / name for name in ("compare.md", "compare.json", "compare.png", COMPARE_SCALING_PLOT)
+                     if (args.out / name).is_file()]
             log_report_artifact(f"eval-compare-{args.out.name}", "evaluation-report", files)
         return 0
     if not args.model or not args.data:
