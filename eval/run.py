@@ -56,7 +56,7 @@ DEFAULT_MAX_DYNAMIC_PATCH = 6
 # Settings a resumed run must share with the run that wrote DIR, with the values of runs made before a
 # key existed.
 _RUN_KEYS = {"model": None, "cot": None, "max_new_tokens": None, "max_dynamic_patch": None, "num_samples": 1,
-             "temperature": 0.0, "seed": 0, "aggregate": None, "scorer": None, "reference": None, "beta": None}
+             "temperature": 0.0, "seed": None, "aggregate": None, "scorer": None, "reference": None, "beta": None}
 # --temperature when --num-samples > 1 and none is given.
 DEFAULT_SAMPLE_TEMPERATURE = 0.7
 SCORERS = ("reward", "judge")
@@ -286,7 +286,7 @@ def _sampling_settings(num_samples: int, temperature: float | None, seed: int, a
     if aggregate != "best-of-n" or temperature == 0:
         if scorer is not None or reference is not None:
             raise UserError("--scorer and --reference score samples for --aggregate best-of-n with --temperature > 0")
-        return {"num_samples": num_samples, "temperature": float(temperature), "seed": seed,
+        return {"num_samples": num_samples, "temperature": float(temperature), "seed": seed if temperature > 0 else None,
                 "aggregate": aggregate if temperature > 0 else None, "scorer": None, "reference": None, "beta": None}  # fmt: skip
     scorer = "reward" if scorer is None else scorer
     name = scorer if isinstance(scorer, str) else getattr(scorer, "name", type(scorer).__name__)

@@ -290,3 +290,17 @@ def test_demo_report_section_reads_both_curves(qa, tmp_path):
     assert "| SFT | 33.3 % | 33.3 % | +0.0 |" in text and "| MPO | 0.0 % | 66.7 % | +66.7 |" in text
     assert "+0.0 points for SFT and +66.7 for MPO" in text and "does not narrow" in text
     assert "| 8 | 33.3 | 66.7 |" in text
+
+
+def test_greedy_folders_from_before_sampling_still_resume(qa, tmp_path):
+    out = tmp_path / "greedy"
+    first = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES))
+    assert "test_time_scaling" not in first and not (out / "scaling.png").exists()
+    run = json.loads((out / "run.json").read_text())
+    for key in ("num_samples", "temperature", "seed", "aggregate", "scorer", "reference", "beta"):
+        del run[key]  # run.json as written before these settings existed
+    (out / "run.json").write_text(json.dumps(run))
+    again = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES, fail_after=0), seed=9)
+    assert again["resumed"] == 3 and again["overall"] == first["overall"]
+    with pytest.raises(UserError, match=r"temperature: 0.0 -> 0.7"):
+        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES), num_samples=2)
