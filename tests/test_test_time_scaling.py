@@ -304,3 +304,26 @@ def test_greedy_folders_from_before_sampling_still_resume(qa, tmp_path):
     assert again["resumed"] == 3 and again["overall"] == first["overall"]
     with pytest.raises(UserError, match=r"temperature: 0.0 -> 0.7"):
         evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES), num_samples=2)
+
+
+def test_best_of_n_by_a_judge(qa, tmp_path):
+    class FakeJudge:
+        """Grades a response by its text (as a judge model would reply), records the prompts."""
+
+        def __init__(self):
+            self.prompts = []
+
+        def generate(self, requests, params):
+            self.prompts += requests
+            grade = {"Final answer: 4": "0.9", "Final answer: (B)": "Score: 0.8", "Final answer: A": "1.5 (too high)"}
+            return [[next((g for r, g in grade.items() if f"Response:\n{r}\n" in q.question), "no idea")]
+                    for q in requests]  # fmt: skip
+
+    judge = FakeJudge()
+    res = evaluate("fake-model", [str(qa)], tmp_path / "judge", cot=True, backend=FakeSampler(SAMPLES), num_samples=8,
+                   aggregate="best-of-n", scorer="judge", judge_backend=judge)  # fmt: skip
+    recs = {r["question"]: r for r in lines(tmp_path / "judge" / "predictions.jsonl")}
+    assert recs["How many dots?"]["scores"] == [0.0, 0.0, 0.9, 0.0, 0.9, 0.0, 0.0, 0.9]
+    assert recs["Which colour?"]["scores"][:3] == [0.0, 0.8, 0.0]  # a grade outside [0, 1] grades 0
+    assert recs["Which colour?"]["pick"] == 1 and recs["Which colour?"]["correct"]
+    assert len(judge.prompts) == 24 and res["scorer"] == "judge" and res["overall"]["correct"] == 2
