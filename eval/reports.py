@@ -92,6 +92,8 @@ def scaling_chart(curves: dict[str, dict], path: Path) -> Path:
     ax.set_xscale("log", base=2)
     all_ns = sorted({p["n"] for s in curves.values() for p in s["curve"]})
     ax.set_xticks(all_ns, [str(n) for n in all_ns])
+    top = max(100 * p["accuracy"] for s in curves.values() for p in s["curve"])
+    ax.set_ylim(0, min(105.0, max(10.0, top + 10)))
     ax.set_xlabel("samples per item (N)")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
