@@ -18,7 +18,8 @@ Two ways to pick (``--aggregate``):
 
 Accuracy against N: for each k in 1, 2, 4, ... up to N (and N itself), the same rule over the first
 k samples of every item, so one sampling run gives the whole curve. At k = 1 both rules keep the
-first sample, which is what a plain sampled evaluation (``--num-samples 1``, same seed) scores.
+first sample, which is what a plain sampled evaluation (``--num-samples 1``, same seed) scores. With
+two samples a majority vote either agrees with the first or ties and keeps it: N = 2 equals N = 1.
 """
 
 from __future__ import annotations
