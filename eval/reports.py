@@ -83,12 +83,13 @@ def scaling_chart(curves: dict[str, dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, scaling in curves.items():
+    for run, (name, scaling) in enumerate(curves.items()):
         ns = [p["n"] for p in scaling["curve"]]
         ys = [100 * p["accuracy"] for p in scaling["curve"]]
         ax.plot(ns, ys, marker="o", label=f"{name} ({scaling['aggregate']})")
         for n, y in zip(ns, ys, strict=True):
-            ax.annotate(f"{y:.1f}", (n, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+            ax.annotate(f"{y:.1f}", (n, y), textcoords="offset points", xytext=(0, 6 if run % 2 == 0 else -12),
+                        ha="center", fontsize=7, color=f"C{run}")  # fmt: skip
     ax.set_xscale("log", base=2)
     all_ns = sorted({p["n"] for s in curves.values() for p in s["curve"]})
     ax.set_xticks(all_ns, [str(n) for n in all_ns])
