@@ -220,8 +220,9 @@ def evaluate(
             for it in pending:  # each item's samples depend on --seed and the item alone
                 requests[_key(it.benchmark, it.index)].seed = item_seed(seed, it)
         if aggregate == "best-of-n" and sampled:
-            scorer = _make_scorer(sampling["scorer"] if scorer is None else scorer, model, backend, reference, sampling["beta"], judge_model, judge_backend,
-                                  backend_name, batch_size, max_dynamic_patch)  # fmt: skip
+            scorer = _make_scorer(sampling["scorer"] if scorer is None else scorer, model, backend, reference,
+                                  sampling["beta"], judge_model, judge_backend, backend_name, batch_size,
+                                  max_dynamic_patch)  # fmt: skip
         bar = tqdm(total=len(pending), desc="evaluating", disable=None if progress is None else not progress)
         with open(pred_path, "a", encoding="utf-8") as f:
             for start in range(0, len(pending), batch_size):
