@@ -116,3 +116,27 @@ def judge_records(items: list[EvalItem], records: dict[tuple[str, str], dict], b
                                     "judge_output": output, "judged": record["judged"]}, ensure_ascii=False) + "\n")  # fmt: skip
             f.flush()
     return len(todo)
+
+
+# Best-of-N by a judge (``mpo eval --aggregate best-of-n --scorer judge --judge-model M``).
+SCORE_PROMPT = (
+    "Below are a question and one candidate response to it. Judge whether the response's reasoning and final "
+    "answer are correct. Reply with one number only: 0.0 (surely wrong), 0.1, ..., 0.9 or 1.0 (surely "
+    "correct).\n\nQuestion:\n{question}\n\nResponse:\n{response}\n\nScore:"
+)
+
+
+class JudgeScorer:
+    """Scores each sampled response by a judge model's grade in [0, 1] (:func:`parse_grade` of its
+    greedy reply to :data:`SCORE_PROMPT`). The judge sees the item's images too: the question keeps
+    its ``<image>`` placeholders and the request its image files."""
+
+    def __init__(self, backend: GenerationBackend) -> None:
+        self.backend = backend
+
+    def score(self, request: GenerationRequest, responses: list[str]) -> list[float]:
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=JUDGE_MAX_NEW_TOKENS)
+        prompts = [GenerationRequest(question=SCORE_PROMPT.format(question=request.question, response=r),
+                                     images=list(request.images), max_dynamic_patch=request.max_dynamic_patch,
+                                     frames=list(request.frames), video=request.video) for r in responses]  # fmt: skip
+        return [parse_grade(out[0] if out else "") for out in self.backend.generate(prompts, params)]

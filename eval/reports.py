@@ -14,6 +14,8 @@ from mpo.errors import UserError
 
 OVERALL = "overall"
 ALL = "all"
+SCALING_PLOT = "scaling.png"
+COMPARE_SCALING_PLOT = "compare_scaling.png"
 
 
 def _pct(x: float) -> str:
@@ -50,7 +52,59 @@ def results_markdown(results: dict) -> str:
         lines.append(row(bench, ALL, b))
         for cat, c in breakdown(b).items():
             lines.append(row(bench, cat, c))
-    return "\n".join(lines + _notes(results)) + "\n"
+    return "\n".join(lines + _scaling_lines(results) + _notes(results)) + "\n"
+
+
+def _scaling_lines(results: dict) -> list[str]:
+    """The accuracy-against-N table of a sampled run (none for a greedy one)."""
+    scaling = results.get("test_time_scaling")
+    if not scaling:
+        return []
+    rule = ("majority vote on the final answers" if scaling["aggregate"] == "majority"
+            else f"best of N by the {scaling['scorer']} scorer")  # fmt: skip
+    benches = list(scaling["curve"][0]["benchmarks"])
+    lines = ["", "## Accuracy against N (test-time scaling)", "",
+             f"{rule}, over the first N of {scaling['num_samples']} samples per item (temperature "
+             f"{scaling['temperature']}, seed {scaling['seed']}); the table above is N = {scaling['num_samples']}. "
+             f"Accuracy in %; plot: `{SCALING_PLOT}`.", "",
+             "| N | correct | total | accuracy |" + "".join(f" {b} |" for b in benches),
+             "|---:|---:|---:|---:|" + "---:|" * len(benches)]  # fmt: skip
+    for p in scaling["curve"]:
+        lines.append(f"| {p['n']} | {p['correct']} | {p['total']} | {_pct(p['accuracy'])} |"
+                     + "".join(f" {_pct(p['benchmarks'][b])} |" for b in benches))  # fmt: skip
+    return lines
+
+
+def scaling_chart(curves: dict[str, dict], path: Path) -> Path:
+    """Overall accuracy against N (log2 axis), one line per run (``curves``: name -> ``test_time_scaling``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for run, (name, scaling) in enumerate(curves.items()):
+        ns = [p["n"] for p in scaling["curve"]]
+        ys = [100 * p["accuracy"] for p in scaling["curve"]]
+        ax.plot(ns, ys, marker="o", label=f"{name} ({scaling['aggregate']})")
+        for n, y in zip(ns, ys, strict=True):
+            ax.annotate(f"{y:.1f}", (n, y), textcoords="offset points", xytext=(0, 6 if run % 2 == 0 else -12),
+                        ha="center", fontsize=7, color=f"C{run}")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    all_ns = sorted({p["n"] for s in curves.values() for p in s["curve"]})
+    ax.set_xticks(all_ns, [str(n) for n in all_ns])
+    top = max(100 * p["accuracy"] for s in curves.values() for p in s["curve"])
+    ax.set_ylim(0, min(105.0, max(10.0, top + 10)))
+    ax.set_xlabel("samples per item (N)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy against N (test-time scaling)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _notes(results: dict) -> list[str]:
@@ -150,6 +204,9 @@ def compare(run_dirs: list[Path], out: Path, names: list[str] | None = None) -> 
         ],  # fmt: skip
         "rows": rows,
     }
+    curves = {n: r["test_time_scaling"] for n, r in zip(names, all_results, strict=True) if r.get("test_time_scaling")}
+    if curves:
+        report["test_time_scaling"] = curves
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(
@@ -157,6 +214,8 @@ def compare(run_dirs: list[Path], out: Path, names: list[str] | None = None) -> 
     )
     (out / "compare.md").write_text(compare_markdown(report), encoding="utf-8")
     bar_chart(report, out / "compare.png")
+    if curves:
+        scaling_chart(curves, out / COMPARE_SCALING_PLOT)
     return report
 
 
@@ -190,7 +249,27 @@ def compare_markdown(report: dict) -> str:
         bench = f"**{OVERALL}**" if row["benchmark"] == OVERALL else row["benchmark"]
         cells = [bench, row["category"], str(n)] + [_cell(row, i) for i in range(len(names))]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _compare_scaling_lines(report)) + "\n"
+
+
+def _compare_scaling_lines(report: dict) -> list[str]:
+    """Accuracy against N of the runs that sampled, one column per run ("–": N not sampled)."""
+    curves = report.get("test_time_scaling")
+    if not curves:
+        return []
+    ns = sorted({p["n"] for s in curves.values() for p in s["curve"]})
+    lines = ["", "## Accuracy against N (test-time scaling)", "",
+             "Overall accuracy in %, each run's rule over the first N samples per item; plot: "
+             f"`{COMPARE_SCALING_PLOT}`.", "",
+             "| N | " + " | ".join(f"`{name}` ({s['aggregate']})" for name, s in curves.items()) + " |",
+             "|---:|" + "---:|" * len(curves)]  # fmt: skip
+    for n in ns:
+        cells = []
+        for s in curves.values():
+            point = next((p for p in s["curve"] if p["n"] == n), None)
+            cells.append("–" if point is None else _pct(point["accuracy"]))
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def bar_chart(report: dict, path: Path) -> Path:

@@ -1,7 +1,8 @@
 """`mpo demo`: the whole recipe, end to end, on the embedded default (tiny model + synthetic task).
 
     tiny model -> synthetic data -> SFT stages 1, 1.5, 2 -> correctness pairs from the SFT model
-    -> MPO training -> evaluation of the SFT and MPO checkpoints (held-out split, CoT) -> REPORT.md
+    -> MPO training -> evaluation of the SFT and MPO checkpoints (held-out split, CoT)
+    -> test-time scaling: N sampled CoT responses per item, majority vote (both checkpoints) -> REPORT.md
 
 Every step is a plain `mpo` command, printed before it runs, so the demo doubles as a transcript of
 how to run the recipe by hand. A step whose output already exists is skipped (``--fresh`` redoes all).
@@ -36,19 +37,25 @@ class Scale:
     mpo_steps: int | None  # None: one epoch over the pairs
     eval_items: int | None  # None: the whole eval split
     pairs: str = "correctness"  # pair builder; dropout-ntp needs no correct answer (an untrained model has none)
+    tts_samples: int = 4  # test-time scaling: sampled responses per item (majority vote over the first N)
+    tts_items: int | None = None  # ... on the first items of the eval split (None: eval_items)
 
 
 # `full` (make demo) fits 10 minutes on 2 CPU cores: three of the seven skills, which the tiny model learns
 # in that time (recipes/tiny/sft_stage2.yaml has the measurements). `long` is the whole task with a
 # 7000-step stage 2 (about 20 minutes of SFT). `smoke` checks the plumbing in seconds.
 DEMO_SKILLS = ("colour", "count", "position")
+# Test-time scaling in `full`: 8 samples on the first 200 eval items add 48 s (2 x 21 s of sampling, 6 s of
+# compare; measured on 2 cores), keeping the demo under 10 minutes; all 500 items would add 97 s.
+TTS_SAMPLES, TTS_ITEMS = 8, 200
+TTS_TEMPERATURE = 0.7
 SCALES = {
     "full": Scale(n_sft=8000, skills=DEMO_SKILLS, sft_steps=None, pair_questions=300, samples=8, mpo_steps=None,
-                  eval_items=500),
+                  eval_items=500, tts_samples=TTS_SAMPLES, tts_items=TTS_ITEMS),
     "long": Scale(n_sft=8000, skills=None, sft_steps=(60, 60, 7000), pair_questions=600, samples=8, mpo_steps=None,
-                  eval_items=1000),
+                  eval_items=1000, tts_samples=8, tts_items=500),
     "smoke": Scale(n_sft=80, skills=DEMO_SKILLS, sft_steps=(2, 2, 4), pair_questions=6, samples=4, mpo_steps=3,
-                   eval_items=8, pairs="dropout-ntp"),
+                   eval_items=8, pairs="dropout-ntp", tts_samples=4, tts_items=8),
 }  # fmt: skip
 
 
@@ -76,13 +83,29 @@ def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
                 f"{o}/pairs/meta.json", "--output_dir", f"{o}/mpo", "--ref_cache_dir", f"{o}/ref_cache"]  # fmt: skip
     if scale.mpo_steps:
         mpo_args += ["--max_steps", str(scale.mpo_steps)]
-    p.step("7/9 MPO training", out / "mpo" / "trainer_state.json", *mpo_args)
+    p.step("7/10 MPO training", out / "mpo" / "trainer_state.json", *mpo_args)
     for name, model in (("sft", sft), ("mpo", f"{o}/mpo")):
-        evaluate(p, f"8/9 evaluate the {name.upper()} checkpoint (held-out split, CoT)", model, out / "eval" / name,
+        evaluate(p, f"8/10 evaluate the {name.upper()} checkpoint (held-out split, CoT)", model, out / "eval" / name,
                  out, scale)  # fmt: skip
-    p.step("9/9 compare", out / "eval" / "compare" / "compare.md", "eval", "--compare", f"{o}/eval/sft",
+    p.step("9/10 compare", out / "eval" / "compare" / "compare.md", "eval", "--compare", f"{o}/eval/sft",
            f"{o}/eval/mpo", "--names", "SFT", "MPO", "--out", f"{o}/eval/compare")  # fmt: skip
+    for name, model in (("sft", sft), ("mpo", f"{o}/mpo")):
+        sample(p, f"10/10 test-time scaling: {scale.tts_samples} samples per item, majority vote ({name.upper()})",
+               model, out / "eval" / f"{name}_majority", out, scale)  # fmt: skip
+    p.step("10/10 compare the majority votes", out / "eval" / "compare_majority" / "compare.md", "eval", "--compare",
+           f"{o}/eval/sft_majority", f"{o}/eval/mpo_majority", "--names", "SFT", "MPO", "--out",
+           f"{o}/eval/compare_majority")  # fmt: skip
     return write_report(out, p.timings)
+
+
+def sample(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: Scale) -> None:
+    """N sampled CoT responses per item of the first ``tts_items`` eval items, majority vote over the first k."""
+    items = scale.tts_items or scale.eval_items
+    limit = ["--limit", str(items)] if items else []
+    p.step(name, target / "results.json", "eval", "--model", model, "--data", f"synthetic={out}/synthetic/eval/eval.tsv",
+           "--cot", "--max-new-tokens", "64", "--out", str(target), "--backend", "transformers",
+           "--num-samples", str(scale.tts_samples), "--temperature", str(TTS_TEMPERATURE), "--aggregate", "majority",
+           *limit)  # fmt: skip
 
 
 def evaluate(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: Scale) -> None:
@@ -96,20 +119,20 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
     if fresh and out.exists():
         shutil.rmtree(out)
     p, o = Pipeline(out, fresh), str(out)
-    p.step("1/9 build the tiny InternVL2.5 model", out / "tiny" / "config.json", "tiny-model", f"{o}/tiny")
-    p.step("2/9 generate the synthetic visual QA task", out / "synthetic" / "eval" / "eval.tsv",
+    p.step("1/10 build the tiny InternVL2.5 model", out / "tiny" / "config.json", "tiny-model", f"{o}/tiny")
+    p.step("2/10 generate the synthetic visual QA task", out / "synthetic" / "eval" / "eval.tsv",
            "synthetic", f"{o}/synthetic", "--n", str(scale.n_sft),
            *(["--skills", ",".join(scale.skills)] if scale.skills else []))  # fmt: skip
     previous = f"{o}/tiny"
     for i, stage in enumerate(("1", "1_5", "2")):
         target = f"{o}/sft_stage{stage}"
         steps = ["--max_steps", str(scale.sft_steps[i])] if scale.sft_steps else []
-        p.step(f"{3 + i}/9 SFT stage {stage.replace('_', '.')}", Path(target) / "config.json", "sft",
+        p.step(f"{3 + i}/10 SFT stage {stage.replace('_', '.')}", Path(target) / "config.json", "sft",
                "--config", f"recipes/tiny/sft_stage{stage}.yaml", "--model_name_or_path", previous,
                "--meta_path", f"{o}/synthetic/sft/meta.json", "--output_dir", target, *steps)  # fmt: skip
         previous = target
     samples = ["--n", str(scale.samples)] if scale.pairs == "correctness" else []
-    p.step(f"6/9 build {scale.pairs} pairs from the SFT model", out / "pairs" / "report.json", "build-pairs",
+    p.step(f"6/10 build {scale.pairs} pairs from the SFT model", out / "pairs" / "report.json", "build-pairs",
            scale.pairs, "--model", previous, "--data", f"{o}/synthetic/qa/meta.json", "--out", f"{o}/pairs",
            "--limit", str(scale.pair_questions), *samples, "--max-new-tokens", "64", "--backend", "transformers")  # fmt: skip
     return p
@@ -247,6 +270,7 @@ def write_report(out: Path, timings: dict[str, float]) -> Path:
         "## Held-out accuracy (synthetic eval split, chain-of-thought prompt)", "",
         (out / "eval" / "compare" / "compare.md").read_text(), "",
         "![comparison](eval/compare/compare.png)", "",
+        *scaling_section(out), "",
         "## Training curves", "", f"![curves]({curves.name})", "",
         f"MPO: {len(mpo_hist)} logged steps; reward accuracy {mpo_hist[0]['rewards/accuracies']:.2f} (first) -> "
         f"{mpo_hist[-1]['rewards/accuracies']:.2f} (last); chosen log-prob {mpo_hist[0]['logps/chosen']:.2f} -> "
@@ -260,6 +284,34 @@ def write_report(out: Path, timings: dict[str, float]) -> Path:
     report.write_text("\n".join(lines))
     print(f"\n[demo] {verdict}\n[demo] report: {report}")
     return report
+
+
+def scaling_section(out: Path) -> list[str]:
+    """REPORT.md lines of the test-time scaling step: SFT and MPO at N = 1 and at the largest N sampled,
+    and whether MPO narrows the gap between one sample and the majority vote."""
+    runs = {name: json.loads((out / "eval" / f"{name}_majority" / "results.json").read_text())["test_time_scaling"]
+            for name in ("sft", "mpo")}  # fmt: skip
+    first = {name: s["curve"][0] for name, s in runs.items()}
+    last = {name: s["curve"][-1] for name, s in runs.items()}
+    gap = {name: last[name]["accuracy"] - first[name]["accuracy"] for name in runs}
+    n, total, temp = last["mpo"]["n"], last["mpo"]["total"], runs["mpo"]["temperature"]
+    lines = [
+        "## Test-time scaling: majority vote over sampled chain-of-thought", "",
+        f"{n} responses per item sampled at temperature {temp} on the first {total} held-out items; the answer "
+        "with the most votes counts (ties: the answer voted first, so N = 2 always equals N = 1). N = 1 is one "
+        f"sampled response. One item is {100 / total:.1f} points.", "",
+        f"| model | N = 1 | N = {n} | gain of the vote |", "|---|---:|---:|---:|",
+        *[f"| {name.upper()} | {100 * first[name]['accuracy']:.1f} % | {100 * last[name]['accuracy']:.1f} % | "
+          f"{100 * gap[name]:+.1f} |" for name in ("sft", "mpo")],
+        "",
+        f"The vote gains {100 * gap['sft']:+.1f} points for SFT and {100 * gap['mpo']:+.1f} for MPO: MPO "
+        f"{'narrows' if gap['mpo'] < gap['sft'] else 'does not narrow'} the gap between one sample and the "
+        "majority vote here.", "",
+        (out / "eval" / "compare_majority" / "compare.md").read_text().split("## Accuracy against N", 1)[-1]
+        .split("\n", 1)[-1], "",
+        "![accuracy against N](eval/compare_majority/compare_scaling.png)",
+    ]  # fmt: skip
+    return lines
 
 
 def main(argv: list[str]) -> int:
