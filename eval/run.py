@@ -319,9 +319,9 @@ def _make_scorer(scorer, model: str, backend, reference: str, beta: float | None
         from eval.judge import JudgeScorer
 
         if judge_backend is None:
-            from mpo.generation import make_backend
+            from mpo.generation import make_backend, resolve_backend_name
 
-            judge_backend = make_backend(_resolve_backend_name(backend_name), judge_model, batch_size=batch_size,
+            judge_backend = make_backend(resolve_backend_name(backend_name), judge_model, batch_size=batch_size,
                                          max_dynamic_patch=max_dynamic_patch)  # fmt: skip
         return JudgeScorer(judge_backend)
     import torch

@@ -360,4 +360,6 @@ def main(argv: list[str]) -> int:
         last = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h or "loss" in h), {})
         print(f"mpo sft: stage {args.stage}, {trainer.state.global_step} steps, {len(data.records)} samples in "
               f"{len(data)} rows, lr {args.learning_rate:g}, saved to {args.output_dir}: {json.dumps(last)}")  # fmt: skip
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # the process group torn down before exit, on every rank
     return 0

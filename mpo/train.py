@@ -133,4 +133,6 @@ def main(argv: list[str]) -> int:
             from mpo.hub import push_to_hub_after_training
 
             push_to_hub_after_training(args.output_dir, args)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # the process group torn down before exit, on every rank
     return 0

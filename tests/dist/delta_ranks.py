@@ -53,3 +53,5 @@ with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "rewards": rewards[:trained],
                "deltas": deltas[:-1], "before": before, "step_rewards": rewards[trained:],
                "after": trainer.reward_shift.state_dict()}, f)  # fmt: skip
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()  # tear the process group down before exit (no abort in gloo's threads)

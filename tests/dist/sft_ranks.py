@@ -36,3 +36,5 @@ with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "sources": seen, "loss": loss}, f)
 if rank == 0:
     trainer.model.save_pretrained(f"{out}/model")
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()  # tear the process group down before exit (no abort in gloo's threads)
