@@ -146,3 +146,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class FakeBackend:
+    """A generation backend with fixed responses, found by a key contained in the question: a string (one
+    response) or a list (the first ``params.n`` samples). Records every request; raises after
+    ``fail_after`` requests (a backend that dies mid-run)."""
+
+    def __init__(self, responses: dict, fail_after: int | None = None) -> None:
+        self.responses, self.fail_after, self.requests = responses, fail_after, []
+
+    def generate(self, requests, params):
+        out = []
+        for req in requests:
+            if self.fail_after is not None and len(self.requests) >= self.fail_after:
+                raise RuntimeError("backend died")
+            self.requests.append(req)
+            [key] = [q for q in self.responses if q in req.question]
+            value = self.responses[key]
+            out.append(list(value[: params.n]) if isinstance(value, list) else [value])
+        return out

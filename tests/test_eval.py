@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_tsv
+from conftest import FakeBackend, write_tsv
 from PIL import Image
 
 from eval.benchmarks import load_benchmarks
@@ -77,23 +77,6 @@ COT = {
     "Is 7 a prime number?": "Seven has no divisors, so I think yes.",  # unparsable -> wrong
     "Which image is blue?": "The second one is blue. \\boxed{Image-2}",  # right
 }
-
-
-class FakeBackend:
-    """Returns a fixed response per question; records every request; raises after ``fail_after`` items."""
-
-    def __init__(self, responses: dict[str, str], fail_after: int | None = None) -> None:
-        self.responses, self.fail_after, self.requests = responses, fail_after, []
-
-    def generate(self, requests, params):
-        out = []
-        for req in requests:
-            if self.fail_after is not None and len(self.requests) >= self.fail_after:
-                raise RuntimeError("backend died")
-            self.requests.append(req)
-            [key] = [q for q in self.responses if q in req.question]
-            out.append([self.responses[key]])
-        return out
 
 
 @pytest.fixture

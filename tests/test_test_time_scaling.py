@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FakeBackend
 from PIL import Image
 
 from eval.reports import compare
@@ -33,23 +34,6 @@ ROWS = [
     {"question": "Which colour?", "answer": "B", "choices": {"A": "red", "B": "blue"}},
     {"question": "Is it raining?", "answer": "yes"},
 ]
-
-
-class FakeSampler:
-    """Returns the first ``params.n`` fixed samples per question; records each request (and its seed)."""
-
-    def __init__(self, samples: dict[str, list[str]], fail_after: int | None = None) -> None:
-        self.samples, self.fail_after, self.requests = samples, fail_after, []
-
-    def generate(self, requests, params):
-        out = []
-        for req in requests:
-            if self.fail_after is not None and len(self.requests) >= self.fail_after:
-                raise RuntimeError("backend died")
-            self.requests.append(req)
-            [key] = [q for q in self.samples if q in req.question]
-            out.append(self.samples[key][: params.n])
-        return out
 
 
 @pytest.fixture
@@ -96,7 +80,7 @@ def test_best_of_n_picks_highest_earliest_on_ties():
 
 def test_majority_accuracy_against_n(qa, tmp_path):
     out = tmp_path / "maj"
-    res = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES), num_samples=8)
+    res = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=8)
     # hand-counted from SAMPLES: dots right at N=8 only; colour wrong at N=1 (unparsable), right from N=2
     # ("(B)" alone), N=4 (B 2 : A 1) and N=8 (B 2 : A 2, B voted first); raining never
     curve = {p["n"]: (p["correct"], p["total"]) for p in res["test_time_scaling"]["curve"]}
@@ -127,7 +111,7 @@ def test_best_of_n_with_fixed_scores(qa, tmp_path):
             return [table.get(r, 1.0) for r in responses]
 
     scorer = FixedScores()
-    res = evaluate("fake-model", [str(qa)], tmp_path / "bon", cot=True, backend=FakeSampler(SAMPLES), num_samples=8,
+    res = evaluate("fake-model", [str(qa)], tmp_path / "bon", cot=True, backend=FakeBackend(SAMPLES), num_samples=8,
                    aggregate="best-of-n", scorer=scorer)  # fmt: skip
     recs = {r["question"]: r for r in lines(tmp_path / "bon" / "predictions.jsonl")}
     assert scorer.calls == [8, 8, 8]
@@ -142,17 +126,17 @@ def test_best_of_n_with_fixed_scores(qa, tmp_path):
 
 
 def test_sampled_run_resumes_without_resampling(qa, tmp_path):
-    full_backend = FakeSampler(SAMPLES)
+    full_backend = FakeBackend(SAMPLES)
     full = evaluate("fake-model", [str(qa)], tmp_path / "full", cot=True, backend=full_backend, num_samples=8,
                     seed=5, batch_size=1)  # fmt: skip
     out = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="backend died"):
-        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES, fail_after=2), num_samples=8,
+        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES, fail_after=2), num_samples=8,
                  seed=5, batch_size=1)  # fmt: skip
     assert len(lines(out / "predictions.jsonl")) == 2
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"benchmark": "qa", "index": "2", "respo')  # torn line of the killed write
-    second = FakeSampler(SAMPLES)
+    second = FakeBackend(SAMPLES)
     res = evaluate("fake-model", [str(qa)], out, cot=True, backend=second, num_samples=8, seed=5, batch_size=1)
     assert [r.question for r in second.requests] == [full_backend.requests[2].question]  # only the missing item
     assert second.requests[0].seed == full_backend.requests[2].seed  # seeded by the item, not its position
@@ -161,13 +145,13 @@ def test_sampled_run_resumes_without_resampling(qa, tmp_path):
     assert recs == lines(tmp_path / "full" / "predictions.jsonl")
     assert {k: v for k, v in res.items() if k != "resumed"} == {k: v for k, v in full.items() if k != "resumed"}
     with pytest.raises(UserError, match=r"num_samples: 8 -> 4"):
-        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES), num_samples=4, seed=5)
+        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=4, seed=5)
     with pytest.raises(UserError, match=r"seed: 5 -> 6"):
-        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES), num_samples=8, seed=6)
+        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=8, seed=6)
 
 
 def test_bad_flags_are_refused(qa, tmp_path):
-    backend = FakeSampler(SAMPLES)
+    backend = FakeBackend(SAMPLES)
     with pytest.raises(UserError, match="--temperature > 0"):
         evaluate("m", [str(qa)], tmp_path / "a", backend=backend, num_samples=4, temperature=0.0)
     with pytest.raises(UserError, match="needs --reference"):
@@ -180,8 +164,8 @@ def test_bad_flags_are_refused(qa, tmp_path):
 
 def test_compare_shows_both_curves(qa, tmp_path):
     worse = {q: list(reversed(v)) for q, v in SAMPLES.items()}
-    evaluate("a", [str(qa)], tmp_path / "a", cot=True, backend=FakeSampler(SAMPLES), num_samples=8)
-    evaluate("b", [str(qa)], tmp_path / "b", cot=True, backend=FakeSampler(worse), num_samples=4)
+    evaluate("a", [str(qa)], tmp_path / "a", cot=True, backend=FakeBackend(SAMPLES), num_samples=8)
+    evaluate("b", [str(qa)], tmp_path / "b", cot=True, backend=FakeBackend(worse), num_samples=4)
     report = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "cmp", names=["A", "B"])
     # B's first 4 samples: dots 4, 4, 3, 4 (right at every N); colour three unparsable then A; raining never
     assert [p["correct"] for p in report["test_time_scaling"]["B"]["curve"]] == [1, 1, 1]
@@ -279,8 +263,8 @@ def test_demo_report_section_reads_both_curves(qa, tmp_path):
     from mpo.demo import scaling_section
 
     worse = {q: list(reversed(v)) for q, v in SAMPLES.items()}
-    evaluate("sft", [str(qa)], tmp_path / "eval" / "sft_majority", cot=True, backend=FakeSampler(worse), num_samples=8)
-    evaluate("mpo", [str(qa)], tmp_path / "eval" / "mpo_majority", cot=True, backend=FakeSampler(SAMPLES),
+    evaluate("sft", [str(qa)], tmp_path / "eval" / "sft_majority", cot=True, backend=FakeBackend(worse), num_samples=8)
+    evaluate("mpo", [str(qa)], tmp_path / "eval" / "mpo_majority", cot=True, backend=FakeBackend(SAMPLES),
              num_samples=8)  # fmt: skip
     compare([tmp_path / "eval" / "sft_majority", tmp_path / "eval" / "mpo_majority"],
             tmp_path / "eval" / "compare_majority", names=["SFT", "MPO"])  # fmt: skip
@@ -294,16 +278,16 @@ def test_demo_report_section_reads_both_curves(qa, tmp_path):
 
 def test_greedy_folders_from_before_sampling_still_resume(qa, tmp_path):
     out = tmp_path / "greedy"
-    first = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES))
+    first = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES))
     assert "test_time_scaling" not in first and not (out / "scaling.png").exists()
     run = json.loads((out / "run.json").read_text())
     for key in ("num_samples", "temperature", "seed", "aggregate", "scorer", "reference", "beta"):
         del run[key]  # run.json as written before these settings existed
     (out / "run.json").write_text(json.dumps(run))
-    again = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES, fail_after=0), seed=9)
+    again = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES, fail_after=0), seed=9)
     assert again["resumed"] == 3 and again["overall"] == first["overall"]
     with pytest.raises(UserError, match=r"temperature: 0.0 -> 0.7"):
-        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeSampler(SAMPLES), num_samples=2)
+        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=2)
 
 
 def test_best_of_n_by_a_judge(qa, tmp_path):
@@ -320,7 +304,7 @@ def test_best_of_n_by_a_judge(qa, tmp_path):
                     for q in requests]  # fmt: skip
 
     judge = FakeJudge()
-    res = evaluate("fake-model", [str(qa)], tmp_path / "judge", cot=True, backend=FakeSampler(SAMPLES), num_samples=8,
+    res = evaluate("fake-model", [str(qa)], tmp_path / "judge", cot=True, backend=FakeBackend(SAMPLES), num_samples=8,
                    aggregate="best-of-n", scorer="judge", judge_backend=judge)  # fmt: skip
     recs = {r["question"]: r for r in lines(tmp_path / "judge" / "predictions.jsonl")}
     assert recs["How many dots?"]["scores"] == [0.0, 0.0, 0.9, 0.0, 0.9, 0.0, 0.0, 0.9]
