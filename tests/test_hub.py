@@ -217,7 +217,8 @@ def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
     seen = {}
 
     class FakeTrainer:
-        accelerator = type("A", (), {"is_main_process": True})()
+        accelerator = type("A", (), {"is_main_process": True, "wait_for_everyone": lambda self: None,
+                                     "end_training": lambda self: None})()
         state = type("S", (), {"log_history": [{"loss": 1.0}], "global_step": 1})()
         reward_shift = type("R", (), {"value": 0.5})()
         bad_rows = None  # nothing skipped
