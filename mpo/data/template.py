@@ -13,6 +13,8 @@ tiny model's Jinja chat template (``chat_template_jinja``) renders the same stri
 
 from __future__ import annotations
 
+import functools
+
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
 IMG_START = "<img>"
@@ -90,6 +92,17 @@ def prompt_text(question: str, system: str | None = SYSTEM_MESSAGE) -> str:
     return head + f"{IM_START}assistant\n"
 
 
+@functools.lru_cache(maxsize=8)  # called for every record: tokenise the probe once per tokenizer
+def _leading_special_ids(tokenizer) -> tuple[int, ...]:
+    probe = "a"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return tuple(full[:start])
+    return ()
+
+
 def leading_special_ids(tokenizer) -> list[int]:
     """The ids the tokenizer itself puts before any text: ``<s>`` for InternLM2, none for Qwen2.
 
@@ -98,13 +111,7 @@ def leading_special_ids(tokenizer) -> list[int]:
     Prompts here are rendered and tokenised in pieces with the special tokens off; each sequence gets
     these ids once, at its start. Read from the tokenizer, so no family is named here.
     """
-    probe = "a"
-    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return full[:start]
-    return []
+    return list(_leading_special_ids(tokenizer))
 
 
 def response_text(answer: str) -> str:
