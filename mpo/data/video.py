@@ -28,7 +28,6 @@ import hashlib
 import random
 from pathlib import Path
 
-import av
 from PIL import Image
 
 # InternVL's defaults (``min_num_frame`` / ``max_num_frame`` of its training scripts).
@@ -77,6 +76,8 @@ def probe_video(path: Path) -> tuple[int, int, int]:
     video packets."""
     if not path.is_file():
         raise ValueError(f"missing video {path}")
+    import av  # PyAV loads FFmpeg: only when a video is read
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -96,6 +97,8 @@ def read_frames(path: Path, indices: list[int]) -> list[Image.Image]:
     images; ``ValueError`` when the file cannot be decoded or ends before the last wanted frame."""
     wanted = set(indices)
     found: dict[int, Image.Image] = {}
+    import av  # PyAV loads FFmpeg: only when a video is read
+
     try:
         with av.open(str(path)) as container:
             for number, frame in enumerate(container.decode(video=0)):
