@@ -27,7 +27,7 @@ demo: setup
 	$(PY) -m mpo.cli demo --out demo_out
 
 bench: setup
-	$(PY) -m mpo.cli bench
+	$(PY) -m mpo.cli bench --out benchmarks/results
 
 # Progressive scaling on the CPU (about 25 minutes): benchmarks/results/progressive.md
 bench-progressive: setup

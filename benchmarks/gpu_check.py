@@ -20,7 +20,7 @@ InternVL2.5-1B widths, and padding-free varlen flash-attention vs padded rows.
 3. Varlen vs padding. MPOTrainer without prefix sharing (vision once) on the same pairs: padding-free
    flattened rows under flash_attention_2 against padded rows under sdpa.
 
-Writes benchmarks/results/gpu_check.json and gpu_check.md (--out elsewhere).
+Writes gpu_check.json and gpu_check.md into --out (default ./mpo_gpu_check).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import torch
 
 from benchmarks import torch_varlen
 
-RESULTS = Path(__file__).resolve().parent / "results"
 LAYOUTS = {
     "plain": dict(prefix_sharing=False, vision_once=False),
     "vision once": dict(prefix_sharing=False, vision_once=True),
@@ -242,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry", action="store_true", help="CPU dry run: tiny shapes, CUDA-only parts skipped")
     parser.add_argument("--steps", type=int, default=None, help="training steps per speed run (default 10, dry 2)")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step in the speed runs")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=Path("mpo_gpu_check"),
+                        help="folder for the results, in the working directory (make: benchmarks/results)")
     parser.add_argument("--skip-exactness", action="store_true", help="the speed runs alone")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()

@@ -11,7 +11,7 @@ measurement runs in a fresh subprocess, TRL and MPO alternating, so peak RSS is 
 growth of the process's peak RSS during training (the kernel's mark is reset just before it), or on
 a GPU the peak of allocated CUDA memory above what was held before training.
 Runs use ``--threads`` torch threads (default 1: stable numbers on a shared machine).
-Writes benchmarks/results/latest.json and latest.md.
+Writes latest.json and latest.md into --out (default ./mpo_bench; `make bench`: benchmarks/results).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = "the red circle is left of a blue square and the green star sits above them while counting shapes".split()
 
 
@@ -220,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="training steps per run")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=Path("mpo_bench"),
+                        help="folder for the results, in the working directory (make: benchmarks/results)")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -1,6 +1,6 @@
 """`mpo plan`: will a recipe fit the cluster? Per-GPU memory of the model states and the activations.
 
-    mpo plan --config recipes/internvl2_5/78b/mpo.yaml --gpus 64 --gpu-memory 80 [--gpus-per-node 8]
+    mpo plan --config internvl2_5/78b/mpo --gpus 64 --gpu-memory 80 [--gpus-per-node 8]
 
 The size comes from the recipe's folder (``recipes/internvl2_5/<size>/``) or ``--size``; its parameter
 count from :data:`mpo.models.sizes.SIZES` built on the meta device (nothing is allocated).
@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
 from mpo.errors import UserError
+from mpo.recipe import resolve_config
 
 GiB = 2**30
 PATCHES_PER_TILE = (448 // 14) ** 2 + 1  # InternViT: 32 x 32 patches and the class token
@@ -177,9 +177,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--size", default=None, help="1b ... 78b (default: the recipe's folder name)")
     parser.add_argument("--zero", type=int, default=None, help="ZeRO stage (default: the size's reference)")
     args = parser.parse_args(argv)
-    path = Path(args.config)
-    if not path.is_file():
-        raise UserError(f"{path}: no such recipe")
+    path = resolve_config(args.config)
     recipe = yaml.safe_load(path.read_text()) or {}
     result = plan(recipe, (args.size or path.parent.name).lower(), args.gpus, args.gpu_memory,
                   gpus_per_node=args.gpus_per_node, zero=args.zero)  # fmt: skip

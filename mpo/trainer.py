@@ -25,6 +25,8 @@ DPOConfig fields this trainer does not implement are refused (:data:`IGNORED_DPO
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -34,7 +36,7 @@ import torch
 from accelerate.logging import get_logger
 from peft import PeftModel
 from tqdm import tqdm
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from trl.models import prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, use_adapter
@@ -247,7 +249,10 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         self.state.stateful_callbacks[REWARD_SHIFT_KEY] = {"args": {}, "attributes": self.reward_shift.state_dict()}
-        super()._save_checkpoint(model, trial)
+        # TRL 1.16's DPOTrainer._save_checkpoint writes its DPO model card into output_dir, then calls
+        # transformers'. We call transformers' directly: the MPO card is written by _save, into each
+        # saved folder.
+        Trainer._save_checkpoint(self, model, trial)
 
     def save_state(self) -> None:
         self.state.stateful_callbacks[REWARD_SHIFT_KEY] = {"args": {}, "attributes": self.reward_shift.state_dict()}
@@ -259,6 +264,20 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         if self.args.should_save:
             write_run_config(output_dir or self.args.output_dir, self.args,
                              {"base_model": getattr(self.model, "name_or_path", None), **self.run_config})  # fmt: skip
+            self.create_model_card(folder=output_dir or self.args.output_dir)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None, *, folder: str | Path | None = None) -> None:
+        """The MPO model card (:mod:`mpo.card`: objective, hyperparameters, δ, final metrics, pair report)
+        as ``README.md`` of ``folder`` (default ``output_dir``), which must hold the saved model; `mpo push`
+        rebuilds it with the evaluation. Replaces TRL's DPO card; ``dataset_name`` and ``tags`` are TRL's
+        arguments, unused (the card reads the run's data report and carries its own tags)."""
+        from mpo.card import build_card, write_card
+
+        folder = Path(folder or self.args.output_dir)
+        name = model_name or (self.args.hub_model_id or Path(self.args.output_dir).resolve().name).split("/")[-1]
+        state = json.loads(json.dumps(dataclasses.asdict(self.state)))  # as trainer_state.json will read
+        write_card(folder, build_card(folder, name, state=state))
 
     def _load_callback_state(self) -> None:
         saved = self.state.stateful_callbacks.pop(REWARD_SHIFT_KEY, None)

@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
-from mpo import hub
+from mpo import card, hub
 from mpo.checkpointing import write_run_config
 from mpo.cli import main as cli_main
 from mpo.trainer import MPOConfig
@@ -163,9 +163,9 @@ def test_usage_snippet_runs(run, tmp_path):
 
 def test_hyperparameters_from_training_args_bin(run):
     (run / "mpo_config.json").unlink()
-    card = hub.build_card(run, REPO_ID, discover=False)
-    assert "Read from `training_args.bin`" in card.text
-    assert "| beta | `0.25` |" in card.text and "| global batch size | `8 × processes` |" in card.text
+    built = card.build_card(run, REPO_ID, discover=False)
+    assert "Read from `training_args.bin`" in built.text
+    assert "| beta | `0.25` |" in built.text and "| global batch size | `8 × processes` |" in built.text
 
 
 @pytest.fixture

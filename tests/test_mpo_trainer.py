@@ -299,6 +299,11 @@ def test_resume_gives_same_delta_step_order_and_losses(tiny_model, perturbed_pol
     run(tmp_path / "part", stop_after=3)
     ckpt = tmp_path / "part" / "checkpoint-3"
     saved = json.loads((ckpt / "trainer_state.json").read_text())["stateful_callbacks"]["MPORewardShift"]
+    # each checkpoint carries the MPO card with its own δ; TRL's DPO card is not written into output_dir
+    card = (ckpt / "README.md").read_text()
+    delta = saved["attributes"]["value"]
+    assert "Mixed Preference Optimization" in card and f"δ = {delta:.4f}" in card, card
+    assert not (tmp_path / "part" / "README.md").exists()
     resumed, resumed_order = run(tmp_path / "part", resume=str(ckpt))
 
     assert resumed.state.global_step == full.state.global_step == 6

@@ -133,6 +133,23 @@ def test_tiny_recipes_load(path):
     parse(["--config", str(path)])
 
 
+def test_recipes_by_name_from_any_directory(tmp_path, monkeypatch):
+    """``--config tiny/mpo`` (or ``recipes/tiny/mpo.yaml``) finds the shipped recipe outside the checkout;
+    a file of that name in the working directory wins; an unknown name lists the shipped ones."""
+    monkeypatch.chdir(tmp_path)
+    shipped = yaml.safe_load((RECIPES / "tiny" / "mpo.yaml").read_text())
+    for name in ("tiny/mpo", "recipes/tiny/mpo.yaml", "tiny/mpo.yaml"):
+        _, _, args = parse_train_args(["--config", name])
+        assert (args.beta, args.learning_rate) == (shipped["beta"], shipped["learning_rate"])
+    _, _, args = parse_train_args(["--config=internvl2_5/8b/mpo", *CPU])
+    assert args.learning_rate == yaml.safe_load((RECIPES / "internvl2_5/8b/mpo.yaml").read_text())["learning_rate"]
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "mpo").write_text(yaml.safe_dump({**shipped, "beta": 0.37}))  # a local file wins
+    assert parse_train_args(["--config", "tiny/mpo"])[2].beta == 0.37
+    with pytest.raises(UserError, match=r"--config tiny/mpx: no such file.*shipped: tiny/mpo, "):
+        parse_train_args(["--config", "tiny/mpx"])
+
+
 def test_unknown_and_invalid_keys_fail(tmp_path):
     base = yaml.safe_load((RECIPES / "tiny" / "mpo.yaml").read_text())
     bad = tmp_path / "bad.yaml"
