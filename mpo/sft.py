@@ -36,7 +36,7 @@ from transformers import Trainer, TrainingArguments
 from mpo import attention
 from mpo.attention import layout_of
 from mpo.checkpointing import NativeResumeMixin, resolve_resume
-from mpo.data.collator import SkipBadRecords
+from mpo.data.collator import SkipBadRecords, take_skips
 from mpo.data.meta import BadRows, DataConfig, skip_summary
 from mpo.data.packing import pack_samples
 from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataReport, SFTDataset, load_sft
@@ -241,6 +241,12 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)  # fmt: skip
         self.loss_is_scaled_for_ga = True
+        self.bad_rows = bad_rows
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        """The batch on the device, the skips it carries from the collator (a DataLoader worker's too)
+        recorded in ``bad_rows``."""
+        return super()._prepare_inputs(take_skips(inputs, self.bad_rows))
 
     # ---- data -------------------------------------------------------------------------------------
     def get_eval_dataloader(self, eval_dataset=None):

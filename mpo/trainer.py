@@ -44,7 +44,7 @@ from trl.trainer.utils import add_fused_lm_head, use_adapter
 from mpo import attention, ref_cache
 from mpo.checkpointing import REWARD_SHIFT_KEY, NativeResumeMixin, write_run_config
 from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
-from mpo.data.collator import PreferenceCollator, SkipBadRecords
+from mpo.data.collator import DROPPED_SOURCES, PreferenceCollator, SkipBadRecords, take_skips
 from mpo.data.meta import BadRows
 from mpo.losses import MPO_TERMS, MPO_WEIGHTS, TERMS, RewardShift, objective
 from mpo.runtime import cpu_training_defaults
@@ -219,6 +219,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
                                          training=training)  # fmt: skip
         if bad_rows is not None and data_collator is not None:
             data_collator = SkipBadRecords(data_collator, bad_rows)
+        self.bad_rows = bad_rows  # the data's skips, and those of later decode failures (skip policy)
         super().__init__(
             model, ref_model=ref_model, args=args, data_collator=data_collator, processing_class=processing_class,
             **kwargs,
@@ -227,7 +228,6 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         # metrics; the MPO loss and metrics need only the log-probs.
         unwrapped = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         add_fused_lm_head(unwrapped, outputs=("log_probs",))
-        self.bad_rows = bad_rows  # the data's skips, and those of later decode failures (skip policy)
         self.reward_shift = RewardShift()
         self.add_callback(_RewardShiftStep(self))
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo train adds "model" and "data")
@@ -288,6 +288,11 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
     # ---- data: our records are prepared by mpo.data.mmpr and the collator -------------------------
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         return dataset
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        """The batch on the device, the skips it carries from the collator (a DataLoader worker's too)
+        recorded in ``bad_rows``."""
+        return super()._prepare_inputs(take_skips(inputs, self.bad_rows))
 
     # ---- log-probs -----------------------------------------------------------------------------
     def _sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,15 +389,20 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             model = self.model
         model.eval()
         rows = []
-        collate = self.data_collator
-        for start in tqdm(range(0, len(mine), batch_size), desc=f"reference log-probs ({name})",
-                          disable=not acc.is_local_main_process):  # fmt: skip
+        sources = dataset["source"]
+        # batches decoded in DataLoader workers (dataloader_num_workers), in order; the skips travel in them
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
+                                             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
+                                             pin_memory=self.args.dataloader_pin_memory)  # fmt: skip
+        starts = range(0, len(mine), batch_size)
+        for start, batch in zip(starts, tqdm(loader, desc=f"reference log-probs ({name})",
+                                             disable=not acc.is_local_main_process), strict=True):  # fmt: skip
             idx = mine[start : start + batch_size]
-            records = [dataset[i] for i in idx]
-            batch = self._prepare_inputs(collate(records))
+            dropped = set(batch.get(DROPPED_SOURCES, ()))
+            batch = self._prepare_inputs(batch)
             with self._as_reference(model) as ref, acc.autocast():  # the precision training runs in, as TRL's
                 logps, _ = self._sequence_logps(ref, batch)
-            rows.append(self._reference_rows(idx, records, logps, getattr(collate, "bad_sources", set())))
+            rows.append(self._reference_rows(idx, [sources[i] for i in idx], logps, dropped))
         gathered = acc.gather(torch.cat(rows)).cpu()
         gathered = gathered[gathered[:, 0] >= 0]
         chosen = torch.full((len(dataset),), float("nan"), dtype=torch.float32)  # NaN: failed to decode
@@ -402,7 +412,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         return chosen, rejected
 
     @staticmethod
-    def _reference_rows(idx: list[int], records: list[dict], logps: torch.Tensor, skipped: set[str]) -> torch.Tensor:
+    def _reference_rows(idx: list[int], sources: list[str], logps: torch.Tensor, dropped: set[str]) -> torch.Tensor:
         """[len(idx), 3] rows (dataset index, chosen, rejected log-prob) of one reference batch.
 
         Under the skip policy a record that failed to decode is left out of the batch, which then holds
@@ -411,7 +421,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         """
         out = logps.new_full((len(idx), 3), float("nan"))
         out[:, 0] = -1
-        kept = [k for k, r in enumerate(records) if r["source"] not in skipped]
+        kept = [k for k, source in enumerate(sources) if source not in dropped]
         if kept:
             out[kept, 0] = torch.tensor([float(idx[k]) for k in kept], dtype=logps.dtype, device=logps.device)
             out[kept, 1], out[kept, 2] = logps[0::2], logps[1::2]

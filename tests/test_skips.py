@@ -11,7 +11,7 @@ import pytest
 from conftest import write_mmpr
 from PIL import Image
 
-from mpo.data.collator import PreferenceCollator, SkipBadRecords
+from mpo.data.collator import DROPPED_SOURCES, SKIPPED_ROWS, PreferenceCollator, SkipBadRecords, take_skips
 from mpo.data.meta import BadRows
 from mpo.data.mmpr import load_mmpr
 from mpo.data.sft_data import load_sft
@@ -59,22 +59,32 @@ def test_a_file_that_breaks_after_loading_is_skipped_in_batches(processor, tmp_p
     assert int(batch["num_pairs"]) == 2  # red and blue
     expected = inner([records[0], records[2]])
     assert batch["input_ids"].equal(expected["input_ids"]) and batch["pixel_values"].equal(expected["pixel_values"])
-    assert [(r["file"], r["line"]) for r in bad.skipped] == [(str(tmp_path / "toy.jsonl"), 2)]
+    # the skip travels in the batch (from a DataLoader worker too) and is counted where it is taken
+    toy = str(tmp_path / "toy.jsonl")
+    assert batch[DROPPED_SOURCES] == [f"{toy}:2"] and not bad.skipped
+    take_skips(batch, bad)
+    assert [(r["file"], r["line"]) for r in bad.skipped] == [(toy, 2)]
     # counted once; a batch of only bad records runs the last good batch again (the step still runs)
     again = collate([records[1]])
-    assert again["input_ids"].equal(expected["input_ids"]) and len(bad.skipped) == 1
+    assert again["input_ids"].equal(expected["input_ids"]) and again[DROPPED_SOURCES] == [f"{toy}:2"]
+    assert again[SKIPPED_ROWS] == []  # known bad: dropped without decoding it again
+    take_skips({**batch, DROPPED_SOURCES: []}, bad)  # the same row from another worker: counted once
+    assert len(bad.skipped) == 1
     with pytest.raises(UserError, match="first batch"):
         SkipBadRecords(inner, BadRows("skip"))([records[1]])
 
 
-def test_mpo_reference_pass_skips_a_record_that_fails_to_decode(tiny_model, processor, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mpo_reference_pass_skips_a_record_that_fails_to_decode(tiny_model, processor, tmp_path, workers):
+    """Decoded in the training process or in DataLoader workers: the same records skipped, counted once."""
     from mpo.trainer import MPOConfig, MPOTrainer
 
     meta = write_mmpr(tmp_path / "d", ROWS * 2)
     data, bad = load_mmpr(meta, processor, on_bad_row="skip")
     truncate_png(tmp_path / "d" / "img" / "blue.png")  # rows 3 and 6
     args = MPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=2, report_to=[],
-                     save_strategy="no", ref_cache_dir=str(tmp_path / "cache"), logging_steps=1)  # fmt: skip
+                     save_strategy="no", ref_cache_dir=str(tmp_path / "cache"), logging_steps=1,
+                     dataloader_num_workers=workers)  # fmt: skip
     trainer = MPOTrainer(load_model(tiny_model), args=args, train_dataset=data, processing_class=processor,
                          bad_rows=bad)  # fmt: skip
     assert sorted(trainer.train_dataset["source"]) == sorted(s for s in data["source"] if "blue" not in s
@@ -199,5 +209,7 @@ def test_sft_packed_rows_lose_only_the_sample_that_fails_to_decode(processor, tm
     expected = inner([[records[0]], [records[2]]])
     assert batch["sources"] == [records[0]["source"], records[2]["source"]]
     assert batch["input_ids"].equal(expected["input_ids"]) and batch["labels"].equal(expected["labels"])
+    assert batch[DROPPED_SOURCES] == [records[1]["source"]]
+    take_skips(batch, report.bad_rows)  # as the trainer does with every batch
     assert [r["line"] for r in report.bad_rows.skipped] == [2]
     assert [r["line"] for r in report.skipped_rows()] == [2]

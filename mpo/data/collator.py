@@ -116,17 +116,25 @@ def _count(items: list) -> int:
     return sum(len(item) if isinstance(item, list) else 1 for item in items)
 
 
+SKIPPED_ROWS = "skipped_rows"  # batch key: report rows of the records that failed while it was built
+DROPPED_SOURCES = "dropped_sources"  # batch key: ``file:line`` of every record left out of it
+
+
 @dataclass
 class SkipBadRecords:
     """A collate function that skips records whose files fail to decode, under ``on_bad_row: skip``.
 
     Rows are checked when the data is loaded, but a file can still fail when a batch is built (it
     changed, or a video frame does not decode). Then the error names the record (``file:line``);
-    with ``bad_rows.policy == "skip"`` that record is dropped from the batch, counted in
-    ``bad_rows`` once (later batches drop it without decoding it again) and the batch is built from
-    the rest. When no record of a batch is left, the last batch that was built is built again, as
-    InternVL's loader replaces a failed item by another one: the step still runs on every rank.
-    With ``fail`` the error stops the run.
+    with ``bad_rows.policy == "skip"`` that record is dropped from the batch (later batches drop it
+    without decoding it again) and the batch is built from the rest. When no record of a batch is
+    left, the last batch that was built is built again, as InternVL's loader replaces a failed item
+    by another one: the step still runs on every rank. With ``fail`` the error stops the run.
+
+    The skips travel with the batch, under :data:`SKIPPED_ROWS` (new report rows) and
+    :data:`DROPPED_SOURCES` (every record left out), because in a DataLoader worker this object is a
+    copy whose counts the training process never sees: the trainer records them with
+    :func:`take_skips`.
 
     ``items`` are records (preference collator) or rows of records (SFT collator, packed rows).
     """
@@ -142,6 +150,8 @@ class SkipBadRecords:
         return getattr(self.collate, name)
 
     def __call__(self, items: list) -> dict:
+        sources = {r["source"] for item in items for r in (item if isinstance(item, list) else [item])}
+        skipped: list[dict] = []
         for source in self.bad_sources:
             items = _drop_source(items, source)
         while items:
@@ -149,7 +159,7 @@ class SkipBadRecords:
                 batch = self.collate(items)
             except DataError as err:
                 source = f"{err.path}:{err.line}"
-                self.bad_rows.handle(err)  # raises under "fail"
+                skipped.append(self.bad_rows.row(err))  # raises under "fail"
                 logger.warning(f"skipped a row that failed to decode: {err}")
                 self.bad_sources.add(source)
                 before, items = _count(items), _drop_source(items, source)
@@ -157,7 +167,20 @@ class SkipBadRecords:
                     raise
                 continue
             self.last_good = items
-            return batch
+            kept = {r["source"] for item in items for r in (item if isinstance(item, list) else [item])}
+            return {**batch, SKIPPED_ROWS: skipped, DROPPED_SOURCES: sorted(sources - kept)}
         if self.last_good is None:
             raise UserError("every record of the first batch failed to decode (see the skipped rows above)")
-        return self.collate(self.last_good)
+        return {**self.collate(self.last_good), SKIPPED_ROWS: skipped, DROPPED_SOURCES: sorted(sources)}
+
+
+def take_skips(batch: dict, bad_rows: BadRows | None) -> dict:
+    """``batch`` without the skip keys of :class:`SkipBadRecords`, its new skips recorded in ``bad_rows``."""
+    if SKIPPED_ROWS not in batch:
+        return batch
+    batch = dict(batch)
+    rows = batch.pop(SKIPPED_ROWS)
+    batch.pop(DROPPED_SOURCES)
+    if bad_rows is not None:
+        bad_rows.add(rows)
+    return batch

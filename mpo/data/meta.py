@@ -208,9 +208,21 @@ class BadRows:
             raise UserError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.policy!r}")
 
     def handle(self, err: DataError) -> None:
+        self.skipped.append(self.row(err))
+
+    def row(self, err: DataError) -> dict[str, str | int]:
+        """The report row of ``err`` (not recorded yet); raises ``err`` under ``fail``."""
         if self.policy == "fail":
             raise err
-        self.skipped.append({"file": err.path, "line": err.line, "field": err.field or "", "reason": err.reason})
+        return {"file": err.path, "line": err.line, "field": err.field or "", "reason": err.reason}
+
+    def add(self, rows: list[dict[str, str | int]]) -> None:
+        """Record ``rows`` (from :meth:`row`, possibly in another process), each ``file:line`` once."""
+        seen = {(r["file"], r["line"]) for r in self.skipped}
+        for r in rows:
+            if (r["file"], r["line"]) not in seen:
+                seen.add((r["file"], r["line"]))
+                self.skipped.append(r)
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(row["reason"] for row in self.skipped))
