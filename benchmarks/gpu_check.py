@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import torch_varlen
+from mpo import markdown
 
 LAYOUTS = {
     "plain": dict(prefix_sharing=False, vision_once=False),
@@ -191,27 +192,25 @@ def render(report: dict) -> str:
         lines.append(f"- {torch_varlen.NAME}: PyTorch's own varlen FlashAttention-2 stands in for flash-attn "
                      "(same cu_seq_lens path; benchmarks/torch_varlen.py)")
     lines += ["", report["runs"]] if "runs" in report else []
-    lines += ["", f"## Exactness against plain rows under sdpa ({report['exactness_model']})", "",
-              "| kernel | layout | dtype | max log-prob error (rel.) | gradient error (rel.) | within tolerance |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", f"## Exactness against plain rows under sdpa ({report['exactness_model']})", ""]
+    rows = []
     for r in report["exactness"]:
         if r.get("refused"):
-            lines.append(f"| {r['kernel']} | {r['layout']} | {r['dtype']} | refused (cannot be exact) | | as designed |")
+            rows.append([r["kernel"], r["layout"], r["dtype"], "refused (cannot be exact)", "", "as designed"])
             continue
         grad = "no backward here" if r["grad_err"] is None else f"{r['grad_err']:.1e}"
-        lines.append(f"| {r['kernel']} | {r['layout']} | {r['dtype']} | {r['logp_err']:.1e} | {grad} | "
-                     f"{'yes' if r['exact'] else 'no'}{'' if r['exact'] == r['expected_exact'] else ' (UNEXPECTED)'} |")
+        rows.append([r["kernel"], r["layout"], r["dtype"], f"{r['logp_err']:.1e}", grad,
+                     f"{'yes' if r['exact'] else 'no'}{'' if r['exact'] == r['expected_exact'] else ' (UNEXPECTED)'}"])
+    lines += markdown.table(["kernel", "layout", "dtype", "max log-prob error (rel.)", "gradient error (rel.)",
+                             "within tolerance"], rows)  # fmt: skip
     lines += ["", f"## Speed ({report['speed_model']}, {report['steps']} steps x {report['batch']} pairs)", "",
               "Steps 2 to N are timed (the first warms up). End to end adds each pair's share of the reference "
-              "pass, which here covers a small set and includes its one-time kernel compilation.", "",
-              "| trainer | pairs/s (train) | pairs/s (end to end) | reference pass s | peak memory MB |",
-              "|---|---|---|---|---|"]  # fmt: skip
-    for name, r in report["speed"].items():
-        if "error" in r:
-            lines.append(f"| {name} | failed: see gpu_check.json | | | |")
-        else:
-            lines.append(f"| {name} | {r['train_pairs_per_s']:.2f} | {r['e2e_pairs_per_s']:.2f} | "
-                         f"{r['precompute_s']:.1f} | {r['peak_mb']:.0f} |")
+              "pass, which here covers a small set and includes its one-time kernel compilation.", ""]  # fmt: skip
+    rows = [[name, "failed: see gpu_check.json"] if "error" in r else
+            [name, f"{r['train_pairs_per_s']:.2f}", f"{r['e2e_pairs_per_s']:.2f}", f"{r['precompute_s']:.1f}",
+             f"{r['peak_mb']:.0f}"] for name, r in report["speed"].items()]  # fmt: skip
+    lines += markdown.table(["trainer", "pairs/s (train)", "pairs/s (end to end)", "reference pass s",
+                             "peak memory MB"], rows)  # fmt: skip
     base, ours = report["speed"].get("trl.DPOTrainer (MPO losses)", {}), report["speed"].get("MPOTrainer (defaults)", {})
     if "train_pairs_per_s" in base and "train_pairs_per_s" in ours:
         lines += ["", f"MPOTrainer / TRL: {ours['train_pairs_per_s'] / base['train_pairs_per_s']:.2f}x training, "

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mpo import markdown
+
 WORDS = "the red circle is left of a blue square and the green star sits above them while counting shapes".split()
 
 
@@ -283,26 +285,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def render_table(results: dict, meta: dict) -> str:
     lines = [f"MPOTrainer vs trl.DPOTrainer (tiny InternVL2.5, CPU, {meta['steps']} steps x {meta['batch']} pairs, "
-             f"median of {meta['rounds']})", "",
-             "| shape | TRL pairs/s | MPO pairs/s (train) | MPO pairs/s (e2e) | speed-up train | speed-up e2e "
-             "| ideal (work counted) | TRL peak MB | MPO peak MB | memory ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for shape, r in results.items():
-        if shape == "breakdown":
-            continue
-        lines.append(
-            f"| {shape} | {r['trl']['train_pairs_per_s']:.1f} | {r['mpo']['train_pairs_per_s']:.1f} | "
-            f"{r['mpo']['e2e_pairs_per_s']:.1f} | {r['speedup_train']:.2f}x | {r['speedup_e2e']:.2f}x | "
-            f"{r['ideal_speedup_train']:.2f}x | {r['trl']['peak_mb']:.0f} | {r['mpo']['peak_mb']:.0f} | "
-            f"{r['memory_ratio']:.2f} |"
-        )
+             f"median of {meta['rounds']})", ""]  # fmt: skip
+    rows = [[shape, f"{r['trl']['train_pairs_per_s']:.1f}", f"{r['mpo']['train_pairs_per_s']:.1f}",
+             f"{r['mpo']['e2e_pairs_per_s']:.1f}", f"{r['speedup_train']:.2f}x", f"{r['speedup_e2e']:.2f}x",
+             f"{r['ideal_speedup_train']:.2f}x", f"{r['trl']['peak_mb']:.0f}", f"{r['mpo']['peak_mb']:.0f}",
+             f"{r['memory_ratio']:.2f}"] for shape, r in results.items() if shape != "breakdown"]  # fmt: skip
+    lines += markdown.table(["shape", "TRL pairs/s", "MPO pairs/s (train)", "MPO pairs/s (e2e)", "speed-up train",
+                             "speed-up e2e", "ideal (work counted)", "TRL peak MB", "MPO peak MB", "memory ratio"],
+                            rows)  # fmt: skip
     if "breakdown" in results:
-        lines += ["", "Per switch (image-heavy, MPOTrainer with one change, single run each):", "",
-                  "| MPO configuration | pairs/s (train) | pairs/s (e2e) | vs TRL (train) | peak MB |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        for name, r in results["breakdown"].items():
-            lines.append(f"| {name} | {r['train_pairs_per_s']:.1f} | {r['e2e_pairs_per_s']:.1f} | "
-                         f"{r['speedup_train_vs_trl']:.2f}x | {r['peak_mb']:.0f} |")  # fmt: skip
+        lines += ["", "Per switch (image-heavy, MPOTrainer with one change, single run each):", ""]
+        rows = [[name, f"{r['train_pairs_per_s']:.1f}", f"{r['e2e_pairs_per_s']:.1f}",
+                 f"{r['speedup_train_vs_trl']:.2f}x", f"{r['peak_mb']:.0f}"] for name, r in results["breakdown"].items()]
+        lines += markdown.table(["MPO configuration", "pairs/s (train)", "pairs/s (e2e)", "vs TRL (train)", "peak MB"],
+                                rows)  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

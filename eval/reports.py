@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+from mpo import markdown
 from mpo.errors import UserError
 
 OVERALL = "overall"
@@ -37,21 +38,17 @@ def results_markdown(results: dict) -> str:
         f"Prompt: {'chain of thought (answer after `Final answer:`)' if cot else 'direct answer'}. "
         f"Accuracy in %.",
         "",
-        "| benchmark | category | correct | total | accuracy |" + (" unparsable |" if cot else ""),
-        "|---|---|---:|---:|---:|" + ("---:|" if cot else ""),
     ]
 
-    def row(bench: str, cat: str, c: dict) -> str:
-        cells = [bench, cat, str(c["correct"]), str(c["total"]), _pct(c["accuracy"])]
-        if cot:
-            cells.append(str(c["unparsable"]))
-        return "| " + " | ".join(cells) + " |"
+    def row(bench: str, cat: str, c: dict) -> list:
+        return [bench, cat, c["correct"], c["total"], _pct(c["accuracy"])] + ([c["unparsable"]] if cot else [])
 
-    lines.append(row(f"**{OVERALL}**", "", results["overall"]))
+    rows = [row(f"**{OVERALL}**", "", results["overall"])]
     for bench, b in results["benchmarks"].items():
-        lines.append(row(bench, ALL, b))
-        for cat, c in breakdown(b).items():
-            lines.append(row(bench, cat, c))
+        rows.append(row(bench, ALL, b))
+        rows += [row(bench, cat, c) for cat, c in breakdown(b).items()]
+    header = ["benchmark", "category", "correct", "total", "accuracy"] + (["unparsable"] if cot else [])
+    lines += markdown.table(header, rows, "llrrr" + ("r" if cot else ""))
     return "\n".join(lines + _scaling_lines(results) + _notes(results)) + "\n"
 
 
@@ -66,13 +63,10 @@ def _scaling_lines(results: dict) -> list[str]:
     lines = ["", "## Accuracy against N (test-time scaling)", "",
              f"{rule}, over the first N of {scaling['num_samples']} samples per item (temperature "
              f"{scaling['temperature']}, seed {scaling['seed']}); the table above is N = {scaling['num_samples']}. "
-             f"Accuracy in %; plot: `{SCALING_PLOT}`.", "",
-             "| N | correct | total | accuracy |" + "".join(f" {b} |" for b in benches),
-             "|---:|---:|---:|---:|" + "---:|" * len(benches)]  # fmt: skip
-    for p in scaling["curve"]:
-        lines.append(f"| {p['n']} | {p['correct']} | {p['total']} | {_pct(p['accuracy'])} |"
-                     + "".join(f" {_pct(p['benchmarks'][b])} |" for b in benches))  # fmt: skip
-    return lines
+             f"Accuracy in %; plot: `{SCALING_PLOT}`.", ""]  # fmt: skip
+    rows = [[p["n"], p["correct"], p["total"], _pct(p["accuracy"]), *(_pct(p["benchmarks"][b]) for b in benches)]
+            for p in scaling["curve"]]  # fmt: skip
+    return lines + markdown.table(["N", "correct", "total", "accuracy", *benches], rows, "r" * (4 + len(benches)))
 
 
 def scaling_chart(curves: dict[str, dict], path: Path) -> Path:
@@ -241,14 +235,13 @@ def compare_markdown(report: dict) -> str:
         "Accuracy in %; in parentheses the difference in points against the first run "
         f"(`{names[0]}`); n = items.",
         "",
-        "| benchmark | category | n | " + " | ".join(f"`{n}`" for n in names) + " |",
-        "|---|---|---:|" + "---:|" * len(names),
     ]
+    rows = []
     for row in report["rows"]:
         n = next((t for t in row["total"] if t is not None), "")
         bench = f"**{OVERALL}**" if row["benchmark"] == OVERALL else row["benchmark"]
-        cells = [bench, row["category"], str(n)] + [_cell(row, i) for i in range(len(names))]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append([bench, row["category"], n, *(_cell(row, i) for i in range(len(names)))])
+    lines += markdown.table(["benchmark", "category", "n", *(f"`{n}`" for n in names)], rows, "llr" + "r" * len(names))
     return "\n".join(lines + _compare_scaling_lines(report)) + "\n"
 
 
@@ -260,16 +253,13 @@ def _compare_scaling_lines(report: dict) -> list[str]:
     ns = sorted({p["n"] for s in curves.values() for p in s["curve"]})
     lines = ["", "## Accuracy against N (test-time scaling)", "",
              "Overall accuracy in %, each run's rule over the first N samples per item; plot: "
-             f"`{COMPARE_SCALING_PLOT}`.", "",
-             "| N | " + " | ".join(f"`{name}` ({s['aggregate']})" for name, s in curves.items()) + " |",
-             "|---:|" + "---:|" * len(curves)]  # fmt: skip
+             f"`{COMPARE_SCALING_PLOT}`.", ""]  # fmt: skip
+    rows = []
     for n in ns:
-        cells = []
-        for s in curves.values():
-            point = next((p for p in s["curve"] if p["n"] == n), None)
-            cells.append("–" if point is None else _pct(point["accuracy"]))
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return lines
+        points = [next((p for p in s["curve"] if p["n"] == n), None) for s in curves.values()]
+        rows.append([n, *("–" if p is None else _pct(p["accuracy"]) for p in points)])
+    header = ["N", *(f"`{name}` ({s['aggregate']})" for name, s in curves.items())]
+    return lines + markdown.table(header, rows, "r" * len(header))
 
 
 def bar_chart(report: dict, path: Path) -> Path:

@@ -15,6 +15,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from mpo import markdown
 from mpo.checkpointing import REWARD_SHIFT_KEY, RUN_CONFIG_NAME
 from mpo.errors import UserError
 from mpo.losses import TERMS
@@ -114,12 +115,6 @@ def _num(x) -> str:
     if isinstance(x, float):
         return f"{x:.4g}" if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5) else f"{x:.4f}".rstrip("0").rstrip(".")
     return str(x)
-
-
-def markdown_table(header: list[str], rows: list[list]) -> list[str]:
-    """A markdown table (header, separator, one line per row; "|" in a cell escaped)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
 def objective_line(args: dict) -> str:
@@ -226,7 +221,7 @@ def training_section(run: dict | None, run_source: str | None, state: dict | Non
         if objective:
             lines += [f"Objective: L = {objective}.", ""]
         lines += ["### Hyperparameters", "", f"Read from `{run_source}` of the run.", ""]
-        lines += markdown_table(["hyperparameter", "value", "note"], hyperparameter_rows(run)) + [""]
+        lines += markdown.table(["hyperparameter", "value", "note"], hyperparameter_rows(run)) + [""]
     lines += ["### End of training", ""]
     if state is None:
         return lines + [f"No `{STATE_NAME}` in the model folder.", ""]
@@ -246,10 +241,10 @@ def training_section(run: dict | None, run_source: str | None, state: dict | Non
         lines += [f"{summary} (step {last.get('step')}).", ""]
         shown = [m for m in FINAL_METRICS if prefix + m in last]
         if first is last:
-            lines += markdown_table([f"{mode} metric", f"step {last.get('step')}"], [[f"`{m}`", _num(last[prefix + m])] for m in shown])
+            lines += markdown.table([f"{mode} metric", f"step {last.get('step')}"], [[f"`{m}`", _num(last[prefix + m])] for m in shown])
         else:
             rows = [[f"`{m}`", _num(first.get(prefix + m, "–")), _num(last[prefix + m])] for m in shown]
-            lines += markdown_table([f"{mode} metric", f"first logged (step {first.get('step')})",
+            lines += markdown.table([f"{mode} metric", f"first logged (step {first.get('step')})",
                              f"last logged (step {last.get('step')})"], rows)  # fmt: skip
         lines.append("")
     if not metrics:
@@ -287,14 +282,14 @@ def data_section(path: Path, report: dict) -> list[str]:
              "candidates.", ""]  # fmt: skip
     rows = [[s, n] for s, n in (q.get("by_status") or {}).items()]
     if rows:
-        lines += markdown_table(["questions", "count"], rows) + [""]
+        lines += markdown.table(["questions", "count"], rows) + [""]
     subsets = report.get("subsets") or {}
     if subsets:
         reasons = sorted({r for e in subsets.values() for r in (e.get("dropped") or {})})
         rows = [[name, e.get("candidates"), e.get("kept"), *[(e.get("dropped") or {}).get(r, 0) for r in reasons]]
                 for name, e in subsets.items()]  # fmt: skip
         rows.append(["**total**", p.get("candidates"), p.get("kept"), *[(p.get("dropped") or {}).get(r, 0) for r in reasons]])
-        lines += markdown_table(["subset", "candidates", "kept", *[f"dropped: {r}" for r in reasons]], rows) + [""]
+        lines += markdown.table(["subset", "candidates", "kept", *[f"dropped: {r}" for r in reasons]], rows) + [""]
     if report.get("responses"):
         lines += ["Sampled responses: " + ", ".join(f"{n} {v}" for v, n in report["responses"].items()) + ".", ""]
     settings = {k: v for k, v in (report.get("settings") or {}).items() if isinstance(v, (str, int, float, bool))}

@@ -25,12 +25,12 @@ import math
 from pathlib import Path
 
 from eval.reports import OVERALL, comparison_rows
+from mpo import markdown
 from mpo.card import (
     DEFAULT_LICENSE,
     build_card,
     check_model_dir,
     check_repo_id,
-    markdown_table,
     read_json,
     write_card,
 )
@@ -84,7 +84,7 @@ def eval_section(runs: list[tuple[str, Path, dict]], model_dir: Path) -> list[st
     prompts = {("chain of thought" if r.get("cot") else "direct answer") for _, _, r in runs}
     lines = ["## Evaluation", "",
              f"Accuracy in % (`mpo eval`, {' / '.join(sorted(prompts))} prompt, greedy); n = items.", ""]  # fmt: skip
-    lines += markdown_table(["benchmark", "category", "n", *names], rows) + [""]
+    lines += markdown.table(["benchmark", "category", "n", *names], rows) + [""]
     lines += ["Results files: " + ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`" for _, f, _ in runs) + ".", ""]
     return lines
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from mpo import markdown
 from mpo.errors import UserError
 from mpo.recipe import resolve_config
 
@@ -140,8 +141,7 @@ class Plan:
             (f"needed per GPU (+{OVERHEAD:.0%})", f"{self.needed / GiB:.1f} GiB of {self.gpu_memory_gib:g}"),
             ("fits", "yes" if self.fits else "NO"),
         ]  # fmt: skip
-        return "\n".join([f"InternVL2.5-{self.size.upper()}", "", "| | per GPU |", "|---|---|"]
-                         + [f"| {a} | {b} |" for a, b in rows]) + "\n"  # fmt: skip
+        return "\n".join([f"InternVL2.5-{self.size.upper()}", "", *markdown.table(["", "per GPU"], rows)]) + "\n"
 
 
 def plan(recipe: dict, size_key: str, gpus: int, gpu_memory_gib: float, *, gpus_per_node: int = 8,
