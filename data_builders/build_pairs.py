@@ -32,7 +32,7 @@ from data_builders.store import BuildDir, Journal, parse_shard
 from mpo.answers import ANSWER_STYLES
 from mpo.dashboards import log_report_artifact
 from mpo.errors import UserError
-from mpo.generation import GenerationBackend, SamplingParams
+from mpo.generation import GenerationBackend, SamplingParams, add_vllm_arguments
 
 PIPELINES = {"correctness": CorrectnessBuilder, "dropout-ntp": DropoutNTPBuilder}
 # Seconds to sleep after each finished batch: lets crash tests kill a run in the middle.
@@ -71,6 +71,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
                    help="auto: vLLM when it imports and a GPU is present, else transformers")  # fmt: skip
     g.add_argument("--batch-size", type=int, default=8, help="questions per generation call (default 8)")
+    add_vllm_arguments(g)
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -194,13 +195,13 @@ def make_builder(args: argparse.Namespace, backend: GenerationBackend):
 def _load_backend(args: argparse.Namespace) -> GenerationBackend:
     import torch
 
-    from mpo.generation import make_backend
+    from mpo.generation import make_backend, vllm_options
 
     if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     try:
         return make_backend(args.backend, args.model, batch_size=args.batch_size,
-                            max_dynamic_patch=args.max_dynamic_patch or 12)  # fmt: skip
+                            max_dynamic_patch=args.max_dynamic_patch or 12, vllm_options=vllm_options(args))  # fmt: skip
     except OSError as err:
         raise UserError(f"--model {args.model}: cannot load ({err})") from None
 

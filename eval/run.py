@@ -45,7 +45,7 @@ from eval.scoring import score, summarize
 from mpo.dashboards import log_report_artifact
 from mpo.data.meta import BadRows
 from mpo.errors import DataError, UserError
-from mpo.generation import GenerationBackend, SamplingParams
+from mpo.generation import GenerationBackend, SamplingParams, add_vllm_arguments, vllm_options
 
 PREDICTIONS = "predictions.jsonl"
 # Generation length when --max-new-tokens is not given.
@@ -135,6 +135,7 @@ def evaluate(
     scorer: str | object | None = None,
     reference: str | None = None,
     beta: float | None = None,
+    vllm_options: dict | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``data`` into ``out``; returns the results (also in results.json).
 
@@ -142,7 +143,8 @@ def evaluate(
     left to generate) or a ready backend object. ``limit`` keeps the first N items of each benchmark.
     ``on_bad_row``: ``error`` raises on the first bad row, ``skip`` leaves bad rows out and lists them
     in ``out/bad_rows.json``. ``judge_model`` (with the same backend kind as ``backend``) or a ready
-    ``judge_backend`` judges the benchmarks that need one.
+    ``judge_backend`` judges the benchmarks that need one. ``vllm_options`` are the vLLM engine's
+    (:func:`mpo.generation.vllm_options`).
 
     Sampling (:mod:`eval.scaling`): ``num_samples`` responses per item at ``temperature`` (default 0,
     greedy, with one sample; 0.7 with more), seeded per item from ``seed``; ``aggregate`` picks one
@@ -204,7 +206,8 @@ def evaluate(
 
             name = resolve_backend_name(backend)
             batch_size = batch_size or DEFAULT_BATCH_SIZE.get(name, 16)
-            backend = make_backend(name, model, batch_size=batch_size, max_dynamic_patch=max_dynamic_patch)
+            backend = make_backend(name, model, batch_size=batch_size, max_dynamic_patch=max_dynamic_patch,
+                                   vllm_options=vllm_options)  # fmt: skip
         batch_size = batch_size or DEFAULT_BATCH_SIZE["transformers"]
         params = SamplingParams(n=num_samples, temperature=sampling["temperature"], max_new_tokens=max_new_tokens,
                                 seed=seed)  # fmt: skip
@@ -420,6 +423,7 @@ def main(argv: list[str]) -> int:
                         help="generation backend (auto: vLLM when it imports and a GPU is present)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=None,
                         help="prompts per generate call; predictions are saved after each (default 16, vLLM 512)")  # fmt: skip
+    add_vllm_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64, or 1024 with --cot")
     parser.add_argument("--max-dynamic-patch", type=int, default=DEFAULT_MAX_DYNAMIC_PATCH,
                         help=f"tiles per sample, split across its images (default {DEFAULT_MAX_DYNAMIC_PATCH})")  # fmt: skip
@@ -476,7 +480,7 @@ def main(argv: list[str]) -> int:
         max_new_tokens=args.max_new_tokens, max_dynamic_patch=args.max_dynamic_patch, limit=args.limit,
         overwrite=args.overwrite, on_bad_row=args.on_bad_row, judge_model=args.judge_model,
         num_samples=args.num_samples, temperature=args.temperature, seed=args.seed, aggregate=args.aggregate,
-        scorer=args.scorer, reference=args.reference, beta=args.beta,
+        scorer=args.scorer, reference=args.reference, beta=args.beta, vllm_options=vllm_options(args),
     )  # fmt: skip
     print(summary_line(results, args.out))
     if args.report_to == "wandb":

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from mpo.data.images import load_visuals, tile_budget, tiles_for
+from mpo.data.images import load_visuals, tile_budget, tiles_for, tiling_kwargs
 from mpo.data.template import (
     IMAGE_PLACEHOLDER,
     IMG_CONTEXT,
@@ -52,6 +52,10 @@ class GenerationRequest:
 
     def num_images(self) -> int:
         return len(self.frames) if self.frames else len(self.images)
+
+    def tiles_per_image(self) -> int:
+        """At most this many tiles per image: the budget shared by the images, one per video frame."""
+        return 1 if self.video else tile_budget(self.max_dynamic_patch, self.num_images())
 
 
 @dataclass
@@ -119,8 +123,7 @@ class TransformersBackend:
     def _encode(self, req: GenerationRequest) -> tuple[str, torch.Tensor | None]:
         if not req.images:
             return prompt_text(req.question) + req.prefix, None
-        per_image = 1 if req.video else tile_budget(req.max_dynamic_patch, req.num_images())
-        pixel_values, tiles = tiles_for(self.processor.image_processor, req.pictures(), per_image)
+        pixel_values, tiles = tiles_for(self.processor.image_processor, req.pictures(), req.tiles_per_image())
         question = normalize_question(req.question, req.num_images(), video=req.video)
         text = expand_images(prompt_text(question), tiles, self.processor.image_seq_length) + req.prefix
         return text, pixel_values
@@ -169,14 +172,22 @@ class VLLMBackend:
     """vLLM offline inference for native InternVL checkpoints (GPU, optional extra ``vllm``).
 
     The prompt is the same InternVL2.5 template; each ``<image>`` becomes ``<IMG_CONTEXT>``, which
-    vLLM's InternVL processor expands with the image's tiles.
+    vLLM's InternVL processor expands with the image's tiles. Each prompt carries its own tile budget
+    (``mm_processor_kwargs``: the request's ``max_dynamic_patch`` shared by its images, one tile per
+    video frame), as the transformers backend tiles it. ``tensor_parallel_size`` splits the model over
+    GPUs (a 78B model needs 4-8), ``data_parallel_size`` runs replicas (or run one `--shard` per GPU
+    group), ``max_images_per_prompt`` is vLLM's ``limit_mm_per_prompt``.
     """
 
-    def __init__(self, model_path: str, max_dynamic_patch: int = 12, **llm_kwargs) -> None:
+    def __init__(self, model_path: str, max_dynamic_patch: int = 12, *, tensor_parallel_size: int = 1,
+                 data_parallel_size: int = 1, max_images_per_prompt: int = 8, **llm_kwargs) -> None:  # fmt: skip
         from vllm import LLM
 
-        self.llm = LLM(model=str(model_path), limit_mm_per_prompt={"image": 8},
-                       mm_processor_kwargs={"max_patches": max_dynamic_patch}, **llm_kwargs)  # fmt: skip
+        if data_parallel_size > 1:
+            llm_kwargs["data_parallel_size"] = data_parallel_size
+        self.llm = LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size,
+                       limit_mm_per_prompt={"image": max_images_per_prompt},
+                       mm_processor_kwargs=tiling_kwargs(max_dynamic_patch), **llm_kwargs)  # fmt: skip
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
         from vllm import SamplingParams as VParams
@@ -193,9 +204,25 @@ class VLLMBackend:
             prompt: dict = {"prompt": text}
             if r.images:
                 prompt["multi_modal_data"] = {"image": r.pictures()}
+                prompt["mm_processor_kwargs"] = tiling_kwargs(r.tiles_per_image())
             prompts.append(prompt)
         results = self.llm.generate(prompts, per_request)
         return [[o.text.strip() for o in res.outputs] for res in results]
+
+
+def add_vllm_arguments(parser) -> None:
+    """The vLLM engine flags of `mpo build-pairs` and `mpo eval` (used with ``--backend vllm``)."""
+    parser.add_argument("--tensor-parallel-size", type=int, default=1,
+                        help="vLLM: GPUs one model is split over (InternVL2.5-78B: 4-8)")  # fmt: skip
+    parser.add_argument("--data-parallel-size", type=int, default=1,
+                        help="vLLM: model replicas (or one --shard per GPU group)")  # fmt: skip
+    parser.add_argument("--max-images-per-prompt", type=int, default=8, help="vLLM: limit_mm_per_prompt for images")
+
+
+def vllm_options(args) -> dict:
+    """:class:`VLLMBackend`'s engine options from the flags of :func:`add_vllm_arguments`."""
+    return {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size": args.data_parallel_size,
+            "max_images_per_prompt": args.max_images_per_prompt}  # fmt: skip
 
 
 def vllm_available() -> bool:
@@ -210,11 +237,13 @@ def resolve_backend_name(name: str) -> str:
     return name
 
 
-def make_backend(name: str, model_path: str, *, batch_size: int = 8, max_dynamic_patch: int = 12) -> GenerationBackend:
-    """The backend :func:`resolve_backend_name` picks, loaded from ``model_path``."""
+def make_backend(name: str, model_path: str, *, batch_size: int = 8, max_dynamic_patch: int = 12,
+                 vllm_options: dict | None = None) -> GenerationBackend:  # fmt: skip
+    """The backend :func:`resolve_backend_name` picks, loaded from ``model_path``; ``vllm_options``
+    (``tensor_parallel_size``, ``data_parallel_size``, ``max_images_per_prompt``) go to :class:`VLLMBackend`."""
     name = resolve_backend_name(name)
     if name == "vllm":
-        return VLLMBackend(model_path, max_dynamic_patch=max_dynamic_patch)
+        return VLLMBackend(model_path, max_dynamic_patch=max_dynamic_patch, **(vllm_options or {}))
     if name == "transformers":
         from mpo.models.loading import load_model, load_processor
 

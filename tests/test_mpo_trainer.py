@@ -191,7 +191,7 @@ def test_evaluation_does_not_feed_the_reward_shift(tiny_model, perturbed_policy,
 def test_a_new_term_is_one_entry_of_the_table(tiny_model, perturbed_policy, mixed_meta, tmp_path):
     """The SLiC hinge term, added to mpo.losses.TERMS alone, trains through loss_type and is logged and
     named on the model card; here against max(0, 1 − (r_c − r_r)) written out."""
-    from mpo.hub import objective_line
+    from mpo.card import objective_line
 
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)

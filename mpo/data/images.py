@@ -58,9 +58,15 @@ def count_tiles(width: int, height: int, tile_size: int, max_tiles: int, min_til
     return grid + 1 if grid > 1 else grid
 
 
+def tiling_kwargs(max_tiles: int) -> dict:
+    """The image processor's arguments for dynamic tiling into at most ``max_tiles`` tiles (one tile,
+    the whole image resized, when ``max_tiles`` is 1): transformers' processor, and vLLM's per prompt."""
+    return {"crop_to_patches": max_tiles > 1, "max_patches": max_tiles}
+
+
 def tiles_for(image_processor, images: list[Image.Image], max_tiles: int) -> tuple[torch.Tensor, list[int]]:
     """Pixel values of every tile of every image ([T, 3, H, W]) and the tile count per image."""
-    out = image_processor(images=images, crop_to_patches=max_tiles > 1, max_patches=max_tiles, return_tensors="pt")
+    out = image_processor(images=images, **tiling_kwargs(max_tiles), return_tensors="pt")
     return out["pixel_values"], [int(n) for n in out["num_patches"]]
 
 
