@@ -10,7 +10,6 @@ import torch
 from conftest import MIXED_ROWS
 from trl.trainer.utils import add_fused_lm_head
 
-from mpo.data.collator import PreferenceCollator
 from mpo.data.mmpr import load_mmpr
 from mpo.losses import RewardShift
 from mpo.models.loading import load_model, load_processor
@@ -23,19 +22,61 @@ def _config(tmp_path, **kw) -> MPOConfig:
     return MPOConfig(**{**base, **kw})
 
 
-def plain_batch(processor, records) -> dict:
-    """Two rows per pair ([prompt | chosen], [prompt | rejected]), tiles repeated: the plain layout."""
-    return PreferenceCollator(processor, prefix_sharing=False, vision_once=False)(records)
+SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+
+
+def oracle_batch(processor, meta, indices) -> dict:
+    """The plain layout built by hand from the raw rows of ``MIXED_ROWS`` (not the project's template or
+    collator): the InternVL2.5 chat prompt, each ``<image>`` as ``<img>`` + ``<IMG_CONTEXT>`` x tiles x
+    tokens per tile + ``</img>`` (12 tiles shared by a sample's images; one per video frame, shown as
+    ``Frame{i}: <image>``), the response and ``<|im_end|>`` tokenised apart; rows [chosen..., rejected...]."""
+    from PIL import Image
+
+    tokenizer, root = processor.tokenizer, meta.parent / "img"
+    budget = json.loads(meta.read_text())["toy"]["max_dynamic_patch"]
+    rows, pixels = [], []
+    for side in ("chosen", "rejected"):
+        for i in indices:
+            raw = MIXED_ROWS[i]
+            files = raw.get("video") or raw.get("image") or []
+            files = [files] if isinstance(files, str) else files
+            question = raw["question"]
+            if "video" in raw:
+                question = "".join(f"Frame{k + 1}: <image>\n" for k in range(len(files))) + question.replace("<video>\n", "")
+            elif files and "<image>" not in question:
+                question = "<image>\n" + question
+            per_image = 1 if "video" in raw else max(1, budget // max(1, len(files)))
+            for f in files:
+                with Image.open(root / f) as img:
+                    out = processor.image_processor(images=[img.convert("RGB")], crop_to_patches=per_image > 1,
+                                                    max_patches=per_image, return_tensors="pt")  # fmt: skip
+                pixels.append(out["pixel_values"])
+                tokens = "<img>" + "<IMG_CONTEXT>" * (int(out["num_patches"][0]) * processor.image_seq_length) + "</img>"
+                question = question.replace("<image>", tokens, 1)
+            prompt = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+                      "<|im_start|>assistant\n")  # fmt: skip
+            head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            answer = tokenizer(raw[side] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            rows.append((head + answer, [0] * len(head) + [1] * len(answer)))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+
+    def padded(values: list[int], fill: int) -> list[int]:
+        return values + [fill] * (width - len(values))
+
+    return {"input_ids": torch.tensor([padded(ids, pad) for ids, _ in rows]),
+            "attention_mask": torch.tensor([padded([1] * len(ids), 0) for ids, _ in rows]),
+            "response": torch.tensor([padded(mask, 0) for _, mask in rows]),
+            "pixel_values": torch.cat(pixels) if pixels else None}  # fmt: skip
 
 
 def independent_logps(model, batch) -> torch.Tensor:
-    """Σ log p(response tokens) per row of a plain batch, from full logits (no fused head, no chunks)."""
+    """Σ log p(response tokens) per row of an oracle batch, from full logits (no fused head, no chunks)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    pixel_values=batch["pixel_values"]).logits  # fmt: skip
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    scored = batch["logp_index"] >= 0
-    token_logp = logp.gather(-1, batch["shift_labels"].clamp(min=0)[..., None]).squeeze(-1)
-    return (token_logp * scored).sum(dim=1)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logp = logp.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (token_logp * batch["response"][:, 1:]).sum(dim=1)
 
 
 def independent_mpo(pol, ref, lengths, beta, delta, weights, normalization):
@@ -85,7 +126,7 @@ def test_loss_terms_and_gradients_match_independent(tiny_model, perturbed_policy
                          train_dataset=data, processing_class=processor)  # fmt: skip
     trainer.reward_shift.load_state_dict({"value": 0.37, "total": 3.7, "count": 10})
     records = [data[i] for i in range(4)]  # image, multi-image, text, video
-    batch = plain_batch(processor, records)
+    batch = oracle_batch(processor, mixed_meta, range(4))
     trainer.model.train()
     fast_batch = trainer.data_collator(records)
     if "max_packed_tokens" in LAYOUTS[layout]:
@@ -97,7 +138,7 @@ def test_loss_terms_and_gradients_match_independent(tiny_model, perturbed_policy
     pol = independent_logps(policy, batch)
     with torch.no_grad():
         ref = independent_logps(reference, batch)
-    lengths = (batch["logp_index"] >= 0).sum(dim=1).float()
+    lengths = batch["response"].sum(dim=1).float()
     total, dpo, bco, sft, r_c, r_r = independent_mpo(pol, ref, lengths, 0.1, 0.37, (0.8, 0.2, 1.0), normalization)
     total.backward()
 
@@ -126,7 +167,7 @@ def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, 
     data, _ = load_mmpr(mixed_meta, processor)
     records = [data[i] for i in range(4)]  # image, multi-image, text, video
     with torch.no_grad():
-        expected = independent_logps(load_model(tiny_model), plain_batch(processor, records))
+        expected = independent_logps(load_model(tiny_model), oracle_batch(processor, mixed_meta, range(4)))
     flex = load_model(tiny_model, attn_implementation="flex_attention", layout="shared", training=False)
     add_fused_lm_head(flex, outputs=("log_probs",))
     for name, switches in LAYOUTS.items():
@@ -201,11 +242,11 @@ def test_a_new_term_is_one_entry_of_the_table(tiny_model, perturbed_policy, mixe
     records = [data[i] for i in range(4)]
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator(records)))
-    batch = plain_batch(processor, records)
+    batch = oracle_batch(processor, mixed_meta, range(4))
     with torch.no_grad():
         pol = independent_logps(load_model(perturbed_policy), batch)
         ref = independent_logps(load_model(tiny_model), batch)
-    lengths = (batch["logp_index"] >= 0).sum(dim=1).float()
+    lengths = batch["response"].sum(dim=1).float()
     r = 0.1 * (pol - ref)
     hinge = torch.clamp(1 - (r[:4] - r[4:]), min=0).mean()
     sft = torch.stack([-pol[i] / lengths[i] for i in range(4)]).mean()
@@ -385,7 +426,7 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(tin
     with torch.no_grad():
         ref_c, ref_r = trainer._reference_logps(trainer.model, batch)
         policy, _ = trainer._sequence_logps(trainer.model, batch)
-    plain = plain_batch(load_processor(tiny_model), [data[0], data[2]])
+    plain = oracle_batch(load_processor(tiny_model), mixed_meta, [0, 2])
     with torch.no_grad():
         base = independent_logps(load_model(tiny_model), plain)
     torch.testing.assert_close(torch.stack([ref_c, ref_r], 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5,
@@ -428,6 +469,6 @@ def test_in_step_reference_is_deterministic_under_lora_and_vision_drop_path(tiny
     second = trainer._reference_logps(trainer.model, batch)
     assert trainer.model.training  # back in training mode after the reference pass
     with torch.no_grad():
-        base = independent_logps(load_model(tiny_model).eval(), plain_batch(load_processor(tiny_model), [data[0], data[1]]))
+        base = independent_logps(load_model(tiny_model).eval(), oracle_batch(load_processor(tiny_model), mixed_meta, [0, 1]))
     for got in (first, second):
         torch.testing.assert_close(torch.stack(got, 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5, atol=1e-4)
