@@ -28,11 +28,12 @@ from data_builders.inputs import load_questions, read_subsets
 from data_builders.output import IMAGE_ROOTS, write_mmpr
 from data_builders.prompts import COT_INSTRUCTION
 from data_builders.report import build_report, write_report
-from data_builders.store import BuildDir, Journal, parse_shard
+from data_builders.store import BuildDir, parse_shard
 from mpo.answers import ANSWER_STYLES
 from mpo.dashboards import log_report_artifact
 from mpo.errors import UserError
 from mpo.generation import GenerationBackend, SamplingParams, add_vllm_arguments
+from mpo.journal import Journal
 
 PIPELINES = {"correctness": CorrectnessBuilder, "dropout-ntp": DropoutNTPBuilder}
 # Seconds to sleep after each finished batch: lets crash tests kill a run in the middle.

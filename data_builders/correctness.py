@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from data_builders.filters import FilterConfig, QualityScorer, rule_drop
 from data_builders.inputs import Question, bad_row_record, check_question
 from data_builders.prompts import COT_INSTRUCTION, cot_question
-from data_builders.store import question_seed
 from mpo.answers import extract_answer, infer_kind, is_correct
-from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams
+from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams, question_seed
 from mpo.prompts import parse_choices
 
 SUBSETS = ("correctness", "format")

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from data_builders.filters import FilterConfig, QualityScorer, rule_drop
 from data_builders.inputs import Question, bad_row_record, check_question
 from data_builders.prompts import text_only_question
-from data_builders.store import question_seed
 from mpo.errors import UserError
-from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams
+from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams, question_seed
 
 SUBSETS = ("dropout_ntp",)
 CHOSEN_FROM = ("model", "data")

@@ -17,12 +17,12 @@ The prompts are :data:`JUDGE_PROMPTS` (this project's wording). Judgements are a
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from eval.benchmarks import EvalItem
 from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams
+from mpo.journal import Journal
 
 JUDGEMENTS = "judgements.jsonl"
 JUDGE_MAX_NEW_TOKENS = 32
@@ -68,19 +68,9 @@ def judged_value(item: EvalItem, record: dict, output: str | None) -> float:
     return parse_grade(output or "")
 
 
-def _read(path: Path, judge: str) -> dict[tuple[str, str], dict]:
-    """The judgements ``judge`` already made (a torn last line, or another judge's, is judged again)."""
-    if not path.is_file():
-        return {}
-    done = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            if row["judge"] == judge:
-                done[(row["benchmark"], str(row["index"]))] = row
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return done
+def judgement_key(row: dict) -> tuple[str, str, str]:
+    """A judgement's key in ``judgements.jsonl`` (a :class:`mpo.journal.Journal`): judge, benchmark, index."""
+    return row["judge"], row["benchmark"], str(row["index"])
 
 
 def judge_records(items: list[EvalItem], records: dict[tuple[str, str], dict], backend: GenerationBackend,
@@ -88,8 +78,8 @@ def judge_records(items: list[EvalItem], records: dict[tuple[str, str], dict], b
     """Judge every record of an item whose benchmark has a judge task; sets ``record["judged"]`` and
     ``record["judge_output"]``; ``judge`` names the judge in ``judgements.jsonl``. Returns how many
     judge calls were made."""
-    path = Path(out) / JUDGEMENTS
-    done = _read(path, judge)
+    journal = Journal(Path(out) / JUDGEMENTS, judgement_key, "judgement")
+    done = {(b, i): row for (j, b, i), row in journal.done.items() if j == judge}  # another judge's: judged again
     todo: list[tuple[EvalItem, dict, str]] = []
     for item in items:
         if item.rule.judge is None:
@@ -105,16 +95,16 @@ def judge_records(items: list[EvalItem], records: dict[tuple[str, str], dict], b
         else:
             todo.append((item, record, prompt))
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=JUDGE_MAX_NEW_TOKENS)
-    with open(path, "a", encoding="utf-8") as f:
+    with journal:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             outputs = backend.generate([GenerationRequest(question=p, images=[]) for _, _, p in chunk], params)
             for (item, record, _), samples in zip(chunk, outputs, strict=True):
                 output = samples[0] if samples else ""
                 record.update(judged=judged_value(item, record, output), judge_output=output)
-                f.write(json.dumps({"benchmark": item.benchmark, "index": item.index, "judge": judge,
-                                    "judge_output": output, "judged": record["judged"]}, ensure_ascii=False) + "\n")  # fmt: skip
-            f.flush()
+                journal.append({"benchmark": item.benchmark, "index": item.index, "judge": judge,
+                                "judge_output": output, "judged": record["judged"]}, sync=False)  # fmt: skip
+            journal.sync()
     return len(todo)
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from tqdm import tqdm
@@ -45,7 +44,8 @@ from eval.scoring import score, summarize
 from mpo.dashboards import log_report_artifact
 from mpo.data.meta import BadRows
 from mpo.errors import DataError, UserError
-from mpo.generation import GenerationBackend, SamplingParams, add_vllm_arguments, vllm_options
+from mpo.generation import GenerationBackend, SamplingParams, add_vllm_arguments, question_seed, vllm_options
+from mpo.journal import Journal
 
 PREDICTIONS = "predictions.jsonl"
 # Generation length when --max-new-tokens is not given.
@@ -69,29 +69,9 @@ def _key(benchmark: str, index: str) -> tuple[str, str]:
     return benchmark, str(index)
 
 
-def read_predictions(path: Path) -> dict[tuple[str, str], dict]:
-    """The records already written, by (benchmark, index). A torn last line (a crash mid-write) is
-    cut off the file, so that appending goes on cleanly."""
-    if not path.is_file():
-        return {}
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        raw = raw[: raw.rfind(b"\n") + 1]
-        with open(path, "r+b") as f:
-            f.truncate(len(raw))
-    done: dict[tuple[str, str], dict] = {}
-    for line_no, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            key = _key(record["benchmark"], record["index"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserError(
-                f"{path}:{line_no}: not a prediction record ({err}); move the file away to start over"
-            ) from None
-        done[key] = record
-    return done
+def prediction_key(record: dict) -> tuple[str, str]:
+    """A prediction's key in ``predictions.jsonl`` (a :class:`mpo.journal.Journal`)."""
+    return _key(record["benchmark"], record["index"])
 
 
 def _check_run(out: Path, settings: dict, overwrite: bool) -> None:
@@ -192,10 +172,12 @@ def evaluate(
     else:
         (out / BAD_ROWS).unlink(missing_ok=True)
     pred_path = out / PREDICTIONS
-    done = read_predictions(pred_path)
+    journal = Journal(pred_path, prediction_key, "prediction")
+    done = journal.done
     for it in items:
         old = done.get(_key(it.benchmark, it.index))
         if old is not None and (old.get("question"), old.get("answer")) != (it.question, it.answer):
+            journal.close()
             raise UserError(f"{pred_path}: the prediction for {it.benchmark} index {it.index} was made for another "
                             f"question or answer than {it.path}:{it.line}; use another --out, or --overwrite")  # fmt: skip
     pending = [it for it in items if _key(it.benchmark, it.index) not in done]
@@ -219,7 +201,7 @@ def evaluate(
                                   sampling["beta"], judge_model, judge_backend, backend_name, batch_size,
                                   max_dynamic_patch)  # fmt: skip
         bar = tqdm(total=len(pending), desc="evaluating", disable=None if progress is None else not progress)
-        with open(pred_path, "a", encoding="utf-8") as f:
+        with journal:
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
                 responses = backend.generate([requests[_key(it.benchmark, it.index)] for it in chunk], params)
@@ -237,12 +219,11 @@ def evaluate(
                     else:
                         response = samples[0] if samples else ""
                         record.update(response=response, **score(it, response, cot))
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    done[_key(it.benchmark, it.index)] = record
-                f.flush()
-                os.fsync(f.fileno())
+                    journal.append(record, sync=False)
+                journal.sync()
                 bar.update(len(chunk))
         bar.close()
+    journal.close()
 
     judged_by = _judge(items, done, out, judge_model, judge_backend, backend_name, batch_size)
     records = [done[_key(it.benchmark, it.index)] for it in items]
@@ -308,8 +289,6 @@ def _sampling_settings(num_samples: int, temperature: float | None, seed: int, a
 
 def item_seed(seed: int, item: EvalItem) -> int:
     """The sampling seed of one item: from the run's seed, its benchmark and its index."""
-    from data_builders.store import question_seed
-
     return question_seed(seed, f"{item.benchmark}\x00{item.index}")
 
 

@@ -8,6 +8,7 @@ present) for generation at scale.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -107,6 +108,12 @@ class _RowSampler(LogitsProcessor):
         tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, tokens.to(scores.device), 0.0)
+
+
+def question_seed(seed: int, key: str) -> int:
+    """A 62-bit seed for one question (pair building, sampled evaluation), from the run's seed and the
+    question's key."""
+    return int(hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()[:15], 16)
 
 
 def row_seed(seed: int, k: int) -> int:

@@ -28,11 +28,13 @@ from data_builders.prompts import (
     strip_answer_format,
     text_only_question,
 )
-from data_builders.store import Journal, parse_shard, question_seed, read_records
+from data_builders.store import parse_shard
 from data_builders.synthetic import generate
 from mpo.cli import main as cli_main
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
+from mpo.generation import question_seed
+from mpo.journal import Journal, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 GEN = ["--n", "4", "--max-new-tokens", "24", "--temperature", "1.0", "--batch-size", "3"]
