@@ -1,8 +1,10 @@
 """MPOTrainer vs plain trl.DPOTrainer: pairs/s, peak memory, and the speed-up the removed work predicts.
 
     mpo bench [--quick] [--rounds R] [--steps S]      (also: make bench)
+    mpo bench --shape real [--layers 2]                (also: make bench-real)
 
-Both trainers get the same tiny InternVL2.5 model, the same preference pairs, batch and seed, and
+Both trainers get the same model (the tiny InternVL2.5, or ``--shape real``: random weights at the
+InternVL2.5-1B widths cut to ``--layers``), the same preference pairs, batch and seed, and
 the same objective (TRL: loss_type sigmoid + bco_pair + sft with weights 0.8 / 0.2 / 1.0). Each
 measurement runs in a fresh subprocess, TRL and MPO alternating, so peak RSS is per run. Shapes:
 ``image_heavy`` (7 tiles = 112 image tokens + the system prompt against ~12-token responses) and
@@ -11,7 +13,8 @@ measurement runs in a fresh subprocess, TRL and MPO alternating, so peak RSS is 
 growth of the process's peak RSS during training (the kernel's mark is reset just before it), or on
 a GPU the peak of allocated CUDA memory above what was held before training.
 Runs use ``--threads`` torch threads (default 1: stable numbers on a shared machine).
-Writes latest.json and latest.md into --out (default ./mpo_bench; `make bench`: benchmarks/results).
+Writes latest.json and latest.md (`--shape real`: real.json and real.md) into --out (default ./mpo_bench;
+`make bench`, `make bench-real`: benchmarks/results).
 """
 
 from __future__ import annotations
@@ -46,8 +49,18 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
+# The real shape's images (px at 448 px tiles, max 12 tiles): 2x2, 3x2, 3x3 and 4x3 grids plus the
+# thumbnail, i.e. 5, 7, 10 and 13 tiles (1280-3328 image tokens), as MMPR's photos, charts and documents
+# tile at InternVL2.5's max_dynamic_patch 12.
+REAL_IMAGE_SIZES = [(896, 896), (1344, 896), (1344, 1344), (1792, 1344)]
+
+
 def make_pairs(root: Path, shape: str, n: int, seed: int = 0) -> list[dict]:
-    """Preference rows in the MMPR layout (and images on disk) for one benchmark shape."""
+    """Preference rows in the MMPR layout (and images on disk) for one benchmark shape.
+
+    ``real``: one image of :data:`REAL_IMAGE_SIZES` (5-13 tiles), a 20-80 word question and
+    chain-of-thought chosen / rejected answers of 100-400 words each, drawn independently (MMPR's
+    correctness pairs: two sampled answers to one question, of unrelated lengths)."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
@@ -70,11 +83,15 @@ def make_pairs(root: Path, shape: str, n: int, seed: int = 0) -> list[dict]:
             Image.new("RGB", (192, 128), rng.choice(["red", "green", "blue"])).save(root / "img" / f"{i}.png")
             rows.append({"image": f"{i}.png", "question": text(rng.randint(20, 40)) + "?",
                          "chosen": text(rng.randint(60, 200)), "rejected": text(rng.randint(60, 200))})  # fmt: skip
+        elif shape == "real":
+            Image.new("RGB", rng.choice(REAL_IMAGE_SIZES), rng.choice(["red", "green", "blue"])).save(root / "img" / f"{i}.png")
+            rows.append({"image": f"{i}.png", "question": text(rng.randint(20, 80)) + "?",
+                         "chosen": text(rng.randint(100, 400)), "rejected": text(rng.randint(100, 400))})  # fmt: skip
         else:
             rows.append({"question": text(40) + "?", "chosen": text(48), "rejected": text(48)})
     (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "meta.json").write_text(json.dumps({"bench": {"root": "img", "annotation": "pairs.jsonl",
-                                                          "max_dynamic_patch": 6}}))  # fmt: skip
+                                                          "max_dynamic_patch": 12 if shape == "real" else 6}}))  # fmt: skip
     return rows
 
 
@@ -216,6 +233,10 @@ def ideal_speedup(model: str, data: str, batch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpo bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", choices=["tiny", "real"], default="tiny",
+                        help="tiny: the tiny model on two shapes; real: the InternVL2.5-1B widths (151k vocabulary, "
+                        "448 px tiles) cut to --layers, on MMPR-like pairs (make_pairs)")  # fmt: skip
+    parser.add_argument("--layers", type=int, default=2, help="--shape real: layers of each tower")
     parser.add_argument("--quick", action="store_true", help="small run: < 2 minutes on 2 cores")
     parser.add_argument("--rounds", type=int, default=None, help="TRL/MPO alternations per shape")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run")
@@ -229,12 +250,20 @@ def main(argv: list[str] | None = None) -> int:
         kind, shape, model, data, steps, batch, switches = args.child
         print("RESULT " + json.dumps(child(kind, shape, model, data, int(steps), int(batch), json.loads(switches))))
         return 0
-    rounds = args.rounds or (1 if args.quick else 3)
-    steps = args.steps or (6 if args.quick else 20)
+    real = args.shape == "real"
+    rounds = args.rounds or (1 if args.quick or real else 3)
+    steps = args.steps or (3 if real else 6 if args.quick else 20)
     work = Path(tempfile.mkdtemp(prefix="mpo-bench-"))
-    from mpo.models.tiny import build_tiny_model
+    if real:
+        from mpo.models.sizes import build_random_native
 
-    model = str(build_tiny_model(work / "model"))
+        model = str(build_random_native("1b", work / "model", layers=args.layers))
+    else:
+        from mpo.models.tiny import build_tiny_model
+
+        model = str(build_tiny_model(work / "model"))
+    shapes = ("real",) if real else ("image_heavy", "text_heavy")
+    breakdown_shape = shapes[0]
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
     def measure(kind: str, shape: str, data: Path, switches: dict | None = None) -> dict:
         cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", kind, shape, model, str(data), str(steps),
@@ -249,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     results: dict = {}
-    for shape in ("image_heavy", "text_heavy"):
+    for shape in shapes:
         data = work / shape
         make_pairs(data, shape, n=steps * args.batch)
         runs: dict[str, list[dict]] = {"trl": [], "mpo": []}
@@ -266,26 +295,29 @@ def main(argv: list[str] | None = None) -> int:
             "ideal_speedup_train": ideal_speedup(model, str(data), args.batch)["train"],
             "trl": med["trl"], "mpo": med["mpo"], "runs": runs,
         }  # fmt: skip
-    if not args.quick:  # one switch at a time, against the median TRL run of the image-heavy shape
-        trl_rate = results["image_heavy"]["trl"]["train_pairs_per_s"]
+    if not args.quick:  # one switch at a time, against the median TRL run of the first shape
+        trl_rate = results[breakdown_shape]["trl"]["train_pairs_per_s"]
         results["breakdown"] = {}
         for name, switches in BREAKDOWN.items():
-            r = measure("mpo", "image_heavy", work / "image_heavy", switches)
+            r = measure("mpo", breakdown_shape, work / breakdown_shape, switches)
             results["breakdown"][name] = {"switches": switches, "train_pairs_per_s": r["train_pairs_per_s"],
                                           "e2e_pairs_per_s": r["e2e_pairs_per_s"], "peak_mb": r["peak_mb"],
                                           "speedup_train_vs_trl": r["train_pairs_per_s"] / trl_rate}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"steps": steps, "batch": args.batch, "rounds": rounds, "threads": args.threads, "cores": os.cpu_count()}
-    (args.out / "latest.json").write_text(json.dumps({**results, "settings": meta}, indent=1))
+    meta = {"shape": args.shape, "steps": steps, "batch": args.batch, "rounds": rounds, "threads": args.threads,
+            "cores": os.cpu_count(), "model": f"InternVL2.5-1B widths, {args.layers} + {args.layers} layers"
+            if real else "tiny InternVL2.5"}  # fmt: skip
+    name = "real" if real else "latest"
+    (args.out / f"{name}.json").write_text(json.dumps({**results, "settings": meta}, indent=1))
     table = render_table(results, meta)
-    (args.out / "latest.md").write_text(table)
+    (args.out / f"{name}.md").write_text(table)
     print(table)
     return 0
 
 
 def render_table(results: dict, meta: dict) -> str:
-    lines = [f"MPOTrainer vs trl.DPOTrainer (tiny InternVL2.5, CPU, {meta['steps']} steps x {meta['batch']} pairs, "
-             f"median of {meta['rounds']})", ""]  # fmt: skip
+    lines = [f"MPOTrainer vs trl.DPOTrainer ({meta.get('model', 'tiny InternVL2.5')}, CPU, {meta['steps']} steps x "
+             f"{meta['batch']} pairs, median of {meta['rounds']}; steps 2..N timed)", ""]  # fmt: skip
     rows = [[shape, f"{r['trl']['train_pairs_per_s']:.1f}", f"{r['mpo']['train_pairs_per_s']:.1f}",
              f"{r['mpo']['e2e_pairs_per_s']:.1f}", f"{r['speedup_train']:.2f}x", f"{r['speedup_e2e']:.2f}x",
              f"{r['ideal_speedup_train']:.2f}x", f"{r['trl']['peak_mb']:.0f}", f"{r['mpo']['peak_mb']:.0f}",
@@ -294,7 +326,8 @@ def render_table(results: dict, meta: dict) -> str:
                              "speed-up e2e", "ideal (work counted)", "TRL peak MB", "MPO peak MB", "memory ratio"],
                             rows)  # fmt: skip
     if "breakdown" in results:
-        lines += ["", "Per switch (image-heavy, MPOTrainer with one change, single run each):", ""]
+        lines += ["", f"Per switch ({'real' if meta.get('shape') == 'real' else 'image-heavy'} shape, MPOTrainer "
+                  "with one change, single run each):", ""]  # fmt: skip
         rows = [[name, f"{r['train_pairs_per_s']:.1f}", f"{r['e2e_pairs_per_s']:.1f}",
                  f"{r['speedup_train_vs_trl']:.2f}x", f"{r['peak_mb']:.0f}"] for name, r in results["breakdown"].items()]
         lines += markdown.table(["MPO configuration", "pairs/s (train)", "pairs/s (e2e)", "vs TRL (train)", "peak MB"],
