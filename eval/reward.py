@@ -8,7 +8,7 @@ checkpoint it was trained from, ``--reference``) as π_ref:
 where log π(y | x) is the summed log-probability of the response tokens, ``y<|im_end|>``, after
 the prompt, encoded exactly as training encodes a chosen response (:class:`mpo.data.collator.
 PreferenceCollator`), so it is the quantity the DPO term of MPO was trained on. Each model scores
-all N responses of an item in one batched forward pass. β only scales the reward (the pick does not
+all N responses of an item in one batched forward pass, its vision tower once. β only scales the reward (the pick does not
 depend on it); it is kept so that the stored scores read as the training logs' ``rewards/*``.
 
 Why this is the default scorer: it needs no third model, costs two forward passes per item (no
@@ -20,6 +20,7 @@ tiny or small checkpoint is not.
 from __future__ import annotations
 
 import torch
+from trl.trainer.utils import add_fused_lm_head
 
 from mpo.data.collator import PreferenceCollator
 from mpo.data.images import tile_budget
@@ -41,32 +42,38 @@ def encode(processor, request: GenerationRequest, response: str) -> tuple[list[i
 
 @torch.no_grad()
 def response_logps(model, processor, request: GenerationRequest, responses: list[str]) -> list[float]:
-    """Summed log π(response | prompt) of every response, in one right-padded batch."""
+    """Summed log π(response | prompt) of every response, in one right-padded batch.
+
+    The N rows show the same image(s): the vision tower runs once and its features serve every row (as
+    the trainer's vision once), and the LM head runs only at response positions, in chunks (TRL's
+    fused head, added by :class:`RewardScorer`): no [N, length, vocabulary] logits tensor.
+    """
     encoded = [encode(processor, request, r) for r in responses]
     width = max(len(p) + len(c) for p, c, _ in encoded)
-    pad = processor.tokenizer.pad_token_id
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    ids = torch.full((len(encoded), width), processor.tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
+    shift_labels = torch.full_like(ids, -100)  # token t + 1 is scored at position t
     for row, (prompt, chosen, _) in enumerate(encoded):
         ids[row, : len(prompt) + len(chosen)] = torch.tensor(prompt + chosen)
         mask[row, : len(prompt) + len(chosen)] = 1
+        shift_labels[row, len(prompt) - 1 : len(prompt) + len(chosen) - 1] = torch.tensor(chosen)
     kwargs = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
-    tiles = [t for _, _, t in encoded if t is not None]
-    if tiles:
-        kwargs["pixel_values"] = torch.cat(tiles).to(model.device, model.dtype)
-    logits = model(**kwargs, use_cache=False).logits.float()
-    log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(logits.device))[..., 0]
-    out = []
-    for row, (prompt, chosen, _) in enumerate(encoded):
-        # token t is predicted at position t - 1
-        out.append(float(log_probs[row, len(prompt) - 1 : len(prompt) + len(chosen) - 1].sum()))
-    return out
+    tiles = encoded[0][2]  # every row shows the request's images
+    if tiles is not None:
+        features = model.model.get_image_features(pixel_values=tiles.to(model.device, model.dtype), return_dict=True)
+        features.pooler_output = features.pooler_output.repeat(len(encoded), 1, 1)
+        kwargs["mm_encoder_outputs"] = {"image": features}
+    out = model(**kwargs, shift_labels=shift_labels.to(model.device), use_cache=False, fused_lm_head=True)
+    scored = shift_labels.to(out.log_probs.device) != -100
+    return (out.log_probs.float() * scored).sum(dim=1).tolist()
 
 
 class RewardScorer:
     """Scores responses by β · (log π − log π_ref) (see the module docstring)."""
 
     def __init__(self, policy, reference, processor, beta: float = DEFAULT_BETA) -> None:
+        for model in (policy, reference):
+            add_fused_lm_head(model, outputs=("log_probs",))
         self.policy, self.reference, self.processor, self.beta = policy.eval(), reference.eval(), processor, beta
 
     def score(self, request: GenerationRequest, responses: list[str]) -> list[float]:

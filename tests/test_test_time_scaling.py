@@ -234,7 +234,9 @@ def test_reward_scorer_matches_beta_logratio(tiny_model, perturbed_policy, tmp_p
     from mpo.generation import GenerationRequest
     from mpo.models.loading import load_model, load_processor
 
-    Image.new("RGB", (64, 64), (30, 70, 220)).save(tmp_path / "blue.png")
+    wide = Image.new("RGB", (128, 64), (30, 70, 220))  # 2 x 1 tiles + thumbnail: features shared by the rows
+    wide.paste((220, 30, 30), (0, 0, 64, 64))
+    wide.save(tmp_path / "blue.png")
     processor = load_processor(tiny_model)
     policy, reference = load_model(perturbed_policy, training=False), load_model(tiny_model, training=False)
     scorer = RewardScorer(policy, reference, processor, beta=0.5)
