@@ -97,13 +97,14 @@ def model_states_bytes(counts: Counts, zero: int, gpus: int, gpus_per_node: int)
     raise UserError(f"zero stage {zero}: expected 0, 1, 2 or 3")
 
 
-def activation_bytes(size_key: str, tokens: int, tiles: int, checkpointing: bool) -> int:
-    """Activations of one micro-batch (module docstring): LLM over ``tokens``, ViT over ``tiles``."""
+def activation_bytes(size_key: str, tokens: int, tiles: int, checkpointing: bool, layers: int | None = None) -> int:
+    """Activations of one micro-batch (module docstring): LLM over ``tokens``, ViT over ``tiles``;
+    ``layers`` cuts both towers to that depth (the benchmarks' cut models)."""
     from mpo.models.sizes import SIZES
 
     size = SIZES[size_key]
-    towers = ((size.llm.hidden_size, size.llm.num_hidden_layers, tokens),
-              (size.vision.hidden_size, size.vision.num_hidden_layers, tiles * PATCHES_PER_TILE))  # fmt: skip
+    towers = ((size.llm.hidden_size, layers or size.llm.num_hidden_layers, tokens),
+              (size.vision.hidden_size, layers or size.vision.num_hidden_layers, tiles * PATCHES_PER_TILE))  # fmt: skip
     total = 0
     for hidden, layers, n in towers:
         full_layer = ACTIVATION_BYTES_PER_HIDDEN * hidden * n
