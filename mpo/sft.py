@@ -41,7 +41,7 @@ from mpo.data.meta import BadRows, DataConfig, skip_summary
 from mpo.data.packing import pack_samples
 from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataReport, SFTDataset, load_sft
 from mpo.errors import UserError
-from mpo.models.loading import FreezePolicy, load_model, load_processor
+from mpo.models.loading import FreezePolicy, load_model, load_processor, vision_drop_path_field
 from mpo.recipe import parse_recipe
 from mpo.runtime import cpu_training_defaults
 from mpo.sft_loss import LOSS_REDUCTIONS, token_losses, weight_sum, weighted_loss_sum
@@ -194,6 +194,7 @@ class SFTModelConfig:
                   "flash_attention_2 (padding-free varlen) on a GPU with flash-attn, flex_attention for packing on "
                   "a GPU without it, sdpa on the CPU. Or one of eager, sdpa, flex_attention, flash_attention_2."},
     )  # fmt: skip
+    vision_drop_path_rate: float = vision_drop_path_field()
 
 
 @dataclass
@@ -342,7 +343,8 @@ def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SF
     train_data, report = load(data_args.meta_path, "train", data_args.max_repetition_ratio)
     eval_data = load(data_args.eval_meta_path, "eval", None)[0] if data_args.eval_meta_path else None
     model = load_model(model_args.model_name_or_path, freeze=args.freeze_policy, dtype=model_args.dtype,
-                       attn_implementation=model_args.attn_implementation, layout=layout_of(packed=args.packing))  # fmt: skip
+                       attn_implementation=model_args.attn_implementation, layout=layout_of(packed=args.packing),
+                       vision_drop_path=model_args.vision_drop_path_rate)  # fmt: skip
     args.apply_model_size(sum(p.numel() for p in model.parameters()))
     trainer = SFTStageTrainer(model, args, train_dataset=train_data, eval_dataset=eval_data,
                               processing_class=processor, bad_rows=report.bad_rows)  # fmt: skip

@@ -23,7 +23,7 @@ from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
 from mpo.data.meta import DataConfig, skip_summary
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
-from mpo.models.loading import FreezePolicy, load_model, load_processor
+from mpo.models.loading import FreezePolicy, load_model, load_processor, vision_drop_path_field
 from mpo.recipe import parse_recipe
 from mpo.trainer import MPOConfig, MPOTrainer
 
@@ -50,11 +50,7 @@ class InternVLModelConfig(ModelConfig):
     freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (InternViT)."})
     freeze_projector: bool = field(default=False, metadata={"help": "Freeze the MLP projector."})
     freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model (and lm_head)."})
-    vision_drop_path_rate: float = field(
-        default=0.0,
-        metadata={"help": "Stochastic depth of the vision tower, rising linearly to this rate at the last layer "
-                  "(reference: 0.1 for 1B-8B, 0.4 for 26B+)."},
-    )  # fmt: skip
+    vision_drop_path_rate: float = vision_drop_path_field()
 
 
     def __post_init__(self) -> None:

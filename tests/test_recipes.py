@@ -60,8 +60,9 @@ def test_mpo_recipe_per_size(size):
 
 @pytest.mark.parametrize(("size", "name", "path"), SFT_RECIPES, ids=lambda v: str(v.relative_to(RECIPES)) if isinstance(v, Path) else "")
 def test_sft_recipe_per_size(size, name, path):
-    _, _, args = parse_sft_args(["--config", str(path), *CPU])
+    model, _, args = parse_sft_args(["--config", str(path), *CPU])
     stage, lr, warmup = STAGES[name]
+    assert model.vision_drop_path_rate == (TABLE[size].drop_path_rate if stage == "2" else 0.0)
     assert args.stage == stage
     assert args.learning_rate == (lr if lr is not None else TABLE[size].sft_stage2_learning_rate)
     header = [line for line in path.read_text().splitlines() if line.startswith("#")]

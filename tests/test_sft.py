@@ -463,3 +463,21 @@ def test_resume_restores_weights(tiny_model, processor, sft_meta, tmp_path):
     resumed = run(tmp_path / "part", resume=str(tmp_path / "full" / "checkpoint-1"))
     for name, p in full.items():
         torch.testing.assert_close(resumed[name], p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_sft_stage_2_gets_the_vision_drop_path_of_its_recipe(tiny_model, sft_meta, tmp_path, rate):
+    """`vision_drop_path_rate` reaches the vision tower in `mpo sft` as in `mpo train`: every ViT layer's
+    two residual branches hooked, the last one dropping at the full rate in training mode only."""
+    from mpo.sft import build_trainer, parse_sft_args
+
+    trainer = build_trainer(*parse_sft_args([
+        "--config", "recipes/tiny/sft_stage2.yaml", "--model_name_or_path", str(tiny_model), "--meta_path",
+        str(sft_meta), "--output_dir", str(tmp_path / "out"), "--vision_drop_path_rate", str(rate)]))  # fmt: skip
+    layers = trainer.model.model.vision_tower.encoder.layer
+    assert [len(layer.mlp._forward_hooks) for layer in layers] == [1 if rate else 0] * len(layers)
+    last = layers[-1].mlp.train()
+    x = torch.randn(400, 5, trainer.model.config.vision_config.hidden_size)
+    torch.manual_seed(0)
+    dropped = (last(x).abs().amax(dim=(1, 2)) == 0).float().mean().item()
+    assert abs(dropped - rate) < 0.08  # whole tiles dropped with probability `rate`
