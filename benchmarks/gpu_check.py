@@ -5,7 +5,7 @@ InternVL2.5-1B widths, and padding-free varlen flash-attention vs padded rows.
     python -m benchmarks.gpu_check --dry    # CPU, fp32, tiny shapes: the same code, CUDA-only parts skipped
 
 1. Exactness. For each kernel that runs here (eager, sdpa, flex_attention with triton, flash_attention_2
-   with flash-attn) and each layout (plain, vision once, prefix sharing, packing, prefix sharing +
+   with flash-attn, torch_varlen with torch >= 2.9) and each layout (plain, vision once, prefix sharing, packing, prefix sharing +
    packing), the summed response log-probs and the gradient of their sum are compared with the plain
    two-row layout under sdpa, in the same dtype. Tolerances: fp32 1e-4; bf16 2 % of the largest
    |log-prob| and 5 % relative gradient error (bf16 keeps 8 bits of mantissa; a leaking mask is off
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import torch_varlen
 from mpo import markdown
+from mpo.attention import TORCH_VARLEN, Platform
 
 LAYOUTS = {
     "plain": dict(prefix_sharing=False, vision_once=False),
@@ -66,7 +66,6 @@ def build_model(out: Path, *, real: bool, layers: int | None = None) -> Path:
 
 def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:
     """The kernels that run here, and why each other one does not."""
-    from mpo.attention import Platform
 
     platform = Platform.detect()
     kernels, skipped = ["sdpa", "eager"], {}
@@ -78,14 +77,16 @@ def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:
         kernels.append("flash_attention_2")
     else:
         skipped["flash_attention_2"] = "needs CUDA and flash-attn" + ("" if not cuda else " (pip install flash-attn)")
-        if torch_varlen.available():  # the same varlen path through PyTorch's own FlashAttention-2
-            kernels.append(torch_varlen.register())
+    if platform.torch_varlen:
+        kernels.append(TORCH_VARLEN)
+    else:
+        skipped[TORCH_VARLEN] = "needs CUDA and torch >= 2.9"
     return kernels, skipped
 
 
 def varlen_kernel(kernels: list[str]) -> str | None:
     """The padding-free kernel the speed runs compare with padded rows, if one runs here."""
-    return next((k for k in ("flash_attention_2", torch_varlen.NAME) if k in kernels), None)
+    return next((k for k in ("flash_attention_2", TORCH_VARLEN) if k in kernels), None)
 
 
 def exactness(model_dir: Path, data: Path, device: str, dtype: torch.dtype) -> list[dict]:
@@ -188,9 +189,9 @@ def render(report: dict) -> str:
              f"torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}, flash-attn "
              f"{env['flash_attn']}, triton {env['triton']}", ""]  # fmt: skip
     lines += [f"- skipped: {k}: {why}" for k, why in report["skipped"].items()]
-    if any(r["kernel"] == torch_varlen.NAME for r in report["exactness"]):
-        lines.append(f"- {torch_varlen.NAME}: PyTorch's own varlen FlashAttention-2 stands in for flash-attn "
-                     "(same cu_seq_lens path; benchmarks/torch_varlen.py)")
+    if any(r["kernel"] == TORCH_VARLEN for r in report["exactness"]):
+        lines.append(f"- {TORCH_VARLEN}: PyTorch's own varlen FlashAttention-2 (mpo.attention), the same flattened "
+                     "rows and cu_seq_lens as flash_attention_2")
     lines += ["", report["runs"]] if "runs" in report else []
     lines += ["", f"## Exactness against plain rows under sdpa ({report['exactness_model']})", ""]
     rows = []

@@ -131,14 +131,11 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
     import torch
     from transformers import TrainerCallback
 
-    from benchmarks import torch_varlen
     from mpo.attention import layout_of
 
     torch.manual_seed(0)
     switches = dict(switches or {})
     attn = switches.pop("attn_implementation", "auto")
-    if attn == torch_varlen.NAME:
-        torch_varlen.register()
     cuda = torch.cuda.is_available()
     common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps,
                   learning_rate=1e-5, report_to=[], save_strategy="no", logging_steps=10_000,

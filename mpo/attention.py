@@ -33,6 +33,9 @@ What each kernel takes (transformers 5.24; :func:`model_inputs` builds it, in on
                        flash-attention). Varlen runs each sequence causally on its own, so it
                        expresses "plain" and "packed" but not "shared": a branch that must see the
                        prompt but not its sibling is no contiguous causal sequence
+``torch_varlen``       the same flattened rows through PyTorch's own varlen FlashAttention-2
+                       (``torch.nn.attention.varlen``, torch >= 2.9, CUDA): padding-free training
+                       on a GPU without the flash-attn package, registered with transformers here
 =====================  ==========================================================================
 
 Plain rows keep the 2-D padding mask under sdpa / eager / flex (right padding plus the causal mask is
@@ -54,9 +57,10 @@ from mpo.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+TORCH_VARLEN = "torch_varlen"
+KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", TORCH_VARLEN)
 LAYOUTS = ("plain", "packed", "shared")
-VARLEN_KERNELS = {"flash_attention_2"}  # padding-free kernels that take cu_seq_lens instead of a mask
+VARLEN_KERNELS = {"flash_attention_2", TORCH_VARLEN}  # padding-free kernels that take cu_seq_lens instead of a mask
 
 # Which layouts each kernel computes exactly (see the module docstring).
 EXPRESSES: dict[str, set[str]] = {
@@ -64,6 +68,7 @@ EXPRESSES: dict[str, set[str]] = {
     "sdpa": {"plain", "packed", "shared"},
     "flex_attention": {"plain", "packed", "shared"},
     "flash_attention_2": {"plain", "packed"},
+    TORCH_VARLEN: {"plain", "packed"},
 }
 
 
@@ -168,13 +173,15 @@ class Platform:
     cuda: bool
     flash_attn: bool  # the flash-attn package imports
     flex_backward: bool  # flex attention trains here (CUDA with triton; torch has no CPU backward for it)
+    torch_varlen: bool = False  # torch ships varlen FlashAttention-2 (torch >= 2.9) and CUDA is here
 
     @classmethod
     def detect(cls) -> Platform:
         cuda = torch.cuda.is_available()
         found = importlib.util.find_spec
         return cls(cuda=cuda, flash_attn=cuda and found("flash_attn") is not None,
-                   flex_backward=cuda and found("triton") is not None)  # fmt: skip
+                   flex_backward=cuda and found("triton") is not None,
+                   torch_varlen=cuda and found("torch.nn.attention.varlen") is not None)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,7 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
     for ``auto`` the fastest exact one:
 
     - CUDA + flash-attn, plain or packed: ``flash_attention_2``, padding-free varlen;
+    - CUDA without flash-attn, plain or packed: ``torch_varlen`` (PyTorch's varlen FlashAttention-2);
     - CUDA, a block-mask layout (packed without flash-attn, shared): ``flex_attention``, whose block
       mask skips what no query sees (``sdpa`` with a dense mask where flex cannot train);
     - otherwise ``sdpa`` (the CPU: flex has no CPU backward, flash-attn needs CUDA).
@@ -216,6 +224,9 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
         if platform.flash_attn and layout in EXPRESSES["flash_attention_2"]:
             return KernelChoice("flash_attention_2", vision, "auto: CUDA with flash-attn, padding-free varlen is exact "
                                 f"for {layout} rows")  # fmt: skip
+        if platform.torch_varlen and layout in EXPRESSES[TORCH_VARLEN]:
+            return KernelChoice(TORCH_VARLEN, vision, "auto: CUDA without flash-attn, PyTorch's varlen "
+                                f"FlashAttention-2 is exact for {layout} rows")  # fmt: skip
         if platform.cuda and layout != "plain" and platform.flex_backward:
             return KernelChoice("flex_attention", vision, "auto: CUDA, the layout needs a block mask; flex skips "
                                 "the blocks no query sees" + ("" if platform.flash_attn else " (no flash-attn)"))  # fmt: skip
@@ -227,9 +238,46 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
     if requested == "flash_attention_2" and not platform.flash_attn:
         raise UserError("attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
                         "(pip install 'internvl-mpo[flash]'); use auto or sdpa here")  # fmt: skip
+    if requested == TORCH_VARLEN and not platform.torch_varlen:
+        raise UserError(f"attn_implementation {TORCH_VARLEN} needs a CUDA GPU and torch >= 2.9 "
+                        f"(torch.nn.attention.varlen; this is torch {torch.__version__}); use auto or sdpa here")  # fmt: skip
     if requested == "flex_attention" and training and not platform.flex_backward:
         raise UserError(f"attn_implementation flex_attention cannot train here: torch {torch.__version__} has no "
                         "flex-attention backward on the CPU. Use sdpa, eager or auto to train on the CPU")  # fmt: skip
     if requested in ("eager", "sdpa"):
         vision = requested
     return KernelChoice(requested, vision, "requested")
+
+
+# ------------------------------------------------------------------- PyTorch's varlen kernel
+
+
+def torch_varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention interface over ``torch.nn.attention.varlen.varlen_attn``: query [1, H, N, D],
+    key / value [1, H_kv, N, D] of one flattened row -> ([1, N, H, D], None), causal within each sequence
+    of ``cu_seq_lens_q`` (:func:`flatten`)."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    if attention_mask is not None or query.shape[0] != 1:
+        raise ValueError(f"{TORCH_VARLEN} takes one flattened row and no mask (mpo.attention.model_inputs)")
+    groups = query.shape[1] // key.shape[1]  # grouped-query attention: each key head serves `groups` heads
+    q = query[0].transpose(0, 1)
+    k = key[0].repeat_interleave(groups, dim=0).transpose(0, 1)
+    v = value[0].repeat_interleave(groups, dim=0).transpose(0, 1)
+    params = inspect.signature(varlen_attn).parameters
+    extra = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}  # older / newer torch
+    if scaling is not None and "scale" in params:
+        extra["scale"] = scaling
+    out = varlen_attn(q, k, v, kwargs["cu_seq_lens_q"].to(torch.int32), kwargs["cu_seq_lens_k"].to(torch.int32),
+                      int(kwargs["max_length_q"]), int(kwargs["max_length_k"]), **extra)  # fmt: skip
+    return out.unsqueeze(0), None
+
+
+def register_kernels() -> None:
+    """Make ``torch_varlen`` an ``attn_implementation`` transformers knows (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(TORCH_VARLEN, torch_varlen_attention)
+

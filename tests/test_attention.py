@@ -111,9 +111,10 @@ def test_varlen_kernel_refuses_prefix_sharing_saying_what_to_change():
 # flash-attention runs every sequence causally on its own, so branches that share a prompt without
 # seeing each other are beyond it; masks (dense or block) express anything.
 CAN_EXPRESS = {"sdpa": {"plain", "packed", "shared"}, "eager": {"plain", "packed", "shared"},
-               "flex_attention": {"plain", "packed", "shared"}, "flash_attention_2": {"plain", "packed"}}  # fmt: skip
-PLATFORMS = [Platform(cuda=c, flash_attn=c and f, flex_backward=c and x)
-             for c, f, x in itertools.product([False, True], repeat=3)]  # fmt: skip
+               "flex_attention": {"plain", "packed", "shared"}, "flash_attention_2": {"plain", "packed"},
+               "torch_varlen": {"plain", "packed"}}  # fmt: skip
+PLATFORMS = [Platform(cuda=c, flash_attn=c and f, flex_backward=c and x, torch_varlen=c and v)
+             for c, f, x, v in itertools.product([False, True], repeat=4)]  # fmt: skip
 
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=str)
@@ -127,8 +128,12 @@ def test_auto_picks_an_exact_kernel_that_runs_and_trains_there(platform, layout)
         assert platform.cuda and platform.flash_attn
     if choice.text == "flex_attention":
         assert platform.flex_backward
+    if choice.text == "torch_varlen":
+        assert platform.cuda and platform.torch_varlen and not platform.flash_attn  # flash-attn's own kernel first
     if platform.flash_attn and layout != "shared":
         assert choice.text == "flash_attention_2"  # padding-free varlen when it is exact
+    elif platform.torch_varlen and layout != "shared":
+        assert choice.text == "torch_varlen"  # PyTorch's varlen FlashAttention-2 without the package
     if platform.cuda and layout == "shared":
         assert choice.text == ("flex_attention" if platform.flex_backward else "sdpa")
     assert choice.reason.startswith("auto: ")
@@ -143,6 +148,10 @@ def test_explicit_kernels_that_cannot_be_exact_or_cannot_run_are_refused():
         choose_kernels("flash_attention_2", "plain", cpu)
     with pytest.raises(UserError, match="flex_attention cannot train here"):
         choose_kernels("flex_attention", "shared", cpu)
+    with pytest.raises(UserError, match="torch_varlen needs a CUDA GPU and torch >= 2.9"):
+        choose_kernels("torch_varlen", "plain", cpu)
+    with pytest.raises(UserError, match="torch_varlen cannot compute the 'shared' layout exactly"):
+        choose_kernels("torch_varlen", "shared", Platform(True, False, True, torch_varlen=True))
     with pytest.raises(UserError, match="must be 'auto' or one of eager, sdpa, flex_attention, flash_attention_2"):
         choose_kernels("flash", "plain", gpu)
     assert choose_kernels("flex_attention", "shared", cpu, training=False).text == "flex_attention"  # scoring only
@@ -153,10 +162,11 @@ def test_explicit_kernels_that_cannot_be_exact_or_cannot_run_are_refused():
 
 
 @pytest.mark.parametrize("cuda, packages, expected", [
-    (False, {"flash_attn", "triton"}, Platform(False, False, False)),
+    (False, {"flash_attn", "triton", "torch.nn.attention.varlen"}, Platform(False, False, False)),
     (True, set(), Platform(True, False, False)),
     (True, {"flash_attn"}, Platform(True, True, False)),
     (True, {"flash_attn", "triton"}, Platform(True, True, True)),
+    (True, {"torch.nn.attention.varlen"}, Platform(True, False, False, torch_varlen=True)),
 ])  # fmt: skip
 def test_platform_detection_fakes_device_and_packages(monkeypatch, cuda, packages, expected):
     import importlib.util
@@ -185,3 +195,36 @@ def test_load_model_logs_its_choice_and_the_trainer_refuses_an_inexact_model(tin
     args = MPOConfig(output_dir=str(tmp_path), report_to=[], precompute_ref_log_probs=False, prefix_sharing=True)
     with pytest.raises(UserError, match="prefix_sharing: false"):
         MPOTrainer(model, args=args, train_dataset=data, processing_class=processor)
+
+
+def test_torch_varlen_runs_each_sequence_causally_on_its_own(monkeypatch):
+    """The adapter around PyTorch's varlen FlashAttention-2 (CUDA only) with a CPU stand-in of that
+    kernel's definition (each cu_seq_lens span causal alone, keys and values already grouped per head):
+    layouts, head grouping and scale agree with per-sequence sdpa over the repeated key heads."""
+    import torch.nn.attention.varlen as varlen
+    import torch.nn.functional as F
+
+    from mpo.attention import torch_varlen_attention
+
+    def stand_in(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None, **kw):  # [N, H, D]
+        assert window_size == (-1, 0) and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k)
+        spans = zip(cu_q.tolist()[:-1], cu_q.tolist()[1:], strict=True)
+        return torch.cat([F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1),
+                                                         v[s:e].transpose(0, 1), is_causal=True, scale=scale
+                                                         ).transpose(0, 1) for s, e in spans])  # fmt: skip
+
+    monkeypatch.setattr(varlen, "varlen_attn", stand_in)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)  # 4 query heads, 2 kv
+    cu = torch.tensor([0, 3, 10])
+    out, weights = torch_varlen_attention(None, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                          max_length_q=7, max_length_k=7)  # fmt: skip
+    kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)  # query head h reads key head h // 2
+    want = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], kk[:, :, s:e], vv[:, :, s:e], is_causal=True,
+                                                     scale=0.3) for s, e in ((0, 3), (3, 10))], dim=2)  # fmt: skip
+    assert weights is None and out.shape == (1, 10, 4, 8)
+    torch.testing.assert_close(out, want.transpose(1, 2))
+    with pytest.raises(ValueError, match="one flattened row and no mask"):
+        torch_varlen_attention(None, q, k, v, torch.ones(1, 1, 10, 10), cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                               max_length_q=7, max_length_k=7)  # fmt: skip
+

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, InternVLForConditionalGeneration, PreTrainedModel, ProcessorMixin
 
-from mpo.attention import Platform, choose_kernels
+from mpo.attention import Platform, choose_kernels, register_kernels
 from mpo.errors import UserError
 from mpo.models.convert import is_original_layout
 
@@ -148,6 +148,7 @@ def load_model(
     """
     read_checkpoint_config(path)
     kernels = choose_kernels(attn_implementation, layout, Platform.detect(), training=training)
+    register_kernels()
     logger.warning(kernels.describe(layout))
     model = InternVLForConditionalGeneration.from_pretrained(
         str(path), attn_implementation=kernels.for_transformers(), dtype=pick_dtype(dtype),
