@@ -19,7 +19,6 @@ Writes generation_speed.json and .md into ``--out`` (default ./mpo_bench).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from benchmarks import write_results
 from benchmarks.mpo_speed import WORDS
 from mpo import markdown
 
@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.max_new_tokens} new tokens per response (transformers backend of `mpo build-pairs`).", "",
         *markdown.table(["questions per call", "responses/s", "generated tokens/s", "vs one at a time"], rows, "rrrr"),
     ]) + "\n"  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "generation_speed.json").write_text(json.dumps(report, indent=1))
-    (args.out / "generation_speed.md").write_text(text)
-    print(text)
+    write_results(args.out, "generation_speed", report, text)
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks import write_results
 from mpo import markdown
 
 
@@ -95,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         *markdown.table(["gradient checkpointing", "measured peak growth", "predicted states (12 B/param)",
                          "predicted activations (formula x 2, fp32)", "measured / predicted"], rows, "lrrrr"),
     ]) + "\n"  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "plan_check.json").write_text(json.dumps(report, indent=1))
-    (args.out / "plan_check.md").write_text(text)
-    print(text)
+    write_results(args.out, "plan_check", report, text)
     return 0
 
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import write_results
 from mpo import markdown
 
 
@@ -76,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'yes' if same else 'NO'}.", "",
         *markdown.table(["run", "wall seconds", "speed-up"], rows, "lrr"),
     ]) + "\n"  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "shard_scaling.json").write_text(json.dumps(report, indent=1))
-    (args.out / "shard_scaling.md").write_text(text)
-    print(text)
+    write_results(args.out, "shard_scaling", report, text)
     return 0 if same else 1
 
 
