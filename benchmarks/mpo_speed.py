@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         if out.returncode or not line:
             raise SystemExit(f"benchmark run failed ({kind}, {shape}, {switches}):\n{out.stderr[-3000:]}")
         result = json.loads(line[0][7:])
-        print(f"  {shape:11s} {kind} {json.dumps(switches or {})}: {result['train_pairs_per_s']:.1f} pairs/s train, "
-              f"{result['e2e_pairs_per_s']:.1f} e2e, peak +{result['peak_mb']:.0f} MB", flush=True)  # fmt: skip
+        print(f"  {shape:11s} {kind} {json.dumps(switches or {})}: {result['train_pairs_per_s']:.3g} pairs/s train, "
+              f"{result['e2e_pairs_per_s']:.3g} e2e, peak +{result['peak_mb']:.0f} MB", flush=True)  # fmt: skip
         return result
 
     results: dict = {}
@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
 def render_table(results: dict, meta: dict) -> str:
     lines = [f"MPOTrainer vs trl.DPOTrainer ({meta.get('model', 'tiny InternVL2.5')}, CPU, {meta['steps']} steps x "
              f"{meta['batch']} pairs, median of {meta['rounds']}; steps 2..N timed)", ""]  # fmt: skip
-    rows = [[shape, f"{r['trl']['train_pairs_per_s']:.1f}", f"{r['mpo']['train_pairs_per_s']:.1f}",
-             f"{r['mpo']['e2e_pairs_per_s']:.1f}", f"{r['speedup_train']:.2f}x", f"{r['speedup_e2e']:.2f}x",
+    rows = [[shape, f"{r['trl']['train_pairs_per_s']:.3g}", f"{r['mpo']['train_pairs_per_s']:.3g}",
+             f"{r['mpo']['e2e_pairs_per_s']:.3g}", f"{r['speedup_train']:.2f}x", f"{r['speedup_e2e']:.2f}x",
              f"{r['ideal_speedup_train']:.2f}x", f"{r['trl']['peak_mb']:.0f}", f"{r['mpo']['peak_mb']:.0f}",
              f"{r['memory_ratio']:.2f}"] for shape, r in results.items() if shape != "breakdown"]  # fmt: skip
     lines += markdown.table(["shape", "TRL pairs/s", "MPO pairs/s (train)", "MPO pairs/s (e2e)", "speed-up train",
@@ -325,7 +325,7 @@ def render_table(results: dict, meta: dict) -> str:
     if "breakdown" in results:
         lines += ["", f"Per switch ({'real' if meta.get('shape') == 'real' else 'image-heavy'} shape, MPOTrainer "
                   "with one change, single run each):", ""]  # fmt: skip
-        rows = [[name, f"{r['train_pairs_per_s']:.1f}", f"{r['e2e_pairs_per_s']:.1f}",
+        rows = [[name, f"{r['train_pairs_per_s']:.3g}", f"{r['e2e_pairs_per_s']:.3g}",
                  f"{r['speedup_train_vs_trl']:.2f}x", f"{r['peak_mb']:.0f}"] for name, r in results["breakdown"].items()]
         lines += markdown.table(["MPO configuration", "pairs/s (train)", "pairs/s (e2e)", "vs TRL (train)", "peak MB"],
                                 rows)  # fmt: skip
