@@ -292,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
             "ideal_speedup_train": ideal_speedup(model, str(data), args.batch)["train"],
             "trl": med["trl"], "mpo": med["mpo"], "runs": runs,
         }  # fmt: skip
+    stem = "real" if real else "latest"
+    meta = {"shape": args.shape, "steps": steps, "batch": args.batch, "rounds": rounds, "threads": args.threads,
+            "cores": os.cpu_count(), "model": f"InternVL2.5-1B widths, {args.layers} + {args.layers} layers"
+            if real else "tiny InternVL2.5"}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps({**results, "settings": meta}, indent=1))  # kept if stopped
     if not args.quick:  # one switch at a time, against the median TRL run of the first shape
         trl_rate = results[breakdown_shape]["trl"]["train_pairs_per_s"]
         results["breakdown"] = {}
@@ -300,14 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             results["breakdown"][name] = {"switches": switches, "train_pairs_per_s": r["train_pairs_per_s"],
                                           "e2e_pairs_per_s": r["e2e_pairs_per_s"], "peak_mb": r["peak_mb"],
                                           "speedup_train_vs_trl": r["train_pairs_per_s"] / trl_rate}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"shape": args.shape, "steps": steps, "batch": args.batch, "rounds": rounds, "threads": args.threads,
-            "cores": os.cpu_count(), "model": f"InternVL2.5-1B widths, {args.layers} + {args.layers} layers"
-            if real else "tiny InternVL2.5"}  # fmt: skip
-    name = "real" if real else "latest"
-    (args.out / f"{name}.json").write_text(json.dumps({**results, "settings": meta}, indent=1))
+    (args.out / f"{stem}.json").write_text(json.dumps({**results, "settings": meta}, indent=1))
     table = render_table(results, meta)
-    (args.out / f"{name}.md").write_text(table)
+    (args.out / f"{stem}.md").write_text(table)
     print(table)
     return 0
 
