@@ -656,15 +656,15 @@ def copy_files(src: Path, dst: Path, names: Iterable[str]) -> list[str]:
     return copied
 
 
-def native_tiling(src: Path) -> tuple[int, int]:
-    """(min, max) tiles per image of a native checkpoint's image processor (InternVL2.5's 1, 12 if none)."""
+def native_tiling(src: Path, family: Family) -> tuple[int, int]:
+    """(min, max) tiles per image of a native checkpoint's image processor (the family's if none)."""
     for name in ("processor_config.json", "preprocessor_config.json"):
         if (src / name).is_file():
             data = read_json(src / name)
             data = data.get("image_processor", data)
             if "max_patches" in data:
-                return int(data.get("min_patches", 1)), int(data["max_patches"])
-    return 1, 12
+                return int(data.get("min_patches", family.tiling.min_tiles)), int(data["max_patches"])
+    return family.tiling.min_tiles, family.tiling.max_tiles
 
 
 def native_processor(src: Path, original: dict[str, Any], family: Family) -> InternVLProcessor:
@@ -673,7 +673,7 @@ def native_processor(src: Path, original: dict[str, Any], family: Family) -> Int
     source = native_files.source_tokenizer(src, optional_json(src / "tokenizer_config.json"))
     tokenizer = native_files.native_tokenizer(source, src, family)
     native_files.check_token_ids(tokenizer, original["llm_config"]["vocab_size"], src)
-    tile, min_tiles, max_tiles = native_files.original_tiling(original, src / "config.json")
+    tile, min_tiles, max_tiles = native_files.original_tiling(original, src / "config.json", family)
     return native_files.internvl_processor(tokenizer, tile, min_tiles, max_tiles, tokens_per_tile(original), family)
 
 
@@ -740,7 +740,7 @@ def convert(
             native = InternVLConfig.from_dict(config)
         except (StrictDataclassError, TypeError, ValueError) as err:
             raise UserError(f"{where}: not a valid InternVL config ({_one_line(err)})") from err
-        out_config = original_config(native, *native_tiling(src), where)
+        out_config = original_config(native, *native_tiling(src, families.detect(config, where)), where)
         spec = llm_spec(native, where)
         if code_from is not None:
             check_code_from(Path(code_from), remote_code_files(out_config))

@@ -142,8 +142,9 @@ def internvl_processor(
     return families.attach(processor, family)
 
 
-def original_tiling(original: dict[str, Any], where: Path | str) -> tuple[int, int, int]:
-    """(tile size, min tiles, max tiles) of an original config.json dict.
+def original_tiling(original: dict[str, Any], where: Path | str, family: Family) -> tuple[int, int, int]:
+    """(tile size, min tiles, max tiles) of an original config.json dict; a tile range it does not state
+    is the family's (``family.tiling``).
 
     InternVL tiles dynamically with a thumbnail; transformers' GotOcr2 image processor always adds the
     thumbnail, so a config without it (or without dynamic tiling) is refused rather than altered.
@@ -154,7 +155,9 @@ def original_tiling(original: dict[str, Any], where: Path | str) -> tuple[int, i
             "the native image processor has no other mode"
         )
     side = original.get("force_image_size") or original["vision_config"]["image_size"]
-    return int(side), int(original.get("min_dynamic_patch", 1)), int(original.get("max_dynamic_patch", 12))
+    tiling = family.tiling
+    return (int(side), int(original.get("min_dynamic_patch", tiling.min_tiles)),
+            int(original.get("max_dynamic_patch", tiling.max_tiles)))  # fmt: skip
 
 
 def generation_config(
