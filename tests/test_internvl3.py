@@ -74,7 +74,16 @@ def test_tiny_internvl3_builds_pairs_trains_and_evaluates(tmp_path: Path, monkey
         return text, pixels
 
     monkeypatch.setattr(TransformersBackend, "_encode", recording)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny generation on a shared 2-core machine
+    try:
+        run_pipeline(tmp_path, variant, prompts)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_pipeline(tmp_path: Path, variant, prompts: list[str]) -> None:
+    """tiny InternVL3 -> build-pairs -> MPO steps -> eval; ``prompts`` fills with the generation prompts."""
 
     model = build_tiny_model(tmp_path / "model", family="internvl3")
     assert json.loads((model / "config.json").read_text())["mpo_family"] == "internvl3"
