@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 from PIL import Image
 from transformers import PreTrainedTokenizerFast
 
+from mpo.cli import main as cli_main
 from mpo.data.collator import PreferenceCollator
 from mpo.errors import UserError
 from mpo.models import convert, families
@@ -162,3 +164,17 @@ def test_processor_chat_template_gives_the_collator_ids(tmp_path, family_name):
     prompt, *_ = PreferenceCollator(processor).encode(record)
     assert ids == prompt
     assert ids.count(processor.image_token_id) == 3 * 16  # 2 x 1 grid + thumbnail, 16 tokens per tile
+
+
+def test_convert_records_the_family_both_ways(tmp_path):
+    """``mpo convert --family internvl3``: the native config carries it (so training and loading see
+    InternVL3), converting back writes it into the original config with upstream's template name."""
+    src = REPO / "tests" / "fixtures" / "upstream"
+    assert cli_main(["convert", str(src / "qwen2_ln"), str(tmp_path / "native"), "--family", "internvl3"]) == 0
+    assert json.loads((tmp_path / "native" / "config.json").read_text())["mpo_family"] == "internvl3"
+    assert checkpoint_family(tmp_path / "native") is internvl3.FAMILY
+    assert cli_main(["convert", str(tmp_path / "native"), str(tmp_path / "back"), "--to", "original"]) == 0
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert (back["mpo_family"], back["template"]) == ("internvl3", "internvl2_5")
+    with pytest.raises(UserError, match="unsupported LLM architecture 'InternLM2ForCausalLM' for InternVL3"):
+        convert.convert(src / "internlm2_rms", tmp_path / "refused", family="internvl3")
