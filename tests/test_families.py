@@ -34,14 +34,21 @@ CONVERSATIONS = [
     [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What shape is it?"}]}],
     [
         {"role": "system", "content": [{"type": "text", "text": "Be exact."}]},
-        {"role": "user", "content": [{"type": "text", "text": "Image-1: "}, {"type": "image"},
-                                     {"type": "text", "text": "Image-2: "}, {"type": "image"},
-                                     {"type": "text", "text": "Same colour?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Image-1: "},
+                {"type": "image"},
+                {"type": "text", "text": "Image-2: "},
+                {"type": "image"},
+                {"type": "text", "text": "Same colour?"},
+            ],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
     ],
     [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}],
     [{"role": "user", "content": ""}],
-]  # fmt: skip
+]
 
 
 def jinja_render(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
@@ -58,16 +65,22 @@ def jinja_render(template: str, messages: list[dict], add_generation_prompt: boo
 def test_lookup_by_name_and_unknown_names():
     assert families.get("internvl2_5") is internvl2_5.FAMILY
     assert families.get("internvl3") is internvl3.FAMILY
-    with pytest.raises(UserError, match=r"^unknown model family 'internvl9': expected one of internvl2_5, internvl3$"):
+    with pytest.raises(
+        UserError, match=r"^unknown model family 'internvl9': expected one of internvl2_5, internvl3$"
+    ):
         families.get("internvl9")
 
 
 def test_detect_reads_the_config_key_and_names_the_file():
-    assert families.detect({"model_type": "internvl"}, "c.json") is internvl2_5.FAMILY  # unmarked: InternVL2.5
+    assert (
+        families.detect({"model_type": "internvl"}, "c.json") is internvl2_5.FAMILY
+    )  # unmarked: InternVL2.5
     assert families.detect({"mpo_family": "internvl3"}, "c.json") is internvl3.FAMILY
     with pytest.raises(UserError, match=r"^ck/config.json: unknown model family 'llava': expected one of "):
         families.detect({"mpo_family": "llava"}, "ck/config.json")
-    with pytest.raises(UserError, match=r"^ck/config.json: mpo_family must be a family name, got \['internvl3'\]"):
+    with pytest.raises(
+        UserError, match=r"^ck/config.json: mpo_family must be a family name, got \['internvl3'\]"
+    ):
         families.detect({"mpo_family": ["internvl3"]}, "ck/config.json")
 
 
@@ -85,11 +98,17 @@ def test_checkpoint_with_an_unknown_family_fails_at_load(tmp_path, tiny_model):
 
 def test_internvl3_converts_only_qwen2_llms():
     original = {"mpo_family": "internvl3", "llm_config": {"architectures": ["InternLM2ForCausalLM"]}}
-    with pytest.raises(UserError, match=r"^src: unsupported LLM architecture 'InternLM2ForCausalLM' for InternVL3 "
-                                        r"\(expected Qwen2ForCausalLM\)$"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"^src: unsupported LLM architecture 'InternLM2ForCausalLM' for InternVL3 "
+        r"\(expected Qwen2ForCausalLM\)$",
+    ):
         convert.llm_family(original, "src")
     assert convert.llm_family({**original, "mpo_family": "internvl2_5"}, "src") == "internlm2"
-    assert convert.llm_family({**original, "llm_config": {"architectures": ["Qwen2ForCausalLM"]}}, "src") == "qwen2"
+    assert (
+        convert.llm_family({**original, "llm_config": {"architectures": ["Qwen2ForCausalLM"]}}, "src")
+        == "qwen2"
+    )
 
 
 def test_tiny_internvl3_refuses_a_llama_llm(tmp_path):
@@ -105,15 +124,20 @@ def test_tiny_internvl3_refuses_a_llama_llm(tmp_path):
 def test_jinja_and_python_render_the_same_text(family, generation_prompt):
     jinja = family.template.jinja()
     for messages in CONVERSATIONS:
-        assert jinja_render(jinja, messages, generation_prompt) == family.template.render(messages, generation_prompt)
+        assert jinja_render(jinja, messages, generation_prompt) == family.template.render(
+            messages, generation_prompt
+        )
 
 
 @pytest.mark.parametrize("family", ALL, ids=lambda f: f.name)
 def test_render_is_the_published_chatml_form(family):
     """One conversation written out by hand from upstream's ``internvl2_5`` conversation template
     (both families train with it): system turn, then each turn as <|im_start|>role\\n...<|im_end|>\\n."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
-                {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Sure?"}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": "Sure?"},
+    ]
     expected = (
         f"<|im_start|>system\n{SYSTEM_2_5}<|im_end|>\n"
         "<|im_start|>user\n<IMG_CONTEXT>\nColour?<|im_end|>\n"
@@ -139,8 +163,9 @@ def test_training_segments_are_the_rendered_conversation(family, system):
         expected = template.render(head + messages)
     assert "".join(text for text, _ in template.segments(turns, system)) == expected
     assert [text for text, supervised in template.segments(turns, system) if supervised] == [
-        "Red.<|im_end|>", "Blue.<|im_end|>"
-    ]  # fmt: skip
+        "Red.<|im_end|>",
+        "Blue.<|im_end|>",
+    ]
     question = "What is 2 + 2?"
     assert template.prompt_text(question) == template.render([{"role": "user", "content": question}], True)
 
@@ -159,8 +184,13 @@ def test_processor_chat_template_gives_the_collator_ids(tmp_path, family_name):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     ids = processor(text=text, images=[image], return_tensors="pt")["input_ids"][0].tolist()
-    record = {"image_paths": [str(tmp_path / "red.png")], "question": "<image>\nWhat colour?", "chosen": "red",
-              "rejected": "blue", "max_dynamic_patch": 6}  # fmt: skip
+    record = {
+        "image_paths": [str(tmp_path / "red.png")],
+        "question": "<image>\nWhat colour?",
+        "chosen": "red",
+        "rejected": "blue",
+        "max_dynamic_patch": 6,
+    }
     prompt, *_ = PreferenceCollator(processor).encode(record)
     assert ids == prompt
     assert ids.count(processor.image_token_id) == 3 * 16  # 2 x 1 grid + thumbnail, 16 tokens per tile
@@ -170,7 +200,9 @@ def test_convert_records_the_family_both_ways(tmp_path):
     """``mpo convert --family internvl3``: the native config carries it (so training and loading see
     InternVL3), converting back writes it into the original config with upstream's template name."""
     src = REPO / "tests" / "fixtures" / "upstream"
-    assert cli_main(["convert", str(src / "qwen2_ln"), str(tmp_path / "native"), "--family", "internvl3"]) == 0
+    assert (
+        cli_main(["convert", str(src / "qwen2_ln"), str(tmp_path / "native"), "--family", "internvl3"]) == 0
+    )
     assert json.loads((tmp_path / "native" / "config.json").read_text())["mpo_family"] == "internvl3"
     assert checkpoint_family(tmp_path / "native") is internvl3.FAMILY
     assert cli_main(["convert", str(tmp_path / "native"), str(tmp_path / "back"), "--to", "original"]) == 0

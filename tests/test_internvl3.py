@@ -35,9 +35,13 @@ SYSTEM = "You are a tiny InternVL3."
 # max_seq_length, drop_path_rate; every size: lr 2e-7, cosine, warmup 0.03, weight decay 0.05, one epoch,
 # sigmoid 0.8 + bco_pair 0.2 + rpo_alpha 1. GPUs and ZeRO stage are this project's (8 GPUs up to 14B).
 PUBLISHED = {
-    "1b": (256, 12288, 0.1, 8, 1), "2b": (256, 12288, 0.1, 8, 1), "8b": (256, 12288, 0.1, 8, 3),
-    "14b": (256, 12288, 0.1, 8, 3), "38b": (512, 8192, 0.4, 64, 3), "78b": (512, 8192, 0.4, 64, 3),
-}  # fmt: skip
+    "1b": (256, 12288, 0.1, 8, 1),
+    "2b": (256, 12288, 0.1, 8, 1),
+    "8b": (256, 12288, 0.1, 8, 3),
+    "14b": (256, 12288, 0.1, 8, 3),
+    "38b": (512, 8192, 0.4, 64, 3),
+    "78b": (512, 8192, 0.4, 64, 3),
+}
 
 
 @pytest.mark.parametrize("size", list(PUBLISHED))
@@ -45,7 +49,12 @@ def test_recipe_has_the_published_mpo_settings_and_leads_with_its_command(size):
     path = REPO / "recipes" / "internvl3" / size / "mpo.yaml"
     batch, max_length, drop_path, gpus, zero = PUBLISHED[size]
     model, _, args = parse_train_args(["--config", str(path), "--bf16", "false"])
-    assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps, args.weight_decay) == (2e-7, "cosine", 0.03, 0.05)
+    assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps, args.weight_decay) == (
+        2e-7,
+        "cosine",
+        0.03,
+        0.05,
+    )
     assert args.num_train_epochs == 1 and args.beta == 0.1
     assert args.loss_type == ["sigmoid", "bco_pair", "sft"] and args.loss_weights == [0.8, 0.2, 1.0]
     assert args.max_length == max_length and model.vision_drop_path_rate == drop_path
@@ -57,6 +66,7 @@ def test_recipe_has_the_published_mpo_settings_and_leads_with_its_command(size):
     assert f"zero{zero}" in command[3] and command[command.index("-m") + 1 :][:2] == ["mpo.cli", "train"]
     assert command[command.index("--config") + 1] == f"recipes/internvl3/{size}/mpo.yaml"
     assert f"({gpus} GPUs, DeepSpeed ZeRO-{zero})" in path.read_text().splitlines()[1]
+
 
 HEADER = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"
 
@@ -92,8 +102,25 @@ def run_pipeline(tmp_path: Path, variant, prompts: list[str]) -> None:
 
     # build pairs (transformers backend; a final-answer line is appended to the random model's text)
     pairs = tmp_path / "pairs"
-    run_tagged(["correctness", "--model", str(model), "--data", str(data / "qa" / "meta.json"), "--out", str(pairs),
-                "--n", "4", "--max-new-tokens", "12", "--temperature", "1.0", "--batch-size", "4"])  # fmt: skip
+    run_tagged(
+        [
+            "correctness",
+            "--model",
+            str(model),
+            "--data",
+            str(data / "qa" / "meta.json"),
+            "--out",
+            str(pairs),
+            "--n",
+            "4",
+            "--max-new-tokens",
+            "12",
+            "--temperature",
+            "1.0",
+            "--batch-size",
+            "4",
+        ]
+    )
     report = json.loads((pairs / "report.json").read_text())
     assert report["pairs"]["kept"] > 0
     assert prompts and all(p.startswith(HEADER) for p in prompts)
@@ -101,9 +128,25 @@ def run_pipeline(tmp_path: Path, variant, prompts: list[str]) -> None:
 
     # MPO: a few steps from the recipe of the tiny model
     out = tmp_path / "mpo"
-    argv = ["train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", str(model), "--meta_path",
-            str(pairs / "meta.json"), "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size",
-            "2", "--ref_cache_dir", str(tmp_path / "cache"), "--save_strategy", "no"]  # fmt: skip
+    argv = [
+        "train",
+        "--config",
+        "recipes/tiny/mpo.yaml",
+        "--model_name_or_path",
+        str(model),
+        "--meta_path",
+        str(pairs / "meta.json"),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--ref_cache_dir",
+        str(tmp_path / "cache"),
+        "--save_strategy",
+        "no",
+    ]
     assert cli_main(argv) == 0
     assert json.loads((out / "config.json").read_text())["mpo_family"] == "internvl3"
     processor = load_processor(out)
@@ -116,8 +159,23 @@ def run_pipeline(tmp_path: Path, variant, prompts: list[str]) -> None:
 
     # evaluation of the trained model on a handful of generated items
     evaluated = tmp_path / "eval"
-    argv = ["eval", "--model", str(out), "--data", str(data / "eval" / "eval.tsv"), "--out", str(evaluated),
-            "--backend", "transformers", "--limit", "4", "--max-new-tokens", "4", "--batch-size", "2"]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        str(out),
+        "--data",
+        str(data / "eval" / "eval.tsv"),
+        "--out",
+        str(evaluated),
+        "--backend",
+        "transformers",
+        "--limit",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "2",
+    ]
     assert cli_main(argv) == 0
     results = json.loads((evaluated / "results.json").read_text())
     assert results["overall"]["total"] == 4

@@ -32,8 +32,16 @@ class Tokens:
     @property
     def all(self) -> tuple[str, ...]:
         """Every special token: pad, the turn markers, the image markers, ``extra``, the video placeholder."""
-        return (self.pad, self.turn_start, self.turn_end, self.img_start, self.img_end, self.img_context,
-                *self.extra, self.video)  # fmt: skip
+        return (
+            self.pad,
+            self.turn_start,
+            self.turn_end,
+            self.img_start,
+            self.img_end,
+            self.img_context,
+            *self.extra,
+            self.video,
+        )
 
     @property
     def required(self) -> tuple[str, ...]:
@@ -73,7 +81,9 @@ class ChatTemplate:
     def _system(self, system: str | None | EllipsisType) -> str | None:
         return self.system_message if system is ... else system
 
-    def segments(self, turns: list[tuple[str, str]], system: str | None | EllipsisType = ...) -> list[tuple[str, bool]]:
+    def segments(
+        self, turns: list[tuple[str, str]], system: str | None | EllipsisType = ...
+    ) -> list[tuple[str, bool]]:
         """(role, text) turns as text segments flagged with whether they are supervised.
 
         ``system``: the system message (``...``: the template's, ``None``: none). Assistant replies and
@@ -92,7 +102,9 @@ class ChatTemplate:
 
     def prompt_text(self, question: str, system: str | None | EllipsisType = ...) -> str:
         """The prompt for one user question, ending with the assistant header (generation prompt)."""
-        return "".join(text for text, _ in self.segments([("user", question)], system)) + self.header("assistant")
+        return "".join(text for text, _ in self.segments([("user", question)], system)) + self.header(
+            "assistant"
+        )
 
     def response_text(self, answer: str) -> str:
         """A supervised assistant reply: the answer and the closing ``turn_end``."""
@@ -108,7 +120,9 @@ class ChatTemplate:
         for message in messages:
             content = message["content"]
             if not isinstance(content, str):
-                content = "".join(c["text"] if c["type"] == "text" else items.get(c["type"], "") for c in content)
+                content = "".join(
+                    c["text"] if c["type"] == "text" else items.get(c["type"], "") for c in content
+                )
             out.append(self.header(message["role"]) + content + self.footer)
         if add_generation_prompt:
             out.append(self.header("assistant"))
@@ -123,21 +137,35 @@ class ChatTemplate:
         system = ""
         if self.system_message is not None:
             text = self.header("system") + self.system_message + self.footer
-            system = "{%- if messages|length == 0 or messages[0]['role'] != 'system' %}{{- " + literal(text) + " }}{%- endif %}"
+            system = (
+                "{%- if messages|length == 0 or messages[0]['role'] != 'system' %}{{- "
+                + literal(text)
+                + " }}{%- endif %}"
+            )
         return (
             system
             + "{%- for message in messages %}"
-            + "{{- " + literal(self.turn_start) + " + message['role'] + '\\n' }}"
+            + "{{- "
+            + literal(self.turn_start)
+            + " + message['role'] + '\\n' }}"
             + "{%- if message['content'] is string %}{{- message['content'] }}"
             + "{%- else %}{%- for item in message['content'] %}"
             + "{%- if item['type'] == 'text' %}{{- item['text'] }}"
-            + "{%- elif item['type'] == 'image' %}{{- " + literal(self.image_item) + " }}"
-            + "{%- elif item['type'] == 'video' %}{{- " + literal(self.video_item) + " }}"
+            + "{%- elif item['type'] == 'image' %}{{- "
+            + literal(self.image_item)
+            + " }}"
+            + "{%- elif item['type'] == 'video' %}{{- "
+            + literal(self.video_item)
+            + " }}"
             + "{%- endif %}{%- endfor %}{%- endif %}"
-            + "{{- " + literal(self.footer) + " }}"
+            + "{{- "
+            + literal(self.footer)
+            + " }}"
             + "{%- endfor %}"
-            + "{%- if add_generation_prompt %}{{- " + literal(self.header("assistant")) + " }}{%- endif %}"
-        )  # fmt: skip
+            + "{%- if add_generation_prompt %}{{- "
+            + literal(self.header("assistant"))
+            + " }}{%- endif %}"
+        )
 
 
 @dataclass(frozen=True)

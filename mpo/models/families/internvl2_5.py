@@ -17,15 +17,18 @@ from __future__ import annotations
 
 from mpo.models.families.base import ChatTemplate, Conversion, Family, Parts, Tiling, Tokens
 
-SYSTEM_MESSAGE = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
-)
+SYSTEM_MESSAGE = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 
 TOKENS = Tokens(
-    img_start="<img>", img_end="</img>", img_context="<IMG_CONTEXT>", video="<video>",
-    turn_start="<|im_start|>", turn_end="<|im_end|>", pad="<|endoftext|>",
+    img_start="<img>",
+    img_end="</img>",
+    img_context="<IMG_CONTEXT>",
+    video="<video>",
+    turn_start="<|im_start|>",
+    turn_end="<|im_end|>",
+    pad="<|endoftext|>",
     extra=("<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"),
-)  # fmt: skip
+)
 
 PARTS = Parts(
     prefixes={
@@ -40,9 +43,12 @@ FAMILY = Family(
     name="internvl2_5",
     title="InternVL2.5",
     template=ChatTemplate(
-        system_message=SYSTEM_MESSAGE, turn_start=TOKENS.turn_start, turn_end=TOKENS.turn_end,
-        image_item=TOKENS.img_context + "\n", video_item=TOKENS.video + "\n",
-    ),  # fmt: skip
+        system_message=SYSTEM_MESSAGE,
+        turn_start=TOKENS.turn_start,
+        turn_end=TOKENS.turn_end,
+        image_item=TOKENS.img_context + "\n",
+        video_item=TOKENS.video + "\n",
+    ),
     tokens=TOKENS,
     tiling=Tiling(tile_size=448, patch_size=14, downsample_ratio=0.5, min_tiles=1, max_tiles=12),
     parts=PARTS,
