@@ -60,8 +60,8 @@ class PreferenceCollator:
             pixel_values, tiles = tiles_for(self.processor.image_processor, images, record["max_dynamic_patch"])
         family = families.of_processor(self.processor)
         template = family.template
-        prompt = expand_images(template.prompt_text(record["question"]), tiles, self.processor.image_seq_length,
-                               family.tokens)  # fmt: skip
+        question = template.prompt_text(record["question"])
+        prompt = expand_images(question, tiles, self.processor.image_seq_length, family.tokens)
 
         def ids(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -134,8 +134,9 @@ def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
 # -------------------------------------------------------------------------------------- encoding
 
 
-def encode_turns(record: dict, tokenizer, tiles_per_image: Sequence[int], tokens_per_tile: int,
-                 family: Family) -> tuple[list[int], list[int]]:  # fmt: skip
+def encode_turns(
+    record: dict, tokenizer, tiles_per_image: Sequence[int], tokens_per_tile: int, family: Family
+) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one sample: the family's template (the record's own system message, else
     the template's) with each ``<image>`` expanded to its tiles' tokens; labels are the ids on supervised
     tokens and -100 elsewhere."""
@@ -344,8 +345,8 @@ class SFTCollator:
         if record["images"]:
             pixel_values, tiles = tiles_for(self.processor.image_processor, self._images(record),
                                             record["max_dynamic_patch"])  # fmt: skip
-        ids, labels = encode_turns(record, self.processor.tokenizer, tiles, self.processor.image_seq_length,
-                                   families.of_processor(self.processor))  # fmt: skip
+        family = families.of_processor(self.processor)
+        ids, labels = encode_turns(record, self.processor.tokenizer, tiles, self.processor.image_seq_length, family)
         return ids, labels, pixel_values
 
     def __call__(self, rows: list) -> dict[str, torch.Tensor]:

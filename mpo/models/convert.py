@@ -798,9 +798,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--to", choices=["native", "original"], default="native", help="target layout")
     parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
     parser.add_argument(
-        "--family", choices=list(families.FAMILIES), default=None,
+        "--family",
+        choices=list(families.FAMILIES),
+        default=None,
         help="SRC's model family when its config.json has no mpo_family (default: internvl2_5)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--code-from",
         help="--to original: an original checkpoint whose remote code (*.py) and tokenizer files to copy",

@@ -155,9 +155,8 @@ def original_tiling(original: dict[str, Any], where: Path | str, family: Family)
             "the native image processor has no other mode"
         )
     side = original.get("force_image_size") or original["vision_config"]["image_size"]
-    tiling = family.tiling
-    return (int(side), int(original.get("min_dynamic_patch", tiling.min_tiles)),
-            int(original.get("max_dynamic_patch", tiling.max_tiles)))  # fmt: skip
+    min_tiles = int(original.get("min_dynamic_patch", family.tiling.min_tiles))
+    return int(side), min_tiles, int(original.get("max_dynamic_patch", family.tiling.max_tiles))
 
 
 def generation_config(

@@ -165,8 +165,9 @@ def wider_text(hidden_size: int) -> dict:
     return dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size)
 
 
-def build_tiny_model(out: str | Path, llm: str = "qwen2", seed: int = 0, text: dict | None = None,
-                     family: str = families.UNMARKED.name) -> Path:  # fmt: skip
+def build_tiny_model(
+    out: str | Path, llm: str = "qwen2", seed: int = 0, text: dict | None = None, family: str = "internvl2_5"
+) -> Path:
     """Write the tiny model of ``family``, its tokenizer and processor to ``out``; same seed (and ``text``
     overrides of the LLM, e.g. :func:`wider_text`), same weights. The tokenizer is the same for every LLM."""
     out = Path(out)
@@ -185,10 +186,10 @@ def build_tiny_model(out: str | Path, llm: str = "qwen2", seed: int = 0, text: d
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mpo tiny-model", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="output directory")
-    parser.add_argument("--family", choices=list(families.FAMILIES), default=families.UNMARKED.name,
-                        help="model family (template, tokens, tiling, LLM kinds)")
-    parser.add_argument("--llm", choices=["qwen2", "llama"], default="qwen2",
-                        help="LLM kind (InternVL3: qwen2 only)")  # fmt: skip
+    parser.add_argument(
+        "--family", choices=list(families.FAMILIES), default="internvl2_5", help="model family (template, tokens)"
+    )
+    parser.add_argument("--llm", choices=["qwen2", "llama"], default="qwen2", help="LLM kind (InternVL3: qwen2 only)")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     parser.add_argument("--text-hidden-size", type=int, default=None,
                         help=f"LLM width (default {TINY_TEXT['hidden_size']}); its MLP is twice as wide")  # fmt: skip
