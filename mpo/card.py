@@ -328,7 +328,7 @@ def usage_section(repo_id: str, adapter_base: str | None) -> list[str]:
         'print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
     ]
     return ["## Usage", "",
-            "Native transformers InternVL (`InternVLForConditionalGeneration`), InternVL2.5 chat template:", "",
+            "Native transformers InternVL (`InternVLForConditionalGeneration`), the chat template saved with it:", "",
             "```python", *code, "```", ""]  # fmt: skip
 
 

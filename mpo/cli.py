@@ -14,7 +14,7 @@ from mpo.errors import UserError
 
 # name -> (module with main(argv), one-line help). A command is listed here only once it works.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tiny-model": ("mpo.models.tiny", "build the embedded tiny InternVL2.5-architecture model"),
+    "tiny-model": ("mpo.models.tiny", "build the embedded tiny InternVL-architecture model (--family internvl2_5 | internvl3)"),
     "synthetic": ("data_builders.synthetic", "generate the synthetic visual QA task (SFT / QA / eval splits)"),
     "convert": ("mpo.models.convert", "convert a checkpoint between the OpenGVLab layout and native transformers"),
     "transfer-vision": ("mpo.models.transfer", "progressive scaling: put the vision tower of a small-LLM run into a checkpoint with a larger LLM"),

@@ -19,14 +19,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from mpo.data.images import load_visuals, tile_budget, tiles_for, tiling_kwargs
-from mpo.data.template import (
-    IMAGE_PLACEHOLDER,
-    IMG_CONTEXT,
-    expand_images,
-    leading_special_ids,
-    normalize_question,
-    prompt_text,
-)
+from mpo.data.template import IMAGE_PLACEHOLDER, expand_images, leading_special_ids, normalize_question
+from mpo.models import families
 
 
 @dataclass
@@ -128,11 +122,13 @@ class TransformersBackend:
         self.model, self.processor, self.batch_size, self.progress = model.eval(), processor, batch_size, progress
 
     def _encode(self, req: GenerationRequest) -> tuple[str, torch.Tensor | None]:
+        family = families.of_processor(self.processor)
         if not req.images:
-            return prompt_text(req.question) + req.prefix, None
+            return family.template.prompt_text(req.question) + req.prefix, None
         pixel_values, tiles = tiles_for(self.processor.image_processor, req.pictures(), req.tiles_per_image())
         question = normalize_question(req.question, req.num_images(), video=req.video)
-        text = expand_images(prompt_text(question), tiles, self.processor.image_seq_length) + req.prefix
+        prompt = family.template.prompt_text(question)
+        text = expand_images(prompt, tiles, self.processor.image_seq_length, family.tokens) + req.prefix
         return text, pixel_values
 
     def tokenize(self, texts: list[str]):
@@ -178,18 +174,21 @@ class TransformersBackend:
 class VLLMBackend:
     """vLLM offline inference for native InternVL checkpoints (GPU, optional extra ``vllm``).
 
-    The prompt is the same InternVL2.5 template; each ``<image>`` becomes ``<IMG_CONTEXT>``, which
-    vLLM's InternVL processor expands with the image's tiles. Each prompt carries its own tile budget
-    (``mm_processor_kwargs``: the request's ``max_dynamic_patch`` shared by its images, one tile per
-    video frame), as the transformers backend tiles it. ``tensor_parallel_size`` splits the model over
-    GPUs (a 78B model needs 4-8), ``data_parallel_size`` runs replicas (or run one `--shard` per GPU
-    group), ``max_images_per_prompt`` is vLLM's ``limit_mm_per_prompt``.
+    The prompt is the checkpoint family's template (as in training); each ``<image>`` becomes the family's
+    image context token, which vLLM's InternVL processor expands with the image's tiles. Each prompt carries
+    its own tile budget (``mm_processor_kwargs``: the request's ``max_dynamic_patch`` shared by its images,
+    one tile per video frame), as the transformers backend tiles it. ``tensor_parallel_size`` splits the
+    model over GPUs (a 78B model needs 4-8), ``data_parallel_size`` runs replicas (or run one `--shard` per
+    GPU group), ``max_images_per_prompt`` is vLLM's ``limit_mm_per_prompt``.
     """
 
     def __init__(self, model_path: str, max_dynamic_patch: int = 12, *, tensor_parallel_size: int = 1,
                  data_parallel_size: int = 1, max_images_per_prompt: int = 8, **llm_kwargs) -> None:  # fmt: skip
         from vllm import LLM
 
+        from mpo.models.loading import checkpoint_family
+
+        self.family = checkpoint_family(model_path)
         if data_parallel_size > 1:
             llm_kwargs["data_parallel_size"] = data_parallel_size
         self.llm = LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size,
@@ -207,7 +206,8 @@ class VLLMBackend:
             if r.seed is not None:
                 per_request[-1].seed = r.seed
             question = normalize_question(r.question, r.num_images(), video=r.video)
-            text = prompt_text(question).replace(IMAGE_PLACEHOLDER, IMG_CONTEXT) + r.prefix
+            prompt = self.family.template.prompt_text(question)
+            text = prompt.replace(IMAGE_PLACEHOLDER, self.family.tokens.img_context) + r.prefix
             prompt: dict = {"prompt": text}
             if r.images:
                 prompt["multi_modal_data"] = {"image": r.pictures()}

@@ -61,7 +61,7 @@ def parameter_counts(size_key: str, freeze: dict[str, bool] | None = None) -> Co
     from transformers import InternVLForConditionalGeneration
 
     from mpo.models.convert import native_config
-    from mpo.models.loading import part_of
+    from mpo.models.families.internvl2_5 import FAMILY
     from mpo.models.sizes import SIZES, original_config
 
     size = SIZES[size_key]
@@ -72,7 +72,7 @@ def parameter_counts(size_key: str, freeze: dict[str, bool] | None = None) -> Co
     total = trainable = 0
     for name, p in model.named_parameters():
         total += p.numel()
-        trainable += 0 if part_of(name) in frozen else p.numel()
+        trainable += 0 if FAMILY.parts.part_of(name) in frozen else p.numel()
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return Counts(total, trainable, largest)
 

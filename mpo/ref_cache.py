@@ -17,8 +17,6 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
-from mpo.data.template import SYSTEM_MESSAGE
-
 RECORD_KEYS = ("image_paths", "question", "chosen", "rejected", "max_dynamic_patch")
 
 
@@ -54,8 +52,8 @@ def checkpoint_fingerprint(path: str | None) -> str:
 
 
 def cache_key(dataset_fp: str, model_fp: str, settings: dict) -> str:
-    blob = json.dumps({"data": dataset_fp, "model": model_fp, "settings": settings, "system": SYSTEM_MESSAGE},
-                      sort_keys=True)  # fmt: skip
+    """Hash of the data, the reference and the processing ``settings`` (the template's text among them)."""
+    blob = json.dumps({"data": dataset_fp, "model": model_fp, "settings": settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -12,7 +12,7 @@ pair. What changes against the parent, and nothing else:
 - δ is held in one :class:`~mpo.losses.RewardShift`, fixed during an optimizer step, updated once
   after it from the rewards of all micro-batches on all ranks, saved in ``trainer_state.json`` of
   every checkpoint and restored on resume;
-- batches come from :class:`~mpo.data.collator.PreferenceCollator` (InternVL2.5 template, dynamic
+- batches come from :class:`~mpo.data.collator.PreferenceCollator` (the family's template, dynamic
   tiles, MMPR records, the token layouts of :mod:`mpo.data.layout`), so TRL's own tokenisation and
   truncation are bypassed;
 - the reference log-probs are precomputed with images (:meth:`MPOTrainer._precompute_ref_logps`) and
@@ -47,6 +47,7 @@ from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import DROPPED_SOURCES, PreferenceCollator, SkipBadRecords, take_skips
 from mpo.data.meta import BadRows
 from mpo.losses import MPO_TERMS, MPO_WEIGHTS, TERMS, RewardShift, objective
+from mpo.models import families
 from mpo.runtime import cpu_training_defaults
 
 logger = get_logger(__name__)
@@ -347,6 +348,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         reference = self.model if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
         settings = {
+            "template": families.of_processor(self.processing_class).template.jinja(),
             "tokens_per_tile": self.processing_class.image_seq_length,
             "tile": [self.processing_class.image_processor.size["height"], self.processing_class.image_processor.size["width"]],
             "dtype": str(reference.dtype),

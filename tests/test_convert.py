@@ -19,10 +19,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, InternVLForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
 
 from mpo import cli
-from mpo.data.template import IMG_CONTEXT
 from mpo.errors import UserError
 from mpo.models import convert as conv
 from mpo.models import native_files
+from mpo.models.families.internvl2_5 import FAMILY as INTERNVL2_5
 from mpo.models.tiny import TOKENS_PER_TILE, tiny_config, tiny_processor, train_tokenizer
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def build_original(out: Path, tokenizer, llm: str, vit: str, shards: int = 1) ->
     (out / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(out)
     tok_config = json.loads((out / "tokenizer_config.json").read_text())
-    for key in native_files.image_tokens({}):  # the published tokenizers do not name the image tokens
+    for key in native_files.image_tokens({}, INTERNVL2_5):  # the published tokenizers do not name the image tokens
         tok_config.pop(key)
     tok_config["auto_map"] = {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config))
@@ -405,7 +405,7 @@ def test_hand_built_original(tmp_path: Path, tokenizer, llm: str, vit: str) -> N
         tmp_path / "native", output_loading_info=True
     )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
-    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
     assert model.config.image_seq_length == TOKENS_PER_TILE
     assert model.config.text_config.model_type == ("qwen2" if llm == "qwen2" else "llama")
     assert model.config.vision_config.use_qk_norm is (vit == "6b")

@@ -374,11 +374,12 @@ def test_metrics_reach_an_offline_wandb_run(tiny_model, mixed_meta, tmp_path, of
 
 
 def test_vision_drop_path_drops_whole_tiles_in_training_only(tiny_model):
+    from mpo.models.families.internvl2_5 import FAMILY
     from mpo.models.loading import add_vision_drop_path
 
     model = load_model(tiny_model)
     layers = model.model.vision_tower.encoder.layer
-    assert add_vision_drop_path(model, 0.4) == len(layers)
+    assert add_vision_drop_path(model, 0.4, FAMILY.parts) == len(layers)
     mlp, p = layers[-1].mlp, 0.4  # the last layer drops with the full rate
     x = torch.randn(200, 65, model.config.vision_config.hidden_size)
     mlp.eval()

@@ -19,7 +19,8 @@ from mpo.data import sft_data
 from mpo.data.packing import pack_samples
 from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
 from mpo.errors import DataError, UserError
-from mpo.models.loading import load_model, load_processor, part_of
+from mpo.models.families.internvl2_5 import FAMILY as INTERNVL2_5
+from mpo.models.loading import load_model, load_processor
 from mpo.sft import SFTStageConfig, SFTStageTrainer, make_dataset
 from mpo.sft import main as sft_main
 
@@ -427,7 +428,7 @@ def test_loss_reduction_two_gloo_ranks_matches_independent(tiny_model, processor
 
 def _parts_changed(before: dict, after: dict) -> set[str]:
     assert before.keys() == after.keys()
-    return {part_of(k) for k in before if not torch.equal(before[k], after[k])}
+    return {INTERNVL2_5.parts.part_of(k) for k in before if not torch.equal(before[k], after[k])}
 
 
 def test_three_stages_train_exactly_their_parts(tiny_model, tmp_path):

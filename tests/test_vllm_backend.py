@@ -46,7 +46,7 @@ def _fake_vllm(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", module)
 
 
-def test_each_prompt_carries_its_tile_budget_and_the_engine_its_sizes(monkeypatch, tmp_path):
+def test_each_prompt_carries_its_tile_budget_and_the_engine_its_sizes(monkeypatch, tmp_path, tiny_model):
     _fake_vllm(monkeypatch)
     paths = []
     for i in range(3):
@@ -55,9 +55,9 @@ def test_each_prompt_carries_its_tile_budget_and_the_engine_its_sizes(monkeypatc
     parser = argparse.ArgumentParser()
     add_vllm_arguments(parser)
     args = parser.parse_args(["--tensor-parallel-size", "8", "--data-parallel-size", "2", "--max-images-per-prompt", "16"])
-    backend = VLLMBackend("/models/InternVL2_5-78B", max_dynamic_patch=6, **vllm_options(args))
+    backend = VLLMBackend(str(tiny_model), max_dynamic_patch=6, **vllm_options(args))  # its family: the config's
     engine = backend.llm.kwargs
-    assert engine["model"] == "/models/InternVL2_5-78B" and engine["tensor_parallel_size"] == 8
+    assert engine["model"] == str(tiny_model) and engine["tensor_parallel_size"] == 8
     assert engine["data_parallel_size"] == 2 and engine["limit_mm_per_prompt"] == {"image": 16}
     assert engine["mm_processor_kwargs"] == {"crop_to_patches": True, "max_patches": 6}
 
@@ -81,7 +81,7 @@ def test_each_prompt_carries_its_tile_budget_and_the_engine_its_sizes(monkeypatc
     assert out[1] == ["answer 1", "answer 1"]
 
 
-def test_one_replica_passes_no_data_parallel_size(monkeypatch):
+def test_one_replica_passes_no_data_parallel_size(monkeypatch, tiny_model):
     _fake_vllm(monkeypatch)
-    engine = VLLMBackend("m").llm.kwargs
+    engine = VLLMBackend(str(tiny_model)).llm.kwargs
     assert "data_parallel_size" not in engine and engine["tensor_parallel_size"] == 1

@@ -1,1 +1,1 @@
-"""Data: the InternVL2.5 conversation template, MMPR and SFT formats, tiling and augmentation, collators."""
+"""Data: image placeholders, MMPR and SFT formats, tiling and augmentation, collators."""

@@ -1,4 +1,4 @@
-"""Collate MMPR records into model batches: tiles, the InternVL2.5 template, and a token layout."""
+"""Collate MMPR records into model batches: tiles, the checkpoint family's template, and a token layout."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from mpo.attention import layout_of
 from mpo.data.images import blank_tile, load_visuals, tiles_for
 from mpo.data.layout import IGNORE_INDEX, Segment, assemble, pack, plain_segment, shared_segment
 from mpo.data.meta import BadRows
-from mpo.data.template import expand_images, leading_special_ids, prompt_text, response_text
+from mpo.data.template import expand_images, leading_special_ids
 from mpo.errors import DataError, UserError
+from mpo.models import families
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,17 @@ class PreferenceCollator:
                 field_name = "video" if record.get("is_video") else "image"
                 raise DataError(*_source(record), str(err), field=field_name) from None
             pixel_values, tiles = tiles_for(self.processor.image_processor, images, record["max_dynamic_patch"])
-        prompt = expand_images(prompt_text(record["question"]), tiles, self.processor.image_seq_length)
+        family = families.of_processor(self.processor)
+        template = family.template
+        question = template.prompt_text(record["question"])
+        prompt = expand_images(question, tiles, self.processor.image_seq_length, family.tokens)
 
         def ids(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
         prompt_ids = leading_special_ids(tokenizer) + ids(prompt)
-        return prompt_ids, ids(response_text(record["chosen"])), ids(response_text(record["rejected"])), pixel_values
+        chosen, rejected = (ids(template.response_text(record[k])) for k in ("chosen", "rejected"))
+        return prompt_ids, chosen, rejected, pixel_values
 
     def _dummy_image_segment(self, group: int) -> Segment:
         n = self.processor.image_seq_length

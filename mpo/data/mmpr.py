@@ -17,14 +17,10 @@ from datasets import Dataset
 
 from mpo.data.images import count_tiles, tile_budget
 from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
-from mpo.data.template import (
-    expand_images,
-    leading_special_ids,
-    normalize_question,
-    prompt_text,
-    response_text,
-)
+from mpo.data.template import expand_images, leading_special_ids, normalize_question
 from mpo.errors import DataError, UserError
+from mpo.models import families
+from mpo.models.families.base import Family
 
 REQUIRED_FIELDS = ("question", "chosen", "rejected")
 
@@ -59,13 +55,15 @@ def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
     }
 
 
-def sequence_length(record: dict, tokenizer, tile_size: int, tokens_per_tile: int) -> int:
-    """Tokens of [prompt | longer response], image tokens included, as the collator will build it."""
+def sequence_length(record: dict, tokenizer, tile_size: int, tokens_per_tile: int, family: Family) -> int:
+    """Tokens of [prompt | longer response], image tokens included, as the collator will build it
+    (``family``: the checkpoint's template and image tokens)."""
     tiles = [count_tiles(w, h, tile_size, record["max_dynamic_patch"]) for w, h in record["image_sizes"]]
-    prompt = expand_images(prompt_text(record["question"]), tiles, tokens_per_tile)
+    prompt = expand_images(family.template.prompt_text(record["question"]), tiles, tokens_per_tile, family.tokens)
     n_prompt = len(leading_special_ids(tokenizer)) + len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     n_resp = max(
-        len(tokenizer(response_text(record[k]), add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected")
+        len(tokenizer(family.template.response_text(record[k]), add_special_tokens=False)["input_ids"])
+        for k in ("chosen", "rejected")
     )
     return n_prompt + n_resp
 
@@ -92,6 +90,7 @@ def load_mmpr(
     rng = random.Random(seed)
     tile_size = processor.image_processor.size["height"]
     tokens_per_tile = processor.image_seq_length
+    family = families.of_processor(processor)
     records: list[dict] = []
     for subset in read_meta(meta_path, data_root, path_map):
         rows = []
@@ -99,7 +98,7 @@ def load_mmpr(
             try:
                 record = parse_row(row, subset, subset.annotation, line)
                 if max_length is not None:
-                    n = sequence_length(record, processor.tokenizer, tile_size, tokens_per_tile)
+                    n = sequence_length(record, processor.tokenizer, tile_size, tokens_per_tile, family)
                     if n > max_length:
                         raise too_long(subset.annotation, line, n, max_length)
             except DataError as err:

@@ -1,4 +1,4 @@
-"""SFT data: InternVL meta.json + ``conversations`` jsonl, the InternVL2.5 template, tiles, JPEG augmentation.
+"""SFT data: InternVL meta.json + ``conversations`` jsonl, the checkpoint family's template, tiles, JPEG augmentation.
 
 A line::
 
@@ -49,16 +49,11 @@ from mpo.data.images import (
 from mpo.data.layout import IGNORE_INDEX
 from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
 from mpo.data.repetition import ngram_repetition_ratio
-from mpo.data.template import (
-    IMAGE_PLACEHOLDER,
-    SYSTEM_MESSAGE,
-    expand_images,
-    leading_special_ids,
-    normalize_question,
-    render_turns,
-)
+from mpo.data.template import IMAGE_PLACEHOLDER, expand_images, leading_special_ids, normalize_question
 from mpo.data.video import frame_indices
 from mpo.errors import DataError, UserError
+from mpo.models import families
+from mpo.models.families.base import Family
 from mpo.sft_loss import sample_weight
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -139,17 +134,21 @@ def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
 # -------------------------------------------------------------------------------------- encoding
 
 
-def encode_turns(record: dict, tokenizer, tiles_per_image: Sequence[int], tokens_per_tile: int) -> tuple[list[int], list[int]]:
-    """(input ids, labels) of one sample: the InternVL2.5 template with each ``<image>`` expanded
-    to its tiles' tokens; labels are the ids on supervised tokens and -100 elsewhere."""
-    system = SYSTEM_MESSAGE if record.get("system") is None else record["system"]
+def encode_turns(
+    record: dict, tokenizer, tiles_per_image: Sequence[int], tokens_per_tile: int, family: Family
+) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one sample: the family's template (the record's own system message, else
+    the template's) with each ``<image>`` expanded to its tiles' tokens; labels are the ids on supervised
+    tokens and -100 elsewhere."""
+    system = ... if record.get("system") is None else record["system"]
     ids: list[int] = leading_special_ids(tokenizer)
     labels: list[int] = [IGNORE_INDEX] * len(ids)
     next_image = 0
-    for text, supervised in render_turns([tuple(t) for t in record["turns"]], system):
+    for text, supervised in family.template.segments([tuple(t) for t in record["turns"]], system):
         k = text.count(IMAGE_PLACEHOLDER)
         if k:
-            text = expand_images(text, list(tiles_per_image[next_image : next_image + k]), tokens_per_tile)
+            tiles = list(tiles_per_image[next_image : next_image + k])
+            text = expand_images(text, tiles, tokens_per_tile, family.tokens)
             next_image += k
         seg = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += seg
@@ -248,6 +247,7 @@ def load_sft(
     tokenizer = processor.tokenizer
     tile_size = processor.image_processor.size["height"]
     tokens_per_tile = processor.image_seq_length
+    family = families.of_processor(processor)
     records: list[dict] = []
     accepted = 0
     for subset in read_meta(meta_path, data_root, path_map):
@@ -263,7 +263,7 @@ def load_sft(
                 if ratio > max_repetition_ratio:
                     report.repetitive.append({"source": record["source"], "ratio": round(ratio, 4)})
                     continue
-            ids, labels = encode_turns(record, tokenizer, planned_tiles(record, tile_size), tokens_per_tile)
+            ids, labels = encode_turns(record, tokenizer, planned_tiles(record, tile_size), tokens_per_tile, family)
             record["length"] = len(ids)
             record["supervised_tokens"] = sum(1 for t in labels if t != IGNORE_INDEX)
             if max_length is not None and len(ids) > max_length:
@@ -345,7 +345,8 @@ class SFTCollator:
         if record["images"]:
             pixel_values, tiles = tiles_for(self.processor.image_processor, self._images(record),
                                             record["max_dynamic_patch"])  # fmt: skip
-        ids, labels = encode_turns(record, self.processor.tokenizer, tiles, self.processor.image_seq_length)
+        family = families.of_processor(self.processor)
+        ids, labels = encode_turns(record, self.processor.tokenizer, tiles, self.processor.image_seq_length, family)
         return ids, labels, pixel_values
 
     def __call__(self, rows: list) -> dict[str, torch.Tensor]:

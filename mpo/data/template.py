@@ -1,43 +1,20 @@
-"""The InternVL2.5 conversation template (ChatML with a fixed system message).
+"""Where images go in a question, and the family-neutral parts of turning text into model input.
 
-One conversation renders as::
-
-    <|im_start|>system\n{SYSTEM}<|im_end|>\n
-    <|im_start|>user\n{question, each <image> expanded}<|im_end|>\n
-    <|im_start|>assistant\n{answer}<|im_end|>\n
-
-and each ``<image>`` placeholder expands to ``<img>`` + ``<IMG_CONTEXT>`` x (tiles x tokens per tile)
-+ ``</img>``. Everything in the project that turns text into model input goes through here, and the
-tiny model's Jinja chat template (``chat_template_jinja``) renders the same strings.
+The MMPR / InternVL data formats mark an image with ``<image>`` in the question text (a video with
+``<video>``). Those placeholders are put where the model expects them here; the chat template itself
+(system message, turn markers) and the tokens an image expands to belong to the checkpoint's family
+(:mod:`mpo.models.families`): each ``<image>`` becomes the family's image text, e.g. ``<img>`` +
+``<IMG_CONTEXT>`` x (tiles x tokens per tile) + ``</img>``.
 """
 
 from __future__ import annotations
 
 import functools
 
+from mpo.models.families.base import Tokens
+
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
-IMG_START = "<img>"
-IMG_END = "</img>"
-IMG_CONTEXT = "<IMG_CONTEXT>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-ENDOFTEXT = "<|endoftext|>"
-# The InternVL2.5 special tokens, in the order the original tokenizers add them.
-SPECIAL_TOKENS = [
-    ENDOFTEXT, IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT,
-    "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>", VIDEO_PLACEHOLDER,
-]  # fmt: skip
-
-# InternVL2.5's default system message (the original `internvl2_5` conversation template).
-SYSTEM_MESSAGE = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
-)
-
-
-def image_tokens(num_tiles: int, tokens_per_tile: int) -> str:
-    """The text that stands for one image of ``num_tiles`` tiles (thumbnail included)."""
-    return IMG_START + IMG_CONTEXT * (num_tiles * tokens_per_tile) + IMG_END
 
 
 def normalize_question(question: str, num_images: int, video: bool = False) -> str:
@@ -57,39 +34,15 @@ def normalize_question(question: str, num_images: int, video: bool = False) -> s
     raise ValueError(f"question has {found} {IMAGE_PLACEHOLDER} placeholders but {num_images} images")
 
 
-def expand_images(text: str, tiles_per_image: list[int], tokens_per_tile: int) -> str:
-    """Replace the i-th ``<image>`` by the image tokens of the i-th image."""
+def expand_images(text: str, tiles_per_image: list[int], tokens_per_tile: int, tokens: Tokens) -> str:
+    """Replace the i-th ``<image>`` by the family's image text (``tokens``) for the i-th image's tiles."""
     parts = text.split(IMAGE_PLACEHOLDER)
     if len(parts) - 1 != len(tiles_per_image):
         raise ValueError(f"{len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders for {len(tiles_per_image)} images")
     out = [parts[0]]
     for tiles, tail in zip(tiles_per_image, parts[1:], strict=True):
-        out += [image_tokens(tiles, tokens_per_tile), tail]
+        out += [tokens.image_text(tiles, tokens_per_tile), tail]
     return "".join(out)
-
-
-def render_turns(turns: list[tuple[str, str]], system: str | None = SYSTEM_MESSAGE) -> list[tuple[str, bool]]:
-    """Render (role, text) turns into text segments flagged with whether they are supervised.
-
-    Assistant replies and their closing ``<|im_end|>`` are supervised; everything else is not.
-    """
-    segments: list[tuple[str, bool]] = []
-    if system is not None:
-        segments.append((f"{IM_START}system\n{system}{IM_END}\n", False))
-    for role, text in turns:
-        if role == "assistant":
-            segments.append((f"{IM_START}assistant\n", False))
-            segments.append((f"{text}{IM_END}", True))
-            segments.append(("\n", False))
-        else:
-            segments.append((f"{IM_START}{role}\n{text}{IM_END}\n", False))
-    return segments
-
-
-def prompt_text(question: str, system: str | None = SYSTEM_MESSAGE) -> str:
-    """The prompt for one user question, ending with the assistant header (generation prompt)."""
-    head = "".join(text for text, _ in render_turns([("user", question)], system))
-    return head + f"{IM_START}assistant\n"
 
 
 @functools.lru_cache(maxsize=8)  # called for every record: tokenise the probe once per tokenizer
@@ -112,28 +65,3 @@ def leading_special_ids(tokenizer) -> list[int]:
     these ids once, at its start. Read from the tokenizer, so no family is named here.
     """
     return list(_leading_special_ids(tokenizer))
-
-
-def response_text(answer: str) -> str:
-    """A supervised assistant reply: the answer and the closing ``<|im_end|>``."""
-    return f"{answer}{IM_END}"
-
-
-# Jinja version of the template, for `processor.apply_chat_template` users. Images in message
-# content render as `<IMG_CONTEXT>\n` (the processor expands them), like transformers' InternVL.
-CHAT_TEMPLATE_JINJA = (
-    "{%- if messages[0]['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\n" + SYSTEM_MESSAGE + "<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] is string %}{{- message['content'] }}"
-    "{%- else %}{%- for content in message['content'] %}"
-    "{%- if content['type'] == 'image' %}{{- '<IMG_CONTEXT>\\n' }}"
-    "{%- elif content['type'] == 'video' %}{{- '<video>\\n' }}"
-    "{%- elif content['type'] == 'text' %}{{- content['text'] }}{%- endif %}"
-    "{%- endfor %}{%- endif %}"
-    "{{- '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)

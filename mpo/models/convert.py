@@ -1,10 +1,12 @@
-"""Convert InternVL2.5 checkpoints between the original OpenGVLab layout and native transformers.
+"""Convert InternVL checkpoints between the original OpenGVLab layout and native transformers.
 
 The original layout (``InternVLChatModel``, loaded with ``trust_remote_code``) names the vision tower
 ``vision_model.*``, the projector ``mlp1.{0,1,3}`` and the LLM ``language_model.*`` with the LLM's own
 names: Qwen2 names for Qwen2.5 LLMs, InternLM2 names (fused, group-interleaved ``wqkv``) for
 InternLM2.5 LLMs, which map onto Llama. The native layout is transformers'
-``InternVLForConditionalGeneration``.
+``InternVLForConditionalGeneration``. Which LLMs a checkpoint may hold, and the template and tokens its
+converted files get, are its model family's (:mod:`mpo.models.families`, detected from config.json or
+named with ``--family``); both layouts record the family under ``mpo_family``.
 
 Nothing here runs remote code: config.json and the safetensors shards are read directly, one shard at
 a time, and output shards are written as they fill, so peak memory is about one output shard.
@@ -37,13 +39,14 @@ from tqdm import tqdm
 from transformers import InternVLConfig, InternVLProcessor, LlamaConfig, PreTrainedConfig, Qwen2Config
 
 from mpo.errors import UserError
-from mpo.models import native_files
+from mpo.models import families, native_files
+from mpo.models.families.base import Family
 
 ORIGINAL_ARCH = "InternVLChatModel"
 ORIGINAL_MODEL_TYPE = "internvl_chat"
 NATIVE_MODEL_TYPE = "internvl"
-# Original LLM architecture -> LLM family (the key-mapping rules), and the family's native text model.
-LLM_FAMILIES = {"Qwen2ForCausalLM": "qwen2", "InternLM2ForCausalLM": "internlm2"}
+# LLM family (the key-mapping rules, named by a model family's Conversion.llm_architectures) -> its native
+# text model.
 NATIVE_TEXT_MODEL = {"qwen2": "qwen2", "internlm2": "llama"}
 LM_HEAD = "lm_head.weight"
 
@@ -58,9 +61,10 @@ NATIVE_DISK_PREFIXES = (
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
 )
-# Fixed keys of InternVL2.5's original config.json that the native config does not carry.
+# Fixed keys of InternVL's original config.json that the native config does not carry (the family adds
+# its "template").
 ORIGINAL_DEFAULTS = {
-    "template": "internvl2_5", "ps_version": "v2", "dynamic_image_size": True, "use_thumbnail": True,
+    "ps_version": "v2", "dynamic_image_size": True, "use_thumbnail": True,
     "use_backbone_lora": 0, "use_llm_lora": 0,
     "auto_map": {
         "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
@@ -84,22 +88,30 @@ def is_original_layout(config: dict[str, Any]) -> bool:
 
 
 def llm_family(config: dict[str, Any], where: Path | str) -> str:
-    """The LLM family (``qwen2`` or ``internlm2``) of an original config; UserError if unsupported."""
+    """The LLM family (``qwen2`` or ``internlm2``) of an original config, among those its model family
+    converts (``Conversion.llm_architectures``); UserError if unsupported."""
+    model_family = families.detect(config, where)
+    allowed = model_family.conversion.llm_architectures
     archs = (config.get("llm_config") or {}).get("architectures") or ["<missing>"]
-    if archs[0] not in LLM_FAMILIES:
-        expected = " or ".join(LLM_FAMILIES)
-        raise UserError(f"{where}: unsupported LLM architecture {archs[0]!r} (expected {expected})")
-    return LLM_FAMILIES[archs[0]]
+    if archs[0] not in allowed:
+        expected = " or ".join(allowed)
+        raise UserError(
+            f"{where}: unsupported LLM architecture {archs[0]!r} for {model_family.title} (expected {expected})"
+        )
+    return allowed[archs[0]]
 
 
 def native_family(config: InternVLConfig, where: Path | str) -> str:
-    """The LLM family of a native config, from its text model type; UserError if unsupported."""
-    for family, model_type in NATIVE_TEXT_MODEL.items():
-        if config.text_config.model_type == model_type:
-            return family
-    expected = " or ".join(NATIVE_TEXT_MODEL.values())
+    """The LLM family of a native config, from its text model type, among those its model family
+    converts; UserError if unsupported."""
+    model_family = families.detect(config.to_dict(), where)
+    allowed = {NATIVE_TEXT_MODEL[kind]: kind for kind in model_family.conversion.llm_architectures.values()}
+    if config.text_config.model_type in allowed:
+        return allowed[config.text_config.model_type]
+    expected = " or ".join(allowed)
     raise UserError(
-        f"{where}: unsupported text model {config.text_config.model_type!r} (expected {expected})"
+        f"{where}: unsupported text model {config.text_config.model_type!r} for {model_family.title} "
+        f"(expected {expected})"
     )
 
 
@@ -448,6 +460,7 @@ def native_config(original: dict[str, Any], image_token_id: int, where: Path | s
         text_config=text.to_dict(),
         image_token_id=image_token_id,
         image_seq_length=tokens_per_tile(original),
+        **{families.FAMILY_KEY: families.detect(original, where).name},
         downsample_ratio=original.get("downsample_ratio", 0.5),
         vision_feature_layer=original.get("select_layer", -1),
         tie_word_embeddings=tie,
@@ -462,6 +475,7 @@ def original_config(
 ) -> dict[str, Any]:
     """The original config.json dict of a native ``InternVLConfig``."""
     family = native_family(native, where)
+    model_family = families.detect(native.to_dict(), where)
     values = native.vision_config.to_dict()
     if native.vision_feature_select_strategy != "default" or native.projector_hidden_act != "gelu":
         raise UserError(
@@ -493,6 +507,8 @@ def original_config(
         "min_dynamic_patch": min_patches,
         "max_dynamic_patch": max_patches,
         **ORIGINAL_DEFAULTS,
+        "template": model_family.conversion.original_template,
+        families.FAMILY_KEY: model_family.name,
         **({"torch_dtype": str(dtype).removeprefix("torch.")} if dtype else {}),
     }
 
@@ -640,25 +656,25 @@ def copy_files(src: Path, dst: Path, names: Iterable[str]) -> list[str]:
     return copied
 
 
-def native_tiling(src: Path) -> tuple[int, int]:
-    """(min, max) tiles per image of a native checkpoint's image processor (InternVL2.5's 1, 12 if none)."""
+def native_tiling(src: Path, family: Family) -> tuple[int, int]:
+    """(min, max) tiles per image of a native checkpoint's image processor (the family's if none)."""
     for name in ("processor_config.json", "preprocessor_config.json"):
         if (src / name).is_file():
             data = read_json(src / name)
             data = data.get("image_processor", data)
             if "max_patches" in data:
-                return int(data.get("min_patches", 1)), int(data["max_patches"])
-    return 1, 12
+                return int(data.get("min_patches", family.tiling.min_tiles)), int(data["max_patches"])
+    return family.tiling.min_tiles, family.tiling.max_tiles
 
 
-def native_processor(src: Path, original: dict[str, Any]) -> InternVLProcessor:
+def native_processor(src: Path, original: dict[str, Any], family: Family) -> InternVLProcessor:
     """The ``InternVLProcessor`` of a converted checkpoint: SRC's tokenizer made fast (every id inside the
-    embedding), the InternVL2.5 chat template, and the tiling and tokens per tile of SRC's config."""
+    embedding), the family's chat template and tokens, and the tiling and tokens per tile of SRC's config."""
     source = native_files.source_tokenizer(src, optional_json(src / "tokenizer_config.json"))
-    tokenizer = native_files.native_tokenizer(source, src)
+    tokenizer = native_files.native_tokenizer(source, src, family)
     native_files.check_token_ids(tokenizer, original["llm_config"]["vocab_size"], src)
-    tile, min_tiles, max_tiles = native_files.original_tiling(original, src / "config.json")
-    return native_files.internvl_processor(tokenizer, tile, min_tiles, max_tiles, tokens_per_tile(original))
+    tile, min_tiles, max_tiles = native_files.original_tiling(original, src / "config.json", family)
+    return native_files.internvl_processor(tokenizer, tile, min_tiles, max_tiles, tokens_per_tile(original), family)
 
 
 def remote_code_files(config: dict[str, Any]) -> list[str]:
@@ -685,6 +701,7 @@ def convert(
     to: str = "native",
     max_shard_size: int | str = "5GB",
     code_from: str | Path | None = None,
+    family: str | None = None,
 ) -> Converted:
     """Convert the checkpoint in ``src`` to the ``to`` layout in ``dst``.
 
@@ -692,12 +709,15 @@ def convert(
     generation config that stops at the end of a turn. A native source asked for native is left alone
     (no files, a note). Original output holds weights, config and SRC's tokenizer files; upstream also
     loads the remote-code files its ``auto_map`` names, copied from ``code_from`` (an original checkpoint,
-    with its slow-tokenizer files) when given, else named in the notes.
+    with its slow-tokenizer files) when given, else named in the notes. ``family`` names SRC's model
+    family (:mod:`mpo.models.families`) when its config.json does not say it; the output records it.
     """
     src, dst = Path(src), Path(dst)
     if to not in ("native", "original"):
         raise UserError(f"unknown target layout {to!r}: expected native or original")
     config = read_config(src)
+    if family is not None:
+        config[families.FAMILY_KEY] = families.get(family).name
     max_bytes = parse_size(max_shard_size)
     original_in = is_original_layout(config)
     if not original_in and config.get("model_type") != NATIVE_MODEL_TYPE:
@@ -712,7 +732,7 @@ def convert(
 
     if to == "native":
         check_original_config(config, where)
-        processor = native_processor(src, config)
+        processor = native_processor(src, config, families.detect(config, where))
         out_config: InternVLConfig | dict[str, Any] = native_config(config, processor.image_token_id, where)
         spec = llm_spec(config, where)
     else:
@@ -720,7 +740,7 @@ def convert(
             native = InternVLConfig.from_dict(config)
         except (StrictDataclassError, TypeError, ValueError) as err:
             raise UserError(f"{where}: not a valid InternVL config ({_one_line(err)})") from err
-        out_config = original_config(native, *native_tiling(src), where)
+        out_config = original_config(native, *native_tiling(src, families.detect(config, where)), where)
         spec = llm_spec(native, where)
         if code_from is not None:
             check_code_from(Path(code_from), remote_code_files(out_config))
@@ -736,7 +756,8 @@ def convert(
         out_config.save_pretrained(dst)
         processor.save_pretrained(dst)
         generation = native_files.generation_config(
-            optional_json(src / "generation_config.json"), processor.tokenizer, config["llm_config"].get("eos_token_id")
+            optional_json(src / "generation_config.json"), processor.tokenizer, config["llm_config"].get("eos_token_id"),
+            families.of_processor(processor),
         )
         generation.save_pretrained(dst)
         return Converted(files, [])
@@ -770,12 +791,18 @@ def missing_code_note(dst: Path, needed: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``mpo convert SRC DST [--to native|original] [--max-shard-size 5GB] [--code-from ORIGINAL]``."""
+    """``mpo convert SRC DST [--to native|original] [--max-shard-size 5GB] [--code-from ORIGINAL] [--family F]``."""
     parser = argparse.ArgumentParser(prog="mpo convert", description=__doc__.splitlines()[0])
     parser.add_argument("src", help="checkpoint directory to convert")
     parser.add_argument("dst", help="output directory (created; must be empty if it exists)")
     parser.add_argument("--to", choices=["native", "original"], default="native", help="target layout")
     parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
+    parser.add_argument(
+        "--family",
+        choices=list(families.FAMILIES),
+        default=None,
+        help="SRC's model family when its config.json has no mpo_family (default: internvl2_5)",
+    )
     parser.add_argument(
         "--code-from",
         help="--to original: an original checkpoint whose remote code (*.py) and tokenizer files to copy",
@@ -783,7 +810,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.code_from and args.to != "original":
         raise UserError("--code-from applies to --to original only")
-    result = convert(args.src, args.dst, args.to, args.max_shard_size, args.code_from)
+    result = convert(args.src, args.dst, args.to, args.max_shard_size, args.code_from, args.family)
     if result:
         print(f"{args.src} -> {args.dst} ({args.to} layout, {len(result)} weight file(s))")
     for note in result.notes:

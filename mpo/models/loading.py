@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -17,14 +18,16 @@ from transformers import AutoProcessor, InternVLForConditionalGeneration, PreTra
 
 from mpo.attention import Platform, choose_kernels, register_kernels
 from mpo.errors import UserError
+from mpo.models import families
 from mpo.models.convert import is_original_layout
+from mpo.models.families.base import Family, Parts
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FreezePolicy:
-    """Which of the three InternVL parts train. The SFT stages and MPO differ only in this."""
+    """Which of the three parts (vision, projector, LLM) train. The SFT stages and MPO differ only in this."""
 
     vision: bool = True
     projector: bool = True
@@ -35,28 +38,12 @@ class FreezePolicy:
         return cls(vision=not freeze_vision, projector=not freeze_projector, llm=not freeze_llm)
 
 
-# Native parameter-name prefixes of the three parts (lm_head belongs to the LLM).
-PART_PREFIXES: dict[str, tuple[str, ...]] = {
-    "vision": ("model.vision_tower.",),
-    "projector": ("model.multi_modal_projector.",),
-    "llm": ("model.language_model.", "lm_head."),
-}
-
-
-def part_of(param_name: str) -> str:
-    """The part ("vision", "projector" or "llm") a native parameter name belongs to."""
-    name = param_name.removeprefix("base_model.model.")  # peft-wrapped models
-    for part, prefixes in PART_PREFIXES.items():
-        if name.startswith(prefixes):
-            return part
-    raise ValueError(f"parameter {param_name!r} belongs to no InternVL part")
-
-
-def apply_freeze_policy(model: torch.nn.Module, policy: FreezePolicy) -> dict[str, int]:
-    """Set ``requires_grad`` per part; returns the number of trainable parameters per part."""
+def apply_freeze_policy(model: torch.nn.Module, policy: FreezePolicy, parts: Parts) -> dict[str, int]:
+    """Set ``requires_grad`` per part (``parts``: the family's names); returns the number of trainable
+    parameters per part."""
     trainable = {"vision": 0, "projector": 0, "llm": 0}
     for name, param in model.named_parameters():
-        part = part_of(name)
+        part = parts.part_of(name)
         param.requires_grad_(getattr(policy, part))
         trainable[part] += param.numel() if param.requires_grad else 0
     return trainable
@@ -69,18 +56,19 @@ def vision_drop_path_field():
         "(reference: 0.1 for 1B-8B, 0.4 for 26B+, in SFT stage 2 and MPO)."})  # fmt: skip
 
 
-def add_vision_drop_path(model: torch.nn.Module, rate: float) -> int:
+def add_vision_drop_path(model: torch.nn.Module, rate: float, parts: Parts) -> int:
     """Stochastic depth on the vision tower, as InternViT trains with (``drop_path_rate``).
 
     transformers' native InternVL vision layers have no drop path, so each layer's two residual
     branches (attention, MLP) get a forward hook that, in training mode, zeroes the branch of a random
     subset of tiles and rescales the rest by 1 / (1 − p). p rises linearly from 0 at the first layer
     to ``rate`` at the last. The branch is linear in the hooked output (λ-scaled, then added), so
-    this equals DropPath on the branch. Returns the number of hooked layers.
+    this equals DropPath on the branch. The layers are the family's ``parts.vision_layers``. Returns the
+    number of hooked layers.
     """
     if rate <= 0:
         return 0
-    layers = model.model.vision_tower.encoder.layer
+    layers = attrgetter(parts.vision_layers)(model)
     rates = torch.linspace(0, rate, len(layers)).tolist()
 
     def hook(p: float):
@@ -129,6 +117,11 @@ def read_checkpoint_config(path: str | Path) -> dict:
     return config
 
 
+def checkpoint_family(path: str | Path) -> Family:
+    """The model family of a native checkpoint, from its config.json (:func:`mpo.models.families.detect`)."""
+    return families.detect(read_checkpoint_config(path), Path(path) / "config.json")
+
+
 def load_model(
     path: str | Path,
     *,
@@ -146,7 +139,7 @@ def load_model(
     token ``layout`` the model will see (one line logged saying which and why); a kernel that cannot
     compute the layout exactly, or cannot run (or train) here, is an error.
     """
-    read_checkpoint_config(path)
+    family = checkpoint_family(path)
     kernels = choose_kernels(attn_implementation, layout, Platform.detect(), training=training)
     register_kernels()
     logger.warning(kernels.describe(layout))
@@ -154,20 +147,22 @@ def load_model(
         str(path), attn_implementation=kernels.for_transformers(), dtype=pick_dtype(dtype),
         quantization_config=quantization_config,  # QLoRA: bitsandbytes 4-bit (GPU)
     )
-    apply_freeze_policy(model, freeze)
-    add_vision_drop_path(model, vision_drop_path)
+    apply_freeze_policy(model, freeze, family.parts)
+    add_vision_drop_path(model, vision_drop_path, family.parts)
     return model
 
 
 def load_processor(path: str | Path) -> ProcessorMixin:
-    """The InternVLProcessor saved with a checkpoint (tokenizer, tiling image processor, template)."""
-    read_checkpoint_config(path)
+    """The InternVLProcessor saved with a checkpoint (tokenizer, tiling image processor, template), with
+    the checkpoint's family attached (:func:`mpo.models.families.of_processor` reads it)."""
+    family = checkpoint_family(path)
     if not any((Path(path) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         raise UserError(
             f"{path}: no processor (processor_config.json); if an older mpo convert wrote this checkpoint, "
             "convert the original checkpoint again"
         )
     try:
-        return AutoProcessor.from_pretrained(str(path))
+        processor = AutoProcessor.from_pretrained(str(path))
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: cannot load the processor: {err}") from None
+    return families.attach(processor, family)

@@ -1,6 +1,6 @@
 """The files besides the weights that make a native InternVL checkpoint usable.
 
-A converted checkpoint needs a fast tokenizer (``tokenizer.json``), the InternVL2.5 chat template, an
+A converted checkpoint needs a fast tokenizer (``tokenizer.json``), its family's chat template, an
 ``InternVLProcessor`` with the checkpoint's tiling and a ``generation_config.json`` that stops at the end
 of a turn. Published original-layout checkpoints ship slow-tokenizer files instead: Qwen2's byte-level
 BPE ``vocab.json`` + ``merges.txt``, or InternLM2's sentencepiece ``tokenizer.model`` with a remote-code
@@ -26,24 +26,12 @@ from transformers import (
     TokenizersBackend,
 )
 
-from mpo.data.template import (
-    CHAT_TEMPLATE_JINJA,
-    IM_END,
-    IM_START,
-    IMG_CONTEXT,
-    IMG_END,
-    IMG_START,
-    VIDEO_PLACEHOLDER,
-)
 from mpo.errors import UserError
+from mpo.models import families
+from mpo.models.families.base import Family
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-# The end of an InternVL2.5 turn: chat() stops generation there (InternLM2 chat models: id 92542),
-# whatever the LLM config calls its eos.
-END_OF_TURN = IM_END
-# Tokens every InternVL2.5 tokenizer holds (the chat template and the image placeholders use them).
-REQUIRED_TOKENS = (IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT)
 # Defaults of upstream's slow tokenizer classes that their tokenizer_config.json does not repeat:
 # InternLM2Tokenizer puts <s> before every text.
 SLOW_CLASS_DEFAULTS: dict[str, dict[str, Any]] = {"InternLM2Tokenizer": {"add_bos_token": True}}
@@ -78,41 +66,43 @@ def source_tokenizer(src: Path, tokenizer_config: dict[str, Any]) -> TokenizersB
         raise UserError(f"{src}: cannot read the tokenizer ({' '.join(str(err).split())})") from err
 
 
-def image_tokens(vocab: dict[str, int]) -> dict[str, str]:
-    """The tokens ``InternVLProcessor`` reads from the tokenizer, all taken from ``vocab``.
+def image_tokens(vocab: dict[str, int], family: Family) -> dict[str, str]:
+    """The tokens ``InternVLProcessor`` reads from the tokenizer (the family's), all taken from ``vocab``.
 
     The video token is ``<video>`` when the vocabulary has it. Published InternVL2.5 tokenizers do not
     (InternVL2.5 shows a video as ``Frame{i}: <image>`` lines), and a named token the vocabulary lacks
     would be added on every load, past the embedding; so the processor's video placeholder is then
     ``<img>``, which is in the vocabulary and which the processor replaces by frames as it would ``<video>``.
     """
+    tokens = family.tokens
     return {
-        "start_image_token": IMG_START,
-        "end_image_token": IMG_END,
-        "context_image_token": IMG_CONTEXT,
-        "video_token": VIDEO_PLACEHOLDER if VIDEO_PLACEHOLDER in vocab else IMG_START,
+        "start_image_token": tokens.img_start,
+        "end_image_token": tokens.img_end,
+        "context_image_token": tokens.img_context,
+        "video_token": tokens.video if tokens.video in vocab else tokens.img_start,
     }
 
 
-def native_tokenizer(source: TokenizersBackend, where: Path | str) -> PreTrainedTokenizerFast:
-    """The converted checkpoint's tokenizer: SRC's vocabulary and added tokens, ``<|im_end|>`` as eos
-    (the end of a turn), the image tokens named for the processor, the InternVL2.5 chat template."""
+def native_tokenizer(source: TokenizersBackend, where: Path | str, family: Family) -> PreTrainedTokenizerFast:
+    """The converted checkpoint's tokenizer: SRC's vocabulary and added tokens, the end of a turn
+    (``<|im_end|>``) as eos (``chat()`` stops there; InternLM2 chat models: id 92542, whatever the LLM
+    config calls its eos), the image tokens named for the processor, the family's chat template."""
     vocab = source.get_vocab()
-    missing = [token for token in REQUIRED_TOKENS if token not in vocab]
+    missing = [token for token in family.tokens.required if token not in vocab]
     if missing:
-        raise UserError(f"{where}: the tokenizer lacks the InternVL2.5 token(s) {', '.join(missing)}")
+        raise UserError(f"{where}: the tokenizer lacks the {family.title} token(s) {', '.join(missing)}")
     bos = {"add_bos_token": True} if source.add_bos_token else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=source.backend_tokenizer,
         bos_token=source.bos_token,
-        eos_token=END_OF_TURN,
+        eos_token=family.tokens.turn_end,
         pad_token=source.pad_token or source.eos_token,
         unk_token=source.unk_token,
-        extra_special_tokens=image_tokens(vocab),
+        extra_special_tokens=image_tokens(vocab, family),
         model_max_length=source.model_max_length,
         padding_side="left",
         clean_up_tokenization_spaces=False,
-        chat_template=CHAT_TEMPLATE_JINJA,
+        chat_template=family.template.jinja(),
         **bos,
     )
 
@@ -129,10 +119,12 @@ def check_token_ids(tokenizer: PreTrainedTokenizerFast, rows: int, where: Path |
 
 
 def internvl_processor(
-    tokenizer: PreTrainedTokenizerFast, tile_size: int, min_tiles: int, max_tiles: int, tokens_per_tile: int
+    tokenizer: PreTrainedTokenizerFast, tile_size: int, min_tiles: int, max_tiles: int, tokens_per_tile: int,
+    family: Family,
 ) -> InternVLProcessor:
-    """InternVL2.5 tiling: up to ``max_tiles`` square tiles of ``tile_size`` px plus a thumbnail,
-    ImageNet-normalised, each tile ``tokens_per_tile`` image tokens, and the InternVL2.5 chat template."""
+    """Dynamic tiling: up to ``max_tiles`` square tiles of ``tile_size`` px plus a thumbnail,
+    ImageNet-normalised, each tile ``tokens_per_tile`` image tokens, and the family's chat template; the
+    family is attached (:func:`mpo.models.families.of_processor`)."""
     common = dict(
         size={"height": tile_size, "width": tile_size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
         do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
@@ -140,37 +132,40 @@ def internvl_processor(
     image_processor = GotOcr2ImageProcessor(
         crop_to_patches=True, min_patches=min_tiles, max_patches=max_tiles, **common
     )
-    return InternVLProcessor(
+    processor = InternVLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=InternVLVideoProcessor(**common),
         image_seq_length=tokens_per_tile,
-        chat_template=CHAT_TEMPLATE_JINJA,
+        chat_template=family.template.jinja(),
     )
+    return families.attach(processor, family)
 
 
-def original_tiling(original: dict[str, Any], where: Path | str) -> tuple[int, int, int]:
-    """(tile size, min tiles, max tiles) of an original config.json dict.
+def original_tiling(original: dict[str, Any], where: Path | str, family: Family) -> tuple[int, int, int]:
+    """(tile size, min tiles, max tiles) of an original config.json dict; a tile range it does not state
+    is the family's (``family.tiling``).
 
-    InternVL2.5 tiles dynamically with a thumbnail; transformers' GotOcr2 image processor always adds the
+    InternVL tiles dynamically with a thumbnail; transformers' GotOcr2 image processor always adds the
     thumbnail, so a config without it (or without dynamic tiling) is refused rather than altered.
     """
     if not original.get("dynamic_image_size", True) or not original.get("use_thumbnail", True):
         raise UserError(
-            f"{where}: dynamic_image_size and use_thumbnail must be true (InternVL2.5 tiling); "
+            f"{where}: dynamic_image_size and use_thumbnail must be true (InternVL tiling); "
             "the native image processor has no other mode"
         )
     side = original.get("force_image_size") or original["vision_config"]["image_size"]
-    return int(side), int(original.get("min_dynamic_patch", 1)), int(original.get("max_dynamic_patch", 12))
+    min_tiles = int(original.get("min_dynamic_patch", family.tiling.min_tiles))
+    return int(side), min_tiles, int(original.get("max_dynamic_patch", family.tiling.max_tiles))
 
 
 def generation_config(
-    source: dict[str, Any], tokenizer: PreTrainedTokenizerFast, llm_eos: int | list[int] | None
+    source: dict[str, Any], tokenizer: PreTrainedTokenizerFast, llm_eos: int | list[int] | None, family: Family
 ) -> GenerationConfig:
     """SRC's generation config (``source``, {} if none) with eos ids: the end-of-turn id first, then
     SRC's and the LLM config's eos ids."""
     base = {k: v for k, v in source.items() if k not in ("transformers_version", "_from_model_config")}
-    eos: list[int] = [tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+    eos: list[int] = [tokenizer.convert_tokens_to_ids(family.tokens.turn_end)]
     for ids in (base.get("eos_token_id"), llm_eos):
         for token_id in ids if isinstance(ids, list) else [ids]:
             if token_id is not None and token_id not in eos:

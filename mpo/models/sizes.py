@@ -173,22 +173,24 @@ def build_random_native(key: str, out: str | Path, *, layers: int | None = None,
     """
     from transformers import InternVLForConditionalGeneration
 
-    from mpo.data.template import ENDOFTEXT, IM_END, IMG_CONTEXT
     from mpo.models.convert import native_config
+    from mpo.models.families.internvl2_5 import FAMILY
     from mpo.models.tiny import tiny_processor, train_tokenizer, widen_vocabulary
 
     size = SIZES[key]
-    tokenizer = widen_vocabulary(train_tokenizer(), size.llm.vocab_size)
-    eos, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    tokenizer = widen_vocabulary(train_tokenizer(family=FAMILY), size.llm.vocab_size)
+    eos, pad = tokenizer.convert_tokens_to_ids(FAMILY.tokens.turn_end), tokenizer.convert_tokens_to_ids(FAMILY.tokens.pad)
     original = original_config(size)
     original["llm_config"].update(eos_token_id=eos, pad_token_id=pad)
     if layers is not None:
         original["llm_config"]["num_hidden_layers"] = original["vision_config"]["num_hidden_layers"] = layers
-    config = native_config(original, tokenizer.convert_tokens_to_ids(IMG_CONTEXT), f"InternVL2.5-{size.name}")
+    config = native_config(original, tokenizer.convert_tokens_to_ids(FAMILY.tokens.img_context), f"InternVL2.5-{size.name}")
     torch.manual_seed(seed)
     with torch.device(device):
         model = InternVLForConditionalGeneration(config)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, pad
     model.to(dtype or torch.float32).save_pretrained(out)
-    tiny_processor(tokenizer, tile=IMAGE_SIZE, patch=PATCH_SIZE, max_tiles=size.max_dynamic_patch).save_pretrained(out)
+    tiny_processor(tokenizer, tile=IMAGE_SIZE, patch=PATCH_SIZE, max_tiles=size.max_dynamic_patch, family=FAMILY).save_pretrained(
+        out
+    )
     return Path(out)

@@ -1,9 +1,10 @@
-"""The embedded default model: a tiny InternVL2.5-architecture model that trains on 2 CPU cores.
+"""The embedded default model: a tiny InternVL-architecture model that trains on 2 CPU cores.
 
-Same shape as InternVL2.5 (InternViT -> pixel unshuffle 0.5 -> LayerNorm/MLP projector -> Qwen2 or
-Llama LLM), scaled down: 64 px tiles of 8 px patches give 64 patches, 16 image tokens per tile after
-pixel unshuffle. The tokenizer is a byte-level BPE trained here, on text written below, with the
-InternVL2.5 special tokens and chat template. Nothing is downloaded.
+Same shape as the family's models (InternViT -> pixel unshuffle 0.5 -> LayerNorm/MLP projector -> a Qwen2
+or Llama LLM; InternVL3: Qwen2 only, as its Qwen2.5 LLMs), scaled down: 64 px tiles of 8 px patches give
+64 patches, 16 image tokens per tile after pixel unshuffle. The tokenizer is a byte-level BPE trained
+here, on text written below, with the family's special tokens and chat template; config.json records
+the family (``mpo_family``). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -23,18 +24,9 @@ from transformers import (
     Qwen2Config,
 )
 
-from mpo.data.template import (
-    CHAT_TEMPLATE_JINJA,
-    ENDOFTEXT,
-    IM_END,
-    IMG_CONTEXT,
-    IMG_END,
-    IMG_START,
-    SPECIAL_TOKENS,
-    SYSTEM_MESSAGE,
-    VIDEO_PLACEHOLDER,
-)
 from mpo.errors import UserError
+from mpo.models import families
+from mpo.models.families.base import Family, tokens_per_tile
 from mpo.models.native_files import internvl_processor
 
 TILE_SIZE = 64
@@ -45,7 +37,6 @@ VOCAB_SIZE = 1024
 # Text the tokenizer learns its merges from: the words of visual question answering, counting,
 # chain-of-thought answers and the system message. Anything else still encodes (byte fallback).
 _CORPUS = [
-    SYSTEM_MESSAGE,
     "What is the colour of the shape? What color is the object in the image? Answer with a single word.",
     "How many shapes are there in the image? Count the objects. There are 0 1 2 3 4 5 6 7 8 9 10 shapes.",
     "Which shape is on the left? Which one is on the right, top, bottom, above, below, in the middle?",
@@ -65,31 +56,33 @@ _CORPUS = [
 ]
 
 
-def train_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (as in Qwen2) with the InternVL2.5 special tokens and template."""
+def train_tokenizer(vocab_size: int = VOCAB_SIZE, family: Family = families.UNMARKED) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (as in Qwen2) with the family's special tokens and chat template, its
+    merges learnt from the corpus above and the family's system message."""
+    tokens = family.tokens
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(tokens.all),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 8, trainer=trainer)
+    tok.train_from_iterator([family.template.system_message or "", *_CORPUS] * 8, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
+        eos_token=tokens.turn_end,
+        pad_token=tokens.pad,
         bos_token=None,
         padding_side="left",
-        chat_template=CHAT_TEMPLATE_JINJA,
+        chat_template=family.template.jinja(),
         model_max_length=32768,
         extra_special_tokens={
-            "start_image_token": IMG_START,
-            "end_image_token": IMG_END,
-            "context_image_token": IMG_CONTEXT,
-            "video_token": VIDEO_PLACEHOLDER,
+            "start_image_token": tokens.img_start,
+            "end_image_token": tokens.img_end,
+            "context_image_token": tokens.img_context,
+            "video_token": tokens.video,
         },
     )
 
@@ -122,28 +115,29 @@ TINY_TEXT = dict(
 
 
 def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2", *, vision: dict | None = None,
-                text: dict | None = None, vocab_size: int | None = None) -> InternVLConfig:  # fmt: skip
-    """The tiny InternVL2.5 config: InternViT-300M-style vision tower, a Qwen2 or Llama LLM.
+                text: dict | None = None, vocab_size: int | None = None,
+                family: Family = families.UNMARKED) -> InternVLConfig:  # fmt: skip
+    """The tiny config of ``family``: InternViT-300M-style vision tower, an LLM of ``family.tiny_llms``.
 
     ``vision`` / ``text`` override fields of the tiny widths (e.g. the real InternVL2.5-1B widths, see
     benchmarks/gpu_check.py); tokens per tile follow from image size, patch size and the 0.5 unshuffle.
     """
+    if llm not in family.tiny_llms:
+        raise ValueError(f"unknown llm {llm!r} for {family.title}: expected {' or '.join(family.tiny_llms)}")
     vision = {**TINY_VISION, **(vision or {})}
+    tokens = family.tokens
     text_kwargs = dict(
         TINY_TEXT, **(text or {}), vocab_size=vocab_size or len(tokenizer),
-        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END), pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        eos_token_id=tokenizer.convert_tokens_to_ids(tokens.turn_end),
+        pad_token_id=tokenizer.convert_tokens_to_ids(tokens.pad),
     )  # fmt: skip
-    if llm == "qwen2":
-        text_config = Qwen2Config(**text_kwargs)
-    elif llm == "llama":
-        text_config = LlamaConfig(**text_kwargs)
-    else:
-        raise ValueError(f"unknown llm {llm!r}: expected qwen2 or llama")
+    text_config = (Qwen2Config if llm == "qwen2" else LlamaConfig)(**text_kwargs)
     return InternVLConfig(
         vision_config=vision,
         text_config=text_config.to_dict(),
-        image_token_id=tokenizer.convert_tokens_to_ids(IMG_CONTEXT),
+        image_token_id=tokenizer.convert_tokens_to_ids(tokens.img_context),
         image_seq_length=tokens_per_tile(vision["image_size"], vision["patch_size"]),
+        **{families.FAMILY_KEY: family.name},
         downsample_ratio=0.5,
         projector_hidden_act="gelu",
         vision_feature_layer=-1,
@@ -152,18 +146,14 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2", *, visio
     )
 
 
-def tokens_per_tile(tile: int, patch: int) -> int:
-    """Image tokens per tile: (tile / patch)^2 patches, 4 to a token after the 0.5 pixel unshuffle."""
-    return (tile // patch) ** 2 // 4
-
-
 TOKENS_PER_TILE = tokens_per_tile(TILE_SIZE, PATCH_SIZE)  # 16
 
 
 def tiny_processor(tokenizer: PreTrainedTokenizerFast, tile: int = TILE_SIZE, patch: int = PATCH_SIZE,
-                   max_tiles: int = MAX_TILES) -> InternVLProcessor:  # fmt: skip
-    """Dynamic tiling (up to ``max_tiles`` tiles of ``tile`` px + thumbnail) with ImageNet normalisation."""
-    return internvl_processor(tokenizer, tile, 1, max_tiles, tokens_per_tile(tile, patch))
+                   max_tiles: int = MAX_TILES, family: Family = families.UNMARKED) -> InternVLProcessor:  # fmt: skip
+    """Dynamic tiling (up to ``max_tiles`` tiles of ``tile`` px + thumbnail) with ImageNet normalisation,
+    and the family's template."""
+    return internvl_processor(tokenizer, tile, 1, max_tiles, tokens_per_tile(tile, patch), family)
 
 
 def wider_text(hidden_size: int) -> dict:
@@ -175,25 +165,31 @@ def wider_text(hidden_size: int) -> dict:
     return dict(hidden_size=hidden_size, intermediate_size=2 * hidden_size)
 
 
-def build_tiny_model(out: str | Path, llm: str = "qwen2", seed: int = 0, text: dict | None = None) -> Path:
-    """Write the tiny model, tokenizer and processor to ``out``; same seed (and ``text`` overrides of the
-    LLM, e.g. :func:`wider_text`), same weights. The tokenizer is the same for every LLM."""
+def build_tiny_model(
+    out: str | Path, llm: str = "qwen2", seed: int = 0, text: dict | None = None, family: str = "internvl2_5"
+) -> Path:
+    """Write the tiny model of ``family``, its tokenizer and processor to ``out``; same seed (and ``text``
+    overrides of the LLM, e.g. :func:`wider_text`), same weights. The tokenizer is the same for every LLM."""
     out = Path(out)
-    tokenizer = train_tokenizer()
-    config = tiny_config(tokenizer, llm, text=text)
+    model_family = families.get(family)
+    tokenizer = train_tokenizer(family=model_family)
+    config = tiny_config(tokenizer, llm, text=text, family=model_family)
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.save_pretrained(out)
-    tiny_processor(tokenizer).save_pretrained(out)
+    tiny_processor(tokenizer, family=model_family).save_pretrained(out)
     return out
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mpo tiny-model", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="output directory")
-    parser.add_argument("--llm", choices=["qwen2", "llama"], default="qwen2", help="LLM family")
+    parser.add_argument(
+        "--family", choices=list(families.FAMILIES), default="internvl2_5", help="model family (template, tokens)"
+    )
+    parser.add_argument("--llm", choices=["qwen2", "llama"], default="qwen2", help="LLM kind (InternVL3: qwen2 only)")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     parser.add_argument("--text-hidden-size", type=int, default=None,
                         help=f"LLM width (default {TINY_TEXT['hidden_size']}); its MLP is twice as wide")  # fmt: skip
@@ -202,9 +198,12 @@ def main(argv: list[str]) -> int:
         text = wider_text(args.text_hidden_size) if args.text_hidden_size is not None else None
     except ValueError as err:
         raise UserError(f"--text-hidden-size: {err}") from None
-    out = build_tiny_model(args.out, args.llm, args.seed, text)
+    try:
+        out = build_tiny_model(args.out, args.llm, args.seed, text, args.family)
+    except ValueError as err:
+        raise UserError(f"--llm: {err}") from None
     n = sum(p.numel() for p in InternVLForConditionalGeneration.from_pretrained(out).parameters())
     width = args.text_hidden_size or TINY_TEXT["hidden_size"]
-    print(f"tiny InternVL2.5 ({args.llm} of width {width}, {n / 1e6:.2f}M parameters, seed {args.seed}) "
+    print(f"tiny {families.get(args.family).title} ({args.llm} of width {width}, {n / 1e6:.2f}M parameters, seed {args.seed}) "
           f"written to {out}")
     return 0

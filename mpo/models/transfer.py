@@ -45,7 +45,8 @@ from mpo.models.convert import (
     read_shards,
     source_shards,
 )
-from mpo.models.loading import part_of, read_checkpoint_config
+from mpo.models.families.base import Parts
+from mpo.models.loading import checkpoint_family, read_checkpoint_config
 
 # Fields of vision_config that decide the tower's shapes or what it computes.
 VISION_FIELDS = (
@@ -124,12 +125,13 @@ def tensor_infos(shards: list[Path]) -> dict[str, TensorInfo]:
     return infos
 
 
-def by_part(infos: dict[str, TensorInfo], where: Path) -> dict[str, dict[str, TensorInfo]]:
-    """The tensors of each part (vision, projector, llm); UserError for a tensor of no part."""
+def by_part(infos: dict[str, TensorInfo], where: Path, names: Parts) -> dict[str, dict[str, TensorInfo]]:
+    """The tensors of each part (vision, projector, llm; ``names``: the family's); UserError for a tensor
+    of no part."""
     parts: dict[str, dict[str, TensorInfo]] = {"vision": {}, "projector": {}, "llm": {}}
     for name, info in infos.items():
         try:
-            parts[part_of(name)][name] = info
+            parts[names.part_of(name)][name] = info
         except ValueError:
             raise UserError(f"{where}: tensor {name!r} is not part of an InternVL model") from None
     return parts
@@ -192,7 +194,7 @@ def transfer_vision(
         raise UserError(f"{out}: the output must be a new directory")
     max_bytes = parse_size(max_shard_size)
     shards = {p: source_shards(p) for p in (source, target)}
-    parts = {p: by_part(tensor_infos(shards[p]), p) for p in (source, target)}
+    parts = {p: by_part(tensor_infos(shards[p]), p, checkpoint_family(p).parts) for p in (source, target)}
     check_same_tensors(parts[source]["vision"], parts[target]["vision"], "vision")
     reason = projector_mismatch(*configs)
     if reason is None:
