@@ -45,6 +45,18 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
     with Image.open(out / "curves.png") as img:
         img.verify()
     assert (out / "pairs" / "report.md").read_text().replace("](", "](pairs/") in text
+    # the paired table counts the same items from both runs' predictions
+    right = {name: {json.loads(line)["index"]: json.loads(line)["correct"]
+                    for line in (out / "eval" / name / "predictions.jsonl").read_text().splitlines()}
+             for name in ("sft", "mpo")}  # fmt: skip
+    assert right["sft"].keys() == right["mpo"].keys() and len(right["sft"]) == scale.eval_items
+    cells = {(a, b): sum(1 for k in right["sft"] if (right["sft"][k], right["mpo"][k]) == (a, b))
+             for a in (True, False) for b in (True, False)}  # fmt: skip
+    assert f"| **SFT right** | {cells[True, True]} | {cells[True, False]} |" in text
+    assert f"| **SFT wrong** | {cells[False, True]} | {cells[False, False]} |" in text
+    assert "Exact McNemar test" in text
+    # the smoke scale's task: short answers on one tile
+    assert all(r[letter] == "" for r in rows for letter in "ABCD")
 
     # the ablation reuses every finished step and trains the three objectives for two seeds
     report = demo.ablation(out, scale, seeds=(0, 1)).read_text()
