@@ -5,8 +5,8 @@
 Each run appends one line to benchmarks/results/demo_sweep.jsonl (held-out accuracy of SFT and MPO,
 greedy and sampled, the pair split, the McNemar p-value, wall time); ``--table`` writes
 benchmarks/results/demo_sweep.md from those lines. ``--reuse DIR`` copies the finished steps of an
-earlier run whose data and SFT settings are the same (tiny model, data, SFT stages, and pairs when
-``--reuse-pairs``), so that a variant of the pairs or of MPO only pays for what it changes.
+earlier run whose data and SFT settings are the same (tiny model, data, SFT stages and their evaluation,
+and pairs when ``--reuse-pairs``), so that a variant of the pairs or of MPO only pays for what it changes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ OLD = dict(formats=("short", "mc"), max_tiles=5)  # the task before issue 18
 VARIANTS: dict[str, demo.Scale] = {
     "old-full": dataclasses.replace(FULL, **OLD, sft_steps=None),
     "full": FULL,
+    # MPO on the `full` SFT checkpoint (run with --reuse /tmp/demo_sweep/full [--reuse-pairs])
+    "lr2e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "2e-4")),
+    "lr5e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "5e-4")),
+    "q1000-cap3-lr2e-4": dataclasses.replace(FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3"),
+                                             mpo_args=("--learning_rate", "2e-4")),
 }
 
 
@@ -83,9 +88,8 @@ def main() -> None:
         scale = VARIANTS[args.name]
         out = args.out or Path("/tmp/demo_sweep") / args.name
         if args.reuse:
-            for sub in ("tiny", "synthetic", "sft_stage1", "sft_stage1_5", "sft_stage2") + (
-                ("pairs",) if args.reuse_pairs else ()
-            ):
+            subs = ("tiny", "synthetic", "sft_stage1", "sft_stage1_5", "sft_stage2", "eval/sft", "eval/sft_majority")
+            for sub in subs + (("pairs",) if args.reuse_pairs else ()):
                 if not (out / sub).exists():
                     shutil.copytree(args.reuse / sub, out / sub)
         start = time.perf_counter()

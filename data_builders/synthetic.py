@@ -436,8 +436,10 @@ def _multi_image_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item |
     if (d == 1 and gap < 3) or (d == 2 and gap not in (1, 2)) or (d == 3 and gap < 1):
         return None
     scenes = []
+    # up to 6 shapes of the easy sizes do not fit one 64 px tile: there they take the smallest sizes
+    shape_d = d if any(image_tiles(*size) > 1 for size in sizes) else 3
     for c in counts:
-        scene = _place(rng, _random_specs(rng, c, d), [size for size in sizes if size in IMAGE_SIZES[:3]])
+        scene = _place(rng, _random_specs(rng, c, shape_d), [size for size in sizes if size in IMAGE_SIZES[:3]])
         if scene is None:
             return None
         scenes.append(scene)

@@ -184,11 +184,26 @@ def ablation(out: Path, scale: Scale, seeds: tuple[int, ...] = (0, 1, 2), fresh:
         lines.append(f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * std:.1f} | {100 * min(accs):.1f} | "
                      f"{100 * max(accs):.1f} | {', '.join(f'{100 * a:.1f}' for a in accs)} |")  # fmt: skip
     chart = plot_ablation(out, accuracy, base["accuracy"], chance_level(out, base["total"]))
-    lines += ["", f"![ablation]({chart.name})"]
+    lines += ["", *separation(accuracy), "", f"![ablation]({chart.name})"]
     report = out / "ABLATION.md"
     report.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return report
+
+
+def separation(accuracy: dict[str, list[float]]) -> list[str]:
+    """One line per other objective: does every MPO seed beat every seed of it (seed ranges that do not
+    overlap: MPO's worst seed above its best)?"""
+    mpo = accuracy.get("MPO")
+    if not mpo:
+        return []
+    lines = []
+    for variant, accs in accuracy.items():
+        if variant != "MPO":
+            apart = min(mpo) > max(accs)
+            lines.append(f"- MPO against {variant}: worst MPO seed {100 * min(mpo):.1f} %, best {variant} seed "
+                         f"{100 * max(accs):.1f} %: the seed ranges {'do not overlap' if apart else 'overlap'}.")  # fmt: skip
+    return lines
 
 
 def plot_ablation(out: Path, accuracy: dict[str, list[float]], sft: float, chance: float) -> Path:

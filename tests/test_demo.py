@@ -61,6 +61,7 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
     # the ablation reuses every finished step and trains the three objectives for two seeds
     report = demo.ablation(out, scale, seeds=(0, 1)).read_text()
     assert f"held-out accuracy {100 * sft['accuracy']:.1f} %" in report
+    by_variant: dict[str, list[float]] = {}
     for variant, tag, loss_type in (("MPO", "mpo", ["sigmoid", "bco_pair", "sft"]),
                                     ("DPO only", "dpo_only", ["sigmoid"]),
                                     ("SFT on chosen", "sft_on_chosen", ["sft"])):  # fmt: skip
@@ -71,6 +72,11 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
         accs = [overall(run / "eval")["accuracy"] for run in runs]
         row = f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * statistics.stdev(accs):.1f} |"
         assert row in report, (row, report)
+        by_variant[variant] = accs
+    for variant in ("DPO only", "SFT on chosen"):
+        apart = all(m > a for m in by_variant["MPO"] for a in by_variant[variant])
+        assert f"{variant} seed {100 * max(by_variant[variant]):.1f} %: the seed ranges " \
+               f"{'do not overlap' if apart else 'overlap'}." in report  # fmt: skip
     assert "![ablation](ablation.png)" in report
     with Image.open(out / "ablation.png") as img:
         img.verify()

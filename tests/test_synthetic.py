@@ -438,6 +438,13 @@ def test_short_answers_on_one_tile(tmp_path, capsys):
         per = [counts[(skill, d)] for d in (1, 2, 3)]
         assert max(per) - min(per) <= 1, (skill, per)
     assert synthetic.sizes_up_to(3) == ((64, 64), (128, 64), (64, 128))  # 2 tiles + thumbnail
+    # every skill (`--scale long`) still has exact answers when all its shapes must fit one tile
+    generate(out / "all", 70, 0, 0, seed=5, formats=["short"], max_tiles=1)
+    for row in read_jsonl(out / "all" / "sft" / "train.jsonl"):
+        images = [out / "all" / "images" / "sft" / p for p in image_list(row.get("image"))]
+        assert all(Image.open(path).size == (64, 64) for path in images)
+        core, _, options, _ = parse_prompt(row["conversations"][0]["value"])
+        check_answer(row["skill"], core, images, row["answer"], options)
     assert cli_main(["synthetic", str(tmp_path / "bad"), "--formats", "essay"]) == 1
     assert "--formats: unknown format(s) essay; choose from short, mc" in capsys.readouterr().err
     assert cli_main(["synthetic", str(tmp_path / "bad"), "--max-tiles", "0"]) == 1
