@@ -34,6 +34,10 @@ VARIANTS: dict[str, demo.Scale] = {
     "lr5e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "5e-4")),
     "q1000-cap3-lr2e-4": dataclasses.replace(FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3"),
                                              mpo_args=("--learning_rate", "2e-4")),
+    "q1000-cap3-lr5e-5": dataclasses.replace(FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3")),
+    "q1000-cap3-t0.7-lr2e-4": dataclasses.replace(
+        FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3", "--temperature", "0.7"),
+        mpo_args=("--learning_rate", "2e-4")),
 }
 
 
@@ -83,6 +87,8 @@ def main() -> None:
     parser.add_argument("--reuse-pairs", action="store_true", help="... and the pairs")
     parser.add_argument("--table", action="store_true", help="write demo_sweep.md from the log")
     parser.add_argument("--wall-s", type=float, default=None, help="record this wall time (a run made before)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="then the ablation (3 seeds) in the same folder; ABLATION.md -> results/demo_ablation_NAME.md")  # fmt: skip
     args = parser.parse_args()
     if args.name:
         scale = VARIANTS[args.name]
@@ -95,10 +101,15 @@ def main() -> None:
         start = time.perf_counter()
         demo.run(out, scale)
         wall = args.wall_s if args.wall_s is not None else time.perf_counter() - start
-        row = {"name": args.name, "settings": settings(scale), "wall_s": wall,
+        row = {"name": args.name, "out": str(out), "settings": settings(scale), "wall_s": wall,
                "reused": str(args.reuse) if args.reuse else None, **summarise(out)}  # fmt: skip
         with LOG.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if args.ablation:
+            start = time.perf_counter()
+            text = demo.ablation(out, scale).read_text()
+            wall = time.perf_counter() - start
+            (RESULTS / f"demo_ablation_{args.name}.md").write_text(f"{text}\nAblation wall time: {wall:.0f} s.\n")
     if args.table or args.name:
         (RESULTS / "demo_sweep.md").write_text(table())
 
