@@ -57,6 +57,9 @@ def summarise(out: Path) -> dict:
                       "all_correct": status.get("all_correct", 0), "none_correct": status.get("none_correct", 0)}}  # fmt: skip
 
 
+NOTES = Path(__file__).resolve().parent / "results" / "demo_sweep_notes.md"  # the analysis, written by hand
+
+
 def table() -> str:
     rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
     lines = ["# `make demo` sweep", "",
@@ -76,7 +79,8 @@ def table() -> str:
             f"{100 * s['mpo']['n1']:.1f} | {100 * s['sft'][maj]:.1f} | {100 * s['mpo'][maj]:.1f} | "
             f"{pc['mixed']}/{pc['all_correct']}/{pc['none_correct']} | {r['wall_s']:.0f} |"
         )
-    return "\n".join(lines) + "\n"
+    notes = ["", NOTES.read_text()] if NOTES.is_file() else []
+    return "\n".join(lines + notes) + "\n"
 
 
 def main() -> None:
