@@ -80,3 +80,23 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
     assert "![ablation](ablation.png)" in report
     with Image.open(out / "ablation.png") as img:
         img.verify()
+
+
+def test_report_sections_from_written_files(tmp_path):
+    # the pair split and the paired test read the files a run leaves behind
+    (tmp_path / "pairs").mkdir()
+    by_status = {"paired": 6, "no_pair_kept": 1, "all_correct": 2, "none_correct": 1, "bad_row": 0}
+    (tmp_path / "pairs" / "report.json").write_text(
+        json.dumps({"pipeline": "correctness", "questions": {"in": 10, "by_status": by_status}})
+    )
+    split = "\n".join(demo.pair_split(tmp_path))
+    assert "| both correct and incorrect responses (pairs) | 7 | 70.0 % |" in split
+    assert "| all responses correct | 2 | 20.0 % |" in split and "| no response correct | 1 | 10.0 % |" in split
+    # SFT right on items 0-3, MPO right on items 2-9: 2 both, 2 SFT only, 6 MPO only, 0 neither
+    for name, right in (("sft", range(0, 4)), ("mpo", range(2, 10))):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        lines = [json.dumps({"benchmark": "synthetic", "index": str(i), "correct": i in right}) for i in range(10)]
+        (tmp_path / "eval" / name / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    text = "\n".join(demo.paired_section(tmp_path))
+    assert "| **SFT right** | 2 | 2 |" in text and "| **SFT wrong** | 6 | 0 |" in text
+    assert "p = 0.29." in text  # 2 * (C(8,0) + C(8,1) + C(8,2)) / 2^8 = 74 / 256
