@@ -100,3 +100,11 @@ def test_report_sections_from_written_files(tmp_path):
     text = "\n".join(demo.paired_section(tmp_path))
     assert "| **SFT right** | 2 | 2 |" in text and "| **SFT wrong** | 6 | 0 |" in text
     assert "p = 0.29." in text  # 2 * (C(8,0) + C(8,1) + C(8,2)) / 2^8 = 74 / 256
+
+
+def test_separation_of_seed_ranges():
+    lines = demo.separation({"MPO": [0.62, 0.64], "DPO only": [0.55, 0.61], "SFT on chosen": [0.60, 0.63]})
+    assert lines == [
+        "- MPO against DPO only: worst MPO seed 62.0 %, best DPO only seed 61.0 %: the seed ranges do not overlap.",
+        "- MPO against SFT on chosen: worst MPO seed 62.0 %, best SFT on chosen seed 63.0 %: the seed ranges overlap.",
+    ]
