@@ -57,6 +57,25 @@ BACKGROUND = (255, 255, 255)
 SHAPES = ("circle", "square", "triangle", "diamond")
 # (width, height): 1 tile; 2 tiles + thumbnail; 2 tiles + thumbnail; 4 tiles + thumbnail (64 px tiles).
 IMAGE_SIZES = ((64, 64), (128, 64), (64, 128), (128, 128))
+Sizes = Sequence[tuple[int, int]]
+TILE = 64
+
+
+def image_tiles(width: int, height: int) -> int:
+    """Tiles the model sees for an image of this size: one per 64 px tile, plus a thumbnail when
+    there are several."""
+    n = (width // TILE) * (height // TILE)
+    return n if n == 1 else n + 1
+
+
+def sizes_up_to(max_tiles: int) -> tuple[tuple[int, int], ...]:
+    """The image sizes of IMAGE_SIZES the model sees as at most ``max_tiles`` tiles."""
+    sizes = tuple(size for size in IMAGE_SIZES if image_tiles(*size) <= max_tiles)
+    if not sizes:
+        raise UserError(f"--max-tiles must be at least 1, got {max_tiles}")
+    return sizes
+
+
 MAX_SHAPES = 6
 MARGIN = 2  # free pixels between a shape and the image border
 GAP = 3  # free pixels between two shapes' boxes: every shape is its own connected blob
@@ -157,7 +176,7 @@ def render(scene: Scene) -> Image.Image:
     return image
 
 
-def _place(rng: Random, specs: list[tuple[str, str, int]], sizes=IMAGE_SIZES) -> Scene | None:
+def _place(rng: Random, specs: list[tuple[str, str, int]], sizes: Sizes = IMAGE_SIZES) -> Scene | None:
     """Put shapes (kind, colour, size) at random non-touching places in an image of a random size."""
     width, height = rng.choice(sizes)
     order = sorted(range(len(specs)), key=lambda i: -specs[i][2])  # big ones first
@@ -247,9 +266,9 @@ class Item:
         return [scene.key() for scene in self.scenes] or [self.question]
 
 
-def _colour_item(rng: Random, d: int) -> Item | None:
+def _colour_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
     if d == 1:
-        scene = _place(rng, _random_specs(rng, 1, 1))
+        scene = _place(rng, _random_specs(rng, 1, 1), sizes)
         if scene is None:
             return None
         s = scene.shapes[0]
@@ -266,7 +285,7 @@ def _colour_item(rng: Random, d: int) -> Item | None:
     if not fits:
         return None
     specs = [(kind, rng.choice(list(COLOURS)), rng.choice(fits[:6])), *others]
-    scene = _place(rng, specs)
+    scene = _place(rng, specs, sizes)
     if scene is None:
         return None
     big = scene.shapes[0]
@@ -276,7 +295,7 @@ def _colour_item(rng: Random, d: int) -> Item | None:
     )  # fmt: skip
 
 
-def _count_item(rng: Random, d: int) -> Item | None:
+def _count_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
     pool = tuple(str(i) for i in range(1, MAX_SHAPES + 1))
     if d == 3 and rng.random() < 0.5:
         n = rng.randint(4, MAX_SHAPES)
@@ -285,7 +304,7 @@ def _count_item(rng: Random, d: int) -> Item | None:
         others = [c for c in COLOURS if c != colour]
         specs = _random_specs(rng, k, d, colours=[colour]) + _random_specs(rng, n - k, d, colours=others)
         rng.shuffle(specs)
-        scene = _place(rng, specs)
+        scene = _place(rng, specs, sizes)
         if scene is None:
             return None
         verb = "is" if k == 1 else "are"
@@ -294,7 +313,7 @@ def _count_item(rng: Random, d: int) -> Item | None:
             f"I see {_describe(_left_to_right(scene.shapes))}. {k} of them {verb} {colour}.",
         )  # fmt: skip
     n = _n_shapes(rng, d)
-    scene = _place(rng, _random_specs(rng, n, d))
+    scene = _place(rng, _random_specs(rng, n, d), sizes)
     if scene is None:
         return None
     return Item(
@@ -311,9 +330,9 @@ _DIRECTIONS = {  # name: (axis, take the largest coordinate?, order words)
 }
 
 
-def _position_item(rng: Random, d: int) -> Item | None:
+def _position_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
     n = {1: 2, 2: rng.randint(3, 4), 3: rng.randint(5, MAX_SHAPES)}[d]
-    scene = _place(rng, _random_specs(rng, n, d))
+    scene = _place(rng, _random_specs(rng, n, d), sizes)
     if scene is None:
         return None
     direction = rng.choice(list(_DIRECTIONS))
@@ -334,12 +353,12 @@ def _position_item(rng: Random, d: int) -> Item | None:
     return Item("position", d, (scene,), question, extreme.colour, tuple(COLOURS), reasoning)
 
 
-def _shape_item(rng: Random, d: int) -> Item | None:
+def _shape_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
     n = {1: 1, 2: rng.randint(2, 3), 3: rng.randint(4, MAX_SHAPES)}[d]
     colour = rng.choice(list(COLOURS))
     others = [c for c in COLOURS if c != colour]
     specs = _random_specs(rng, 1, d, colours=[colour]) + _random_specs(rng, n - 1, d, colours=others)
-    scene = _place(rng, specs)
+    scene = _place(rng, specs, sizes)
     if scene is None:
         return None
     target = scene.shapes[0]
@@ -349,9 +368,9 @@ def _shape_item(rng: Random, d: int) -> Item | None:
     )  # fmt: skip
 
 
-def _compare_item(rng: Random, d: int) -> Item | None:
+def _compare_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
     if d == 1:
-        scene = _place(rng, _random_specs(rng, rng.randint(2, 3), 1))
+        scene = _place(rng, _random_specs(rng, rng.randint(2, 3), 1), sizes)
         if scene is None:
             return None
         present = {(s.colour, s.kind) for s in scene.shapes}
@@ -381,7 +400,7 @@ def _compare_item(rng: Random, d: int) -> Item | None:
             + _random_specs(rng, n - n1 - n2, d, colours=rest)
         )
         rng.shuffle(specs)
-        scene = _place(rng, specs)
+        scene = _place(rng, specs, sizes)
         if scene is None:
             return None
         answer = "yes" if n1 > n2 else "no"
@@ -398,7 +417,7 @@ def _compare_item(rng: Random, d: int) -> Item | None:
     if len(counts) > 1 and counts[0][1] == counts[1][1]:
         return None
     specs = [(rng.choice(SHAPES), c, rng.randint(*SIZE_RANGE[d])) for c in colours]
-    scene = _place(rng, specs)
+    scene = _place(rng, specs, sizes)
     if scene is None:
         return None
     tally = _join([f"{c} {_plural(k, 'time')}" for c, k in counts])
@@ -409,7 +428,7 @@ def _compare_item(rng: Random, d: int) -> Item | None:
     )  # fmt: skip
 
 
-def _multi_image_item(rng: Random, d: int) -> Item | None:
+def _multi_image_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
     k = 3 if d == 3 else 2
     counts = [rng.randint(1, MAX_SHAPES) for _ in range(k)]
     top = sorted(counts, reverse=True)
@@ -417,8 +436,10 @@ def _multi_image_item(rng: Random, d: int) -> Item | None:
     if (d == 1 and gap < 3) or (d == 2 and gap not in (1, 2)) or (d == 3 and gap < 1):
         return None
     scenes = []
+    # up to 6 shapes of the easy sizes do not fit one 64 px tile: there they take the smallest sizes
+    shape_d = d if any(image_tiles(*size) > 1 for size in sizes) else 3
     for c in counts:
-        scene = _place(rng, _random_specs(rng, c, d), sizes=IMAGE_SIZES[:3])
+        scene = _place(rng, _random_specs(rng, c, shape_d), [size for size in sizes if size in IMAGE_SIZES[:3]])
         if scene is None:
             return None
         scenes.append(scene)
@@ -436,7 +457,7 @@ def _multi_image_item(rng: Random, d: int) -> Item | None:
     )  # fmt: skip
 
 
-def _arithmetic_item(rng: Random, d: int) -> Item | None:
+def _arithmetic_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
     if d == 1:
         a, b = rng.randint(0, 30), rng.randint(0, 30)
         if rng.random() < 0.5:
@@ -484,10 +505,11 @@ def _bucket(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 10
 
 
-def make_item(rng: Random, skill: str, difficulty: int, split: str = "sft") -> Item:
-    """A random item of one skill and difficulty whose scenes all belong to ``split``'s hash buckets."""
+def make_item(rng: Random, skill: str, difficulty: int, split: str = "sft", sizes: Sizes = IMAGE_SIZES) -> Item:
+    """A random item of one skill and difficulty, its images of ``sizes``, whose scenes all belong to
+    ``split``'s hash buckets."""
     for _ in range(100_000):  # most tries are cheap (a count or size draw that does not fit the difficulty)
-        item = _GENERATORS[skill](rng, difficulty)
+        item = _GENERATORS[skill](rng, difficulty, sizes)
         if item is not None and all(_bucket(key) in _BUCKETS[split] for key in item.keys()):
             return item
     raise RuntimeError(f"could not generate a {skill} item of difficulty {difficulty}")  # pragma: no cover
@@ -533,9 +555,11 @@ def make_sample(item: Item, fmt: str, cot: bool, rng: Random) -> Sample:
     return Sample(item, fmt, cot, prompt, answer, choices, response)
 
 
-def _allocate(n: int, rng: Random, skills: tuple[str, ...] = SKILLS) -> list[tuple[str, int, str]]:
+def _allocate(
+    n: int, rng: Random, skills: tuple[str, ...] = SKILLS, formats: tuple[str, ...] = FORMATS
+) -> list[tuple[str, int, str]]:
     """(skill, difficulty, format) for ``n`` records: ``skills`` by weight (each present when n allows),
-    difficulties and formats balanced within each skill, then shuffled."""
+    difficulties and ``formats`` balanced within each skill, then shuffled."""
     total = sum(SKILL_WEIGHTS[s] for s in skills)
     exact = {s: n * SKILL_WEIGHTS[s] / total for s in skills}
     counts = {s: int(v) for s, v in exact.items()}
@@ -550,7 +574,7 @@ def _allocate(n: int, rng: Random, skills: tuple[str, ...] = SKILLS) -> list[tup
     for s in skills:
         offset = rng.randrange(6)
         for j in range(offset, offset + counts[s]):
-            plan.append((s, 1 + (j // 2) % 3, FORMATS[j % 2]))
+            plan.append((s, 1 + (j // len(formats)) % 3, formats[j % len(formats)]))
     rng.shuffle(plan)
     return plan
 
@@ -568,11 +592,12 @@ def _images_field(names: list[str]):
 
 
 def _generate_split(
-    out: Path, split: str, n: int, seed: int, skills: tuple[str, ...] = SKILLS
+    out: Path, split: str, n: int, seed: int, skills: tuple[str, ...] = SKILLS, formats: tuple[str, ...] = FORMATS,
+    sizes: Sizes = IMAGE_SIZES,
 ) -> tuple[list[Sample], list[list[str]], set, set]:
     """Samples of one split, their image file names (written under OUT/images/split), keys and digests."""
     rng = Random(f"internvl-mpo-synthetic:{seed}:{split}")
-    plan = _allocate(n, rng, skills)
+    plan = _allocate(n, rng, skills, formats)
     cot_ids = set(rng.sample(range(n), round(COT_FRACTION * n))) if split == "sft" else set()
     image_dir = out / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -581,7 +606,7 @@ def _generate_split(
             old.unlink()
     samples, names, keys, digests = [], [], set(), set()
     for i, (skill, difficulty, fmt) in enumerate(tqdm(plan, desc=f"synthetic {split}", disable=None)):
-        item = make_item(rng, skill, difficulty, split)
+        item = make_item(rng, skill, difficulty, split, sizes)
         sample = make_sample(item, fmt, i in cot_ids, rng)
         files = []
         for k, scene in enumerate(item.scenes):
@@ -641,23 +666,28 @@ EVAL_COLUMNS = ["index", "image_path", "question", "A", "B", "C", "D", "answer",
 
 def generate(
     out: Path, n_sft: int = 2000, n_qa: int | None = None, n_eval: int | None = None, seed: int = 0,
-    skills: Sequence[str] = SKILLS,
+    skills: Sequence[str] = SKILLS, formats: Sequence[str] = FORMATS, max_tiles: int = 5,
 ) -> dict:
-    """Write the three splits under ``out``, with items of ``skills`` only (all seven by default);
+    """Write the three splits under ``out``, with items of ``skills`` only (all seven by default) in
+    ``formats`` only (short answer and multiple choice by default, balanced within each skill), with
+    images the model sees as at most ``max_tiles`` tiles (all sizes by default; 1: 64 x 64 only);
     returns ``{"sft": n, "qa": n, "eval": n, "skills": {split: {skill: n}}}``."""
     out = Path(out)
-    unknown = sorted(set(skills) - set(SKILLS))
-    if unknown or not skills:
-        raise UserError(f"--skills: unknown skill(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(SKILLS)}")  # fmt: skip
+    for flag, noun, given, known in (("--skills", "skill", skills, SKILLS), ("--formats", "format", formats, FORMATS)):
+        unknown = sorted(set(given) - set(known))
+        if unknown or not given:
+            raise UserError(f"{flag}: unknown {noun}(s) {', '.join(unknown) or '(none given)'}; "
+                            f"choose from {', '.join(known)}")  # fmt: skip
     skills = tuple(s for s in SKILLS if s in skills)
+    formats = tuple(f for f in FORMATS if f in formats)
     n_qa = n_sft // 4 if n_qa is None else n_qa
     n_eval = n_sft // 4 if n_eval is None else n_eval
     for name, value in (("--n", n_sft), ("--n-qa", n_qa), ("--n-eval", n_eval)):
         if value < 0:
             raise UserError(f"{name} must be >= 0, got {value}")
     sizes = {"sft": n_sft, "qa": n_qa, "eval": n_eval}
-    made = {split: _generate_split(out, split, sizes[split], seed, skills) for split in SPLITS}
+    shapes = sizes_up_to(max_tiles)
+    made = {split: _generate_split(out, split, sizes[split], seed, skills, formats, shapes) for split in SPLITS}
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             assert not made[a][2] & made[b][2], f"splits {a} and {b} share a scene"
@@ -758,10 +788,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skills", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
                         default=list(SKILLS), help=f"comma-separated subset of {','.join(SKILLS)} (default all)")  # fmt: skip
+    parser.add_argument("--formats", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+                        default=list(FORMATS), help="comma-separated subset of short,mc (default both)")  # fmt: skip
+    parser.add_argument("--max-tiles", type=int, default=5,
+                        help="largest image, in tiles the model sees (1: 64 x 64 only; default 5: all sizes)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out} exists and is not a folder")
-    counts = generate(args.out, args.n, args.n_qa, args.n_eval, args.seed, args.skills)
+    counts = generate(args.out, args.n, args.n_qa, args.n_eval, args.seed, args.skills, args.formats, args.max_tiles)
     per_skill = Counter()
     for skills in counts["skills"].values():
         per_skill.update(skills)

@@ -39,6 +39,10 @@ class Scale:
     pairs: str = "correctness"  # pair builder; dropout-ntp needs no correct answer (an untrained model has none)
     tts_samples: int = 4  # test-time scaling: sampled responses per item (majority vote over the first N)
     tts_items: int | None = None  # ... on the first items of the eval split (None: eval_items)
+    formats: tuple[str, ...] = ("short",)  # question formats of the synthetic task (short answer, "mc")
+    max_tiles: int = 1  # largest synthetic image, in tiles (1: every image is one 64 px tile, 16 tokens)
+    pair_args: tuple[str, ...] = ()  # extra `mpo build-pairs` options (sampling temperature, ...)
+    mpo_args: tuple[str, ...] = ()  # extra `mpo train` options of the MPO step and the ablation (beta, lr, ...)
 
 
 # `full` (make demo) fits 10 minutes on 2 CPU cores: three of the seven skills, which the tiny model learns
@@ -81,6 +85,7 @@ def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
     o, sft = str(out), f"{out}/sft_stage2"
     mpo_args = ["train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", sft, "--meta_path",
                 f"{o}/pairs/meta.json", "--output_dir", f"{o}/mpo", "--ref_cache_dir", f"{o}/ref_cache"]  # fmt: skip
+    mpo_args += list(scale.mpo_args)
     if scale.mpo_steps:
         mpo_args += ["--max_steps", str(scale.mpo_steps)]
     p.step("7/10 MPO training", out / "mpo" / "trainer_state.json", *mpo_args)
@@ -122,7 +127,7 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
     p.step("1/10 build the tiny InternVL2.5 model", out / "tiny" / "config.json", "tiny-model", f"{o}/tiny")
     p.step("2/10 generate the synthetic visual QA task", out / "synthetic" / "eval" / "eval.tsv",
            "synthetic", f"{o}/synthetic", "--n", str(scale.n_sft),
-           *(["--skills", ",".join(scale.skills)] if scale.skills else []))  # fmt: skip
+           "--formats", ",".join(scale.formats), "--max-tiles", str(scale.max_tiles), *(["--skills", ",".join(scale.skills)] if scale.skills else []))  # fmt: skip
     previous = f"{o}/tiny"
     for i, stage in enumerate(("1", "1_5", "2")):
         target = f"{o}/sft_stage{stage}"
@@ -134,7 +139,8 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
     samples = ["--n", str(scale.samples)] if scale.pairs == "correctness" else []
     p.step(f"6/10 build {scale.pairs} pairs from the SFT model", out / "pairs" / "report.json", "build-pairs",
            scale.pairs, "--model", previous, "--data", f"{o}/synthetic/qa/meta.json", "--out", f"{o}/pairs",
-           "--limit", str(scale.pair_questions), *samples, "--max-new-tokens", "64", "--backend", "transformers")  # fmt: skip
+           "--limit", str(scale.pair_questions), *samples, "--max-new-tokens", "64", "--backend", "transformers",
+           *scale.pair_args)  # fmt: skip
     return p
 
 
@@ -160,7 +166,7 @@ def ablation(out: Path, scale: Scale, seeds: tuple[int, ...] = (0, 1, 2), fresh:
             target = out / "ablation" / tag
             train = ["train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", sft, "--meta_path",
                      f"{o}/pairs/meta.json", "--output_dir", str(target), "--ref_cache_dir", f"{o}/ref_cache",
-                     "--seed", str(seed), *loss_args]  # fmt: skip
+                     "--seed", str(seed), *scale.mpo_args, *loss_args]  # fmt: skip
             if scale.mpo_steps:
                 train += ["--max_steps", str(scale.mpo_steps)]
             p.step(f"ablation: train {variant}, seed {seed}", target / "trainer_state.json", *train)
@@ -178,11 +184,26 @@ def ablation(out: Path, scale: Scale, seeds: tuple[int, ...] = (0, 1, 2), fresh:
         lines.append(f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * std:.1f} | {100 * min(accs):.1f} | "
                      f"{100 * max(accs):.1f} | {', '.join(f'{100 * a:.1f}' for a in accs)} |")  # fmt: skip
     chart = plot_ablation(out, accuracy, base["accuracy"], chance_level(out, base["total"]))
-    lines += ["", f"![ablation]({chart.name})"]
+    lines += ["", *separation(accuracy), "", f"![ablation]({chart.name})"]
     report = out / "ABLATION.md"
     report.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return report
+
+
+def separation(accuracy: dict[str, list[float]]) -> list[str]:
+    """One line per other objective: does every MPO seed beat every seed of it (seed ranges that do not
+    overlap: MPO's worst seed above its best)?"""
+    mpo = accuracy.get("MPO")
+    if not mpo:
+        return []
+    lines = []
+    for variant, accs in accuracy.items():
+        if variant != "MPO":
+            apart = min(mpo) > max(accs)
+            lines.append(f"- MPO against {variant}: worst MPO seed {100 * min(mpo):.1f} %, best {variant} seed "
+                         f"{100 * max(accs):.1f} %: the seed ranges {'do not overlap' if apart else 'overlap'}.")  # fmt: skip
+    return lines
 
 
 def plot_ablation(out: Path, accuracy: dict[str, list[float]], sft: float, chance: float) -> Path:
@@ -219,14 +240,15 @@ def chance_level(out: Path, n_items: int) -> float:
 
 
 def plot_curves(out: Path) -> Path:
-    """MPO training curves (loss terms, rewards, δ) and the SFT stages' losses, one PNG."""
+    """MPO training curves (loss terms, rewards and δ, reward accuracy, chosen and rejected log-probs) and the
+    SFT stages' losses, one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mpo = [h for h in json.loads((out / "mpo" / "trainer_state.json").read_text())["log_history"] if "loss/dpo" in h]
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(22, 3.6))
     steps = [h["step"] for h in mpo]
     for key in ("loss/dpo", "loss/bco", "loss/sft"):
         axes[0].plot(steps, [h[key] for h in mpo], label=key)
@@ -237,12 +259,15 @@ def plot_curves(out: Path) -> Path:
     axes[2].plot(steps, [h["rewards/accuracies"] for h in mpo], label="rewards/accuracies")
     axes[2].set_ylim(0, 1.05)
     axes[2].set_title("reward accuracy")
+    for key in ("logps/chosen", "logps/rejected"):
+        axes[3].plot(steps, [h[key] for h in mpo], label=key)
+    axes[3].set_title("policy log-prob of the responses")
     for stage in ("1", "1_5", "2"):
         state = out / f"sft_stage{stage}" / "trainer_state.json"
         if state.exists():
             hist = [h for h in json.loads(state.read_text())["log_history"] if "loss" in h]
-            axes[3].plot([h["step"] for h in hist], [h["loss"] for h in hist], label=f"stage {stage.replace('_', '.')}")
-    axes[3].set_title("SFT loss")
+            axes[4].plot([h["step"] for h in hist], [h["loss"] for h in hist], label=f"stage {stage.replace('_', '.')}")
+    axes[4].set_title("SFT loss")
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
@@ -270,12 +295,14 @@ def write_report(out: Path, timings: dict[str, float]) -> Path:
         "## Held-out accuracy (synthetic eval split, chain-of-thought prompt)", "",
         (out / "eval" / "compare" / "compare.md").read_text(), "",
         "![comparison](eval/compare/compare.png)", "",
+        *paired_section(out), "",
         *scaling_section(out), "",
         "## Training curves", "", f"![curves]({curves.name})", "",
         f"MPO: {len(mpo_hist)} logged steps; reward accuracy {mpo_hist[0]['rewards/accuracies']:.2f} (first) -> "
         f"{mpo_hist[-1]['rewards/accuracies']:.2f} (last); chosen log-prob {mpo_hist[0]['logps/chosen']:.2f} -> "
         f"{mpo_hist[-1]['logps/chosen']:.2f}; final δ {mpo_hist[-1]['bco/delta']:.4f}.", "",
         "## Preference pairs built from the SFT model", "",
+        *pair_split(out), "",
         (out / "pairs" / "report.md").read_text().replace("](", "](pairs/"), "",
         "## Step timings", "", "| step | seconds |", "|---|---|",
         *[f"| {k} | {v:.0f} |" for k, v in timings.items()], "",
@@ -284,6 +311,43 @@ def write_report(out: Path, timings: dict[str, float]) -> Path:
     report.write_text("\n".join(lines))
     print(f"\n[demo] {verdict}\n[demo] report: {report}")
     return report
+
+
+def correctness(run: Path) -> dict[str, bool]:
+    """Per-item correctness of one evaluation run, by ``benchmark/index`` (its predictions.jsonl)."""
+    with open(run / "predictions.jsonl", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return {f"{r['benchmark']}/{r['index']}": bool(r["correct"]) for r in records}
+
+
+def paired_section(out: Path) -> list[str]:
+    """REPORT.md lines of the exact McNemar test of SFT against MPO on the same held-out items."""
+    from mpo.paired import mcnemar
+
+    t = mcnemar(correctness(out / "eval" / "sft"), correctness(out / "eval" / "mpo"))
+    n = t.both + t.only_first + t.only_second + t.neither
+    return [
+        "## Paired test: SFT against MPO on the same items", "",
+        "| | MPO right | MPO wrong |", "|---|---:|---:|",
+        f"| **SFT right** | {t.both} | {t.only_first} |", f"| **SFT wrong** | {t.only_second} | {t.neither} |", "",
+        f"Of {n} items, {t.only_second} are right only after MPO and {t.only_first} only before it. Exact McNemar "
+        f"test (two-sided; under 'equally accurate' each of the {t.only_first + t.only_second} discordant items "
+        f"falls either way with probability 1/2): p = {t.p_value:.2g}.",
+    ]  # fmt: skip
+
+
+def pair_split(out: Path) -> list[str]:
+    """REPORT.md lines: how the sampled questions split into mixed (both correct and incorrect responses:
+    the only ones that give correctness pairs), all-correct and all-wrong."""
+    report = json.loads((out / "pairs" / "report.json").read_text())
+    status, n = report["questions"]["by_status"], report["questions"]["in"]
+    if report["pipeline"] != "correctness":
+        return [f"{report['pipeline']} pairs: {status.get('paired', 0)} of {n} questions paired."]
+    mixed = status.get("paired", 0) + status.get("no_pair_kept", 0)
+    rows = (("both correct and incorrect responses (pairs)", mixed), ("all responses correct", status["all_correct"]),
+            ("no response correct", status["none_correct"]))  # fmt: skip
+    return ["| sampled questions with | questions | share |", "|---|---:|---:|",
+            *[f"| {name} | {k} | {100 * k / max(n, 1):.1f} % |" for name, k in rows]]  # fmt: skip
 
 
 def scaling_section(out: Path) -> list[str]:

@@ -43,10 +43,23 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
     with Image.open(out / "curves.png") as img:
         img.verify()
     assert (out / "pairs" / "report.md").read_text().replace("](", "](pairs/") in text
+    # the paired table counts the same items from both runs' predictions
+    right = {name: {json.loads(line)["index"]: json.loads(line)["correct"]
+                    for line in (out / "eval" / name / "predictions.jsonl").read_text().splitlines()}
+             for name in ("sft", "mpo")}  # fmt: skip
+    assert right["sft"].keys() == right["mpo"].keys() and len(right["sft"]) == scale.eval_items
+    cells = {(a, b): sum(1 for k in right["sft"] if (right["sft"][k], right["mpo"][k]) == (a, b))
+             for a in (True, False) for b in (True, False)}  # fmt: skip
+    assert f"| **SFT right** | {cells[True, True]} | {cells[True, False]} |" in text
+    assert f"| **SFT wrong** | {cells[False, True]} | {cells[False, False]} |" in text
+    assert "Exact McNemar test" in text
+    # the smoke scale's task: short answers on one tile
+    assert all(r[letter] == "" for r in rows for letter in "ABCD")
 
     # the ablation reuses every finished step and trains the three objectives for two seeds
     report = demo.ablation(out, scale, seeds=(0, 1)).read_text()
     assert f"held-out accuracy {100 * sft['accuracy']:.1f} %" in report
+    by_variant: dict[str, list[float]] = {}
     for variant, tag, loss_type in (("MPO", "mpo", ["sigmoid", "bco_pair", "sft"]),
                                     ("DPO only", "dpo_only", ["sigmoid"]),
                                     ("SFT on chosen", "sft_on_chosen", ["sft"])):  # fmt: skip
@@ -57,6 +70,39 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
         accs = [overall(run / "eval")["accuracy"] for run in runs]
         row = f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * statistics.stdev(accs):.1f} |"
         assert row in report, (row, report)
+        by_variant[variant] = accs
+    for variant in ("DPO only", "SFT on chosen"):
+        apart = all(m > a for m in by_variant["MPO"] for a in by_variant[variant])
+        assert f"{variant} seed {100 * max(by_variant[variant]):.1f} %: the seed ranges " \
+               f"{'do not overlap' if apart else 'overlap'}." in report  # fmt: skip
     assert "![ablation](ablation.png)" in report
     with Image.open(out / "ablation.png") as img:
         img.verify()
+
+
+def test_report_sections_from_written_files(tmp_path):
+    # the pair split and the paired test read the files a run leaves behind
+    (tmp_path / "pairs").mkdir()
+    by_status = {"paired": 6, "no_pair_kept": 1, "all_correct": 2, "none_correct": 1, "bad_row": 0}
+    (tmp_path / "pairs" / "report.json").write_text(
+        json.dumps({"pipeline": "correctness", "questions": {"in": 10, "by_status": by_status}})
+    )
+    split = "\n".join(demo.pair_split(tmp_path))
+    assert "| both correct and incorrect responses (pairs) | 7 | 70.0 % |" in split
+    assert "| all responses correct | 2 | 20.0 % |" in split and "| no response correct | 1 | 10.0 % |" in split
+    # SFT right on items 0-3, MPO right on items 2-9: 2 both, 2 SFT only, 6 MPO only, 0 neither
+    for name, right in (("sft", range(0, 4)), ("mpo", range(2, 10))):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        lines = [json.dumps({"benchmark": "synthetic", "index": str(i), "correct": i in right}) for i in range(10)]
+        (tmp_path / "eval" / name / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    text = "\n".join(demo.paired_section(tmp_path))
+    assert "| **SFT right** | 2 | 2 |" in text and "| **SFT wrong** | 6 | 0 |" in text
+    assert "p = 0.29." in text  # 2 * (C(8,0) + C(8,1) + C(8,2)) / 2^8 = 74 / 256
+
+
+def test_separation_of_seed_ranges():
+    lines = demo.separation({"MPO": [0.62, 0.64], "DPO only": [0.55, 0.61], "SFT on chosen": [0.60, 0.63]})
+    assert lines == [
+        "- MPO against DPO only: worst MPO seed 62.0 %, best DPO only seed 61.0 %: the seed ranges do not overlap.",
+        "- MPO against SFT on chosen: worst MPO seed 62.0 %, best SFT on chosen seed 63.0 %: the seed ranges overlap.",
+    ]

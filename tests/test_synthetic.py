@@ -415,3 +415,37 @@ def test_every_image_of_a_multi_image_item_belongs_to_its_split():
             item = synthetic.make_item(rng, "multi_image", difficulty, split)
             assert len(item.scenes) >= 2
             assert all(synthetic._bucket(scene.key()) in buckets for scene in item.scenes)
+
+
+def test_short_answers_on_one_tile(tmp_path, capsys):
+    # the demo's task: open answers only (no option letters), every image a single 64 px tile
+    out = tmp_path / "short"
+    args = ["synthetic", str(out), "--n", "40", "--skills", "colour,count,position", "--formats", "short",
+            "--max-tiles", "1"]  # fmt: skip
+    assert cli_main(args) == 0
+    sft = read_jsonl(out / "sft" / "train.jsonl")
+    _, tsv = read_tsv(out / "eval" / "eval.tsv")
+    assert {r["format"] for r in sft} == {"short"} and not any("choices" in r for r in sft)
+    assert all(r[letter] == "" for r in tsv for letter in "ABCD")
+    assert all(r["answer"] in set(COLOURS) | set(synthetic.SHAPES) | {str(i) for i in range(1, 7)} for r in tsv)
+    for split in ("sft", "qa", "eval"):
+        for path in (out / "images" / split).glob("*.png"):
+            with Image.open(path) as img:
+                assert img.size == (64, 64), path
+    # difficulties stay balanced within a skill when there is one format: 1, 2, 3 in turn
+    counts = Counter((r["skill"], r["difficulty"]) for r in sft)
+    for skill in ("colour", "count", "position"):
+        per = [counts[(skill, d)] for d in (1, 2, 3)]
+        assert max(per) - min(per) <= 1, (skill, per)
+    assert synthetic.sizes_up_to(3) == ((64, 64), (128, 64), (64, 128))  # 2 tiles + thumbnail
+    # every skill (`--scale long`) still has exact answers when all its shapes must fit one tile
+    generate(out / "all", 70, 0, 0, seed=5, formats=["short"], max_tiles=1)
+    for row in read_jsonl(out / "all" / "sft" / "train.jsonl"):
+        images = [out / "all" / "images" / "sft" / p for p in image_list(row.get("image"))]
+        assert all(Image.open(path).size == (64, 64) for path in images)
+        core, _, options, _ = parse_prompt(row["conversations"][0]["value"])
+        check_answer(row["skill"], core, images, row["answer"], options)
+    assert cli_main(["synthetic", str(tmp_path / "bad"), "--formats", "essay"]) == 1
+    assert "--formats: unknown format(s) essay; choose from short, mc" in capsys.readouterr().err
+    assert cli_main(["synthetic", str(tmp_path / "bad"), "--max-tiles", "0"]) == 1
+    assert "--max-tiles must be at least 1, got 0" in capsys.readouterr().err
