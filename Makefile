@@ -48,7 +48,8 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
 lint: setup
-	.venv/bin/ruff check mpo data_builders eval tests benchmarks
+	.venv/bin/ruff format --check mpo data_builders eval tests benchmarks recipes
+	.venv/bin/ruff check mpo data_builders eval tests benchmarks recipes
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -32,29 +32,48 @@ VARIANTS: dict[str, demo.Scale] = {
     # MPO on the `full` SFT checkpoint (run with --reuse /tmp/demo_sweep/full [--reuse-pairs])
     "lr2e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "2e-4")),
     "lr5e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "5e-4")),
-    "q1000-cap3-lr2e-4": dataclasses.replace(FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3"),
-                                             mpo_args=("--learning_rate", "2e-4")),
-    "q1000-cap3-lr5e-5": dataclasses.replace(FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3")),
+    "q1000-cap3-lr2e-4": dataclasses.replace(
+        FULL,
+        pair_questions=1000,
+        pair_args=("--max-pairs-per-question", "3"),
+        mpo_args=("--learning_rate", "2e-4"),
+    ),
+    "q1000-cap3-lr5e-5": dataclasses.replace(
+        FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3")
+    ),
     "q1000-cap3-t0.7-lr2e-4": dataclasses.replace(
-        FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3", "--temperature", "0.7"),
-        mpo_args=("--learning_rate", "2e-4")),
+        FULL,
+        pair_questions=1000,
+        pair_args=("--max-pairs-per-question", "3", "--temperature", "0.7"),
+        mpo_args=("--learning_rate", "2e-4"),
+    ),
 }
 
 
 def summarise(out: Path) -> dict:
     """The numbers of one finished demo run."""
     ev = out / "eval"
-    acc = {n: json.loads((ev / n / "results.json").read_text())["overall"]["accuracy"] for n in ("sft", "mpo")}
+    acc = {
+        n: json.loads((ev / n / "results.json").read_text())["overall"]["accuracy"] for n in ("sft", "mpo")
+    }
     sampled = {}
     for n in ("sft", "mpo"):
         curve = json.loads((ev / f"{n}_majority" / "results.json").read_text())["test_time_scaling"]["curve"]
         sampled[n] = {"n1": curve[0]["accuracy"], f"maj{curve[-1]['n']}": curve[-1]["accuracy"]}
     test = mcnemar(demo.correctness(ev / "sft"), demo.correctness(ev / "mpo"))
     status = json.loads((out / "pairs" / "report.json").read_text())["questions"]["by_status"]
-    return {"sft": acc["sft"], "mpo": acc["mpo"], "sampled": sampled, "p_value": test.p_value,
-            "discordant": [test.only_first, test.only_second],
-            "pairs": {"mixed": status.get("paired", 0) + status.get("no_pair_kept", 0),
-                      "all_correct": status.get("all_correct", 0), "none_correct": status.get("none_correct", 0)}}  # fmt: skip
+    return {
+        "sft": acc["sft"],
+        "mpo": acc["mpo"],
+        "sampled": sampled,
+        "p_value": test.p_value,
+        "discordant": [test.only_first, test.only_second],
+        "pairs": {
+            "mixed": status.get("paired", 0) + status.get("no_pair_kept", 0),
+            "all_correct": status.get("all_correct", 0),
+            "none_correct": status.get("none_correct", 0),
+        },
+    }
 
 
 NOTES = Path(__file__).resolve().parent / "results" / "demo_sweep_notes.md"  # the analysis, written by hand
@@ -62,14 +81,18 @@ NOTES = Path(__file__).resolve().parent / "results" / "demo_sweep_notes.md"  # t
 
 def table() -> str:
     rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
-    lines = ["# `make demo` sweep", "",
-             "Produced by `python -m benchmarks.demo_sweep NAME` (one line each in demo_sweep.jsonl; the variants "
-             "are in benchmarks/demo_sweep.py); 2 shared CPU cores. Held-out accuracy in %, chain-of-thought: "
-             "greedy (SFT, MPO, McNemar p on the same items) and one sampled response at temperature 0.7 "
-             "(N = 1) and the majority vote. Pairs: questions with both correct and incorrect samples / all "
-             "correct / none correct.", "",
-             "| variant | settings | SFT | MPO | gain | p | SFT N=1 | MPO N=1 | SFT maj | MPO maj | pairs | wall s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]  # fmt: skip
+    lines = [
+        "# `make demo` sweep",
+        "",
+        "Produced by `python -m benchmarks.demo_sweep NAME` (one line each in demo_sweep.jsonl; the variants "
+        "are in benchmarks/demo_sweep.py); 2 shared CPU cores. Held-out accuracy in %, chain-of-thought: "
+        "greedy (SFT, MPO, McNemar p on the same items) and one sampled response at temperature 0.7 "
+        "(N = 1) and the majority vote. Pairs: questions with both correct and incorrect samples / all "
+        "correct / none correct.",
+        "",
+        "| variant | settings | SFT | MPO | gain | p | SFT N=1 | MPO N=1 | SFT maj | MPO maj | pairs | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in rows:
         s, pc = r["sampled"], r["pairs"]
         maj = [k for k in s["sft"] if k.startswith("maj")][0]
@@ -87,33 +110,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", choices=sorted(VARIANTS))
     parser.add_argument("--out", type=Path, default=None, help="run folder (default /tmp/demo_sweep/NAME)")
-    parser.add_argument("--reuse", type=Path, default=None, help="copy tiny, synthetic and SFT steps from here")
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="copy tiny, synthetic and SFT steps from here"
+    )
     parser.add_argument("--reuse-pairs", action="store_true", help="... and the pairs")
     parser.add_argument("--table", action="store_true", help="write demo_sweep.md from the log")
-    parser.add_argument("--wall-s", type=float, default=None, help="record this wall time (a run made before)")
-    parser.add_argument("--ablation", action="store_true",
-                        help="then the ablation (3 seeds) in the same folder; ABLATION.md -> results/demo_ablation_NAME.md")  # fmt: skip
+    parser.add_argument(
+        "--wall-s", type=float, default=None, help="record this wall time (a run made before)"
+    )
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="then the ablation (3 seeds) in the same folder; ABLATION.md -> results/demo_ablation_NAME.md",
+    )
     args = parser.parse_args()
     if args.name:
         scale = VARIANTS[args.name]
         out = args.out or Path("/tmp/demo_sweep") / args.name
         if args.reuse:
-            subs = ("tiny", "synthetic", "sft_stage1", "sft_stage1_5", "sft_stage2", "eval/sft", "eval/sft_majority")
+            subs = (
+                "tiny",
+                "synthetic",
+                "sft_stage1",
+                "sft_stage1_5",
+                "sft_stage2",
+                "eval/sft",
+                "eval/sft_majority",
+            )
             for sub in subs + (("pairs",) if args.reuse_pairs else ()):
                 if not (out / sub).exists():
                     shutil.copytree(args.reuse / sub, out / sub)
         start = time.perf_counter()
         demo.run(out, scale)
         wall = args.wall_s if args.wall_s is not None else time.perf_counter() - start
-        row = {"name": args.name, "out": str(out), "settings": settings(scale), "wall_s": wall,
-               "reused": str(args.reuse) if args.reuse else None, **summarise(out)}  # fmt: skip
+        row = {
+            "name": args.name,
+            "out": str(out),
+            "settings": settings(scale),
+            "wall_s": wall,
+            "reused": str(args.reuse) if args.reuse else None,
+            **summarise(out),
+        }
         with LOG.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if args.ablation:
             start = time.perf_counter()
             text = demo.ablation(out, scale).read_text()
             wall = time.perf_counter() - start
-            (RESULTS / f"demo_ablation_{args.name}.md").write_text(f"{text}\nAblation wall time: {wall:.0f} s.\n")
+            (RESULTS / f"demo_ablation_{args.name}.md").write_text(
+                f"{text}\nAblation wall time: {wall:.0f} s.\n"
+            )
     if args.table or args.name:
         (RESULTS / "demo_sweep.md").write_text(table())
 
@@ -121,8 +167,10 @@ def main() -> None:
 def settings(scale: demo.Scale) -> str:
     """The settings that the variants change, in short."""
     steps = scale.sft_steps[2] if scale.sft_steps else "recipe"
-    return (f"{'+'.join(scale.formats)}, <={scale.max_tiles} tiles, n_sft {scale.n_sft}, stage-2 steps {steps}, "
-            f"pairs {scale.pair_questions}x{scale.samples} {' '.join(scale.pair_args)}, MPO {' '.join(scale.mpo_args)}")
+    return (
+        f"{'+'.join(scale.formats)}, <={scale.max_tiles} tiles, n_sft {scale.n_sft}, stage-2 steps {steps}, "
+        f"pairs {scale.pair_questions}x{scale.samples} {' '.join(scale.pair_args)}, MPO {' '.join(scale.mpo_args)}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,12 @@ def measure(backend, requests: list, samples: int, max_new_tokens: int) -> dict:
     seconds = time.perf_counter() - start
     responses = sum(len(o) for o in outputs)
     # every response runs to max_new_tokens (random weights; re-tokenising the decoded text would not count them)
-    return {"seconds": seconds, "responses": responses, "responses_per_s": responses / seconds,
-            "tokens_per_s": responses * max_new_tokens / seconds}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "responses": responses,
+        "responses_per_s": responses / seconds,
+        "tokens_per_s": responses * max_new_tokens / seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     from mpo.models.loading import load_model, load_processor
     from mpo.models.sizes import build_random_native
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.generation_speed", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.generation_speed", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--samples", type=int, default=4, help="responses per question")
@@ -83,20 +89,41 @@ def main(argv: list[str] | None = None) -> int:
         backend = TransformersBackend(model, processor, batch_size=batch_size, progress=False)
         measure(backend, requests[:1], args.samples, 4)  # warm-up
         runs[batch_size] = measure(backend, requests, args.samples, args.max_new_tokens)
-        print(f"batch {batch_size}: {runs[batch_size]['responses_per_s']:.2f} responses/s, "
-              f"{runs[batch_size]['tokens_per_s']:.1f} tokens/s", flush=True)  # fmt: skip
+        print(
+            f"batch {batch_size}: {runs[batch_size]['responses_per_s']:.2f} responses/s, "
+            f"{runs[batch_size]['tokens_per_s']:.1f} tokens/s",
+            flush=True,
+        )
     base = runs[min(runs)]["responses_per_s"]
-    report = {"model": f"InternVL2.5-1B widths, {args.layers} + {args.layers} layers, random weights",
-              "questions": args.questions, "samples": args.samples, "max_new_tokens": args.max_new_tokens,
-              "torch_threads": threads, "runs": runs}  # fmt: skip
-    rows = [[b, f"{r['responses_per_s']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['responses_per_s'] / base:.2f}x"]
-            for b, r in runs.items()]  # fmt: skip
-    text = "\n".join([
-        f"# Generation throughput ({report['model']}, CPU, {threads} threads)", "",
-        f"{args.questions} questions with one 3:2 image (7 tiles at 448 px), {args.samples} sampled responses each, "
-        f"{args.max_new_tokens} new tokens per response (transformers backend of `mpo build-pairs`).", "",
-        *markdown.table(["questions per call", "responses/s", "generated tokens/s", "vs one at a time"], rows, "rrrr"),
-    ]) + "\n"  # fmt: skip
+    report = {
+        "model": f"InternVL2.5-1B widths, {args.layers} + {args.layers} layers, random weights",
+        "questions": args.questions,
+        "samples": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "torch_threads": threads,
+        "runs": runs,
+    }
+    rows = [
+        [b, f"{r['responses_per_s']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['responses_per_s'] / base:.2f}x"]
+        for b, r in runs.items()
+    ]
+    text = (
+        "\n".join(
+            [
+                f"# Generation throughput ({report['model']}, CPU, {threads} threads)",
+                "",
+                f"{args.questions} questions with one 3:2 image (7 tiles at 448 px), {args.samples} sampled responses each, "
+                f"{args.max_new_tokens} new tokens per response (transformers backend of `mpo build-pairs`).",
+                "",
+                *markdown.table(
+                    ["questions per call", "responses/s", "generated tokens/s", "vs one at a time"],
+                    rows,
+                    "rrrr",
+                ),
+            ]
+        )
+        + "\n"
+    )
     write_results(args.out, "generation_speed", report, text)
     return 0
 

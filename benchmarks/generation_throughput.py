@@ -52,9 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 outputs[name] = backend.generate(requests, params)
                 best = min(best, time.perf_counter() - start)
-            results[name] = {"batch_size": batch, "seconds": round(best, 3),
-                             "questions_per_s": round(len(requests) / best, 2),
-                             "responses_per_s": round(len(requests) * args.n / best, 2)}  # fmt: skip
+            results[name] = {
+                "batch_size": batch,
+                "seconds": round(best, 3),
+                "questions_per_s": round(len(requests) / best, 2),
+                "responses_per_s": round(len(requests) * args.n / best, 2),
+            }
     results["ratio"] = round(
         results["batched"]["responses_per_s"] / results["one_at_a_time"]["responses_per_s"], 2
     )
@@ -62,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(results, indent=1))
     for name in ("one_at_a_time", "batched"):
         r = results[name]
-        print(f"{name:>14} (batch {r['batch_size']:>2}): {r['questions_per_s']:7.2f} questions/s, "
-              f"{r['responses_per_s']:8.2f} responses/s")  # fmt: skip
+        print(
+            f"{name:>14} (batch {r['batch_size']:>2}): {r['questions_per_s']:7.2f} questions/s, "
+            f"{r['responses_per_s']:8.2f} responses/s"
+        )
     print(f"batched / one-at-a-time: {results['ratio']}x; identical responses: {results['same_responses']}")
     return 0
 

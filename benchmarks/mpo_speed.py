@@ -32,7 +32,9 @@ from pathlib import Path
 
 from mpo import markdown
 
-WORDS = "the red circle is left of a blue square and the green star sits above them while counting shapes".split()
+WORDS = (
+    "the red circle is left of a blue square and the green star sits above them while counting shapes".split()
+)
 
 
 def _status_mb(field: str) -> float:
@@ -67,6 +69,7 @@ def make_pairs(root: Path, shape: str, n: int, seed: int = 0) -> list[dict]:
     (root / "img").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
+
         def text(k: int) -> str:
             return " ".join(rng.choice(WORDS) for _ in range(k))
 
@@ -77,21 +80,50 @@ def make_pairs(root: Path, shape: str, n: int, seed: int = 0) -> list[dict]:
                 x, y = rng.randrange(0, 166), rng.randrange(0, 100)
                 draw.ellipse((x, y, x + 24, y + 24), fill=rng.choice(["red", "green", "blue", "orange"]))
             img.save(root / "img" / f"{i}.png")
-            rows.append({"image": f"{i}.png", "question": "How many shapes are there and what colours?",
-                         "chosen": text(8), "rejected": text(8)})  # fmt: skip
+            rows.append(
+                {
+                    "image": f"{i}.png",
+                    "question": "How many shapes are there and what colours?",
+                    "chosen": text(8),
+                    "rejected": text(8),
+                }
+            )
         elif shape == "cot_image":  # the GPU check's real shape: a 3:2 image, chain-of-thought answers
             Image.new("RGB", (192, 128), rng.choice(["red", "green", "blue"])).save(root / "img" / f"{i}.png")
-            rows.append({"image": f"{i}.png", "question": text(rng.randint(20, 40)) + "?",
-                         "chosen": text(rng.randint(60, 200)), "rejected": text(rng.randint(60, 200))})  # fmt: skip
+            rows.append(
+                {
+                    "image": f"{i}.png",
+                    "question": text(rng.randint(20, 40)) + "?",
+                    "chosen": text(rng.randint(60, 200)),
+                    "rejected": text(rng.randint(60, 200)),
+                }
+            )
         elif shape == "real":
-            Image.new("RGB", rng.choice(REAL_IMAGE_SIZES), rng.choice(["red", "green", "blue"])).save(root / "img" / f"{i}.png")
-            rows.append({"image": f"{i}.png", "question": text(rng.randint(20, 80)) + "?",
-                         "chosen": text(rng.randint(100, 400)), "rejected": text(rng.randint(100, 400))})  # fmt: skip
+            Image.new("RGB", rng.choice(REAL_IMAGE_SIZES), rng.choice(["red", "green", "blue"])).save(
+                root / "img" / f"{i}.png"
+            )
+            rows.append(
+                {
+                    "image": f"{i}.png",
+                    "question": text(rng.randint(20, 80)) + "?",
+                    "chosen": text(rng.randint(100, 400)),
+                    "rejected": text(rng.randint(100, 400)),
+                }
+            )
         else:
             rows.append({"question": text(40) + "?", "chosen": text(48), "rejected": text(48)})
     (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "meta.json").write_text(json.dumps({"bench": {"root": "img", "annotation": "pairs.jsonl",
-                                                          "max_dynamic_patch": 12 if shape == "real" else 6}}))  # fmt: skip
+    (root / "meta.json").write_text(
+        json.dumps(
+            {
+                "bench": {
+                    "root": "img",
+                    "annotation": "pairs.jsonl",
+                    "max_dynamic_patch": 12 if shape == "real" else 6,
+                }
+            }
+        )
+    )
     return rows
 
 
@@ -107,12 +139,14 @@ def trl_dataset(root: Path, rows: list[dict]):
         if "image" in r:
             content.insert(0, {"type": "image"})
             images = [Image.open(root / "img" / r["image"]).convert("RGB")]
-        records.append({
-            "images": images,
-            "prompt": [{"role": "user", "content": content}],
-            "chosen": [{"role": "assistant", "content": [{"type": "text", "text": r["chosen"]}]}],
-            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": r["rejected"]}]}],
-        })  # fmt: skip
+        records.append(
+            {
+                "images": images,
+                "prompt": [{"role": "user", "content": content}],
+                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": r["chosen"]}]}],
+                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": r["rejected"]}]}],
+            }
+        )
     return Dataset.from_list(records)
 
 
@@ -126,7 +160,9 @@ BREAKDOWN = {
 }
 
 
-def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, switches: dict | None = None) -> dict:
+def child(
+    kind: str, shape: str, model: str, data: str, steps: int, batch: int, switches: dict | None = None
+) -> dict:
     """One measured run (in its own process): timings, and the peak RSS growth during training."""
     import torch
     from transformers import TrainerCallback
@@ -137,10 +173,20 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
     switches = dict(switches or {})
     attn = switches.pop("attn_implementation", "auto")
     cuda = torch.cuda.is_available()
-    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, max_steps=steps,
-                  learning_rate=1e-5, report_to=[], save_strategy="no", logging_steps=10_000,
-                  gradient_checkpointing=False, seed=0, disable_tqdm=True, bf16=cuda,
-                  dataloader_num_workers=0)  # fmt: skip
+    common = dict(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        learning_rate=1e-5,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10_000,
+        gradient_checkpointing=False,
+        seed=0,
+        disable_tqdm=True,
+        bf16=cuda,
+        dataloader_num_workers=0,
+    )
     rows = [json.loads(line) for line in (Path(data) / "pairs.jsonl").read_text().splitlines()]
     start = time.perf_counter()
     if kind == "trl":
@@ -148,11 +194,19 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
 
         from mpo.models.loading import load_model, load_processor
 
-        args = DPOConfig(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], beta=0.1,
-                         max_length=None, **common)  # fmt: skip
-        trainer = DPOTrainer(load_model(model, attn_implementation=attn), args=args,
-                             train_dataset=trl_dataset(Path(data), rows),
-                             processing_class=load_processor(model))  # fmt: skip
+        args = DPOConfig(
+            loss_type=["sigmoid", "bco_pair", "sft"],
+            loss_weights=[0.8, 0.2, 1.0],
+            beta=0.1,
+            max_length=None,
+            **common,
+        )
+        trainer = DPOTrainer(
+            load_model(model, attn_implementation=attn),
+            args=args,
+            train_dataset=trl_dataset(Path(data), rows),
+            processing_class=load_processor(model),
+        )
     else:
         from mpo.data.mmpr import load_mmpr
         from mpo.models.loading import load_model, load_processor
@@ -160,11 +214,19 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
 
         processor = load_processor(model)
         dataset, _ = load_mmpr(Path(data) / "meta.json", processor)
-        args = MPOConfig(ref_cache_dir=tempfile.mkdtemp(), max_length=None, precompute_ref_batch_size=4 * batch,
-                         **{**common, **switches})
+        args = MPOConfig(
+            ref_cache_dir=tempfile.mkdtemp(),
+            max_length=None,
+            precompute_ref_batch_size=4 * batch,
+            **{**common, **switches},
+        )
         layout = layout_of(prefix_sharing=args.prefix_sharing, packed=args.max_packed_tokens is not None)
-        trainer = MPOTrainer(load_model(model, attn_implementation=attn, layout=layout), args=args,
-                             train_dataset=dataset, processing_class=processor)  # fmt: skip
+        trainer = MPOTrainer(
+            load_model(model, attn_implementation=attn, layout=layout),
+            args=args,
+            train_dataset=dataset,
+            processing_class=processor,
+        )
     setup = time.perf_counter() - start
 
     class Clock(TrainerCallback):  # the ends of the training steps (on a GPU after a synchronize)
@@ -192,10 +254,18 @@ def child(kind: str, shape: str, model: str, data: str, steps: int, batch: int, 
     pairs = (steps - 1) * batch
     precompute_s = getattr(trainer, "precompute_seconds", 0.0)
     precomputed = len(trainer.train_dataset) if precompute_s else 1  # the reference pass covers the data set
-    return {"kind": kind, "shape": shape, "pairs": pairs, "train_s": train_s, "precompute_s": precompute_s,
-            "setup_s": setup, "peak_mb": peak - base_rss, "train_pairs_per_s": pairs / train_s,
-            # one epoch: each pair costs its training time plus its share of the reference pass
-            "e2e_pairs_per_s": 1 / (train_s / pairs + precompute_s / precomputed)}  # fmt: skip
+    return {
+        "kind": kind,
+        "shape": shape,
+        "pairs": pairs,
+        "train_s": train_s,
+        "precompute_s": precompute_s,
+        "setup_s": setup,
+        "peak_mb": peak - base_rss,
+        "train_pairs_per_s": pairs / train_s,
+        # one epoch: each pair costs its training time plus its share of the reference pass
+        "e2e_pairs_per_s": 1 / (train_s / pairs + precompute_s / precomputed),
+    }
 
 
 def ideal_speedup(model: str, data: str, batch: int) -> dict:
@@ -217,7 +287,11 @@ def ideal_speedup(model: str, data: str, batch: int) -> dict:
     def work(batch_):
         tiles = batch_["pixel_values"].shape[0] * int(batch_["feature_repeats"]) if batch_["num_pairs"] else 0
         real = int((batch_["logp_index"] >= -1).sum()) if "attention_mask" not in batch_ else None
-        tokens = int(batch_["attention_mask"].sum()) if batch_["attention_mask"].dim() == 2 else batch_["input_ids"].numel()
+        tokens = (
+            int(batch_["attention_mask"].sum())
+            if batch_["attention_mask"].dim() == 2
+            else batch_["input_ids"].numel()
+        )
         return tokens + tiles * tile_cost, real
 
     has_images = any(r["image_paths"] for r in records)
@@ -230,22 +304,33 @@ def ideal_speedup(model: str, data: str, batch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpo bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=["tiny", "real"], default="tiny",
-                        help="tiny: the tiny model on two shapes; real: the InternVL2.5-1B widths (151k vocabulary, "
-                        "448 px tiles) cut to --layers, on MMPR-like pairs (make_pairs)")  # fmt: skip
+    parser.add_argument(
+        "--shape",
+        choices=["tiny", "real"],
+        default="tiny",
+        help="tiny: the tiny model on two shapes; real: the InternVL2.5-1B widths (151k vocabulary, "
+        "448 px tiles) cut to --layers, on MMPR-like pairs (make_pairs)",
+    )
     parser.add_argument("--layers", type=int, default=2, help="--shape real: layers of each tower")
     parser.add_argument("--quick", action="store_true", help="small run: < 2 minutes on 2 cores")
     parser.add_argument("--rounds", type=int, default=None, help="TRL/MPO alternations per shape")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
-    parser.add_argument("--out", type=Path, default=Path("mpo_bench"),
-                        help="folder for the results, in the working directory (make: benchmarks/results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("mpo_bench"),
+        help="folder for the results, in the working directory (make: benchmarks/results)",
+    )
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         kind, shape, model, data, steps, batch, switches = args.child
-        print("RESULT " + json.dumps(child(kind, shape, model, data, int(steps), int(batch), json.loads(switches))))
+        print(
+            "RESULT "
+            + json.dumps(child(kind, shape, model, data, int(steps), int(batch), json.loads(switches)))
+        )
         return 0
     real = args.shape == "real"
     rounds = args.rounds or (1 if args.quick or real else 3)
@@ -262,16 +347,31 @@ def main(argv: list[str] | None = None) -> int:
     shapes = ("real",) if real else ("image_heavy", "text_heavy")
     breakdown_shape = shapes[0]
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
+
     def measure(kind: str, shape: str, data: Path, switches: dict | None = None) -> dict:
-        cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", kind, shape, model, str(data), str(steps),
-               str(args.batch), json.dumps(switches or {})]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.mpo_speed",
+            "--child",
+            kind,
+            shape,
+            model,
+            str(data),
+            str(steps),
+            str(args.batch),
+            json.dumps(switches or {}),
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
             raise SystemExit(f"benchmark run failed ({kind}, {shape}, {switches}):\n{out.stderr[-3000:]}")
         result = json.loads(line[0][7:])
-        print(f"  {shape:11s} {kind} {json.dumps(switches or {})}: {result['train_pairs_per_s']:.3g} pairs/s train, "
-              f"{result['e2e_pairs_per_s']:.3g} e2e, peak +{result['peak_mb']:.0f} MB", flush=True)  # fmt: skip
+        print(
+            f"  {shape:11s} {kind} {json.dumps(switches or {})}: {result['train_pairs_per_s']:.3g} pairs/s train, "
+            f"{result['e2e_pairs_per_s']:.3g} e2e, peak +{result['peak_mb']:.0f} MB",
+            flush=True,
+        )
         return result
 
     results: dict = {}
@@ -282,30 +382,50 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             for kind in ("trl", "mpo") if r % 2 == 0 else ("mpo", "trl"):
                 runs[kind].append(measure(kind, shape, data))
-        med = {k: {m: statistics.median(run[m] for run in v) for m in ("train_pairs_per_s", "e2e_pairs_per_s",
-                                                                        "peak_mb", "precompute_s")}
-               for k, v in runs.items()}  # fmt: skip
+        med = {
+            k: {
+                m: statistics.median(run[m] for run in v)
+                for m in ("train_pairs_per_s", "e2e_pairs_per_s", "peak_mb", "precompute_s")
+            }
+            for k, v in runs.items()
+        }
         results[shape] = {
             "speedup_train": med["mpo"]["train_pairs_per_s"] / med["trl"]["train_pairs_per_s"],
             "speedup_e2e": med["mpo"]["e2e_pairs_per_s"] / med["trl"]["e2e_pairs_per_s"],
             "memory_ratio": med["mpo"]["peak_mb"] / med["trl"]["peak_mb"],
             "ideal_speedup_train": ideal_speedup(model, str(data), args.batch)["train"],
-            "trl": med["trl"], "mpo": med["mpo"], "runs": runs,
-        }  # fmt: skip
+            "trl": med["trl"],
+            "mpo": med["mpo"],
+            "runs": runs,
+        }
     stem = "real" if real else "latest"
-    meta = {"shape": args.shape, "steps": steps, "batch": args.batch, "rounds": rounds, "threads": args.threads,
-            "cores": os.cpu_count(), "model": f"InternVL2.5-1B widths, {args.layers} + {args.layers} layers"
-            if real else "tiny InternVL2.5"}  # fmt: skip
+    meta = {
+        "shape": args.shape,
+        "steps": steps,
+        "batch": args.batch,
+        "rounds": rounds,
+        "threads": args.threads,
+        "cores": os.cpu_count(),
+        "model": f"InternVL2.5-1B widths, {args.layers} + {args.layers} layers"
+        if real
+        else "tiny InternVL2.5",
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps({**results, "settings": meta}, indent=1))  # kept if stopped
+    (args.out / f"{stem}.json").write_text(
+        json.dumps({**results, "settings": meta}, indent=1)
+    )  # kept if stopped
     if not args.quick:  # one switch at a time, against the median TRL run of the first shape
         trl_rate = results[breakdown_shape]["trl"]["train_pairs_per_s"]
         results["breakdown"] = {}
         for name, switches in BREAKDOWN.items():
             r = measure("mpo", breakdown_shape, work / breakdown_shape, switches)
-            results["breakdown"][name] = {"switches": switches, "train_pairs_per_s": r["train_pairs_per_s"],
-                                          "e2e_pairs_per_s": r["e2e_pairs_per_s"], "peak_mb": r["peak_mb"],
-                                          "speedup_train_vs_trl": r["train_pairs_per_s"] / trl_rate}  # fmt: skip
+            results["breakdown"][name] = {
+                "switches": switches,
+                "train_pairs_per_s": r["train_pairs_per_s"],
+                "e2e_pairs_per_s": r["e2e_pairs_per_s"],
+                "peak_mb": r["peak_mb"],
+                "speedup_train_vs_trl": r["train_pairs_per_s"] / trl_rate,
+            }
     (args.out / f"{stem}.json").write_text(json.dumps({**results, "settings": meta}, indent=1))
     table = render_table(results, meta)
     (args.out / f"{stem}.md").write_text(table)
@@ -314,22 +434,62 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render_table(results: dict, meta: dict) -> str:
-    lines = [f"MPOTrainer vs trl.DPOTrainer ({meta.get('model', 'tiny InternVL2.5')}, CPU, {meta['steps']} steps x "
-             f"{meta['batch']} pairs, median of {meta['rounds']}; steps 2..N timed)", ""]  # fmt: skip
-    rows = [[shape, f"{r['trl']['train_pairs_per_s']:.3g}", f"{r['mpo']['train_pairs_per_s']:.3g}",
-             f"{r['mpo']['e2e_pairs_per_s']:.3g}", f"{r['speedup_train']:.2f}x", f"{r['speedup_e2e']:.2f}x",
-             f"{r['ideal_speedup_train']:.2f}x", f"{r['trl']['peak_mb']:.0f}", f"{r['mpo']['peak_mb']:.0f}",
-             f"{r['memory_ratio']:.2f}"] for shape, r in results.items() if shape != "breakdown"]  # fmt: skip
-    lines += markdown.table(["shape", "TRL pairs/s", "MPO pairs/s (train)", "MPO pairs/s (e2e)", "speed-up train",
-                             "speed-up e2e", "ideal (work counted)", "TRL peak MB", "MPO peak MB", "memory ratio"],
-                            rows)  # fmt: skip
+    lines = [
+        f"MPOTrainer vs trl.DPOTrainer ({meta.get('model', 'tiny InternVL2.5')}, CPU, {meta['steps']} steps x "
+        f"{meta['batch']} pairs, median of {meta['rounds']}; steps 2..N timed)",
+        "",
+    ]
+    rows = [
+        [
+            shape,
+            f"{r['trl']['train_pairs_per_s']:.3g}",
+            f"{r['mpo']['train_pairs_per_s']:.3g}",
+            f"{r['mpo']['e2e_pairs_per_s']:.3g}",
+            f"{r['speedup_train']:.2f}x",
+            f"{r['speedup_e2e']:.2f}x",
+            f"{r['ideal_speedup_train']:.2f}x",
+            f"{r['trl']['peak_mb']:.0f}",
+            f"{r['mpo']['peak_mb']:.0f}",
+            f"{r['memory_ratio']:.2f}",
+        ]
+        for shape, r in results.items()
+        if shape != "breakdown"
+    ]
+    lines += markdown.table(
+        [
+            "shape",
+            "TRL pairs/s",
+            "MPO pairs/s (train)",
+            "MPO pairs/s (e2e)",
+            "speed-up train",
+            "speed-up e2e",
+            "ideal (work counted)",
+            "TRL peak MB",
+            "MPO peak MB",
+            "memory ratio",
+        ],
+        rows,
+    )
     if "breakdown" in results:
-        lines += ["", f"Per switch ({'real' if meta.get('shape') == 'real' else 'image-heavy'} shape, MPOTrainer "
-                  "with one change, single run each):", ""]  # fmt: skip
-        rows = [[name, f"{r['train_pairs_per_s']:.3g}", f"{r['e2e_pairs_per_s']:.3g}",
-                 f"{r['speedup_train_vs_trl']:.2f}x", f"{r['peak_mb']:.0f}"] for name, r in results["breakdown"].items()]
-        lines += markdown.table(["MPO configuration", "pairs/s (train)", "pairs/s (e2e)", "vs TRL (train)", "peak MB"],
-                                rows)  # fmt: skip
+        lines += [
+            "",
+            f"Per switch ({'real' if meta.get('shape') == 'real' else 'image-heavy'} shape, MPOTrainer "
+            "with one change, single run each):",
+            "",
+        ]
+        rows = [
+            [
+                name,
+                f"{r['train_pairs_per_s']:.3g}",
+                f"{r['e2e_pairs_per_s']:.3g}",
+                f"{r['speedup_train_vs_trl']:.2f}x",
+                f"{r['peak_mb']:.0f}",
+            ]
+            for name, r in results["breakdown"].items()
+        ]
+        lines += markdown.table(
+            ["MPO configuration", "pairs/s (train)", "pairs/s (e2e)", "vs TRL (train)", "peak MB"], rows
+        )
     return "\n".join(lines) + "\n"
 
 

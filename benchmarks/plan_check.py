@@ -41,10 +41,16 @@ def make_pair(root: Path) -> None:
     (root / "img").mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (1792, 1344), "blue").save(root / "img" / "0.png")
     words = lambda n: " ".join(WORDS[i % len(WORDS)] for i in range(n))  # noqa: E731
-    row = {"image": "0.png", "question": words(80) + "?", "chosen": words(400), "rejected": words(399) + " no"}
+    row = {
+        "image": "0.png",
+        "question": words(80) + "?",
+        "chosen": words(400),
+        "rejected": words(399) + " no",
+    }
     (root / "pairs.jsonl").write_text((json.dumps(row) + "\n") * 2)
-    (root / "meta.json").write_text(json.dumps({"bench": {"root": "img", "annotation": "pairs.jsonl",
-                                                          "max_dynamic_patch": 12}}))  # fmt: skip
+    (root / "meta.json").write_text(
+        json.dumps({"bench": {"root": "img", "annotation": "pairs.jsonl", "max_dynamic_patch": 12}})
+    )
 
 
 def step_shape(model: Path, data: Path) -> tuple[int, int, int]:
@@ -67,7 +73,10 @@ def attention_scores(report: dict, checkpointing: bool) -> int:
     from mpo.models.sizes import SIZES
 
     size, tokens, tiles = SIZES["1b"], report["tokens"], report["tiles"]
-    per_layer = (size.llm.num_attention_heads * tokens**2, size.vision.num_attention_heads * tiles * PATCHES_PER_TILE**2)
+    per_layer = (
+        size.llm.num_attention_heads * tokens**2,
+        size.vision.num_attention_heads * tiles * PATCHES_PER_TILE**2,
+    )
     return 4 * sum(per_layer) * (1 if checkpointing else report["layers"])
 
 
@@ -78,28 +87,56 @@ def render(report: dict) -> str:
     for key, r in report["runs"].items():
         checkpointing = key == "True"
         predicted, scores = r["states"] + r["activations"], attention_scores(report, checkpointing)
-        rows.append(["on" if checkpointing else "off", f"{r['measured'] / GiB:.2f}", f"{r['states'] / GiB:.2f}",
-                     f"{r['activations'] / GiB:.2f}", f"{r['measured'] / predicted:.2f}", f"{scores / GiB:.2f}",
-                     f"{r['measured'] / (predicted + scores):.2f}"])  # fmt: skip
-    return "\n".join([
-        f"# `mpo plan`'s formula against measured peaks (InternVL2.5-1B widths, {report['layers']} + "
-        f"{report['layers']} layers, CPU, fp32)", "",
-        f"One MPO step on one prefix-shared pair: {report['tokens']} language-model tokens, {report['tiles']} tiles; "
-        f"{report['trainable'] / 1e6:.0f}M trainable parameters. GiB.", "",
-        *markdown.table(["gradient checkpointing", "measured peak growth", "states (12 B/param)",
-                         "activations (plan formula x 2, fp32)", "measured / plan", "+ attention scores (CPU math sdpa)",
-                         "measured / (plan + scores)"], rows, "lrrrrrr"), "",
-        "The plan's formula leaves out the s^2 attention scores because the GPU kernels (flash-attention, "
-        "memory-efficient sdpa, flex) never store them. The CPU's math sdpa does, which is most of the gap here; "
-        "with them added the prediction is within the last column's ratio of the measured peak.",
-    ]) + "\n"  # fmt: skip
+        rows.append(
+            [
+                "on" if checkpointing else "off",
+                f"{r['measured'] / GiB:.2f}",
+                f"{r['states'] / GiB:.2f}",
+                f"{r['activations'] / GiB:.2f}",
+                f"{r['measured'] / predicted:.2f}",
+                f"{scores / GiB:.2f}",
+                f"{r['measured'] / (predicted + scores):.2f}",
+            ]
+        )
+    return (
+        "\n".join(
+            [
+                f"# `mpo plan`'s formula against measured peaks (InternVL2.5-1B widths, {report['layers']} + "
+                f"{report['layers']} layers, CPU, fp32)",
+                "",
+                f"One MPO step on one prefix-shared pair: {report['tokens']} language-model tokens, {report['tiles']} tiles; "
+                f"{report['trainable'] / 1e6:.0f}M trainable parameters. GiB.",
+                "",
+                *markdown.table(
+                    [
+                        "gradient checkpointing",
+                        "measured peak growth",
+                        "states (12 B/param)",
+                        "activations (plan formula x 2, fp32)",
+                        "measured / plan",
+                        "+ attention scores (CPU math sdpa)",
+                        "measured / (plan + scores)",
+                    ],
+                    rows,
+                    "lrrrrrr",
+                ),
+                "",
+                "The plan's formula leaves out the s^2 attention scores because the GPU kernels (flash-attention, "
+                "memory-efficient sdpa, flex) never store them. The CPU's math sdpa does, which is most of the gap here; "
+                "with them added the prediction is within the last column's ratio of the measured peak.",
+            ]
+        )
+        + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     from mpo.models.sizes import build_random_native
     from mpo.plan import activation_bytes
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.plan_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.plan_check", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("mpo_bench"))
     args = parser.parse_args(argv)
@@ -111,15 +148,28 @@ def main(argv: list[str] | None = None) -> int:
     report = {"layers": args.layers, "tokens": tokens, "tiles": tiles, "trainable": params, "runs": {}}
     for checkpointing in (False, True):
         switches = {"gradient_checkpointing": checkpointing}
-        cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", "mpo", "real", str(model),
-               str(work / "data"), "2", "1", json.dumps(switches)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.mpo_speed",
+            "--child",
+            "mpo",
+            "real",
+            str(model),
+            str(work / "data"),
+            "2",
+            "1",
+            json.dumps(switches),
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode or not line:
             raise SystemExit(f"plan check run failed:\n{out.stderr[-3000:]}")
         report["runs"][str(checkpointing)] = {
-            "measured": json.loads(line[0][7:])["peak_mb"] * 2**20, "states": 12 * params,
-            "activations": 2 * activation_bytes("1b", tokens, tiles, checkpointing, layers=args.layers)}  # fmt: skip
+            "measured": json.loads(line[0][7:])["peak_mb"] * 2**20,
+            "states": 12 * params,
+            "activations": 2 * activation_bytes("1b", tokens, tiles, checkpointing, layers=args.layers),
+        }
     text = render(report)
     write_results(args.out, "plan_check", report, text)
     return 0

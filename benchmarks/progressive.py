@@ -48,9 +48,22 @@ def sft(
     p: Pipeline, label: str, recipe: str, model: str, target: str, meta: str, seed: int, *extra: str
 ) -> None:
     """One SFT stage: recipes/tiny/RECIPE.yaml from MODEL into TARGET with SEED (skipped when done)."""
-    p.step(label, Path(target) / "trainer_state.json", "sft", "--config", f"recipes/tiny/{recipe}.yaml",
-           "--model_name_or_path", model, "--meta_path", meta, "--output_dir", target, "--seed", str(seed),
-           *extra)  # fmt: skip
+    p.step(
+        label,
+        Path(target) / "trainer_state.json",
+        "sft",
+        "--config",
+        f"recipes/tiny/{recipe}.yaml",
+        "--model_name_or_path",
+        model,
+        "--meta_path",
+        meta,
+        "--output_dir",
+        target,
+        "--seed",
+        str(seed),
+        *extra,
+    )
 
 
 def state(path: Path) -> dict:
@@ -65,27 +78,68 @@ def run(
         shutil.rmtree(out)
     p, o = Pipeline(out, fresh), str(out)
     meta = f"{o}/synthetic/sft/meta.json"
-    p.step("build the small tiny model (LLM width 128)", out / "small" / "tiny" / "config.json",
-           "tiny-model", f"{o}/small/tiny")  # fmt: skip
-    p.step(f"build the wide tiny model (LLM width {WIDE})", out / "wide" / "config.json",
-           "tiny-model", f"{o}/wide", "--text-hidden-size", str(WIDE))  # fmt: skip
-    p.step("generate the synthetic task", out / "synthetic" / "eval" / "eval.tsv", "synthetic", f"{o}/synthetic",
-           "--n", "8000", "--skills", ",".join(DEMO_SKILLS))  # fmt: skip
+    p.step(
+        "build the small tiny model (LLM width 128)",
+        out / "small" / "tiny" / "config.json",
+        "tiny-model",
+        f"{o}/small/tiny",
+    )
+    p.step(
+        f"build the wide tiny model (LLM width {WIDE})",
+        out / "wide" / "config.json",
+        "tiny-model",
+        f"{o}/wide",
+        "--text-hidden-size",
+        str(WIDE),
+    )
+    p.step(
+        "generate the synthetic task",
+        out / "synthetic" / "eval" / "eval.tsv",
+        "synthetic",
+        f"{o}/synthetic",
+        "--n",
+        "8000",
+        "--skills",
+        ",".join(DEMO_SKILLS),
+    )
     sft(p, "small: stage 1", "sft_stage1", f"{o}/small/tiny", f"{o}/small/sft_stage1", meta, seed)
     sft(p, "small: stage 1.5", "sft_stage1_5", f"{o}/small/sft_stage1", f"{o}/small/sft_stage1_5", meta, seed)
-    p.step("transfer the small model's vision tower into the wide model", out / "progressive" / "init" / "config.json",
-           "transfer-vision", "--vision", f"{o}/small/sft_stage1_5", "--into", f"{o}/wide", "--out",
-           f"{o}/progressive/init")  # fmt: skip
+    p.step(
+        "transfer the small model's vision tower into the wide model",
+        out / "progressive" / "init" / "config.json",
+        "transfer-vision",
+        "--vision",
+        f"{o}/small/sft_stage1_5",
+        "--into",
+        f"{o}/wide",
+        "--out",
+        f"{o}/progressive/init",
+    )
     stage2 = ["--max_steps", str(stage2_steps), "--save_strategy", "steps", "--save_steps", str(eval_every)]
     for arm in ARMS:
         previous = f"{o}/{arm.start}"
         for recipe in arm.stages:
             target = f"{o}/{arm_dir(arm)}/{Path(recipe).name}"
-            sft(p, f"{arm.name}: {recipe}", recipe, previous, target, meta, seed,
-                *(stage2 if recipe.endswith("stage2") else ()))  # fmt: skip
+            sft(
+                p,
+                f"{arm.name}: {recipe}",
+                recipe,
+                previous,
+                target,
+                meta,
+                seed,
+                *(stage2 if recipe.endswith("stage2") else ()),
+            )
             previous = target
-    scale = Scale(n_sft=8000, skills=DEMO_SKILLS, sft_steps=None, pair_questions=0, samples=0, mpo_steps=None,
-                  eval_items=eval_items)  # fmt: skip
+    scale = Scale(
+        n_sft=8000,
+        skills=DEMO_SKILLS,
+        sft_steps=None,
+        pair_questions=0,
+        samples=0,
+        mpo_steps=None,
+        eval_items=eval_items,
+    )
     rows = []
     for arm in ARMS:
         before = [out / arm_dir(arm) / Path(r).name for r in arm.stages[:-1]]
@@ -96,8 +150,16 @@ def run(
             target = out / "eval" / arm_dir(arm) / f"step{step}"
             evaluate(p, f"evaluate {arm.name}, stage-2 step {step}", str(checkpoint), target, out, scale)
             result = json.loads((target / "results.json").read_text())
-            rows.append(Row(arm.name, step, steps_before + step, flos_before + state(checkpoint)["total_flos"],
-                            result["overall"], categories(result)))  # fmt: skip
+            rows.append(
+                Row(
+                    arm.name,
+                    step,
+                    steps_before + step,
+                    flos_before + state(checkpoint)["total_flos"],
+                    result["overall"],
+                    categories(result),
+                )
+            )
     small = [state(out / "small" / s) for s in ("sft_stage1", "sft_stage1_5")]
     return write_report(out, rows, small, chance_level(out, rows[0].overall["total"]), seed)
 
@@ -128,29 +190,39 @@ def write_report(out: Path, rows: list[Row], small: list[dict], chance: float, s
     n_items = rows[0].overall["total"]
     small_steps, small_flos = sum(s["global_step"] for s in small), sum(s["total_flos"] for s in small)
     lines = [
-        "# Progressive scaling on the CPU (tiny InternVL2.5)", "",
+        "# Progressive scaling on the CPU (tiny InternVL2.5)",
+        "",
         f"Wide model: LLM width {WIDE} (the small one: 128), same vision tower config; data: `mpo synthetic --n 8000 "
         f"--skills {','.join(DEMO_SKILLS)}`; held-out accuracy on the first {n_items} items of the eval split, "
         f"chain-of-thought prompt (a uniform random guess scores {100 * chance:.1f} %). *progressive*: the small "
         f"model's stages 1 + 1.5 ({small_steps} steps, {small_flos:.2e} FLOPs), its vision tower moved into the wide "
         "model (fresh projector), which runs stages 1 + 2. *from scratch*: the wide model runs stages 1, 1.5, 2. "
         "Recipes: recipes/tiny/ (stage 2 with checkpoints along one cosine schedule, so a mid-run checkpoint has "
-        f"not annealed). One run per arm, SFT seed {seed}. Produced by `python -m benchmarks.progressive`.", "",
+        f"not annealed). One run per arm, SFT seed {seed}. Produced by `python -m benchmarks.progressive`.",
+        "",
         "| arm | stage-2 step | steps on the wide model | wide-model FLOPs | accuracy | "
-        + " | ".join(skills) + " |",
+        + " | ".join(skills)
+        + " |",
         "|---|---|---|---|---|" + "---|" * len(skills),
-    ]  # fmt: skip
+    ]
     for r in rows:
         per_skill = " | ".join(f"{100 * r.skills[s]:.1f}" for s in skills)
-        lines.append(f"| {r.arm} | {r.stage2_step} | {r.wide_steps} | {r.wide_flos:.2e} | "
-                     f"{100 * r.overall['accuracy']:.1f} % | {per_skill} |")  # fmt: skip
-    lines += ["", verdict(rows), "",
-              "FLOPs are the Trainer's estimate, 6 x all parameters x tokens per step, frozen parts included; a "
-              f"small-model step costs {small_flos / small_steps:.2e}, a wide-model step "
-              f"{rows[0].wide_flos / rows[0].wide_steps:.2e}.", "",
+        lines.append(
+            f"| {r.arm} | {r.stage2_step} | {r.wide_steps} | {r.wide_flos:.2e} | "
+            f"{100 * r.overall['accuracy']:.1f} % | {per_skill} |"
+        )
+    lines += [
+        "",
+        verdict(rows),
+        "",
+        "FLOPs are the Trainer's estimate, 6 x all parameters x tokens per step, frozen parts included; a "
+        f"small-model step costs {small_flos / small_steps:.2e}, a wide-model step "
+        f"{rows[0].wide_flos / rows[0].wide_steps:.2e}.",
+        "",
         "Caution: when the tiny model starts to read the image in stage 2 varies from run to run "
         "(recipes/tiny/sft_stage2.yaml), so one run per arm does not separate the transferred tower from that "
-        "variation; `--seed` with another `--out` repeats the comparison."]  # fmt: skip
+        "variation; `--seed` with another `--out` repeats the comparison.",
+    ]
     chart = plot(out, rows, chance)
     lines += ["", f"![accuracy against wide-model steps]({chart.name})", ""]
     report = out / "PROGRESSIVE.md"
@@ -172,10 +244,15 @@ def verdict(rows: list[Row]) -> str:
     for arm, top in best.items():
         other = next(a.name for a in ARMS if a.name != arm)
         match = [r for r in rows if r.arm == other and r.overall["accuracy"] >= top.overall["accuracy"]]
-        reached = (f"{other} reaches it after {min(r.wide_steps for r in match)} wide-model steps" if match
-                   else f"{other} does not reach it within {max(r.wide_steps for r in rows if r.arm == other)}")  # fmt: skip
-        parts.append(f"{arm} peaks at {100 * top.overall['accuracy']:.1f} % after {top.wide_steps} wide-model steps; "
-                     f"{reached}")  # fmt: skip
+        reached = (
+            f"{other} reaches it after {min(r.wide_steps for r in match)} wide-model steps"
+            if match
+            else f"{other} does not reach it within {max(r.wide_steps for r in rows if r.arm == other)}"
+        )
+        parts.append(
+            f"{arm} peaks at {100 * top.overall['accuracy']:.1f} % after {top.wide_steps} wide-model steps; "
+            f"{reached}"
+        )
     return "; ".join(parts) + "."
 
 
@@ -223,8 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-items", type=int, default=500, help="held-out items per evaluation (default 500)"
     )
-    parser.add_argument("--seed", type=int, default=42, help="seed of every SFT stage (the recipes' 42); use "
-                        "another --out per seed")  # fmt: skip
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed of every SFT stage (the recipes' 42); use another --out per seed",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every step")
     args = parser.parse_args(argv)
     start = time.perf_counter()

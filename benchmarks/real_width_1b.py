@@ -52,10 +52,22 @@ def write_questions(root: Path) -> Path:
     image = Image.new("RGB", (896, 448), (200, 40, 40))
     image.paste((240, 240, 240), (100, 100, 300, 300))
     image.save(root / "img" / "q0.png")
-    row = {"id": "q0", "image": "q0.png", "question": "<image>\nDescribe the shapes in the image and their colours."}
+    row = {
+        "id": "q0",
+        "image": "q0.png",
+        "question": "<image>\nDescribe the shapes in the image and their colours.",
+    }
     (root / "questions.jsonl").write_text(json.dumps(row) + "\n")
-    meta = {"questions": {"root": "img", "annotation": "questions.jsonl", "repeat_time": 1,
-                          "max_dynamic_patch": MAX_DYNAMIC_PATCH, "data_augment": False, "length": 1}}  # fmt: skip
+    meta = {
+        "questions": {
+            "root": "img",
+            "annotation": "questions.jsonl",
+            "repeat_time": 1,
+            "max_dynamic_patch": MAX_DYNAMIC_PATCH,
+            "data_augment": False,
+            "length": 1,
+        }
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     return root / "meta.json"
 
@@ -71,16 +83,25 @@ def build_main(argv: list[str]) -> int:
 
 def run_phase(module: str, func: str, argv: list[str], log: Path) -> dict:
     """Run ``module.func(argv)`` in a fresh Python process; its wall time (s) and peak RSS (GiB)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
     code = _CHILD.format(module=module, func=func)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], cwd=REPO, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)], cwd=REPO, env=env, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - start
     log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
-        raise RuntimeError(f"{module}.{func} {argv[:2]} failed (exit {proc.returncode}); log {log}:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{module}.{func} {argv[:2]} failed (exit {proc.returncode}); log {log}:\n{proc.stderr[-3000:]}"
+        )
     peak = [line for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_KIB")][-1]
     return {"seconds": round(seconds, 1), "peak_rss_gib": round(int(peak.split()[1]) / 2**20, 2)}
 
@@ -95,18 +116,62 @@ def run(work: Path, out: Path | None = RESULTS) -> dict:
     questions = write_questions(work / "questions")
     commands = {
         "build": ("benchmarks.real_width_1b", "build_main", [built]),
-        "convert_to_original": ("mpo.cli", "main", ["convert", built, original, "--to", "original",
-                                                     "--max-shard-size", "1GB"]),
+        "convert_to_original": (
+            "mpo.cli",
+            "main",
+            ["convert", built, original, "--to", "original", "--max-shard-size", "1GB"],
+        ),
         "convert_to_native": ("mpo.cli", "main", ["convert", original, native, "--max-shard-size", "1GB"]),
-        "build_pairs": ("mpo.cli", "main", ["build-pairs", "dropout-ntp", "--model", native, "--data", questions,
-                                            "--out", pairs, "--max-new-tokens", MAX_NEW_TOKENS, "--batch-size", 1]),
-        "train": ("mpo.cli", "main", ["train", "--config", REPO / "recipes/internvl2_5/1b/mpo.yaml",
-                                      "--model_name_or_path", native, "--meta_path", pairs / "meta.json",
-                                      "--output_dir", run_dir, "--ref_cache_dir", work / "ref_cache",
-                                      "--max_steps", STEPS, "--gradient_accumulation_steps", 1, "--bf16", "false",
-                                      "--report_to", "none", "--use_peft", "true", "--lora_r", 16,
-                                      "--lora_alpha", 32]),
-    }  # fmt: skip
+        "build_pairs": (
+            "mpo.cli",
+            "main",
+            [
+                "build-pairs",
+                "dropout-ntp",
+                "--model",
+                native,
+                "--data",
+                questions,
+                "--out",
+                pairs,
+                "--max-new-tokens",
+                MAX_NEW_TOKENS,
+                "--batch-size",
+                1,
+            ],
+        ),
+        "train": (
+            "mpo.cli",
+            "main",
+            [
+                "train",
+                "--config",
+                REPO / "recipes/internvl2_5/1b/mpo.yaml",
+                "--model_name_or_path",
+                native,
+                "--meta_path",
+                pairs / "meta.json",
+                "--output_dir",
+                run_dir,
+                "--ref_cache_dir",
+                work / "ref_cache",
+                "--max_steps",
+                STEPS,
+                "--gradient_accumulation_steps",
+                1,
+                "--bf16",
+                "false",
+                "--report_to",
+                "none",
+                "--use_peft",
+                "true",
+                "--lora_r",
+                16,
+                "--lora_alpha",
+                32,
+            ],
+        ),
+    }
     phases = {}
     for name, (module, func, argv) in commands.items():
         phases[name] = run_phase(module, func, argv, logs / f"{name}.log")
@@ -121,10 +186,19 @@ def run(work: Path, out: Path | None = RESULTS) -> dict:
         "global_step": state["global_step"],
         "train_log": [e for e in state["log_history"] if "loss" in e],
         "pairs": json.loads((pairs / "report.json").read_text())["pairs"],
-        "settings": {"size": SIZE, "max_dynamic_patch": MAX_DYNAMIC_PATCH, "image": "896x448 (2 tiles + thumbnail)",
-                     "max_new_tokens": MAX_NEW_TOKENS, "steps": STEPS, "dtype": "float32", "lora_r": 16,
-                     "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
-    }  # fmt: skip
+        "settings": {
+            "size": SIZE,
+            "max_dynamic_patch": MAX_DYNAMIC_PATCH,
+            "image": "896x448 (2 tiles + thumbnail)",
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "steps": STEPS,
+            "dtype": "float32",
+            "lora_r": 16,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+        },
+    }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "real_width_1b.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -58,7 +58,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=320)
     parser.add_argument("--batch", type=int, default=8, help="samples per unpacked step")
     parser.add_argument("--max-packed-tokens", type=int, nargs="+", default=[512, 2048])
-    parser.add_argument("--tokens-per-step", type=int, default=2048, help="packed: rows per step = this // row size")
+    parser.add_argument(
+        "--tokens-per-step", type=int, default=2048, help="packed: rows per step = this // row size"
+    )
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +68,9 @@ def main() -> None:
         model_dir = build_tiny_model(tmp / "model")
         generate(tmp / "data", n_sft=args.samples, n_qa=0, n_eval=0)
         processor = load_processor(model_dir)
-        records, _ = load_sft(tmp / "data" / "sft" / "meta.json", processor, max_length=min(args.max_packed_tokens))
+        records, _ = load_sft(
+            tmp / "data" / "sft" / "meta.json", processor, max_length=min(args.max_packed_tokens)
+        )
         collate = SFTCollator(processor, train=False)
 
         def to_device(batch):
@@ -79,21 +83,34 @@ def main() -> None:
             ],
         }
         for size in args.max_packed_tokens:
-            rows = [[records[i] for i in row] for row in pack_samples([r["length"] for r in records], size, seed=0)]
+            rows = [
+                [records[i] for i in row]
+                for row in pack_samples([r["length"] for r in records], size, seed=0)
+            ]
             per_step = max(1, args.tokens_per_step // size)
             layouts[f"packed ({per_step} x {size} tokens/step)"] = [
                 to_device(collate(rows[i : i + per_step])) for i in range(0, len(rows), per_step)
             ]
-        config = SFTStageConfig(output_dir=str(tmp / "out"), stage="2", report_to=[], use_cpu=device == "cpu",
-                                max_packed_tokens=max(args.max_packed_tokens), max_length=min(args.max_packed_tokens))  # fmt: skip
+        config = SFTStageConfig(
+            output_dir=str(tmp / "out"),
+            stage="2",
+            report_to=[],
+            use_cpu=device == "cpu",
+            max_packed_tokens=max(args.max_packed_tokens),
+            max_length=min(args.max_packed_tokens),
+        )
         rows = []
         for name, batches in layouts.items():
             model = load_model(model_dir).to(device)
             trainer = SFTStageTrainer(model, config, processing_class=processor)
             seconds, real, total, samples = run(trainer, model, batches)
-            rows.append((name, len(batches), samples, real, 1 - real / total, real / seconds, samples / seconds))
-    print(f"\nSFT throughput on the tiny model ({device}, {len(records)} synthetic samples, "
-          f"torch threads {torch.get_num_threads()})\n")  # fmt: skip
+            rows.append(
+                (name, len(batches), samples, real, 1 - real / total, real / seconds, samples / seconds)
+            )
+    print(
+        f"\nSFT throughput on the tiny model ({device}, {len(records)} synthetic samples, "
+        f"torch threads {torch.get_num_threads()})\n"
+    )
     print("| layout | steps | samples | real tokens | padding | tokens/s | samples/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, steps, samples, real, pad, tps, sps in rows:

@@ -43,20 +43,32 @@ PIPELINES = {"correctness": CorrectnessBuilder, "dropout-ntp": DropoutNTPBuilder
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--report-to", choices=["none", "wandb"], default="none",
-                   help="also log report.json, report.md and the histogram as a wandb artifact")  # fmt: skip
+    p.add_argument(
+        "--report-to",
+        choices=["none", "wandb"],
+        default="none",
+        help="also log report.json, report.md and the histogram as a wandb artifact",
+    )
     g = p.add_argument_group("input and output")
     g.add_argument("--model", required=True, help="checkpoint (native InternVL folder) that generates")
     g.add_argument("--data", required=True, type=Path, help="meta.json (all subsets) or one .jsonl file")
     g.add_argument(
         "--out", required=True, type=Path, help="output folder (MMPR layout, report, shard journals)"
     )
-    g.add_argument("--data-root", type=Path, default=None,
-                   help="folder the meta.json's relative root/annotation paths are relative to (default: the "
-                        "meta.json's folder where they exist there, else the working directory)")  # fmt: skip
-    g.add_argument("--path-map", nargs="+", default=[], metavar="OLD=NEW",
-                   help="rewrite meta.json path prefixes written on another machine, "
-                        "e.g. /mnt/petrelfs/x=/data/x")  # fmt: skip
+    g.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="folder the meta.json's relative root/annotation paths are relative to (default: the "
+        "meta.json's folder where they exist there, else the working directory)",
+    )
+    g.add_argument(
+        "--path-map",
+        nargs="+",
+        default=[],
+        metavar="OLD=NEW",
+        help="rewrite meta.json path prefixes written on another machine, e.g. /mnt/petrelfs/x=/data/x",
+    )
     g.add_argument("--limit", type=int, default=None, help="use only the first LIMIT questions")
     g.add_argument(
         "--max-dynamic-patch", type=int, default=None, help="tiles per image (default: the subset's)"
@@ -66,11 +78,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="copy the images under OUT/images (default: reference them)",
     )
-    g.add_argument("--image-root", choices=IMAGE_ROOTS, default="relative",
-                   help="write subset roots relative to OUT (default) or absolute")  # fmt: skip
+    g.add_argument(
+        "--image-root",
+        choices=IMAGE_ROOTS,
+        default="relative",
+        help="write subset roots relative to OUT (default) or absolute",
+    )
     g = p.add_argument_group("generation")
-    g.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
-                   help="auto: vLLM when it imports and a GPU is present, else transformers")  # fmt: skip
+    g.add_argument(
+        "--backend",
+        choices=["auto", "transformers", "vllm"],
+        default="auto",
+        help="auto: vLLM when it imports and a GPU is present, else transformers",
+    )
     g.add_argument("--batch-size", type=int, default=8, help="questions per generation call (default 8)")
     add_vllm_arguments(g)
     g.add_argument("--temperature", type=float, default=1.0)
@@ -87,20 +107,35 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--max-words", type=int, default=1000, help="drop pairs with a longer response (0: no limit)"
     )
     g.add_argument("--repetition-n", type=int, default=4, help="word n-gram size of the repetition filter")
-    g.add_argument("--repetition-threshold", type=float, default=0.3,
-                   help="drop when more than this fraction of n-grams repeat (default 0.3)")  # fmt: skip
-    g.add_argument("--repetition-in", choices=["chosen", "both"], default="chosen",
-                   help="which responses the repetition filter checks (default chosen)")  # fmt: skip
-    g.add_argument("--quality-prompt", type=Path, default=None,
-                   help="judge prompt file with {question} and {response}: score chosen responses with the same model")  # fmt: skip
+    g.add_argument(
+        "--repetition-threshold",
+        type=float,
+        default=0.3,
+        help="drop when more than this fraction of n-grams repeat (default 0.3)",
+    )
+    g.add_argument(
+        "--repetition-in",
+        choices=["chosen", "both"],
+        default="chosen",
+        help="which responses the repetition filter checks (default chosen)",
+    )
+    g.add_argument(
+        "--quality-prompt",
+        type=Path,
+        default=None,
+        help="judge prompt file with {question} and {response}: score chosen responses with the same model",
+    )
     g.add_argument(
         "--quality-threshold", type=float, default=5.0, help="drop pairs whose chosen scores below this"
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpo build-pairs", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="mpo build-pairs",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="pipeline", required=True)
     p = sub.add_parser(
         "correctness", help="sample N CoT answers, pair correct with incorrect (needs ground truth)"
@@ -113,8 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--answer-style", choices=ANSWER_STYLES, default="auto", help="how final answers are extracted"
     )
-    p.add_argument("--instruction", default=COT_INSTRUCTION,
-                   help=f"CoT instruction that replaces the answer-format one (default: {COT_INSTRUCTION!r})")  # fmt: skip
+    p.add_argument(
+        "--instruction",
+        default=COT_INSTRUCTION,
+        help=f"CoT instruction that replaces the answer-format one (default: {COT_INSTRUCTION!r})",
+    )
     p = sub.add_parser(
         "dropout-ntp", help="chosen = full answer, rejected = its first half continued without the image"
     )
@@ -122,8 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-ratio", type=float, default=0.5, help="fraction of the chosen's words kept as prefix"
     )
-    p.add_argument("--chosen-from", choices=CHOSEN_FROM, default="model",
-                   help="model: the model's own answer (default); data: the row's chosen, assistant turn or answer")  # fmt: skip
+    p.add_argument(
+        "--chosen-from",
+        choices=CHOSEN_FROM,
+        default="model",
+        help="model: the model's own answer (default); data: the row's chosen, assistant turn or answer",
+    )
     p = sub.add_parser("merge", help="combine finished shards into the MMPR layout and the report")
     p.add_argument("out", type=Path, metavar="DIR")
     p.add_argument("--copy-images", action="store_true")
@@ -155,16 +197,29 @@ def settings_of(args: argparse.Namespace, backend_name: str) -> dict:
     """Everything that decides the results; a rerun into the same folder must repeat it exactly."""
     settings = {
         "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
-        "data": str(args.data.resolve()), "limit": args.limit, "max_dynamic_patch": args.max_dynamic_patch,
-        "backend": backend_name, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-        "max_new_tokens": args.max_new_tokens, "seed": args.seed, "max_words": args.max_words,
-        "repetition_n": args.repetition_n, "repetition_threshold": args.repetition_threshold,
-        "repetition_in": args.repetition_in, "quality_threshold": args.quality_threshold if args.quality_prompt else None,
+        "data": str(args.data.resolve()),
+        "limit": args.limit,
+        "max_dynamic_patch": args.max_dynamic_patch,
+        "backend": backend_name,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "max_words": args.max_words,
+        "repetition_n": args.repetition_n,
+        "repetition_threshold": args.repetition_threshold,
+        "repetition_in": args.repetition_in,
+        "quality_threshold": args.quality_threshold if args.quality_prompt else None,
         "quality_prompt_sha256": _sha256_files([args.quality_prompt]) if args.quality_prompt else None,
-    }  # fmt: skip
+    }
     if args.pipeline == "correctness":
-        settings.update(n=args.n, max_pairs_per_question=args.max_pairs_per_question,
-                        answer_style=args.answer_style, instruction=args.instruction)  # fmt: skip
+        settings.update(
+            n=args.n,
+            max_pairs_per_question=args.max_pairs_per_question,
+            answer_style=args.answer_style,
+            instruction=args.instruction,
+        )
     else:
         settings.update(keep_ratio=args.keep_ratio, chosen_from=args.chosen_from)
     return settings
@@ -179,18 +234,38 @@ def make_builder(args: argparse.Namespace, backend: GenerationBackend):
     )
     n = args.n if args.pipeline == "correctness" else 1
     try:
-        params = SamplingParams(n=n, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                max_new_tokens=args.max_new_tokens, seed=args.seed)  # fmt: skip
+        params = SamplingParams(
+            n=n,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+        )
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.pipeline == "correctness":
         if args.max_pairs_per_question < 1:
             raise UserError(f"--max-pairs-per-question must be >= 1, got {args.max_pairs_per_question}")
-        return CorrectnessBuilder(backend, params, seed=args.seed, max_pairs=args.max_pairs_per_question,
-                                  filters=filters, scorer=scorer, answer_style=args.answer_style,
-                                  instruction=args.instruction)  # fmt: skip
-    return DropoutNTPBuilder(backend, params, seed=args.seed, keep_ratio=args.keep_ratio,
-                             chosen_from=args.chosen_from, filters=filters, scorer=scorer)  # fmt: skip
+        return CorrectnessBuilder(
+            backend,
+            params,
+            seed=args.seed,
+            max_pairs=args.max_pairs_per_question,
+            filters=filters,
+            scorer=scorer,
+            answer_style=args.answer_style,
+            instruction=args.instruction,
+        )
+    return DropoutNTPBuilder(
+        backend,
+        params,
+        seed=args.seed,
+        keep_ratio=args.keep_ratio,
+        chosen_from=args.chosen_from,
+        filters=filters,
+        scorer=scorer,
+    )
 
 
 def _load_backend(args: argparse.Namespace) -> GenerationBackend:
@@ -201,8 +276,13 @@ def _load_backend(args: argparse.Namespace) -> GenerationBackend:
     if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     try:
-        return make_backend(args.backend, args.model, batch_size=args.batch_size,
-                            max_dynamic_patch=args.max_dynamic_patch or 12, vllm_options=vllm_options(args))  # fmt: skip
+        return make_backend(
+            args.backend,
+            args.model,
+            batch_size=args.batch_size,
+            max_dynamic_patch=args.max_dynamic_patch or 12,
+            vllm_options=vllm_options(args),
+        )
     except OSError as err:
         raise UserError(f"--model {args.model}: cannot load ({err})") from None
 
@@ -229,8 +309,13 @@ def run(args: argparse.Namespace, backend: GenerationBackend | None = None) -> d
         "questions": len(questions),
         "input_sha256": _sha256_files([s.annotation for s in subsets]),
         "subsets": {
-            s.name: {"root": str(s.root.resolve()), "max_dynamic_patch": s.max_dynamic_patch,
-                     "min_num_frame": s.min_num_frame, "max_num_frame": s.max_num_frame} for s in subsets
+            s.name: {
+                "root": str(s.root.resolve()),
+                "max_dynamic_patch": s.max_dynamic_patch,
+                "min_num_frame": s.min_num_frame,
+                "max_num_frame": s.max_num_frame,
+            }
+            for s in subsets
         },
     }
     store = BuildDir(args.out)
@@ -240,8 +325,13 @@ def run(args: argparse.Namespace, backend: GenerationBackend | None = None) -> d
         pending = [q for q in mine if q.key not in journal.done]
         if pending:
             builder = make_builder(args, backend if backend is not None else _load_backend(args))
-            bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc=f"{args.pipeline} {i}/{n_shards}",
-                       unit="question", disable=None)  # fmt: skip
+            bar = tqdm(
+                total=len(mine),
+                initial=len(mine) - len(pending),
+                desc=f"{args.pipeline} {i}/{n_shards}",
+                unit="question",
+                disable=None,
+            )
             for start in range(0, len(pending), args.batch_size):
                 for record in builder.process(pending[start : start + args.batch_size]):
                     journal.append(record)
@@ -260,16 +350,23 @@ def _global_dedupe(records: list[dict]) -> None:
         for cand in record["pairs"]:
             if cand["drop"] is not None:
                 continue
-            key = (record["subset"], cand["subset"], repr(record.get("image")), repr(record.get("video")),
-                   record["question"],
-                   record["responses"][cand["c"]]["text"], record["responses"][cand["r"]]["text"])  # fmt: skip
+            key = (
+                record["subset"],
+                cand["subset"],
+                repr(record.get("image")),
+                repr(record.get("video")),
+                record["question"],
+                record["responses"][cand["c"]]["text"],
+                record["responses"][cand["r"]]["text"],
+            )
             if key in seen:
                 cand["drop"] = "duplicate"
             seen.add(key)
 
 
-def merge(out: str | Path, *, copy_images: bool = False, image_root: str = "relative",
-          require_complete: bool = True) -> dict | None:  # fmt: skip
+def merge(
+    out: str | Path, *, copy_images: bool = False, image_root: str = "relative", require_complete: bool = True
+) -> dict | None:
     """Combine all shard journals of ``out`` into the MMPR layout and the report."""
     out = Path(out)
     store = BuildDir(out)
@@ -280,8 +377,10 @@ def merge(out: str | Path, *, copy_images: bool = False, image_root: str = "rela
         message = f"{out}: not every shard is done ({todo})"
         if require_complete:
             raise UserError(message)
-        print(f"mpo build-pairs: {message}; the last shard to finish merges (or run `mpo build-pairs merge {out}`)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"mpo build-pairs: {message}; the last shard to finish merges (or run `mpo build-pairs merge {out}`)",
+            file=sys.stderr,
+        )
         return None
     _global_dedupe(records)
     rows: dict[str, list[dict]] = {}
@@ -294,8 +393,12 @@ def merge(out: str | Path, *, copy_images: bool = False, image_root: str = "rela
             if cand["drop"] is not None:
                 continue
             line = {k: record[k] for k in ("image", "video") if k in record}
-            line.update(question=record["question"], chosen=record["responses"][cand["c"]]["text"],
-                        rejected=record["responses"][cand["r"]]["text"], source=record["key"])  # fmt: skip
+            line.update(
+                question=record["question"],
+                chosen=record["responses"][cand["c"]]["text"],
+                rejected=record["responses"][cand["r"]]["text"],
+                source=record["key"],
+            )
             if "answer" in record:
                 line["answer"] = record["answer"]
             rows[name].append(line)
@@ -311,8 +414,10 @@ def summary(report: dict, out: Path) -> str:
     per_subset = ", ".join(f"{name} {e['kept']}" for name, e in report["subsets"].items()) or "none"
     statuses = ", ".join(f"{s} {k}" for s, k in q["by_status"].items())
     dropped = ", ".join(f"{r} {k}" for r, k in p["dropped"].items()) or "none"
-    return (f"mpo build-pairs {report['pipeline']}: {q['in']} questions ({statuses}) -> {p['kept']} pairs "
-            f"({per_subset}) of {p['candidates']} candidates; dropped: {dropped}; wrote {out}")  # fmt: skip
+    return (
+        f"mpo build-pairs {report['pipeline']}: {q['in']} questions ({statuses}) -> {p['kept']} pairs "
+        f"({per_subset}) of {p['candidates']} candidates; dropped: {dropped}; wrote {out}"
+    )
 
 
 def main(argv: list[str]) -> int:

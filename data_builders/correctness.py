@@ -38,8 +38,9 @@ VERDICTS = ("correct", "incorrect", "format")
 STATUSES = ("mixed", "all_correct", "none_correct", "bad_row")
 
 
-def judge(text: str, gt: str, *, kind: str | None = None, choices: dict[str, str] | None = None,
-          style: str = "auto") -> dict:  # fmt: skip
+def judge(
+    text: str, gt: str, *, kind: str | None = None, choices: dict[str, str] | None = None, style: str = "auto"
+) -> dict:
     """``{"text", "answer", "verdict"}`` for one response."""
     answer = extract_answer(text, style)
     if answer is None:
@@ -76,10 +77,18 @@ def plan_pairs(judged: list[dict], filters: FilterConfig) -> list[dict]:
     if question_status(judged) != "mixed":
         return []
     correct = [i for i, j in enumerate(judged) if j["verdict"] == "correct"]
-    candidates = [{"subset": "correctness", "c": c, "r": r, "drop": None}
-                  for c in correct for r, j in enumerate(judged) if j["verdict"] == "incorrect"]  # fmt: skip
-    candidates += [{"subset": "format", "c": c, "r": r, "drop": None}
-                   for c in correct for r, j in enumerate(judged) if j["verdict"] == "format"]  # fmt: skip
+    candidates = [
+        {"subset": "correctness", "c": c, "r": r, "drop": None}
+        for c in correct
+        for r, j in enumerate(judged)
+        if j["verdict"] == "incorrect"
+    ]
+    candidates += [
+        {"subset": "format", "c": c, "r": r, "drop": None}
+        for c in correct
+        for r, j in enumerate(judged)
+        if j["verdict"] == "format"
+    ]
     seen: set[tuple[str, str]] = set()
     for cand in candidates:
         chosen, rejected = judged[cand["c"]], judged[cand["r"]]
@@ -144,11 +153,18 @@ class CorrectnessBuilder:
             kind = row.get("answer_kind") or infer_kind(gt, choices)
             judged = [judge(t, gt, kind=kind, choices=choices, style=self.answer_style) for t in texts]
             record = {
-                "key": q.key, "index": q.index, "subset": q.subset.name, "line": q.line,
-                "status": question_status(judged), "question": req.question, "answer": gt, "answer_kind": kind,
-                "n_correct": sum(j["verdict"] == "correct" for j in judged), "responses": judged,
+                "key": q.key,
+                "index": q.index,
+                "subset": q.subset.name,
+                "line": q.line,
+                "status": question_status(judged),
+                "question": req.question,
+                "answer": gt,
+                "answer_kind": kind,
+                "n_correct": sum(j["verdict"] == "correct" for j in judged),
+                "responses": judged,
                 "pairs": plan_pairs(judged, self.filters),
-            }  # fmt: skip
+            }
             record.update(q.visual_fields())
             records[q.key] = record
         if self.scorer is not None:

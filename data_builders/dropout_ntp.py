@@ -114,8 +114,12 @@ class DropoutNTPBuilder:
                 good.append(q)
             else:
                 records[q.key] = bad_row_record(q, reason)
-        with_image = [q.request(str(q.row["question"]), q.subset.max_dynamic_patch,
-                                seed=question_seed(self.seed, q.key)) for q in good]  # fmt: skip
+        with_image = [
+            q.request(
+                str(q.row["question"]), q.subset.max_dynamic_patch, seed=question_seed(self.seed, q.key)
+            )
+            for q in good
+        ]
         if self.chosen_from == "model":
             chosen = [out[0] for out in self.backend.generate(with_image, self.params)] if good else []
         else:
@@ -123,10 +127,15 @@ class DropoutNTPBuilder:
         prefixes = [truncate_words(c, self.keep_ratio) for c in chosen]
         todo = [k for k, p in enumerate(prefixes) if p is not None]
         continue_requests = [
-            GenerationRequest(text_only_question(str(good[k].row["question"])), [], good[k].subset.max_dynamic_patch,
-                              prefix=prefixes[k], seed=question_seed(self.seed, good[k].key + "\x00continue"))
+            GenerationRequest(
+                text_only_question(str(good[k].row["question"])),
+                [],
+                good[k].subset.max_dynamic_patch,
+                prefix=prefixes[k],
+                seed=question_seed(self.seed, good[k].key + "\x00continue"),
+            )
             for k in todo
-        ]  # fmt: skip
+        ]
         outputs = self.backend.generate(continue_requests, self.params) if todo else []
         continuations = dict(zip(todo, (out[0] for out in outputs), strict=True))
         for k, q in enumerate(good):
@@ -138,11 +147,25 @@ class DropoutNTPBuilder:
                 pair["drop"] = "too_short"
             else:
                 rejected = join_continuation(prefixes[k], continuations[k])
-                responses.append({"text": rejected, "role": "rejected", "prefix": prefixes[k],
-                                  "continuation": continuations[k]})  # fmt: skip
+                responses.append(
+                    {
+                        "text": rejected,
+                        "role": "rejected",
+                        "prefix": prefixes[k],
+                        "continuation": continuations[k],
+                    }
+                )
                 pair.update(r=1, drop=rule_drop(chosen[k], rejected, self.filters))
-            record = {"key": q.key, "index": q.index, "subset": q.subset.name, "line": q.line, "status": "candidate",
-                      "question": str(q.row["question"]), "responses": responses, "pairs": [pair]}  # fmt: skip
+            record = {
+                "key": q.key,
+                "index": q.index,
+                "subset": q.subset.name,
+                "line": q.line,
+                "status": "candidate",
+                "question": str(q.row["question"]),
+                "responses": responses,
+                "pairs": [pair],
+            }
             record.update(q.visual_fields())
             records[q.key] = record
         if self.scorer is not None:

@@ -69,8 +69,13 @@ class QualityScorer:
     response scores below ``threshold`` or the reply holds no score.
     """
 
-    def __init__(self, backend: GenerationBackend, template: str = DEFAULT_QUALITY_TEMPLATE,
-                 threshold: float = 5.0, max_new_tokens: int = 16) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        template: str = DEFAULT_QUALITY_TEMPLATE,
+        threshold: float = 5.0,
+        max_new_tokens: int = 16,
+    ) -> None:
         self.backend, self.template, self.threshold = backend, check_quality_template(template), threshold
         self.params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
 
@@ -86,8 +91,12 @@ class QualityScorer:
         if not items:
             return []
         requests = [
-            dataclasses.replace(req, question=fill_quality_template(self.template, req.question, response),
-                                prefix="", seed=None)  # fmt: skip
+            dataclasses.replace(
+                req,
+                question=fill_quality_template(self.template, req.question, response),
+                prefix="",
+                seed=None,
+            )
             for req, response in items
         ]
         return [parse_score(out[0]) if out else None for out in self.backend.generate(requests, self.params)]

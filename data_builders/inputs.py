@@ -39,12 +39,22 @@ class Question:
         """A generation request showing this row's images, video frames or sampled video-file frames
         exactly as the training data loader shows them (:func:`mpo.data.meta.row_images`)."""
         visuals = row_images(self.row or {}, self.subset, self.subset.annotation, self.line)
-        return GenerationRequest(question, [str(p) for p in visuals.paths], max_dynamic_patch,
-                                 frames=visuals.frames, video=visuals.is_video, **kwargs)  # fmt: skip
+        return GenerationRequest(
+            question,
+            [str(p) for p in visuals.paths],
+            max_dynamic_patch,
+            frames=visuals.frames,
+            video=visuals.is_video,
+            **kwargs,
+        )
 
 
-def read_subsets(data: str | Path, max_dynamic_patch: int | None = None, data_root: str | Path | None = None,
-                 path_map: list[str] | None = None) -> list[Subset]:  # fmt: skip
+def read_subsets(
+    data: str | Path,
+    max_dynamic_patch: int | None = None,
+    data_root: str | Path | None = None,
+    path_map: list[str] | None = None,
+) -> list[Subset]:
     """``data`` as subsets: a meta.json (its paths resolved with ``data_root`` and ``path_map`` as
     :mod:`mpo.data.meta` describes), or a jsonl file (one subset named after it, images relative to
     its folder). ``max_dynamic_patch`` overrides the subsets' own."""
@@ -61,8 +71,12 @@ def read_subsets(data: str | Path, max_dynamic_patch: int | None = None, data_ro
 
 
 def load_questions(
-    data: str | Path, *, limit: int | None = None, max_dynamic_patch: int | None = None,
-    data_root: str | Path | None = None, path_map: list[str] | None = None,
+    data: str | Path,
+    *,
+    limit: int | None = None,
+    max_dynamic_patch: int | None = None,
+    data_root: str | Path | None = None,
+    path_map: list[str] | None = None,
 ) -> list[Question]:
     """Every line of every subset of ``data`` as a :class:`Question` (the first ``limit`` only)."""
     questions: list[Question] = []
@@ -113,8 +127,17 @@ def check_question(q: Question, need: tuple[str, ...] = ("question",)) -> str | 
 
 def bad_row_record(q: Question, reason: str) -> dict:
     """The journal record of a question that was not used."""
-    return {"key": q.key, "index": q.index, "subset": q.subset.name, "file": str(q.subset.annotation),
-            "line": q.line, "status": "bad_row", "reason": reason, "pairs": [], "responses": []}  # fmt: skip
+    return {
+        "key": q.key,
+        "index": q.index,
+        "subset": q.subset.name,
+        "file": str(q.subset.annotation),
+        "line": q.line,
+        "status": "bad_row",
+        "reason": reason,
+        "pairs": [],
+        "responses": [],
+    }
 
 
 __all__ = ["Question", "bad_row_record", "check_question", "load_questions", "read_subsets"]

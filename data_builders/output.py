@@ -28,8 +28,14 @@ def _copy_target(path: str) -> str:
     return path
 
 
-def write_mmpr(out: Path, rows: dict[str, list[dict]], sources: dict[str, dict], *,
-               copy_images: bool = False, image_root: str = "relative") -> dict:  # fmt: skip
+def write_mmpr(
+    out: Path,
+    rows: dict[str, list[dict]],
+    sources: dict[str, dict],
+    *,
+    copy_images: bool = False,
+    image_root: str = "relative",
+) -> dict:
     """Write ``rows`` (output subset -> MMPR lines) and meta.json; returns the meta written.
 
     ``sources[subset]`` gives ``{"root": absolute image folder of the input, "max_dynamic_patch",
@@ -65,9 +71,14 @@ def write_mmpr(out: Path, rows: dict[str, list[dict]], sources: dict[str, dict],
             root_field = os.path.relpath(root.resolve(), out.resolve())
         text = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
         atomic_write(out / f"{name}.jsonl", text)
-        meta[name] = {"root": root_field, "annotation": f"{name}.jsonl", "repeat_time": 1.0,
-                      "max_dynamic_patch": src["max_dynamic_patch"], "data_augment": False,
-                      **{k: src[k] for k in ("min_num_frame", "max_num_frame") if k in src},
-                      "length": len(lines)}  # fmt: skip
+        meta[name] = {
+            "root": root_field,
+            "annotation": f"{name}.jsonl",
+            "repeat_time": 1.0,
+            "max_dynamic_patch": src["max_dynamic_patch"],
+            "data_augment": False,
+            **{k: src[k] for k in ("min_num_frame", "max_num_frame") if k in src},
+            "length": len(lines),
+        }
     atomic_write(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return meta

@@ -31,16 +31,23 @@ def _status(record: dict) -> str:
 def _skipped_row(record: dict) -> dict:
     """A bad-row journal record as ``{"file", "line", "field", "reason"}`` (its reason: ``field: why``)."""
     field, sep, why = record["reason"].partition(": ")
-    return {"file": record.get("file", record["subset"]), "line": record["line"],
-            "field": field if sep else "", "reason": why if sep else record["reason"]}  # fmt: skip
+    return {
+        "file": record.get("file", record["subset"]),
+        "line": record["line"],
+        "field": field if sep else "",
+        "reason": why if sep else record["reason"],
+    }
 
 
 def build_report(records: list[dict], build: dict) -> dict:
     """Counts over the merged records (after the cross-question duplicate pass)."""
     pipeline = build["pipeline"]
     statuses = Counter(_status(r) for r in records)
-    order = (("paired", "no_pair_kept", "all_correct", "none_correct", "bad_row") if pipeline == "correctness"
-             else ("paired", "dropped", "bad_row"))  # fmt: skip
+    order = (
+        ("paired", "no_pair_kept", "all_correct", "none_correct", "bad_row")
+        if pipeline == "correctness"
+        else ("paired", "dropped", "bad_row")
+    )
     subsets: dict[str, dict] = {}
     for record in records:
         for cand in record["pairs"]:
@@ -67,8 +74,15 @@ def build_report(records: list[dict], build: dict) -> dict:
         "subsets": dict(sorted(subsets.items())),
         "bad_rows": {
             "by_field": dict(Counter(r["reason"].split(":")[0] for r in bad)),
-            "examples": [{"key": r["key"], "file": r.get("file", r["subset"]), "line": r["line"],
-                          "reason": r["reason"]} for r in bad[:10]],  # fmt: skip
+            "examples": [
+                {
+                    "key": r["key"],
+                    "file": r.get("file", r["subset"]),
+                    "line": r["line"],
+                    "reason": r["reason"],
+                }
+                for r in bad[:10]
+            ],
             "summary": skip_summary("mpo build-pairs", [_skipped_row(r) for r in bad]),
         },
     }
@@ -90,9 +104,14 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     q, p = report["questions"], report["pairs"]
-    lines = [f"# Preference pairs: {report['pipeline']}", "",
-             f"{q['in']} questions in, {p['kept']} pairs kept of {p['candidates']} candidates.", "",
-             "## Questions", ""]  # fmt: skip
+    lines = [
+        f"# Preference pairs: {report['pipeline']}",
+        "",
+        f"{q['in']} questions in, {p['kept']} pairs kept of {p['candidates']} candidates.",
+        "",
+        "## Questions",
+        "",
+    ]
     lines += _table(
         ["status", "questions"], [[s, n] for s, n in q["by_status"].items()] + [["**in**", q["in"]]]
     )
@@ -101,8 +120,10 @@ def render_markdown(report: dict) -> str:
         lines += _table(["verdict", "responses"], [[v, n] for v, n in report["responses"].items()])
     reasons = sorted({r for e in report["subsets"].values() for r in e["dropped"]})
     lines += ["", "## Pairs", ""]
-    rows = [[name, e["candidates"], e["kept"], *[e["dropped"].get(r, 0) for r in reasons]]
-            for name, e in report["subsets"].items()]  # fmt: skip
+    rows = [
+        [name, e["candidates"], e["kept"], *[e["dropped"].get(r, 0) for r in reasons]]
+        for name, e in report["subsets"].items()
+    ]
     rows.append(["**total**", p["candidates"], p["kept"], *[p["dropped"].get(r, 0) for r in reasons]])
     lines += _table(["subset", "candidates", "kept", *[f"dropped: {r}" for r in reasons]], rows)
     if report["bad_rows"]["examples"]:

@@ -273,15 +273,24 @@ def _colour_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None
             return None
         s = scene.shapes[0]
         return Item(
-            "colour", d, (scene,), "What is the colour of the shape?", s.colour, tuple(COLOURS),
+            "colour",
+            d,
+            (scene,),
+            "What is the colour of the shape?",
+            s.colour,
+            tuple(COLOURS),
             f"I see one shape, {s.phrase()}.",
-        )  # fmt: skip
+        )
     n = rng.randint(2, 3) if d == 2 else rng.randint(4, MAX_SHAPES)
     ratio = 2.0 if d == 2 else 1.4
     others = _random_specs(rng, n - 1, d)
     biggest_other = max(shape_area(k, s) for k, _, s in others)
     kind = rng.choice(SHAPES)
-    fits = [s for s in range(SIZE_RANGE[d][0], SIZE_RANGE[1][1] + 14) if shape_area(kind, s) >= ratio * biggest_other]
+    fits = [
+        s
+        for s in range(SIZE_RANGE[d][0], SIZE_RANGE[1][1] + 14)
+        if shape_area(kind, s) >= ratio * biggest_other
+    ]
     if not fits:
         return None
     specs = [(kind, rng.choice(list(COLOURS)), rng.choice(fits[:6])), *others]
@@ -290,9 +299,14 @@ def _colour_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None
         return None
     big = scene.shapes[0]
     return Item(
-        "colour", d, (scene,), "What is the colour of the largest shape?", big.colour, tuple(COLOURS),
+        "colour",
+        d,
+        (scene,),
+        "What is the colour of the largest shape?",
+        big.colour,
+        tuple(COLOURS),
         f"I see {_describe(_left_to_right(scene.shapes))}. The largest one is the {big.colour} {big.kind}.",
-    )  # fmt: skip
+    )
 
 
 def _count_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
@@ -309,17 +323,27 @@ def _count_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
             return None
         verb = "is" if k == 1 else "are"
         return Item(
-            "count", d, (scene,), f"How many {colour} shapes are there in the image?", str(k), pool,
+            "count",
+            d,
+            (scene,),
+            f"How many {colour} shapes are there in the image?",
+            str(k),
+            pool,
             f"I see {_describe(_left_to_right(scene.shapes))}. {k} of them {verb} {colour}.",
-        )  # fmt: skip
+        )
     n = _n_shapes(rng, d)
     scene = _place(rng, _random_specs(rng, n, d), sizes)
     if scene is None:
         return None
     return Item(
-        "count", d, (scene,), "How many shapes are there in the image?", str(n), pool,
+        "count",
+        d,
+        (scene,),
+        "How many shapes are there in the image?",
+        str(n),
+        pool,
         f"I see {_describe(_left_to_right(scene.shapes))}. That is {_plural(n, 'shape')}.",
-    )  # fmt: skip
+    )
 
 
 _DIRECTIONS = {  # name: (axis, take the largest coordinate?, order words)
@@ -363,9 +387,14 @@ def _shape_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
         return None
     target = scene.shapes[0]
     return Item(
-        "shape", d, (scene,), f"What shape is the {colour} object?", target.kind, SHAPES,
+        "shape",
+        d,
+        (scene,),
+        f"What shape is the {colour} object?",
+        target.kind,
+        SHAPES,
         f"I see {_describe(_left_to_right(scene.shapes))}. The {colour} object is {_a(target.kind)} {target.kind}.",
-    )  # fmt: skip
+    )
 
 
 def _compare_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
@@ -384,9 +413,14 @@ def _compare_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | Non
             colour, kind = rng.choice(misses)
             answer, fact = "no", f"There is no {colour} {kind}."
         return Item(
-            "compare", d, (scene,), f"Is there {_a(colour)} {colour} {kind} in the image?", answer, YES_NO,
+            "compare",
+            d,
+            (scene,),
+            f"Is there {_a(colour)} {colour} {kind} in the image?",
+            answer,
+            YES_NO,
             f"I see {_describe(_left_to_right(scene.shapes))}. {fact}",
-        )  # fmt: skip
+        )
     if d == 2:
         n = rng.randint(3, 5)
         c1, c2 = rng.sample(list(COLOURS), 2)
@@ -406,10 +440,15 @@ def _compare_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | Non
         answer = "yes" if n1 > n2 else "no"
         relation = "more" if n1 > n2 else "not more"
         return Item(
-            "compare", d, (scene,), f"Are there more {c1} shapes than {c2} shapes?", answer, YES_NO,
+            "compare",
+            d,
+            (scene,),
+            f"Are there more {c1} shapes than {c2} shapes?",
+            answer,
+            YES_NO,
             f"I see {_describe(_left_to_right(scene.shapes))}. There {_is_are(n1)} {_plural(n1, c1 + ' shape')} "
             f"and {_plural(n2, c2 + ' shape')}. {n1} is {relation} than {n2}, so the answer is {answer}.",
-        )  # fmt: skip
+        )
     n = rng.randint(4, MAX_SHAPES)
     palette = rng.sample(list(COLOURS), 3)
     colours = [rng.choice(palette) for _ in range(n)]
@@ -422,10 +461,15 @@ def _compare_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | Non
         return None
     tally = _join([f"{c} {_plural(k, 'time')}" for c, k in counts])
     return Item(
-        "compare", d, (scene,), "Which colour appears most often in the image?", counts[0][0], tuple(COLOURS),
+        "compare",
+        d,
+        (scene,),
+        "Which colour appears most often in the image?",
+        counts[0][0],
+        tuple(COLOURS),
         f"I see {_describe(_left_to_right(scene.shapes))}. The colours appear {tally}, "
         f"so {counts[0][0]} appears most often.",
-    )  # fmt: skip
+    )
 
 
 def _multi_image_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
@@ -439,7 +483,9 @@ def _multi_image_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item |
     # up to 6 shapes of the easy sizes do not fit one 64 px tile: there they take the smallest sizes
     shape_d = d if any(image_tiles(*size) > 1 for size in sizes) else 3
     for c in counts:
-        scene = _place(rng, _random_specs(rng, c, shape_d), [size for size in sizes if size in IMAGE_SIZES[:3]])
+        scene = _place(
+            rng, _random_specs(rng, c, shape_d), [size for size in sizes if size in IMAGE_SIZES[:3]]
+        )
         if scene is None:
             return None
         scenes.append(scene)
@@ -452,9 +498,15 @@ def _multi_image_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item |
     most = "more" if k == 2 else "the most"
     pool = tuple(f"Image-{i + 1}" for i in range(k))
     return Item(
-        "multi_image", d, tuple(scenes), question, f"Image-{best}", pool,
-        f"{facts}. Image-{best} has {most} shapes.", ordered=True,
-    )  # fmt: skip
+        "multi_image",
+        d,
+        tuple(scenes),
+        question,
+        f"Image-{best}",
+        pool,
+        f"{facts}. Image-{best} has {most} shapes.",
+        ordered=True,
+    )
 
 
 def _arithmetic_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | None:
@@ -505,7 +557,9 @@ def _bucket(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 10
 
 
-def make_item(rng: Random, skill: str, difficulty: int, split: str = "sft", sizes: Sizes = IMAGE_SIZES) -> Item:
+def make_item(
+    rng: Random, skill: str, difficulty: int, split: str = "sft", sizes: Sizes = IMAGE_SIZES
+) -> Item:
     """A random item of one skill and difficulty, its images of ``sizes``, whose scenes all belong to
     ``split``'s hash buckets."""
     for _ in range(100_000):  # most tries are cheap (a count or size draw that does not fit the difficulty)
@@ -592,7 +646,12 @@ def _images_field(names: list[str]):
 
 
 def _generate_split(
-    out: Path, split: str, n: int, seed: int, skills: tuple[str, ...] = SKILLS, formats: tuple[str, ...] = FORMATS,
+    out: Path,
+    split: str,
+    n: int,
+    seed: int,
+    skills: tuple[str, ...] = SKILLS,
+    formats: tuple[str, ...] = FORMATS,
     sizes: Sizes = IMAGE_SIZES,
 ) -> tuple[list[Sample], list[list[str]], set, set]:
     """Samples of one split, their image file names (written under OUT/images/split), keys and digests."""
@@ -658,26 +717,39 @@ def _record(split: str, i: int, s: Sample, files: list[str], **fields) -> dict:
 def _write_split(out: Path, split: str, annotation: str, rows: list[dict]) -> None:
     (out / split).mkdir(parents=True, exist_ok=True)
     _write_jsonl(out / split / annotation, rows)
-    _write_json(out / split / "meta.json", _meta(f"synthetic_{split}", f"../images/{split}", annotation, len(rows)))
+    _write_json(
+        out / split / "meta.json", _meta(f"synthetic_{split}", f"../images/{split}", annotation, len(rows))
+    )
 
 
 EVAL_COLUMNS = ["index", "image_path", "question", "A", "B", "C", "D", "answer", "category", "difficulty"]
 
 
 def generate(
-    out: Path, n_sft: int = 2000, n_qa: int | None = None, n_eval: int | None = None, seed: int = 0,
-    skills: Sequence[str] = SKILLS, formats: Sequence[str] = FORMATS, max_tiles: int = 5,
+    out: Path,
+    n_sft: int = 2000,
+    n_qa: int | None = None,
+    n_eval: int | None = None,
+    seed: int = 0,
+    skills: Sequence[str] = SKILLS,
+    formats: Sequence[str] = FORMATS,
+    max_tiles: int = 5,
 ) -> dict:
     """Write the three splits under ``out``, with items of ``skills`` only (all seven by default) in
     ``formats`` only (short answer and multiple choice by default, balanced within each skill), with
     images the model sees as at most ``max_tiles`` tiles (all sizes by default; 1: 64 x 64 only);
     returns ``{"sft": n, "qa": n, "eval": n, "skills": {split: {skill: n}}}``."""
     out = Path(out)
-    for flag, noun, given, known in (("--skills", "skill", skills, SKILLS), ("--formats", "format", formats, FORMATS)):
+    for flag, noun, given, known in (
+        ("--skills", "skill", skills, SKILLS),
+        ("--formats", "format", formats, FORMATS),
+    ):
         unknown = sorted(set(given) - set(known))
         if unknown or not given:
-            raise UserError(f"{flag}: unknown {noun}(s) {', '.join(unknown) or '(none given)'}; "
-                            f"choose from {', '.join(known)}")  # fmt: skip
+            raise UserError(
+                f"{flag}: unknown {noun}(s) {', '.join(unknown) or '(none given)'}; "
+                f"choose from {', '.join(known)}"
+            )
     skills = tuple(s for s in SKILLS if s in skills)
     formats = tuple(f for f in FORMATS if f in formats)
     n_qa = n_sft // 4 if n_qa is None else n_qa
@@ -687,19 +759,32 @@ def generate(
             raise UserError(f"{name} must be >= 0, got {value}")
     sizes = {"sft": n_sft, "qa": n_qa, "eval": n_eval}
     shapes = sizes_up_to(max_tiles)
-    made = {split: _generate_split(out, split, sizes[split], seed, skills, formats, shapes) for split in SPLITS}
+    made = {
+        split: _generate_split(out, split, sizes[split], seed, skills, formats, shapes) for split in SPLITS
+    }
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             assert not made[a][2] & made[b][2], f"splits {a} and {b} share a scene"
             assert not made[a][3] & made[b][3], f"splits {a} and {b} share an image"
 
     samples, names = made["sft"][:2]
-    rows = [_record("sft", i, s, files, conversations=[{"from": "human", "value": s.prompt},
-                                                      {"from": "gpt", "value": s.response}], cot=s.cot)
-            for i, (s, files) in enumerate(zip(samples, names, strict=True))]  # fmt: skip
+    rows = [
+        _record(
+            "sft",
+            i,
+            s,
+            files,
+            conversations=[{"from": "human", "value": s.prompt}, {"from": "gpt", "value": s.response}],
+            cot=s.cot,
+        )
+        for i, (s, files) in enumerate(zip(samples, names, strict=True))
+    ]
     _write_split(out, "sft", "train.jsonl", rows)
     samples, names = made["qa"][:2]
-    rows = [_record("qa", i, s, files, question=s.prompt) for i, (s, files) in enumerate(zip(samples, names, strict=True))]
+    rows = [
+        _record("qa", i, s, files, question=s.prompt)
+        for i, (s, files) in enumerate(zip(samples, names, strict=True))
+    ]
     _write_split(out, "qa", "qa.jsonl", rows)
 
     samples, names = made["eval"][:2]
@@ -786,16 +871,30 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--n-eval", type=int, default=None, help="evaluation records (default n/4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skills", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
-                        default=list(SKILLS), help=f"comma-separated subset of {','.join(SKILLS)} (default all)")  # fmt: skip
-    parser.add_argument("--formats", type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
-                        default=list(FORMATS), help="comma-separated subset of short,mc (default both)")  # fmt: skip
-    parser.add_argument("--max-tiles", type=int, default=5,
-                        help="largest image, in tiles the model sees (1: 64 x 64 only; default 5: all sizes)")  # fmt: skip
+    parser.add_argument(
+        "--skills",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        default=list(SKILLS),
+        help=f"comma-separated subset of {','.join(SKILLS)} (default all)",
+    )
+    parser.add_argument(
+        "--formats",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        default=list(FORMATS),
+        help="comma-separated subset of short,mc (default both)",
+    )
+    parser.add_argument(
+        "--max-tiles",
+        type=int,
+        default=5,
+        help="largest image, in tiles the model sees (1: 64 x 64 only; default 5: all sizes)",
+    )
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out} exists and is not a folder")
-    counts = generate(args.out, args.n, args.n_qa, args.n_eval, args.seed, args.skills, args.formats, args.max_tiles)
+    counts = generate(
+        args.out, args.n, args.n_qa, args.n_eval, args.seed, args.skills, args.formats, args.max_tiles
+    )
     per_skill = Counter()
     for skills in counts["skills"].values():
         per_skill.update(skills)

@@ -143,8 +143,14 @@ def _unique_indices(items: list[EvalItem], bad: BadRows) -> list[EvalItem]:
     kept = []
     for item in items:
         if item.index in first:
-            bad.handle(DataError(item.path, item.line, f"duplicate index {item.index!r} (first at line "
-                                 f"{first[item.index]})", "index"))  # fmt: skip
+            bad.handle(
+                DataError(
+                    item.path,
+                    item.line,
+                    f"duplicate index {item.index!r} (first at line {first[item.index]})",
+                    "index",
+                )
+            )
             continue
         first[item.index] = item.line
         kept.append(item)
@@ -177,13 +183,24 @@ def _tsv_item(cells: dict[str, str], letters: list[str], name: str, rule: Rule, 
         raise DataError(path, line, "empty question", "question")
     choices = {letter: cells[letter].strip() for letter in letters if not _empty(cells[letter])} or None
     answer, choices = rule.read_answer(cells, choices, path, line)
-    fields = {k: v.strip() for k, v in cells.items() if k not in _OWN_COLUMNS and k not in letters and not _empty(v)}
+    fields = {
+        k: v.strip() for k, v in cells.items() if k not in _OWN_COLUMNS and k not in letters and not _empty(v)
+    }
     return EvalItem(
-        benchmark=name, index=index, question=rule.clean_question(question.strip(), choices), answer=answer,
-        images=[], choices=choices, category=fields.get("category") or DEFAULT_CATEGORY, path=str(path),
-        line=line, kind=_check_kind(cells.get("kind"), path, line),
-        hint=None if _empty(cells.get("hint")) else cells["hint"].strip(), fields=fields, rule=rule,
-    )  # fmt: skip
+        benchmark=name,
+        index=index,
+        question=rule.clean_question(question.strip(), choices),
+        answer=answer,
+        images=[],
+        choices=choices,
+        category=fields.get("category") or DEFAULT_CATEGORY,
+        path=str(path),
+        line=line,
+        kind=_check_kind(cells.get("kind"), path, line),
+        hint=None if _empty(cells.get("hint")) else cells["hint"].strip(),
+        fields=fields,
+        rule=rule,
+    )
 
 
 def _tsv_rows(path: Path, bad: BadRows):
@@ -199,7 +216,9 @@ def _tsv_rows(path: Path, bad: BadRows):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != len(header):
-                bad.handle(DataError(path, start, f"{len(row)} tab-separated fields, the header has {len(header)}"))
+                bad.handle(
+                    DataError(path, start, f"{len(row)} tab-separated fields, the header has {len(header)}")
+                )
                 continue
             rows.append((start, dict(zip(header, row, strict=True))))
     return header, rows
@@ -241,8 +260,12 @@ def load_tsv(
     for item, ref in references:
         try:
             if _empty(image_cells.get(ref)):
-                raise DataError(path, item.line, f"not base64 image data, nor the index of a row with an image: "
-                                f"{ref!r}", "image")  # fmt: skip
+                raise DataError(
+                    path,
+                    item.line,
+                    f"not base64 image data, nor the index of a row with an image: {ref!r}",
+                    "image",
+                )
             _attach_images(item, image_cells[ref], "", image_dir)
         except DataError as err:
             bad.handle(err)
@@ -257,11 +280,15 @@ def _attach_images(item: EvalItem, encoded: str, local: str, image_dir: Path) ->
     """Set the row's image files (base64 decoded, else ``image_path`` files) and check the item."""
     path, line = item.path, item.line
     if not _empty(encoded):
-        item.images = [decode_image(v, image_dir, path, line) for v in literal_list(encoded, path, line, "image")]
+        item.images = [
+            decode_image(v, image_dir, path, line) for v in literal_list(encoded, path, line, "image")
+        ]
     elif not _empty(local):
         base = Path(path).parent
-        item.images = [_local_image(v, base, path, line, "image_path")
-                       for v in literal_list(local, path, line, "image_path")]  # fmt: skip
+        item.images = [
+            _local_image(v, base, path, line, "image_path")
+            for v in literal_list(local, path, line, "image_path")
+        ]
     if item.rule.check_item is not None:
         item.rule.check_item(item)
     check_image_refs(item)
@@ -277,8 +304,9 @@ def _choices_field(value, path, line) -> dict[str, str] | None:
         raise DataError(path, line, str(err), "choices") from None
 
 
-def _jsonl_item(row: dict, position: int, name: str, root: Path, max_dynamic_patch, path, line,
-                subset: Subset | None) -> EvalItem:  # fmt: skip
+def _jsonl_item(
+    row: dict, position: int, name: str, root: Path, max_dynamic_patch, path, line, subset: Subset | None
+) -> EvalItem:
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         raise DataError(path, line, "missing or empty (expected a string)", "question")
@@ -295,25 +323,38 @@ def _jsonl_item(row: dict, position: int, name: str, root: Path, max_dynamic_pat
     elif image in (None, "", []):
         images = []
     elif isinstance(image, str) or (isinstance(image, list) and all(isinstance(p, str) for p in image)):
-        images = [_local_image(p, root, path, line, "image") for p in ([image] if isinstance(image, str) else image)]
+        images = [
+            _local_image(p, root, path, line, "image") for p in ([image] if isinstance(image, str) else image)
+        ]
     else:
         raise DataError(path, line, "expected a file name or a list of file names", "image")
     index = row.get("index", row.get("id", position))
     category = row.get("category", row.get("skill"))
     return EvalItem(
-        benchmark=name, index=str(index), question=question.strip(),
-        answer=check_answer(answer, choices, path, line), images=images, choices=choices,
-        category=str(category).strip() if not _empty(category) else DEFAULT_CATEGORY, path=str(path),
-        line=line, kind=_check_kind(row.get("kind"), path, line), max_dynamic_patch=max_dynamic_patch,
-        frames=video.frames if video else [], video=video is not None,
-    )  # fmt: skip
+        benchmark=name,
+        index=str(index),
+        question=question.strip(),
+        answer=check_answer(answer, choices, path, line),
+        images=images,
+        choices=choices,
+        category=str(category).strip() if not _empty(category) else DEFAULT_CATEGORY,
+        path=str(path),
+        line=line,
+        kind=_check_kind(row.get("kind"), path, line),
+        max_dynamic_patch=max_dynamic_patch,
+        frames=video.frames if video else [],
+        video=video is not None,
+    )
 
 
 def load_jsonl(
-    path: Path, name: str, root: Path | None = None, max_dynamic_patch: int | None = None,
+    path: Path,
+    name: str,
+    root: Path | None = None,
+    max_dynamic_patch: int | None = None,
     bad: BadRows | None = None,
     subset: Subset | None = None,
-) -> list[EvalItem]:  # fmt: skip
+) -> list[EvalItem]:
     """An MMPR-style jsonl with ground truth (see the module docstring); images under ``root``.
     ``bad`` (default: raise) takes the bad rows. A ``video`` (file or frame files) is shown as
     training shows it (``subset``'s frame counts)."""
@@ -370,11 +411,15 @@ def load_benchmarks(
         elif suffix == ".json":
             for subset in read_meta(path):
                 bench = f"{name}/{subset.name}" if name else subset.name
-                items = load_jsonl(subset.annotation, bench, subset.root, subset.max_dynamic_patch, bad, subset)
+                items = load_jsonl(
+                    subset.annotation, bench, subset.root, subset.max_dynamic_patch, bad, subset
+                )
                 add(bench, items, path)
         else:
-            raise UserError(f"{path}: unknown benchmark format {suffix or '(no suffix)'}; expected .tsv "
-                            "(VLMEvalKit), .jsonl (MMPR-style with answers) or a meta.json")  # fmt: skip
+            raise UserError(
+                f"{path}: unknown benchmark format {suffix or '(no suffix)'}; expected .tsv "
+                "(VLMEvalKit), .jsonl (MMPR-style with answers) or a meta.json"
+            )
     return out
 
 

@@ -73,13 +73,21 @@ def judgement_key(row: dict) -> tuple[str, str, str]:
     return row["judge"], row["benchmark"], str(row["index"])
 
 
-def judge_records(items: list[EvalItem], records: dict[tuple[str, str], dict], backend: GenerationBackend,
-                  out: Path, batch_size: int, judge: str) -> int:  # fmt: skip
+def judge_records(
+    items: list[EvalItem],
+    records: dict[tuple[str, str], dict],
+    backend: GenerationBackend,
+    out: Path,
+    batch_size: int,
+    judge: str,
+) -> int:
     """Judge every record of an item whose benchmark has a judge task; sets ``record["judged"]`` and
     ``record["judge_output"]``; ``judge`` names the judge in ``judgements.jsonl``. Returns how many
     judge calls were made."""
     journal = Journal(Path(out) / JUDGEMENTS, judgement_key, "judgement")
-    done = {(b, i): row for (j, b, i), row in journal.done.items() if j == judge}  # another judge's: judged again
+    done = {
+        (b, i): row for (j, b, i), row in journal.done.items() if j == judge
+    }  # another judge's: judged again
     todo: list[tuple[EvalItem, dict, str]] = []
     for item in items:
         if item.rule.judge is None:
@@ -98,12 +106,22 @@ def judge_records(items: list[EvalItem], records: dict[tuple[str, str], dict], b
     with journal:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            outputs = backend.generate([GenerationRequest(question=p, images=[]) for _, _, p in chunk], params)
+            outputs = backend.generate(
+                [GenerationRequest(question=p, images=[]) for _, _, p in chunk], params
+            )
             for (item, record, _), samples in zip(chunk, outputs, strict=True):
                 output = samples[0] if samples else ""
                 record.update(judged=judged_value(item, record, output), judge_output=output)
-                journal.append({"benchmark": item.benchmark, "index": item.index, "judge": judge,
-                                "judge_output": output, "judged": record["judged"]}, sync=False)  # fmt: skip
+                journal.append(
+                    {
+                        "benchmark": item.benchmark,
+                        "index": item.index,
+                        "judge": judge,
+                        "judge_output": output,
+                        "judged": record["judged"],
+                    },
+                    sync=False,
+                )
             journal.sync()
     return len(todo)
 
@@ -126,7 +144,14 @@ class JudgeScorer:
 
     def score(self, request: GenerationRequest, responses: list[str]) -> list[float]:
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=JUDGE_MAX_NEW_TOKENS)
-        prompts = [GenerationRequest(question=SCORE_PROMPT.format(question=request.question, response=r),
-                                     images=list(request.images), max_dynamic_patch=request.max_dynamic_patch,
-                                     frames=list(request.frames), video=request.video) for r in responses]  # fmt: skip
+        prompts = [
+            GenerationRequest(
+                question=SCORE_PROMPT.format(question=request.question, response=r),
+                images=list(request.images),
+                max_dynamic_patch=request.max_dynamic_patch,
+                frames=list(request.frames),
+                video=request.video,
+            )
+            for r in responses
+        ]
         return [parse_grade(out[0] if out else "") for out in self.backend.generate(prompts, params)]

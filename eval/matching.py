@@ -67,7 +67,29 @@ def infer_option(response: str, choices: dict[str, str]) -> str | None:
     return _option_letter(response, choices) or _option_text(response, choices)
 
 
-_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_PUNCT = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 _COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
 _LONE_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
 # VLMEvalKit passes ``re.UNICODE`` (32) where ``re.sub`` takes its count: at most 32 periods go.
@@ -108,8 +130,9 @@ def ocrbench_hit(response: str, answers: list[str], category: str) -> bool:
     return any(fold(a) in fold(str(response)) for a in answers)
 
 
-def mathvista_hit(response: str, answer: str, answer_type: str, choices: dict[str, str] | None,
-                  answer_option: str | None) -> bool:  # fmt: skip
+def mathvista_hit(
+    response: str, answer: str, answer_type: str, choices: dict[str, str] | None, answer_option: str | None
+) -> bool:
     """MathVista ``post_check``: a multiple-choice response names ``answer_option``
     (:func:`infer_option`); an ``integer`` / ``float`` response parses (``int()`` / ``float()``,
     whole string) to the ground truth's value; ``text`` / ``list`` answers must equal the ground

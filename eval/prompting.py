@@ -23,12 +23,22 @@ def make_prompt(item: EvalItem, cot: bool) -> str:
     if item.video:  # Frame{i}: <image> lines, as in training
         core = normalize_question(core, item.num_images, video=True)
     instruction = None if cot else item.rule.instruction(bool(item.choices))
-    prompt = build_question(core, None if item.video else item.num_images, item.choices, cot,
-                            instruction=instruction, hint=item.hint)  # fmt: skip
+    prompt = build_question(
+        core,
+        None if item.video else item.num_images,
+        item.choices,
+        cot,
+        instruction=instruction,
+        hint=item.hint,
+    )
     found = prompt.count(IMAGE_PLACEHOLDER)
     if found != item.num_images:
-        raise DataError(item.path, item.line,
-                        f"{found} {IMAGE_PLACEHOLDER} placeholders for {item.num_images} images", "question")  # fmt: skip
+        raise DataError(
+            item.path,
+            item.line,
+            f"{found} {IMAGE_PLACEHOLDER} placeholders for {item.num_images} images",
+            "question",
+        )
     return prompt
 
 

@@ -41,7 +41,9 @@ def results_markdown(results: dict) -> str:
     ]
 
     def row(bench: str, cat: str, c: dict) -> list:
-        return [bench, cat, c["correct"], c["total"], _pct(c["accuracy"])] + ([c["unparsable"]] if cot else [])
+        return [bench, cat, c["correct"], c["total"], _pct(c["accuracy"])] + (
+            [c["unparsable"]] if cot else []
+        )
 
     rows = [row(f"**{OVERALL}**", "", results["overall"])]
     for bench, b in results["benchmarks"].items():
@@ -57,16 +59,28 @@ def _scaling_lines(results: dict) -> list[str]:
     scaling = results.get("test_time_scaling")
     if not scaling:
         return []
-    rule = ("majority vote on the final answers" if scaling["aggregate"] == "majority"
-            else f"best of N by the {scaling['scorer']} scorer")  # fmt: skip
+    rule = (
+        "majority vote on the final answers"
+        if scaling["aggregate"] == "majority"
+        else f"best of N by the {scaling['scorer']} scorer"
+    )
     benches = list(scaling["curve"][0]["benchmarks"])
-    lines = ["", "## Accuracy against N (test-time scaling)", "",
-             f"{rule}, over the first N of {scaling['num_samples']} samples per item (temperature "
-             f"{scaling['temperature']}, seed {scaling['seed']}); the table above is N = {scaling['num_samples']}. "
-             f"Accuracy in %; plot: `{SCALING_PLOT}`.", ""]  # fmt: skip
-    rows = [[p["n"], p["correct"], p["total"], _pct(p["accuracy"]), *(_pct(p["benchmarks"][b]) for b in benches)]
-            for p in scaling["curve"]]  # fmt: skip
-    return lines + markdown.table(["N", "correct", "total", "accuracy", *benches], rows, "r" * (4 + len(benches)))
+    lines = [
+        "",
+        "## Accuracy against N (test-time scaling)",
+        "",
+        f"{rule}, over the first N of {scaling['num_samples']} samples per item (temperature "
+        f"{scaling['temperature']}, seed {scaling['seed']}); the table above is N = {scaling['num_samples']}. "
+        f"Accuracy in %; plot: `{SCALING_PLOT}`.",
+        "",
+    ]
+    rows = [
+        [p["n"], p["correct"], p["total"], _pct(p["accuracy"]), *(_pct(p["benchmarks"][b]) for b in benches)]
+        for p in scaling["curve"]
+    ]
+    return lines + markdown.table(
+        ["N", "correct", "total", "accuracy", *benches], rows, "r" * (4 + len(benches))
+    )
 
 
 def scaling_chart(curves: dict[str, dict], path: Path) -> Path:
@@ -82,8 +96,15 @@ def scaling_chart(curves: dict[str, dict], path: Path) -> Path:
         ys = [100 * p["accuracy"] for p in scaling["curve"]]
         ax.plot(ns, ys, marker="o", label=f"{name} ({scaling['aggregate']})")
         for n, y in zip(ns, ys, strict=True):
-            ax.annotate(f"{y:.1f}", (n, y), textcoords="offset points", xytext=(0, 6 if run % 2 == 0 else -12),
-                        ha="center", fontsize=7, color=f"C{run}")  # fmt: skip
+            ax.annotate(
+                f"{y:.1f}",
+                (n, y),
+                textcoords="offset points",
+                xytext=(0, 6 if run % 2 == 0 else -12),
+                ha="center",
+                fontsize=7,
+                color=f"C{run}",
+            )
     ax.set_xscale("log", base=2)
     all_ns = sorted({p["n"] for s in curves.values() for p in s["curve"]})
     ax.set_xticks(all_ns, [str(n) for n in all_ns])
@@ -106,17 +127,30 @@ def _notes(results: dict) -> list[str]:
     notes = []
     for bench, b in results["benchmarks"].items():
         if "rows" in b:
-            notes.append(f"- {bench}: circular evaluation, {b['total']} items from {b['rows']} rows "
-                         "(an item is right only if all its rotations are).")  # fmt: skip
+            notes.append(
+                f"- {bench}: circular evaluation, {b['total']} items from {b['rows']} rows "
+                "(an item is right only if all its rotations are)."
+            )
         if b.get("metrics"):
-            notes.append(f"- {bench}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-                                                    for k, v in b["metrics"].items()))  # fmt: skip
+            notes.append(
+                f"- {bench}: "
+                + ", ".join(
+                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in b["metrics"].items()
+                )
+            )
         if "judged" in b:
             judged = b["judged"]
-            notes.append(f"- {bench}: exact match {_pct(b['accuracy'])}; " + (
-                f"judged by `{results.get('judge_model')}` {_pct(judged['accuracy'])} ({judged['judged']} items)"
-                if judged else "exact match only (no --judge-model given; VLMEvalKit's score uses a judge)"))  # fmt: skip
-    dropped = {d["benchmark"]: d["dropped_no_image"] for d in results.get("data", []) if d.get("dropped_no_image")}
+            notes.append(
+                f"- {bench}: exact match {_pct(b['accuracy'])}; "
+                + (
+                    f"judged by `{results.get('judge_model')}` {_pct(judged['accuracy'])} ({judged['judged']} items)"
+                    if judged
+                    else "exact match only (no --judge-model given; VLMEvalKit's score uses a judge)"
+                )
+            )
+    dropped = {
+        d["benchmark"]: d["dropped_no_image"] for d in results.get("data", []) if d.get("dropped_no_image")
+    }
     for bench, n in dropped.items():
         notes.append(f"- {bench}: {n} rows without an image dropped (as VLMEvalKit drops them).")
     bad = results.get("bad_rows") or {}
@@ -189,16 +223,27 @@ def compare(run_dirs: list[Path], out: Path, names: list[str] | None = None) -> 
     for bench, cat, counts in comparison_rows(all_results):
         acc = [None if c is None else c["accuracy"] for c in counts]
         diff = [None if a is None or acc[0] is None else a - acc[0] for a in acc]
-        rows.append({"benchmark": bench, "category": cat, "accuracy": acc, "diff": diff,
-                     "total": [None if c is None else c["total"] for c in counts]})  # fmt: skip
+        rows.append(
+            {
+                "benchmark": bench,
+                "category": cat,
+                "accuracy": acc,
+                "diff": diff,
+                "total": [None if c is None else c["total"] for c in counts],
+            }
+        )
     report = {
         "runs": [
             {"name": n, "dir": str(d), "model": r.get("model"), "cot": r.get("cot")}
             for n, d, r in zip(names, run_dirs, all_results, strict=True)
-        ],  # fmt: skip
+        ],
         "rows": rows,
     }
-    curves = {n: r["test_time_scaling"] for n, r in zip(names, all_results, strict=True) if r.get("test_time_scaling")}
+    curves = {
+        n: r["test_time_scaling"]
+        for n, r in zip(names, all_results, strict=True)
+        if r.get("test_time_scaling")
+    }
     if curves:
         report["test_time_scaling"] = curves
     out = Path(out)
@@ -241,7 +286,9 @@ def compare_markdown(report: dict) -> str:
         n = next((t for t in row["total"] if t is not None), "")
         bench = f"**{OVERALL}**" if row["benchmark"] == OVERALL else row["benchmark"]
         rows.append([bench, row["category"], n, *(_cell(row, i) for i in range(len(names)))])
-    lines += markdown.table(["benchmark", "category", "n", *(f"`{n}`" for n in names)], rows, "llr" + "r" * len(names))
+    lines += markdown.table(
+        ["benchmark", "category", "n", *(f"`{n}`" for n in names)], rows, "llr" + "r" * len(names)
+    )
     return "\n".join(lines + _compare_scaling_lines(report)) + "\n"
 
 
@@ -251,9 +298,14 @@ def _compare_scaling_lines(report: dict) -> list[str]:
     if not curves:
         return []
     ns = sorted({p["n"] for s in curves.values() for p in s["curve"]})
-    lines = ["", "## Accuracy against N (test-time scaling)", "",
-             "Overall accuracy in %, each run's rule over the first N samples per item; plot: "
-             f"`{COMPARE_SCALING_PLOT}`.", ""]  # fmt: skip
+    lines = [
+        "",
+        "## Accuracy against N (test-time scaling)",
+        "",
+        "Overall accuracy in %, each run's rule over the first N samples per item; plot: "
+        f"`{COMPARE_SCALING_PLOT}`.",
+        "",
+    ]
     rows = []
     for n in ns:
         points = [next((p for p in s["curve"] if p["n"] == n), None) for s in curves.values()]
@@ -272,10 +324,13 @@ def bar_chart(report: dict, path: Path) -> Path:
     names = [r["name"] for r in report["runs"]]
     rows = report["rows"]
     labels = [
-        OVERALL if r["benchmark"] == OVERALL else r["benchmark"] if r["category"] == ALL
+        OVERALL
+        if r["benchmark"] == OVERALL
+        else r["benchmark"]
+        if r["category"] == ALL
         else f"{r['benchmark']}/{r['category']}"
         for r in rows
-    ]  # fmt: skip
+    ]
     width = 0.8 / len(names)
     fig_w = min(40.0, max(6.0, 0.35 * len(rows) * len(names) + 2))
     fig, ax = plt.subplots(figsize=(fig_w, 4.5))

@@ -30,12 +30,20 @@ from mpo.generation import GenerationRequest
 DEFAULT_BETA = 0.1
 
 
-def encode(processor, request: GenerationRequest, response: str) -> tuple[list[int], list[int], torch.Tensor | None]:
+def encode(
+    processor, request: GenerationRequest, response: str
+) -> tuple[list[int], list[int], torch.Tensor | None]:
     """(prompt ids, response ids, tiles) of one response, as training encodes a chosen response."""
     per_image = 1 if request.video else tile_budget(request.max_dynamic_patch, request.num_images())
-    record = {"question": normalize_question(request.question, request.num_images(), video=request.video),
-              "image_paths": list(request.images), "video_frames": list(request.frames) or None,
-              "max_dynamic_patch": per_image, "chosen": response, "rejected": "", "source": "eval:0"}  # fmt: skip
+    record = {
+        "question": normalize_question(request.question, request.num_images(), video=request.video),
+        "image_paths": list(request.images),
+        "video_frames": list(request.frames) or None,
+        "max_dynamic_patch": per_image,
+        "chosen": response,
+        "rejected": "",
+        "source": "eval:0",
+    }
     prompt, chosen, _, tiles = PreferenceCollator(processor).encode(record)
     return prompt, chosen, tiles
 
@@ -60,7 +68,9 @@ def response_logps(model, processor, request: GenerationRequest, responses: list
     kwargs = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
     tiles = encoded[0][2]  # every row shows the request's images
     if tiles is not None:
-        features = model.model.get_image_features(pixel_values=tiles.to(model.device, model.dtype), return_dict=True)
+        features = model.model.get_image_features(
+            pixel_values=tiles.to(model.device, model.dtype), return_dict=True
+        )
         features.pooler_output = features.pooler_output.repeat(len(encoded), 1, 1)
         kwargs["mm_encoder_outputs"] = {"image": features}
     out = model(**kwargs, shift_labels=shift_labels.to(model.device), use_cache=False, fused_lm_head=True)
@@ -74,7 +84,12 @@ class RewardScorer:
     def __init__(self, policy, reference, processor, beta: float = DEFAULT_BETA) -> None:
         for model in (policy, reference):
             add_fused_lm_head(model, outputs=("log_probs",))
-        self.policy, self.reference, self.processor, self.beta = policy.eval(), reference.eval(), processor, beta
+        self.policy, self.reference, self.processor, self.beta = (
+            policy.eval(),
+            reference.eval(),
+            processor,
+            beta,
+        )
 
     def score(self, request: GenerationRequest, responses: list[str]) -> list[float]:
         policy = response_logps(self.policy, self.processor, request, responses)

@@ -108,11 +108,15 @@ def _read_mathvista(cells: dict[str, str], choices, path, line) -> tuple[str, di
     if qtype == "multi_choice":
         options = literal_list(cells.get("choices", ""), path, line, "choices")
         if not all(o.strip() for o in options):
-            raise DataError(path, line, "missing or empty options (a list literal of option texts)", "choices")
+            raise DataError(
+                path, line, "missing or empty options (a list literal of option texts)", "choices"
+            )
         choices = {chr(ord("A") + i): text for i, text in enumerate(options)}
         letter = cells.get("answer_option", "").strip()
         if letter not in choices:
-            raise DataError(path, line, f"{letter!r} is not one of the options {', '.join(choices)}", "answer_option")
+            raise DataError(
+                path, line, f"{letter!r} is not one of the options {', '.join(choices)}", "answer_option"
+            )
         return letter, choices
     if qtype != "free_form":
         raise DataError(path, line, f"expected multi_choice or free_form, got {qtype!r}", "question_type")
@@ -166,8 +170,13 @@ def _ocrbench_hit(item: EvalItem, prediction: str) -> bool:
 
 
 def _mathvista_hit(item: EvalItem, prediction: str) -> bool:
-    return mathvista_hit(prediction, item.answer, item.fields.get("answer_type", ""), item.choices,
-                         item.answer if item.choices else None)  # fmt: skip
+    return mathvista_hit(
+        prediction,
+        item.answer,
+        item.fields.get("answer_type", ""),
+        item.choices,
+        item.answer if item.choices else None,
+    )
 
 
 def open_answer_hit(item: EvalItem, prediction: str) -> bool:
@@ -224,21 +233,32 @@ def _ocrbench_metrics(records: list[dict]) -> dict:
 
 def _check_hallusion_index(item: EvalItem) -> None:
     if len(item.index.split("_")) < 6:
-        raise DataError(item.path, item.line, f"{item.index!r}: expected 6 '_'-separated fields "
-                        "(..._set_figure_question) as HallusionBench writes them", "index")  # fmt: skip
+        raise DataError(
+            item.path,
+            item.line,
+            f"{item.index!r}: expected 6 '_'-separated fields "
+            "(..._set_figure_question) as HallusionBench writes them",
+            "index",
+        )
 
 
 def _check_circular_index(item: EvalItem) -> None:
     if not re.fullmatch(r"\d+", item.index):
-        raise DataError(item.path, item.line, f"{item.index!r}: circular evaluation needs integer indices", "index")
+        raise DataError(
+            item.path, item.line, f"{item.index!r}: circular evaluation needs integer indices", "index"
+        )
 
 
 def check_image_refs(item: EvalItem) -> None:
     """Every ``<image k>`` the question mentions (MMMU) must be one of the row's images."""
     for k in _IMAGE_REF.findall(item.question):
         if not 1 <= int(k) <= len(item.images):
-            raise DataError(item.path, item.line, f"mentions <image {k}> but the row has {len(item.images)} image(s)",
-                            "question")  # fmt: skip
+            raise DataError(
+                item.path,
+                item.line,
+                f"mentions <image {k}> but the row has {len(item.images)} image(s)",
+                "question",
+            )
 
 
 # -------------------------------------------------------------------------------------- table
@@ -265,19 +285,42 @@ class Rule:
         return self.mc_instruction if has_choices else self.open_instruction
 
 
-RULES: dict[str, Rule] = {rule.name: rule for rule in (
-    Rule("MMBench", r"MMBench(_(DEV|TEST)_(EN|CN))?(_V11)?", _mcq_hit, circular=True,
-         check_item=_check_circular_index),
-    Rule("MMStar", r"MMStar", _mcq_hit, clean_question=_strip_inline_options),
-    Rule("AI2D", r"AI2D_TEST(_NO_MASK)?", _mcq_hit),
-    Rule("MMMU", r"MMMU_(DEV_VAL|TEST)", _mmmu_hit, open_instruction=DIRECT_INSTRUCTION),
-    Rule("HallusionBench", r"HallusionBench", _yes_no_hit, read_answer=_read_yes_no,
-         open_instruction=YES_NO_INSTRUCTION, check_item=_check_hallusion_index, metrics=_hallusion_metrics),
-    Rule("OCRBench", r"OCRBench", _ocrbench_hit, read_answer=_read_answer_list, metrics=_ocrbench_metrics),
-    Rule("MathVista", r"MathVista_MINI", _mathvista_hit, read_answer=_read_mathvista, open_instruction="",
-         judge="extract"),
-    Rule("MMVet", r"MMVet", open_answer_hit, open_instruction="", judge="grade"),
-)}  # fmt: skip
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule(
+            "MMBench",
+            r"MMBench(_(DEV|TEST)_(EN|CN))?(_V11)?",
+            _mcq_hit,
+            circular=True,
+            check_item=_check_circular_index,
+        ),
+        Rule("MMStar", r"MMStar", _mcq_hit, clean_question=_strip_inline_options),
+        Rule("AI2D", r"AI2D_TEST(_NO_MASK)?", _mcq_hit),
+        Rule("MMMU", r"MMMU_(DEV_VAL|TEST)", _mmmu_hit, open_instruction=DIRECT_INSTRUCTION),
+        Rule(
+            "HallusionBench",
+            r"HallusionBench",
+            _yes_no_hit,
+            read_answer=_read_yes_no,
+            open_instruction=YES_NO_INSTRUCTION,
+            check_item=_check_hallusion_index,
+            metrics=_hallusion_metrics,
+        ),
+        Rule(
+            "OCRBench", r"OCRBench", _ocrbench_hit, read_answer=_read_answer_list, metrics=_ocrbench_metrics
+        ),
+        Rule(
+            "MathVista",
+            r"MathVista_MINI",
+            _mathvista_hit,
+            read_answer=_read_mathvista,
+            open_instruction="",
+            judge="extract",
+        ),
+        Rule("MMVet", r"MMVet", open_answer_hit, open_instruction="", judge="grade"),
+    )
+}
 GENERIC = Rule("generic", r".*", _generic_hit, drop_imageless=False)
 
 

@@ -55,8 +55,19 @@ DEFAULT_BATCH_SIZE = {"transformers": 16, "vllm": 512}
 DEFAULT_MAX_DYNAMIC_PATCH = 6
 # Settings a resumed run must share with the run that wrote DIR, with the values of runs made before a
 # key existed.
-_RUN_KEYS = {"model": None, "cot": None, "max_new_tokens": None, "max_dynamic_patch": None, "num_samples": 1,
-             "temperature": 0.0, "seed": None, "aggregate": None, "scorer": None, "reference": None, "beta": None}
+_RUN_KEYS = {
+    "model": None,
+    "cot": None,
+    "max_new_tokens": None,
+    "max_dynamic_patch": None,
+    "num_samples": 1,
+    "temperature": 0.0,
+    "seed": None,
+    "aggregate": None,
+    "scorer": None,
+    "reference": None,
+    "beta": None,
+}
 # --temperature when --num-samples > 1 and none is given.
 DEFAULT_SAMPLE_TEMPERATURE = 0.7
 SCORERS = ("reward", "judge")
@@ -78,15 +89,25 @@ def _check_run(out: Path, settings: dict, overwrite: bool) -> None:
     """Refuse to mix predictions of different models or prompts in one DIR (unless --overwrite)."""
     run_file = out / "run.json"
     if overwrite:
-        for name in (PREDICTIONS, "results.json", "results.md", "run.json", BAD_ROWS, "judgements.jsonl", SCALING_PLOT):
+        for name in (
+            PREDICTIONS,
+            "results.json",
+            "results.md",
+            "run.json",
+            BAD_ROWS,
+            "judgements.jsonl",
+            SCALING_PLOT,
+        ):
             (out / name).unlink(missing_ok=True)
     elif run_file.is_file():
         previous = json.loads(run_file.read_text(encoding="utf-8"))
         changed = [k for k, old in _RUN_KEYS.items() if previous.get(k, old) != settings[k]]
         if changed:
             what = ", ".join(f"{k}: {previous.get(k)!r} -> {settings[k]!r}" for k in changed)
-            raise UserError(f"{out} holds an evaluation with other settings ({what}); "
-                            "use another --out, or --overwrite to start over")  # fmt: skip
+            raise UserError(
+                f"{out} holds an evaluation with other settings ({what}); "
+                "use another --out, or --overwrite to start over"
+            )
     elif (out / PREDICTIONS).is_file():
         raise UserError(f"{out / PREDICTIONS} exists without run.json; use another --out, or --overwrite")
     run_file.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
@@ -142,8 +163,9 @@ def evaluate(
         raise UserError(f"--max-dynamic-patch must be >= 1, got {max_dynamic_patch}")
     if not data:
         raise UserError("no benchmark given: --data FILE")
-    sampling = _sampling_settings(num_samples, temperature, seed, aggregate, scorer, reference, beta,
-                                  judge_model or judge_backend)  # fmt: skip
+    sampling = _sampling_settings(
+        num_samples, temperature, seed, aggregate, scorer, reference, beta, judge_model or judge_backend
+    )
     if on_bad_row not in ON_BAD_ROW:
         raise UserError(f"--on-bad-row must be one of {', '.join(ON_BAD_ROW)}, got {on_bad_row!r}")
     out = Path(out)
@@ -164,8 +186,9 @@ def evaluate(
     backend_name = backend if isinstance(backend, str) else "transformers"  # for a judge model
     bad, dropped = BadRows(ON_BAD_ROW[on_bad_row]), {}
     benchmarks = load_benchmarks(list(data), out / "images", bad, dropped)
-    items, requests = _requests([it for bench in benchmarks.values() for it in bench[:limit]], cot,
-                                max_dynamic_patch, bad)  # fmt: skip
+    items, requests = _requests(
+        [it for bench in benchmarks.values() for it in bench[:limit]], cot, max_dynamic_patch, bad
+    )
     _check_run(out, {**settings, "data": list(data)}, overwrite)
     if bad.skipped:
         bad.write(out / BAD_ROWS)
@@ -178,8 +201,10 @@ def evaluate(
         old = done.get(_key(it.benchmark, it.index))
         if old is not None and (old.get("question"), old.get("answer")) != (it.question, it.answer):
             journal.close()
-            raise UserError(f"{pred_path}: the prediction for {it.benchmark} index {it.index} was made for another "
-                            f"question or answer than {it.path}:{it.line}; use another --out, or --overwrite")  # fmt: skip
+            raise UserError(
+                f"{pred_path}: the prediction for {it.benchmark} index {it.index} was made for another "
+                f"question or answer than {it.path}:{it.line}; use another --out, or --overwrite"
+            )
     pending = [it for it in items if _key(it.benchmark, it.index) not in done]
 
     if pending:
@@ -188,18 +213,33 @@ def evaluate(
 
             name = resolve_backend_name(backend)
             batch_size = batch_size or DEFAULT_BATCH_SIZE.get(name, 16)
-            backend = make_backend(name, model, batch_size=batch_size, max_dynamic_patch=max_dynamic_patch,
-                                   vllm_options=vllm_options)  # fmt: skip
+            backend = make_backend(
+                name,
+                model,
+                batch_size=batch_size,
+                max_dynamic_patch=max_dynamic_patch,
+                vllm_options=vllm_options,
+            )
         batch_size = batch_size or DEFAULT_BATCH_SIZE["transformers"]
-        params = SamplingParams(n=num_samples, temperature=sampling["temperature"], max_new_tokens=max_new_tokens,
-                                seed=seed)  # fmt: skip
+        params = SamplingParams(
+            n=num_samples, temperature=sampling["temperature"], max_new_tokens=max_new_tokens, seed=seed
+        )
         if sampled:
             for it in pending:  # each item's samples depend on --seed and the item alone
                 requests[_key(it.benchmark, it.index)].seed = item_seed(seed, it)
         if aggregate == "best-of-n" and sampled:
-            scorer = _make_scorer(sampling["scorer"] if scorer is None else scorer, model, backend, reference,
-                                  sampling["beta"], judge_model, judge_backend, backend_name, batch_size,
-                                  max_dynamic_patch)  # fmt: skip
+            scorer = _make_scorer(
+                sampling["scorer"] if scorer is None else scorer,
+                model,
+                backend,
+                reference,
+                sampling["beta"],
+                judge_model,
+                judge_backend,
+                backend_name,
+                batch_size,
+                max_dynamic_patch,
+            )
         bar = tqdm(total=len(pending), desc="evaluating", disable=None if progress is None else not progress)
         with journal:
             for start in range(0, len(pending), batch_size):
@@ -208,12 +248,19 @@ def evaluate(
                 if len(responses) != len(chunk):
                     raise RuntimeError(f"backend returned {len(responses)} results for {len(chunk)} prompts")
                 for it, samples in zip(chunk, responses, strict=True):
-                    record = {"benchmark": it.benchmark, "index": it.index, "category": it.category,
-                              "question": it.question, "answer": it.answer}  # fmt: skip
+                    record = {
+                        "benchmark": it.benchmark,
+                        "index": it.index,
+                        "category": it.category,
+                        "question": it.question,
+                        "answer": it.answer,
+                    }
                     if sampled:
                         request = requests[_key(it.benchmark, it.index)]
                         if len(samples) != num_samples:
-                            raise RuntimeError(f"backend returned {len(samples)} samples, expected {num_samples}")
+                            raise RuntimeError(
+                                f"backend returned {len(samples)} samples, expected {num_samples}"
+                            )
                         scores = scorer.score(request, samples) if aggregate == "best-of-n" else None
                         record.update(aggregate_record(it, samples, cot, aggregate, scores))
                     else:
@@ -229,8 +276,14 @@ def evaluate(
     records = [done[_key(it.benchmark, it.index)] for it in items]
     results = {
         **settings,
-        "data": [{"benchmark": name, "items": sum(it.benchmark == name for it in items),
-                  "dropped_no_image": dropped.get(name, 0)} for name in benchmarks],  # fmt: skip
+        "data": [
+            {
+                "benchmark": name,
+                "items": sum(it.benchmark == name for it in items),
+                "dropped_no_image": dropped.get(name, 0),
+            }
+            for name in benchmarks
+        ],
         "resumed": len(items) - len(pending),
         "bad_rows": {"skipped": len(bad.skipped), "by_field": _by_field(bad)},
         "judge_model": judged_by,
@@ -246,8 +299,16 @@ def evaluate(
     return results
 
 
-def _sampling_settings(num_samples: int, temperature: float | None, seed: int, aggregate: str, scorer,
-                       reference: str | None, beta: float | None, judge) -> dict:  # fmt: skip
+def _sampling_settings(
+    num_samples: int,
+    temperature: float | None,
+    seed: int,
+    aggregate: str,
+    scorer,
+    reference: str | None,
+    beta: float | None,
+    judge,
+) -> dict:
     """The sampling part of run.json, checked; names the flag at fault."""
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
@@ -256,22 +317,35 @@ def _sampling_settings(num_samples: int, temperature: float | None, seed: int, a
     if temperature < 0:
         raise UserError(f"--temperature must be >= 0, got {temperature}")
     if temperature == 0 and num_samples > 1:
-        raise UserError(f"--num-samples {num_samples} needs sampling: give --temperature > 0 (greedy decoding "
-                        "gives one response)")  # fmt: skip
+        raise UserError(
+            f"--num-samples {num_samples} needs sampling: give --temperature > 0 (greedy decoding "
+            "gives one response)"
+        )
     if aggregate not in AGGREGATES:
         raise UserError(f"--aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
     if aggregate != "best-of-n" or temperature == 0:
         if scorer is not None or reference is not None:
-            raise UserError("--scorer and --reference score samples for --aggregate best-of-n with --temperature > 0")
-        return {"num_samples": num_samples, "temperature": float(temperature), "seed": seed if temperature > 0 else None,
-                "aggregate": aggregate if temperature > 0 else None, "scorer": None, "reference": None, "beta": None}  # fmt: skip
+            raise UserError(
+                "--scorer and --reference score samples for --aggregate best-of-n with --temperature > 0"
+            )
+        return {
+            "num_samples": num_samples,
+            "temperature": float(temperature),
+            "seed": seed if temperature > 0 else None,
+            "aggregate": aggregate if temperature > 0 else None,
+            "scorer": None,
+            "reference": None,
+            "beta": None,
+        }
     scorer = "reward" if scorer is None else scorer
     name = scorer if isinstance(scorer, str) else getattr(scorer, "name", type(scorer).__name__)
     if isinstance(scorer, str) and scorer not in SCORERS:
         raise UserError(f"--scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
     if scorer == "reward" and reference is None:
-        raise UserError("--aggregate best-of-n --scorer reward needs --reference (the SFT checkpoint the "
-                        "evaluated model was trained from), or use --scorer judge --judge-model M")  # fmt: skip
+        raise UserError(
+            "--aggregate best-of-n --scorer reward needs --reference (the SFT checkpoint the "
+            "evaluated model was trained from), or use --scorer judge --judge-model M"
+        )
     if scorer == "judge" and not judge:
         raise UserError("--scorer judge needs --judge-model M")
     if reference is not None and scorer != "reward":
@@ -283,8 +357,15 @@ def _sampling_settings(num_samples: int, temperature: float | None, seed: int, a
         if beta <= 0:
             raise UserError(f"--beta must be > 0, got {beta}")
         reference = str(Path(reference).resolve()) if Path(reference).exists() else str(reference)
-    return {"num_samples": num_samples, "temperature": float(temperature), "seed": seed, "aggregate": aggregate,
-            "scorer": name, "reference": reference, "beta": beta if scorer == "reward" else None}  # fmt: skip
+    return {
+        "num_samples": num_samples,
+        "temperature": float(temperature),
+        "seed": seed,
+        "aggregate": aggregate,
+        "scorer": name,
+        "reference": reference,
+        "beta": beta if scorer == "reward" else None,
+    }
 
 
 def item_seed(seed: int, item: EvalItem) -> int:
@@ -292,8 +373,18 @@ def item_seed(seed: int, item: EvalItem) -> int:
     return question_seed(seed, f"{item.benchmark}\x00{item.index}")
 
 
-def _make_scorer(scorer, model: str, backend, reference: str, beta: float | None, judge_model, judge_backend,
-                 backend_name: str, batch_size: int, max_dynamic_patch: int):  # fmt: skip
+def _make_scorer(
+    scorer,
+    model: str,
+    backend,
+    reference: str,
+    beta: float | None,
+    judge_model,
+    judge_backend,
+    backend_name: str,
+    batch_size: int,
+    max_dynamic_patch: int,
+):
     """The best-of-n scorer: a ready object as given, else the reward or the judge scorer."""
     if not isinstance(scorer, str):
         return scorer
@@ -303,8 +394,12 @@ def _make_scorer(scorer, model: str, backend, reference: str, beta: float | None
         if judge_backend is None:
             from mpo.generation import make_backend, resolve_backend_name
 
-            judge_backend = make_backend(resolve_backend_name(backend_name), judge_model, batch_size=batch_size,
-                                         max_dynamic_patch=max_dynamic_patch)  # fmt: skip
+            judge_backend = make_backend(
+                resolve_backend_name(backend_name),
+                judge_model,
+                batch_size=batch_size,
+                max_dynamic_patch=max_dynamic_patch,
+            )
         return JudgeScorer(judge_backend)
     import torch
 
@@ -327,8 +422,15 @@ def scaling_curve(records: list[dict], sampling: dict) -> dict:
     for k in sample_counts(sampling["num_samples"]):
         summary = summarize(records_at(records, k))
         o = summary["overall"]
-        curve.append({"n": k, "accuracy": o["accuracy"], "correct": o["correct"], "total": o["total"],
-                      "benchmarks": {name: b["accuracy"] for name, b in summary["benchmarks"].items()}})  # fmt: skip
+        curve.append(
+            {
+                "n": k,
+                "accuracy": o["accuracy"],
+                "correct": o["correct"],
+                "total": o["total"],
+                "benchmarks": {name: b["accuracy"] for name, b in summary["benchmarks"].items()},
+            }
+        )
     keys = ("aggregate", "num_samples", "temperature", "seed", "scorer")
     return {**{k: sampling[k] for k in keys}, "curve": curve}
 
@@ -364,7 +466,9 @@ def _judge(items, done, out: Path, judge_model, judge_backend, backend_name: str
         from mpo.generation import make_backend, resolve_backend_name
 
         kind = resolve_backend_name(backend_name)
-        judge_backend = make_backend(kind, judge_model, batch_size=batch_size or DEFAULT_BATCH_SIZE.get(kind, 16))
+        judge_backend = make_backend(
+            kind, judge_model, batch_size=batch_size or DEFAULT_BATCH_SIZE.get(kind, 16)
+        )
     judge_records(items, done, judge_backend, out, batch_size or DEFAULT_BATCH_SIZE["transformers"], name)
     return name
 
@@ -373,8 +477,10 @@ def summary_line(results: dict, out: Path) -> str:
     """The console line of a finished evaluation (and of its skipped rows, when there were any)."""
     o = results["overall"]
     per_bench = ", ".join(f"{name} {100 * b['accuracy']:.1f}%" for name, b in results["benchmarks"].items())
-    line = (f"mpo eval: {o['total']} items ({results['resumed']} resumed), accuracy {100 * o['accuracy']:.1f}% "
-            f"({per_bench}) -> {out}/results.json")  # fmt: skip
+    line = (
+        f"mpo eval: {o['total']} items ({results['resumed']} resumed), accuracy {100 * o['accuracy']:.1f}% "
+        f"({per_bench}) -> {out}/results.json"
+    )
     scaling = results.get("test_time_scaling")
     if scaling:
         points = ", ".join(f"N={p['n']} {100 * p['accuracy']:.1f}%" for p in scaling["curve"])
@@ -393,45 +499,99 @@ def main(argv: list[str]) -> int:
         "or compare finished evaluations (--compare).",
     )
     parser.add_argument("--model", help="checkpoint folder (native InternVL)")
-    parser.add_argument("--data", action="append", metavar="[NAME=]FILE",
-                        help="benchmark: .tsv (VLMEvalKit), .jsonl (MMPR-style with answer) or meta.json; repeatable")  # fmt: skip
-    parser.add_argument("--cot", action="store_true",
-                        help='chain-of-thought prompt, answer read after "Final answer:" (default: direct answer)')  # fmt: skip
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="[NAME=]FILE",
+        help="benchmark: .tsv (VLMEvalKit), .jsonl (MMPR-style with answer) or meta.json; repeatable",
+    )
+    parser.add_argument(
+        "--cot",
+        action="store_true",
+        help='chain-of-thought prompt, answer read after "Final answer:" (default: direct answer)',
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
-                        help="generation backend (auto: vLLM when it imports and a GPU is present)")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="prompts per generate call; predictions are saved after each (default 16, vLLM 512)")  # fmt: skip
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "transformers", "vllm"],
+        default="auto",
+        help="generation backend (auto: vLLM when it imports and a GPU is present)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="prompts per generate call; predictions are saved after each (default 16, vLLM 512)",
+    )
     add_vllm_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64, or 1024 with --cot")
-    parser.add_argument("--max-dynamic-patch", type=int, default=DEFAULT_MAX_DYNAMIC_PATCH,
-                        help=f"tiles per sample, split across its images (default {DEFAULT_MAX_DYNAMIC_PATCH})")  # fmt: skip
+    parser.add_argument(
+        "--max-dynamic-patch",
+        type=int,
+        default=DEFAULT_MAX_DYNAMIC_PATCH,
+        help=f"tiles per sample, split across its images (default {DEFAULT_MAX_DYNAMIC_PATCH})",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of each benchmark")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
-    parser.add_argument("--on-bad-row", choices=list(ON_BAD_ROW), default="error",
-                        help="error: stop at the first bad row (file:line: field); skip: leave bad rows out, "
-                        f"listed in --out/{BAD_ROWS}")  # fmt: skip
-    parser.add_argument("--judge-model", default=None, metavar="M",
-                        help="checkpoint that judges MathVista answer extraction and MMVet grading (opt-in; "
-                        "without it those benchmarks report exact match only)")  # fmt: skip
-    parser.add_argument("--num-samples", type=int, default=1, metavar="N",
-                        help="sample N responses per item and keep one by --aggregate; results add the accuracy "
-                        "at N = 1, 2, 4, ..., N (default 1)")  # fmt: skip
-    parser.add_argument("--temperature", type=float, default=None,
-                        help=f"sampling temperature (default 0: greedy with one sample, {DEFAULT_SAMPLE_TEMPERATURE} "
-                        "with --num-samples > 1)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (each item's samples: this and its index)")
-    parser.add_argument("--aggregate", choices=list(AGGREGATES), default="majority",
-                        help="majority: vote on the extracted final answers (ties: the answer voted first); "
-                        "best-of-n: the response with the highest --scorer score")  # fmt: skip
-    parser.add_argument("--scorer", choices=list(SCORERS), default=None,
-                        help="best-of-n scorer: reward (default), the DPO implicit reward "
-                        "beta*(log pi - log pi_ref) against --reference; judge: --judge-model's grade")  # fmt: skip
-    parser.add_argument("--reference", default=None, metavar="M",
-                        help="reference checkpoint of --scorer reward (the SFT model the evaluated one was trained from)")  # fmt: skip
+    parser.add_argument(
+        "--on-bad-row",
+        choices=list(ON_BAD_ROW),
+        default="error",
+        help="error: stop at the first bad row (file:line: field); skip: leave bad rows out, "
+        f"listed in --out/{BAD_ROWS}",
+    )
+    parser.add_argument(
+        "--judge-model",
+        default=None,
+        metavar="M",
+        help="checkpoint that judges MathVista answer extraction and MMVet grading (opt-in; "
+        "without it those benchmarks report exact match only)",
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sample N responses per item and keep one by --aggregate; results add the accuracy "
+        "at N = 1, 2, 4, ..., N (default 1)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"sampling temperature (default 0: greedy with one sample, {DEFAULT_SAMPLE_TEMPERATURE} "
+        "with --num-samples > 1)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="sampling seed (each item's samples: this and its index)"
+    )
+    parser.add_argument(
+        "--aggregate",
+        choices=list(AGGREGATES),
+        default="majority",
+        help="majority: vote on the extracted final answers (ties: the answer voted first); "
+        "best-of-n: the response with the highest --scorer score",
+    )
+    parser.add_argument(
+        "--scorer",
+        choices=list(SCORERS),
+        default=None,
+        help="best-of-n scorer: reward (default), the DPO implicit reward "
+        "beta*(log pi - log pi_ref) against --reference; judge: --judge-model's grade",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="M",
+        help="reference checkpoint of --scorer reward (the SFT model the evaluated one was trained from)",
+    )
     parser.add_argument("--beta", type=float, default=None, help="beta of --scorer reward (default 0.1)")
-    parser.add_argument("--report-to", choices=["none", "wandb"], default="none",
-                        help="also log the results (or the comparison) as a wandb artifact")  # fmt: skip
+    parser.add_argument(
+        "--report-to",
+        choices=["none", "wandb"],
+        default="none",
+        help="also log the results (or the comparison) as a wandb artifact",
+    )
     parser.add_argument(
         "--compare", nargs="+", type=Path, metavar="DIR", help="finished evaluation folders to compare"
     )
@@ -448,21 +608,43 @@ def main(argv: list[str]) -> int:
         plots = "compare.png" + (f", {COMPARE_SCALING_PLOT}" if "test_time_scaling" in report else "")
         print(f"mpo eval: compared {len(report['runs'])} runs -> {args.out}/compare.md, {plots}")
         if args.report_to == "wandb":
-            files = [args.out / name for name in ("compare.md", "compare.json", "compare.png", COMPARE_SCALING_PLOT)
-                     if (args.out / name).is_file()]
+            files = [
+                args.out / name
+                for name in ("compare.md", "compare.json", "compare.png", COMPARE_SCALING_PLOT)
+                if (args.out / name).is_file()
+            ]
             log_report_artifact(f"eval-compare-{args.out.name}", "evaluation-report", files)
         return 0
     if not args.model or not args.data:
         raise UserError("give --model and at least one --data (or --compare DIR ...)")
     results = evaluate(
-        args.model, args.data, args.out, cot=args.cot, backend=args.backend, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, max_dynamic_patch=args.max_dynamic_patch, limit=args.limit,
-        overwrite=args.overwrite, on_bad_row=args.on_bad_row, judge_model=args.judge_model,
-        num_samples=args.num_samples, temperature=args.temperature, seed=args.seed, aggregate=args.aggregate,
-        scorer=args.scorer, reference=args.reference, beta=args.beta, vllm_options=vllm_options(args),
-    )  # fmt: skip
+        args.model,
+        args.data,
+        args.out,
+        cot=args.cot,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_dynamic_patch=args.max_dynamic_patch,
+        limit=args.limit,
+        overwrite=args.overwrite,
+        on_bad_row=args.on_bad_row,
+        judge_model=args.judge_model,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        seed=args.seed,
+        aggregate=args.aggregate,
+        scorer=args.scorer,
+        reference=args.reference,
+        beta=args.beta,
+        vllm_options=vllm_options(args),
+    )
     print(summary_line(results, args.out))
     if args.report_to == "wandb":
-        files = [args.out / name for name in ("results.json", "results.md", SCALING_PLOT) if (args.out / name).is_file()]
+        files = [
+            args.out / name
+            for name in ("results.json", "results.md", SCALING_PLOT)
+            if (args.out / name).is_file()
+        ]
         log_report_artifact(f"eval-{args.out.name}", "evaluation-report", files)
     return 0

@@ -79,8 +79,9 @@ def prediction_of(response: str, cot: bool) -> str | None:
     return extract_answer(response, "auto") if cot else response.strip()
 
 
-def aggregate_record(item: EvalItem, responses: list[str], cot: bool, aggregate: str,
-                     scores: list[float] | None = None) -> dict:  # fmt: skip
+def aggregate_record(
+    item: EvalItem, responses: list[str], cot: bool, aggregate: str, scores: list[float] | None = None
+) -> dict:
     """The prediction record of one item from its sampled ``responses`` (``scores`` for best-of-n).
 
     ``response`` and the scoring fields (:func:`eval.scoring.score`) are those of the response picked
@@ -105,8 +106,14 @@ def aggregate_record(item: EvalItem, responses: list[str], cot: bool, aggregate:
         i = pick(k)
         at_n[str(k)] = {"pick": i, "correct": score(item, responses[i], cot)["correct"]}
     chosen = pick(len(responses))
-    return {"response": responses[chosen], **score(item, responses[chosen], cot), "pick": chosen,
-            "responses": responses, **extra, "at_n": at_n}  # fmt: skip
+    return {
+        "response": responses[chosen],
+        **score(item, responses[chosen], cot),
+        "pick": chosen,
+        "responses": responses,
+        **extra,
+        "at_n": at_n,
+    }
 
 
 def records_at(records: list[dict], k: int) -> list[dict]:

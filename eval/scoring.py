@@ -34,8 +34,13 @@ def score(item: EvalItem, response: str, cot: bool) -> dict:
     benchmarks) and ``l2_category`` where the row has one."""
     prediction = extract_answer(response, "auto") if cot else response.strip()
     correct = prediction is not None and item.rule.hit(item, prediction)
-    record = {"kind": answer_kind(item), "prediction": prediction, "correct": bool(correct),
-              "reason": UNPARSABLE if prediction is None else None, "rule": item.rule.name}  # fmt: skip
+    record = {
+        "kind": answer_kind(item),
+        "prediction": prediction,
+        "correct": bool(correct),
+        "reason": UNPARSABLE if prediction is None else None,
+        "rule": item.rule.name,
+    }
     if item.rule.circular:
         record["group"] = str(int(item.index) % CIRCULAR_OFFSET)
     if "l2-category" in item.fields:
@@ -55,8 +60,14 @@ def circular_items(records: list[dict]) -> list[dict]:
         main = next((r for r in rows if str(r["index"]) == group), None)
         if main is not None:
             unparsable = any(r.get("reason") == UNPARSABLE for r in rows)
-            items.append({**main, "correct": all(r["correct"] for r in rows),
-                          "reason": UNPARSABLE if unparsable else None, "rows": len(rows)})  # fmt: skip
+            items.append(
+                {
+                    **main,
+                    "correct": all(r["correct"] for r in rows),
+                    "reason": UNPARSABLE if unparsable else None,
+                    "rows": len(rows),
+                }
+            )
     return items
 
 
@@ -106,7 +117,11 @@ def summarize(records: list[dict]) -> dict:
     for name, rows in by_bench.items():
         rule = RULES.get(rows[0].get("rule"), GENERIC)
         items = circular_items(rows) if rule.circular else rows
-        entry = {**_counts(items), "categories": _grouped(items, "category"), "kinds": _grouped(items, "kind")}
+        entry = {
+            **_counts(items),
+            "categories": _grouped(items, "category"),
+            "kinds": _grouped(items, "kind"),
+        }
         if rule.circular:
             entry["rows"] = len(rows)
         if rule.metrics is not None:

@@ -60,7 +60,10 @@ logger = logging.getLogger(__name__)
 TORCH_VARLEN = "torch_varlen"
 KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", TORCH_VARLEN)
 LAYOUTS = ("plain", "packed", "shared")
-VARLEN_KERNELS = {"flash_attention_2", TORCH_VARLEN}  # padding-free kernels that take cu_seq_lens instead of a mask
+VARLEN_KERNELS = {
+    "flash_attention_2",
+    TORCH_VARLEN,
+}  # padding-free kernels that take cu_seq_lens instead of a mask
 
 # Which layouts each kernel computes exactly (see the module docstring).
 EXPRESSES: dict[str, set[str]] = {
@@ -91,7 +94,9 @@ def dense_mask(group: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
 def additive_mask(group: torch.Tensor, prefix: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The rule as an additive [R, 1, L, L] mask in ``dtype``: 0 = attend, the dtype's minimum = not."""
     allowed = dense_mask(group, prefix)
-    return torch.zeros(allowed.shape, dtype=dtype, device=group.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=group.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )
 
 
 def flex_block_mask(group: torch.Tensor, prefix: torch.Tensor):
@@ -179,9 +184,12 @@ class Platform:
     def detect(cls) -> Platform:
         cuda = torch.cuda.is_available()
         found = importlib.util.find_spec
-        return cls(cuda=cuda, flash_attn=cuda and found("flash_attn") is not None,
-                   flex_backward=cuda and found("triton") is not None,
-                   torch_varlen=cuda and found("torch.nn.attention.varlen") is not None)  # fmt: skip
+        return cls(
+            cuda=cuda,
+            flash_attn=cuda and found("flash_attn") is not None,
+            flex_backward=cuda and found("triton") is not None,
+            torch_varlen=cuda and found("torch.nn.attention.varlen") is not None,
+        )
 
 
 @dataclass(frozen=True)
@@ -222,28 +230,51 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
     vision = "flash_attention_2" if platform.flash_attn else "sdpa"
     if requested == "auto":
         if platform.flash_attn and layout in EXPRESSES["flash_attention_2"]:
-            return KernelChoice("flash_attention_2", vision, "auto: CUDA with flash-attn, padding-free varlen is exact "
-                                f"for {layout} rows")  # fmt: skip
+            return KernelChoice(
+                "flash_attention_2",
+                vision,
+                f"auto: CUDA with flash-attn, padding-free varlen is exact for {layout} rows",
+            )
         if platform.torch_varlen and layout in EXPRESSES[TORCH_VARLEN]:
-            return KernelChoice(TORCH_VARLEN, vision, "auto: CUDA without flash-attn, PyTorch's varlen "
-                                f"FlashAttention-2 is exact for {layout} rows")  # fmt: skip
+            return KernelChoice(
+                TORCH_VARLEN,
+                vision,
+                "auto: CUDA without flash-attn, PyTorch's varlen "
+                f"FlashAttention-2 is exact for {layout} rows",
+            )
         if platform.cuda and layout != "plain" and platform.flex_backward:
-            return KernelChoice("flex_attention", vision, "auto: CUDA, the layout needs a block mask; flex skips "
-                                "the blocks no query sees" + ("" if platform.flash_attn else " (no flash-attn)"))  # fmt: skip
+            return KernelChoice(
+                "flex_attention",
+                vision,
+                "auto: CUDA, the layout needs a block mask; flex skips "
+                "the blocks no query sees" + ("" if platform.flash_attn else " (no flash-attn)"),
+            )
         where = "CUDA" if platform.cuda else "CPU"
-        return KernelChoice("sdpa", vision, f"auto: {where}, sdpa takes the layout's mask"
-                            + ("" if platform.cuda else "; flex has no CPU backward, flash-attn needs CUDA"))  # fmt: skip
+        return KernelChoice(
+            "sdpa",
+            vision,
+            f"auto: {where}, sdpa takes the layout's mask"
+            + ("" if platform.cuda else "; flex has no CPU backward, flash-attn needs CUDA"),
+        )
     if requested not in KERNELS:
-        raise UserError(f"attn_implementation must be 'auto' or one of {', '.join(KERNELS)}, got {requested!r}")
+        raise UserError(
+            f"attn_implementation must be 'auto' or one of {', '.join(KERNELS)}, got {requested!r}"
+        )
     if requested == "flash_attention_2" and not platform.flash_attn:
-        raise UserError("attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
-                        "(pip install 'internvl-mpo[flash]'); use auto or sdpa here")  # fmt: skip
+        raise UserError(
+            "attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
+            "(pip install 'internvl-mpo[flash]'); use auto or sdpa here"
+        )
     if requested == TORCH_VARLEN and not platform.torch_varlen:
-        raise UserError(f"attn_implementation {TORCH_VARLEN} needs a CUDA GPU and torch >= 2.9 "
-                        f"(torch.nn.attention.varlen; this is torch {torch.__version__}); use auto or sdpa here")  # fmt: skip
+        raise UserError(
+            f"attn_implementation {TORCH_VARLEN} needs a CUDA GPU and torch >= 2.9 "
+            f"(torch.nn.attention.varlen; this is torch {torch.__version__}); use auto or sdpa here"
+        )
     if requested == "flex_attention" and training and not platform.flex_backward:
-        raise UserError(f"attn_implementation flex_attention cannot train here: torch {torch.__version__} has no "
-                        "flex-attention backward on the CPU. Use sdpa, eager or auto to train on the CPU")  # fmt: skip
+        raise UserError(
+            f"attn_implementation flex_attention cannot train here: torch {torch.__version__} has no "
+            "flex-attention backward on the CPU. Use sdpa, eager or auto to train on the CPU"
+        )
     if requested in ("eager", "sdpa"):
         vision = requested
     return KernelChoice(requested, vision, "requested")
@@ -270,8 +301,16 @@ def torch_varlen_attention(module, query, key, value, attention_mask, scaling=No
     extra = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}  # older / newer torch
     if scaling is not None and "scale" in params:
         extra["scale"] = scaling
-    out = varlen_attn(q, k, v, kwargs["cu_seq_lens_q"].to(torch.int32), kwargs["cu_seq_lens_k"].to(torch.int32),
-                      int(kwargs["max_length_q"]), int(kwargs["max_length_k"]), **extra)  # fmt: skip
+    out = varlen_attn(
+        q,
+        k,
+        v,
+        kwargs["cu_seq_lens_q"].to(torch.int32),
+        kwargs["cu_seq_lens_k"].to(torch.int32),
+        int(kwargs["max_length_q"]),
+        int(kwargs["max_length_k"]),
+        **extra,
+    )
     return out.unsqueeze(0), None
 
 
@@ -280,4 +319,3 @@ def register_kernels() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(TORCH_VARLEN, torch_varlen_attention)
-

@@ -26,12 +26,26 @@ PIPELINE_TAG = "image-text-to-text"
 TAGS = ["mpo", "internvl", "trl", "preference-optimization"]
 DEFAULT_LICENSE = "apache-2.0"
 # Left out of the upload; huggingface_hub adds its own (.git/, .cache/huggingface/).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")  # fmt: skip
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 # metrics reported at the end of training (train log; the eval log adds the "eval_" prefix)
-FINAL_METRICS = ("loss", *(f"loss/{term.metric}" for term in TERMS.values()), "rewards/accuracies",
-                 "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected",
-                 "bco/delta")  # fmt: skip
+FINAL_METRICS = (
+    "loss",
+    *(f"loss/{term.metric}" for term in TERMS.values()),
+    "rewards/accuracies",
+    "rewards/margins",
+    "rewards/chosen",
+    "rewards/rejected",
+    "logps/chosen",
+    "logps/rejected",
+    "bco/delta",
+)
 
 
 # ------------------------------------------------------------------------------------- run record
@@ -61,8 +75,10 @@ def read_run_config(model_dir: Path) -> tuple[dict | None, str | None]:
             args = torch.load(pickle, weights_only=False, map_location="cpu")
             return {"args": args.to_dict(), "world_size": None}, pickle.name
         except Exception as err:  # an unpicklable or foreign file: the card goes without the recipe
-            print(f"mpo push: warning: could not read {pickle} ({type(err).__name__}: {err}); "
-                  "the card will not list the hyperparameters")  # fmt: skip
+            print(
+                f"mpo push: warning: could not read {pickle} ({type(err).__name__}: {err}); "
+                "the card will not list the hyperparameters"
+            )
     return None, None
 
 
@@ -74,9 +90,13 @@ def check_model_dir(model_dir: str | Path) -> Path:
         raise UserError(f"{path}: not a folder (--model takes the output_dir of a run)")
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise UserError(f"{path}: not a checkpoint (no config.json or adapter_config.json)")
-    if not any((path / name).is_file() for name in WEIGHT_FILES) and not any(path.glob("model-*.safetensors")):
-        raise UserError(f"{path}: not a checkpoint (no model weights: model*.safetensors, pytorch_model*.bin "
-                        "or adapter_model.*)")
+    if not any((path / name).is_file() for name in WEIGHT_FILES) and not any(
+        path.glob("model-*.safetensors")
+    ):
+        raise UserError(
+            f"{path}: not a checkpoint (no model weights: model*.safetensors, pytorch_model*.bin "
+            "or adapter_model.*)"
+        )
     return path
 
 
@@ -113,7 +133,9 @@ def _num(x) -> str:
     if isinstance(x, int):
         return str(x)
     if isinstance(x, float):
-        return f"{x:.4g}" if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5) else f"{x:.4f}".rstrip("0").rstrip(".")
+        return (
+            f"{x:.4g}" if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5) else f"{x:.4f}".rstrip("0").rstrip(".")
+        )
     return str(x)
 
 
@@ -121,7 +143,10 @@ def objective_line(args: dict) -> str:
     """``0.8 × preference (DPO, sigmoid) + 0.2 × quality (...) + 1 × generation (SFT)``."""
     terms = list(args.get("loss_type") or [])
     weights = args.get("loss_weights") or [1.0] * len(terms)
-    return " + ".join(f"{_num(float(w))} × {TERMS[t].title if t in TERMS else t}" for t, w in zip(terms, weights, strict=False))
+    return " + ".join(
+        f"{_num(float(w))} × {TERMS[t].title if t in TERMS else t}"
+        for t, w in zip(terms, weights, strict=False)
+    )
 
 
 def hyperparameter_rows(run: dict) -> list[list[str]]:
@@ -130,7 +155,9 @@ def hyperparameter_rows(run: dict) -> list[list[str]]:
 
     def add(name: str, value, note: str = "") -> None:
         if value is not None and value != "":
-            rows.append([name, f"`{value}`" if not isinstance(value, str) or value[:1] != "`" else value, note])
+            rows.append(
+                [name, f"`{value}`" if not isinstance(value, str) or value[:1] != "`" else value, note]
+            )
 
     if a.get("loss_type"):
         add("loss_type", a["loss_type"], "terms of the objective")
@@ -151,16 +178,26 @@ def hyperparameter_rows(run: dict) -> list[list[str]]:
     world = run.get("world_size")
     if per_device and accum:
         if world:
-            add("global batch size", per_device * accum * world, f"{per_device} × {accum} × {world} processes")
+            add(
+                "global batch size", per_device * accum * world, f"{per_device} × {accum} × {world} processes"
+            )
         else:
-            add("global batch size", f"{per_device * accum} × processes", "per device × accumulation × processes")
+            add(
+                "global batch size",
+                f"{per_device * accum} × processes",
+                "per device × accumulation × processes",
+            )
     add("max_length", a.get("max_length"), "tokens per [prompt + response], image tokens included")
     precision = "bf16" if a.get("bf16") else "fp16" if a.get("fp16") else "fp32" if "bf16" in a else None
     add("precision", precision)
     add("gradient_checkpointing", a.get("activation_checkpointing", a.get("gradient_checkpointing")))
     add("optim", a.get("optim"))
     add("seed", a.get("seed"))
-    add("precompute_ref_log_probs", a.get("precompute_ref_log_probs"), "reference log-probs computed once, cached")
+    add(
+        "precompute_ref_log_probs",
+        a.get("precompute_ref_log_probs"),
+        "reference log-probs computed once, cached",
+    )
     add("prefix_sharing", a.get("prefix_sharing"), "[prompt | chosen | rejected] in one sequence")
     if a.get("max_packed_tokens"):
         add("max_packed_tokens", a["max_packed_tokens"])
@@ -172,7 +209,10 @@ def hyperparameter_rows(run: dict) -> list[list[str]]:
     if model:
         add("frozen", ", ".join(frozen) if frozen else "nothing", "parts of the model not trained")
     if model.get("use_peft"):
-        add("LoRA", f"r={model.get('lora_r')}, alpha={model.get('lora_alpha')}, dropout={model.get('lora_dropout')}")
+        add(
+            "LoRA",
+            f"r={model.get('lora_r')}, alpha={model.get('lora_alpha')}, dropout={model.get('lora_dropout')}",
+        )
     data = run.get("data") or {}
     if data.get("meta_path"):
         add("training data", f"`{Path(data['meta_path']).name}` (MMPR layout)")
@@ -215,7 +255,10 @@ def training_section(run: dict | None, run_source: str | None, state: dict | Non
         "",
     ]
     if run is None:
-        lines += ["No training record (`mpo_config.json` or `training_args.bin`) was found in the model folder.", ""]
+        lines += [
+            "No training record (`mpo_config.json` or `training_args.bin`) was found in the model folder.",
+            "",
+        ]
     else:
         objective = objective_line(run.get("args", {}))
         if objective:
@@ -237,15 +280,26 @@ def training_section(run: dict | None, run_source: str | None, state: dict | Non
     for mode, (first, last) in metrics.items():
         prefix = "eval_" if mode == "eval" else ""
         acc, margin = last.get(f"{prefix}rewards/accuracies"), last.get(f"{prefix}rewards/margins")
-        summary = f"Final {mode} reward accuracy **{_num(acc)}**" + (f", margin **{_num(margin)}**" if margin is not None else "")
+        summary = f"Final {mode} reward accuracy **{_num(acc)}**" + (
+            f", margin **{_num(margin)}**" if margin is not None else ""
+        )
         lines += [f"{summary} (step {last.get('step')}).", ""]
         shown = [m for m in FINAL_METRICS if prefix + m in last]
         if first is last:
-            lines += markdown.table([f"{mode} metric", f"step {last.get('step')}"], [[f"`{m}`", _num(last[prefix + m])] for m in shown])
+            lines += markdown.table(
+                [f"{mode} metric", f"step {last.get('step')}"],
+                [[f"`{m}`", _num(last[prefix + m])] for m in shown],
+            )
         else:
             rows = [[f"`{m}`", _num(first.get(prefix + m, "–")), _num(last[prefix + m])] for m in shown]
-            lines += markdown.table([f"{mode} metric", f"first logged (step {first.get('step')})",
-                             f"last logged (step {last.get('step')})"], rows)  # fmt: skip
+            lines += markdown.table(
+                [
+                    f"{mode} metric",
+                    f"first logged (step {first.get('step')})",
+                    f"last logged (step {last.get('step')})",
+                ],
+                rows,
+            )
         lines.append("")
     if not metrics:
         lines += ["No reward metrics in the training log.", ""]
@@ -267,7 +321,9 @@ def load_pairs_report(path: str | Path) -> tuple[Path, dict]:
     if path.is_dir():
         path = path / "report.json"
     if not path.is_file():
-        raise UserError(f"{path}: no pair-builder report (pass report.json written by `mpo build-pairs`, or its folder)")
+        raise UserError(
+            f"{path}: no pair-builder report (pass report.json written by `mpo build-pairs`, or its folder)"
+        )
     report = read_json(path)
     if "pairs" not in report or "questions" not in report:
         raise UserError(f"{path}: not an `mpo build-pairs` report (no 'pairs' / 'questions')")
@@ -276,23 +332,43 @@ def load_pairs_report(path: str | Path) -> tuple[Path, dict]:
 
 def data_section(path: Path, report: dict) -> list[str]:
     q, p = report["questions"], report["pairs"]
-    lines = ["## Preference data", "",
-             f"Built from the model itself with the **{report.get('pipeline', '?')}** pipeline of `mpo build-pairs` "
-             f"(`{path.name}`): {q.get('in')} questions in, **{p.get('kept')} pairs kept** of {p.get('candidates')} "
-             "candidates.", ""]  # fmt: skip
+    lines = [
+        "## Preference data",
+        "",
+        f"Built from the model itself with the **{report.get('pipeline', '?')}** pipeline of `mpo build-pairs` "
+        f"(`{path.name}`): {q.get('in')} questions in, **{p.get('kept')} pairs kept** of {p.get('candidates')} "
+        "candidates.",
+        "",
+    ]
     rows = [[s, n] for s, n in (q.get("by_status") or {}).items()]
     if rows:
         lines += markdown.table(["questions", "count"], rows) + [""]
     subsets = report.get("subsets") or {}
     if subsets:
         reasons = sorted({r for e in subsets.values() for r in (e.get("dropped") or {})})
-        rows = [[name, e.get("candidates"), e.get("kept"), *[(e.get("dropped") or {}).get(r, 0) for r in reasons]]
-                for name, e in subsets.items()]  # fmt: skip
-        rows.append(["**total**", p.get("candidates"), p.get("kept"), *[(p.get("dropped") or {}).get(r, 0) for r in reasons]])
-        lines += markdown.table(["subset", "candidates", "kept", *[f"dropped: {r}" for r in reasons]], rows) + [""]
+        rows = [
+            [name, e.get("candidates"), e.get("kept"), *[(e.get("dropped") or {}).get(r, 0) for r in reasons]]
+            for name, e in subsets.items()
+        ]
+        rows.append(
+            [
+                "**total**",
+                p.get("candidates"),
+                p.get("kept"),
+                *[(p.get("dropped") or {}).get(r, 0) for r in reasons],
+            ]
+        )
+        lines += markdown.table(
+            ["subset", "candidates", "kept", *[f"dropped: {r}" for r in reasons]], rows
+        ) + [""]
     if report.get("responses"):
-        lines += ["Sampled responses: " + ", ".join(f"{n} {v}" for v, n in report["responses"].items()) + ".", ""]
-    settings = {k: v for k, v in (report.get("settings") or {}).items() if isinstance(v, (str, int, float, bool))}
+        lines += [
+            "Sampled responses: " + ", ".join(f"{n} {v}" for v, n in report["responses"].items()) + ".",
+            "",
+        ]
+    settings = {
+        k: v for k, v in (report.get("settings") or {}).items() if isinstance(v, (str, int, float, bool))
+    }
     if settings:
         lines += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()) + ".", ""]
     return lines
@@ -300,13 +376,20 @@ def data_section(path: Path, report: dict) -> list[str]:
 
 def usage_section(repo_id: str, adapter_base: str | None) -> list[str]:
     if adapter_base is None:
-        load = ['model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch.bfloat16, device_map="auto")']
+        load = [
+            'model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch.bfloat16, device_map="auto")'
+        ]
         imports = ["import torch", "from transformers import AutoModelForImageTextToText, AutoProcessor"]
     else:
-        load = [f'model = AutoModelForImageTextToText.from_pretrained("{adapter_base}", dtype=torch.bfloat16, device_map="auto")',
-                "model = PeftModel.from_pretrained(model, model_id)"]  # fmt: skip
-        imports = ["import torch", "from peft import PeftModel",
-                   "from transformers import AutoModelForImageTextToText, AutoProcessor"]  # fmt: skip
+        load = [
+            f'model = AutoModelForImageTextToText.from_pretrained("{adapter_base}", dtype=torch.bfloat16, device_map="auto")',
+            "model = PeftModel.from_pretrained(model, model_id)",
+        ]
+        imports = [
+            "import torch",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        ]
     code = [
         *imports,
         "",
@@ -327,9 +410,16 @@ def usage_section(repo_id: str, adapter_base: str | None) -> list[str]:
         "output = model.generate(**inputs, max_new_tokens=512, do_sample=False)",
         'print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
     ]
-    return ["## Usage", "",
-            "Native transformers InternVL (`InternVLForConditionalGeneration`), the chat template saved with it:", "",
-            "```python", *code, "```", ""]  # fmt: skip
+    return [
+        "## Usage",
+        "",
+        "Native transformers InternVL (`InternVLForConditionalGeneration`), the chat template saved with it:",
+        "",
+        "```python",
+        *code,
+        "```",
+        "",
+    ]
 
 
 def _versions() -> str:
@@ -345,9 +435,18 @@ def _versions() -> str:
 # -------------------------------------------------------------------------------------------- card
 
 
-def build_card(model_dir: str | Path, repo_id: str, *, base_model: str | None = None, datasets: list[str] | None = None,
-               license: str = DEFAULT_LICENSE, pairs_report: str | Path | None = None,
-               sections: list[str] | None = None, discover: bool = True, state: dict | None = None):  # fmt: skip
+def build_card(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str = DEFAULT_LICENSE,
+    pairs_report: str | Path | None = None,
+    sections: list[str] | None = None,
+    discover: bool = True,
+    state: dict | None = None,
+):
     """The model card of a run folder (a ``huggingface_hub.ModelCard``), not written yet; ``sections``
     (markdown lines, e.g. `mpo push`'s evaluation) go before the usage section; ``state`` (a
     ``TrainerState`` as a dict) stands in for the folder's ``trainer_state.json``, which a trainer
@@ -358,7 +457,11 @@ def build_card(model_dir: str | Path, repo_id: str, *, base_model: str | None = 
     run, run_source = read_run_config(model_dir)
     if state is None and (model_dir / STATE_NAME).is_file():
         state = read_json(model_dir / STATE_NAME)
-    adapter = read_json(model_dir / "adapter_config.json") if (model_dir / "adapter_config.json").is_file() else None
+    adapter = (
+        read_json(model_dir / "adapter_config.json")
+        if (model_dir / "adapter_config.json").is_file()
+        else None
+    )
     trained_from = ((run or {}).get("model") or {}).get("model_name_or_path") or (run or {}).get("base_model")
     if adapter is not None:
         trained_from = adapter.get("base_model_name_or_path") or trained_from
@@ -369,20 +472,32 @@ def build_card(model_dir: str | Path, repo_id: str, *, base_model: str | None = 
     base = base_model or _hub_id(trained_from)
     tags = TAGS + (["lora"] if adapter is not None else [])
     data = ModelCardData(
-        base_model=base, datasets=list(datasets) if datasets else None,
-        library_name="peft" if adapter is not None else "transformers", pipeline_tag=PIPELINE_TAG,
-        license=license, tags=tags,
-    )  # fmt: skip
+        base_model=base,
+        datasets=list(datasets) if datasets else None,
+        library_name="peft" if adapter is not None else "transformers",
+        pipeline_tag=PIPELINE_TAG,
+        license=license,
+        tags=tags,
+    )
 
     name = repo_id.split("/")[-1]
     lines = [f"# {name}", ""]
     origin = f"[`{base}`](https://huggingface.co/{base})" if base else "an InternVL2.5 checkpoint"
-    lines += [f"{name} is {origin} fine-tuned with **Mixed Preference Optimization** (DPO preference + BCO quality "
-              "+ SFT generation losses) by the `internvl-mpo` toolkit (`mpo train`, derived from TRL's DPOTrainer)."
-              + (" The weights are a LoRA adapter." if adapter is not None else ""), ""]  # fmt: skip
-    if trained_from and trained_from != base:  # a local folder: its name only (no local paths in a public card)
-        lines += [f"Trained from the local checkpoint `{Path(trained_from).name}`"
-                  + ("" if base else " (pass `--base-model ORG/NAME` to `mpo push` to link the Hub model)") + ".", ""]  # fmt: skip
+    lines += [
+        f"{name} is {origin} fine-tuned with **Mixed Preference Optimization** (DPO preference + BCO quality "
+        "+ SFT generation losses) by the `internvl-mpo` toolkit (`mpo train`, derived from TRL's DPOTrainer)."
+        + (" The weights are a LoRA adapter." if adapter is not None else ""),
+        "",
+    ]
+    if (
+        trained_from and trained_from != base
+    ):  # a local folder: its name only (no local paths in a public card)
+        lines += [
+            f"Trained from the local checkpoint `{Path(trained_from).name}`"
+            + ("" if base else " (pass `--base-model ORG/NAME` to `mpo push` to link the Hub model)")
+            + ".",
+            "",
+        ]
     lines += training_section(run, run_source, state)
 
     report_path = pairs_report or (find_pairs_report(model_dir, run) if discover else None)
@@ -408,7 +523,9 @@ def write_card(model_dir: str | Path, card) -> Path:
     loaded = ModelCard.load(path)
     if loaded.data.to_dict() != card.data.to_dict():
         raise RuntimeError(f"{path}: the metadata read back differs from the one written")
-    missing = [k for k in ("license", "library_name", "pipeline_tag", "tags") if not loaded.data.to_dict().get(k)]
+    missing = [
+        k for k in ("license", "library_name", "pipeline_tag", "tags") if not loaded.data.to_dict().get(k)
+    ]
     if missing:
         raise UserError(f"{path}: model card metadata lacks {', '.join(missing)}")
     return path

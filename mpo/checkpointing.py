@@ -33,9 +33,15 @@ REWARD_SHIFT_KEY = "MPORewardShift"  # δ's entry in trainer_state.json's statef
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # One of these holds the weights of a checkpoint: full model (safetensors, sharded or not, or torch
 # pickles), a PEFT adapter, or a DeepSpeed checkpoint (its ``latest`` tag file).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin",
-                "latest")  # fmt: skip
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "latest",
+)
 
 
 def write_run_config(output_dir: str | Path, args, extra: dict | None = None) -> Path:
@@ -83,8 +89,11 @@ def checkpoints(output_dir: Path) -> list[Path]:
     """The ``checkpoint-N`` folders of ``output_dir``, newest (highest N) first."""
     if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
-             if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))]  # fmt: skip
+    found = [
+        (int(m.group(1)), p)
+        for p in output_dir.iterdir()
+        if p.is_dir() and (m := CHECKPOINT_DIR.match(p.name))
+    ]
     return [p for _, p in sorted(found, reverse=True)]
 
 

@@ -14,18 +14,51 @@ from mpo.errors import UserError
 
 # name -> (module with main(argv), one-line help). A command is listed here only once it works.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tiny-model": ("mpo.models.tiny", "build the embedded tiny InternVL-architecture model (--family internvl2_5 | internvl3)"),
-    "synthetic": ("data_builders.synthetic", "generate the synthetic visual QA task (SFT / QA / eval splits)"),
-    "convert": ("mpo.models.convert", "convert a checkpoint between the OpenGVLab layout and native transformers"),
-    "transfer-vision": ("mpo.models.transfer", "progressive scaling: put the vision tower of a small-LLM run into a checkpoint with a larger LLM"),
+    "tiny-model": (
+        "mpo.models.tiny",
+        "build the embedded tiny InternVL-architecture model (--family internvl2_5 | internvl3)",
+    ),
+    "synthetic": (
+        "data_builders.synthetic",
+        "generate the synthetic visual QA task (SFT / QA / eval splits)",
+    ),
+    "convert": (
+        "mpo.models.convert",
+        "convert a checkpoint between the OpenGVLab layout and native transformers",
+    ),
+    "transfer-vision": (
+        "mpo.models.transfer",
+        "progressive scaling: put the vision tower of a small-LLM run into a checkpoint with a larger LLM",
+    ),
     "train": ("mpo.train", "MPO training (DPO + BCO + SFT) from a recipe YAML, plus --key value overrides"),
-    "build-pairs": ("data_builders.build_pairs", "preference pairs from the model itself: correctness-based or DropoutNTP (MMPR layout)"),
-    "sft": ("mpo.sft", "one stage (1, 1.5, 2) of the InternVL2.5 SFT recipe from a recipe YAML, plus overrides"),
-    "eval": ("eval.run", "evaluate a checkpoint on benchmarks (VLMEvalKit TSV, MMPR jsonl), or --compare runs"),
-    "bench": ("benchmarks.mpo_speed", "speed and memory of MPOTrainer vs plain trl.DPOTrainer (pairs/s, peak MB)"),
-    "gpu-check": ("benchmarks.gpu_check", "on a GPU: every attention kernel exact in every layout (bf16), speed vs TRL at the 1B widths (--dry: CPU)"),
-    "plan": ("mpo.plan", "per-GPU memory of a recipe on a cluster (model states at its ZeRO stage, activations): does it fit?"),
-    "push": ("mpo.hub", "write the model card of a run and upload it to the Hugging Face Hub (--dry-run: list only)"),
+    "build-pairs": (
+        "data_builders.build_pairs",
+        "preference pairs from the model itself: correctness-based or DropoutNTP (MMPR layout)",
+    ),
+    "sft": (
+        "mpo.sft",
+        "one stage (1, 1.5, 2) of the InternVL2.5 SFT recipe from a recipe YAML, plus overrides",
+    ),
+    "eval": (
+        "eval.run",
+        "evaluate a checkpoint on benchmarks (VLMEvalKit TSV, MMPR jsonl), or --compare runs",
+    ),
+    "bench": (
+        "benchmarks.mpo_speed",
+        "speed and memory of MPOTrainer vs plain trl.DPOTrainer (pairs/s, peak MB)",
+    ),
+    "gpu-check": (
+        "benchmarks.gpu_check",
+        "on a GPU: every attention kernel exact in every layout (bf16), speed vs TRL at the 1B widths (--dry: CPU)",
+    ),
+    "plan": (
+        "mpo.plan",
+        "per-GPU memory of a recipe on a cluster (model states at its ZeRO stage, activations): does it fit?",
+    ),
+    "push": (
+        "mpo.hub",
+        "write the model card of a run and upload it to the Hugging Face Hub (--dry-run: list only)",
+    ),
     "demo": ("mpo.demo", "run the whole pipeline end to end on the embedded default"),
 }
 

@@ -43,12 +43,20 @@ class PreferenceSamplesCallback(TrainerCallback):
             return
         chosen, rejected = logps[0::2].float().cpu(), logps[1::2].float().cpu()
         reward_margin = trainer.beta * ((chosen - ref_c.float().cpu()) - (rejected - ref_r.float().cpu()))
-        table = wandb.Table(columns=["step", "image", "question", "chosen", "rejected", "logp_margin",
-                                     "reward_margin"])  # fmt: skip
+        table = wandb.Table(
+            columns=["step", "image", "question", "chosen", "rejected", "logp_margin", "reward_margin"]
+        )
         for i, r in enumerate(records):
             image = wandb.Image(r["image_paths"][0]) if r["image_paths"] else None
-            table.add_data(state.global_step, image, r["question"], r["chosen"], r["rejected"],
-                           float(chosen[i] - rejected[i]), float(reward_margin[i]))  # fmt: skip
+            table.add_data(
+                state.global_step,
+                image,
+                r["question"],
+                r["chosen"],
+                r["rejected"],
+                float(chosen[i] - rejected[i]),
+                float(reward_margin[i]),
+            )
         wandb.log({"eval/preference_samples": table, "train/global_step": state.global_step})
 
 

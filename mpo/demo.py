@@ -36,13 +36,17 @@ class Scale:
     samples: int  # responses per question (correctness pairs)
     mpo_steps: int | None  # None: one epoch over the pairs
     eval_items: int | None  # None: the whole eval split
-    pairs: str = "correctness"  # pair builder; dropout-ntp needs no correct answer (an untrained model has none)
+    pairs: str = (
+        "correctness"  # pair builder; dropout-ntp needs no correct answer (an untrained model has none)
+    )
     tts_samples: int = 4  # test-time scaling: sampled responses per item (majority vote over the first N)
     tts_items: int | None = None  # ... on the first items of the eval split (None: eval_items)
     formats: tuple[str, ...] = ("short",)  # question formats of the synthetic task (short answer, "mc")
     max_tiles: int = 1  # largest synthetic image, in tiles (1: every image is one 64 px tile, 16 tokens)
     pair_args: tuple[str, ...] = ()  # extra `mpo build-pairs` options (sampling temperature, ...)
-    mpo_args: tuple[str, ...] = ()  # extra `mpo train` options of the MPO step and the ablation (beta, lr, ...)
+    mpo_args: tuple[
+        str, ...
+    ] = ()  # extra `mpo train` options of the MPO step and the ablation (beta, lr, ...)
 
 
 # `full` (make demo) fits 10 minutes on 2 CPU cores: three of the seven skills, which the tiny model learns
@@ -54,13 +58,41 @@ DEMO_SKILLS = ("colour", "count", "position")
 TTS_SAMPLES, TTS_ITEMS = 8, 200
 TTS_TEMPERATURE = 0.7
 SCALES = {
-    "full": Scale(n_sft=8000, skills=DEMO_SKILLS, sft_steps=None, pair_questions=300, samples=8, mpo_steps=None,
-                  eval_items=500, tts_samples=TTS_SAMPLES, tts_items=TTS_ITEMS),
-    "long": Scale(n_sft=8000, skills=None, sft_steps=(60, 60, 7000), pair_questions=600, samples=8, mpo_steps=None,
-                  eval_items=1000, tts_samples=8, tts_items=500),
-    "smoke": Scale(n_sft=80, skills=DEMO_SKILLS, sft_steps=(2, 2, 4), pair_questions=6, samples=4, mpo_steps=3,
-                   eval_items=8, pairs="dropout-ntp", tts_samples=4, tts_items=8),
-}  # fmt: skip
+    "full": Scale(
+        n_sft=8000,
+        skills=DEMO_SKILLS,
+        sft_steps=None,
+        pair_questions=300,
+        samples=8,
+        mpo_steps=None,
+        eval_items=500,
+        tts_samples=TTS_SAMPLES,
+        tts_items=TTS_ITEMS,
+    ),
+    "long": Scale(
+        n_sft=8000,
+        skills=None,
+        sft_steps=(60, 60, 7000),
+        pair_questions=600,
+        samples=8,
+        mpo_steps=None,
+        eval_items=1000,
+        tts_samples=8,
+        tts_items=500,
+    ),
+    "smoke": Scale(
+        n_sft=80,
+        skills=DEMO_SKILLS,
+        sft_steps=(2, 2, 4),
+        pair_questions=6,
+        samples=4,
+        mpo_steps=3,
+        eval_items=8,
+        pairs="dropout-ntp",
+        tts_samples=4,
+        tts_items=8,
+    ),
+}
 
 
 class Pipeline:
@@ -83,23 +115,67 @@ class Pipeline:
 def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
     p = prepare(out, scale, fresh)
     o, sft = str(out), f"{out}/sft_stage2"
-    mpo_args = ["train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", sft, "--meta_path",
-                f"{o}/pairs/meta.json", "--output_dir", f"{o}/mpo", "--ref_cache_dir", f"{o}/ref_cache"]  # fmt: skip
+    mpo_args = [
+        "train",
+        "--config",
+        "recipes/tiny/mpo.yaml",
+        "--model_name_or_path",
+        sft,
+        "--meta_path",
+        f"{o}/pairs/meta.json",
+        "--output_dir",
+        f"{o}/mpo",
+        "--ref_cache_dir",
+        f"{o}/ref_cache",
+    ]
     mpo_args += list(scale.mpo_args)
     if scale.mpo_steps:
         mpo_args += ["--max_steps", str(scale.mpo_steps)]
     p.step("7/10 MPO training", out / "mpo" / "trainer_state.json", *mpo_args)
     for name, model in (("sft", sft), ("mpo", f"{o}/mpo")):
-        evaluate(p, f"8/10 evaluate the {name.upper()} checkpoint (held-out split, CoT)", model, out / "eval" / name,
-                 out, scale)  # fmt: skip
-    p.step("9/10 compare", out / "eval" / "compare" / "compare.md", "eval", "--compare", f"{o}/eval/sft",
-           f"{o}/eval/mpo", "--names", "SFT", "MPO", "--out", f"{o}/eval/compare")  # fmt: skip
+        evaluate(
+            p,
+            f"8/10 evaluate the {name.upper()} checkpoint (held-out split, CoT)",
+            model,
+            out / "eval" / name,
+            out,
+            scale,
+        )
+    p.step(
+        "9/10 compare",
+        out / "eval" / "compare" / "compare.md",
+        "eval",
+        "--compare",
+        f"{o}/eval/sft",
+        f"{o}/eval/mpo",
+        "--names",
+        "SFT",
+        "MPO",
+        "--out",
+        f"{o}/eval/compare",
+    )
     for name, model in (("sft", sft), ("mpo", f"{o}/mpo")):
-        sample(p, f"10/10 test-time scaling: {scale.tts_samples} samples per item, majority vote ({name.upper()})",
-               model, out / "eval" / f"{name}_majority", out, scale)  # fmt: skip
-    p.step("10/10 compare the majority votes", out / "eval" / "compare_majority" / "compare.md", "eval", "--compare",
-           f"{o}/eval/sft_majority", f"{o}/eval/mpo_majority", "--names", "SFT", "MPO", "--out",
-           f"{o}/eval/compare_majority")  # fmt: skip
+        sample(
+            p,
+            f"10/10 test-time scaling: {scale.tts_samples} samples per item, majority vote ({name.upper()})",
+            model,
+            out / "eval" / f"{name}_majority",
+            out,
+            scale,
+        )
+    p.step(
+        "10/10 compare the majority votes",
+        out / "eval" / "compare_majority" / "compare.md",
+        "eval",
+        "--compare",
+        f"{o}/eval/sft_majority",
+        f"{o}/eval/mpo_majority",
+        "--names",
+        "SFT",
+        "MPO",
+        "--out",
+        f"{o}/eval/compare_majority",
+    )
     return write_report(out, p.timings)
 
 
@@ -107,16 +183,50 @@ def sample(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: S
     """N sampled CoT responses per item of the first ``tts_items`` eval items, majority vote over the first k."""
     items = scale.tts_items or scale.eval_items
     limit = ["--limit", str(items)] if items else []
-    p.step(name, target / "results.json", "eval", "--model", model, "--data", f"synthetic={out}/synthetic/eval/eval.tsv",
-           "--cot", "--max-new-tokens", "64", "--out", str(target), "--backend", "transformers",
-           "--num-samples", str(scale.tts_samples), "--temperature", str(TTS_TEMPERATURE), "--aggregate", "majority",
-           *limit)  # fmt: skip
+    p.step(
+        name,
+        target / "results.json",
+        "eval",
+        "--model",
+        model,
+        "--data",
+        f"synthetic={out}/synthetic/eval/eval.tsv",
+        "--cot",
+        "--max-new-tokens",
+        "64",
+        "--out",
+        str(target),
+        "--backend",
+        "transformers",
+        "--num-samples",
+        str(scale.tts_samples),
+        "--temperature",
+        str(TTS_TEMPERATURE),
+        "--aggregate",
+        "majority",
+        *limit,
+    )
 
 
 def evaluate(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: Scale) -> None:
     limit = ["--limit", str(scale.eval_items)] if scale.eval_items else []
-    p.step(name, target / "results.json", "eval", "--model", model, "--data", f"synthetic={out}/synthetic/eval/eval.tsv",
-           "--cot", "--max-new-tokens", "64", "--out", str(target), "--backend", "transformers", *limit)  # fmt: skip
+    p.step(
+        name,
+        target / "results.json",
+        "eval",
+        "--model",
+        model,
+        "--data",
+        f"synthetic={out}/synthetic/eval/eval.tsv",
+        "--cot",
+        "--max-new-tokens",
+        "64",
+        "--out",
+        str(target),
+        "--backend",
+        "transformers",
+        *limit,
+    )
 
 
 def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
@@ -125,22 +235,59 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
         shutil.rmtree(out)
     p, o = Pipeline(out, fresh), str(out)
     p.step("1/10 build the tiny InternVL2.5 model", out / "tiny" / "config.json", "tiny-model", f"{o}/tiny")
-    p.step("2/10 generate the synthetic visual QA task", out / "synthetic" / "eval" / "eval.tsv",
-           "synthetic", f"{o}/synthetic", "--n", str(scale.n_sft),
-           "--formats", ",".join(scale.formats), "--max-tiles", str(scale.max_tiles), *(["--skills", ",".join(scale.skills)] if scale.skills else []))  # fmt: skip
+    p.step(
+        "2/10 generate the synthetic visual QA task",
+        out / "synthetic" / "eval" / "eval.tsv",
+        "synthetic",
+        f"{o}/synthetic",
+        "--n",
+        str(scale.n_sft),
+        "--formats",
+        ",".join(scale.formats),
+        "--max-tiles",
+        str(scale.max_tiles),
+        *(["--skills", ",".join(scale.skills)] if scale.skills else []),
+    )
     previous = f"{o}/tiny"
     for i, stage in enumerate(("1", "1_5", "2")):
         target = f"{o}/sft_stage{stage}"
         steps = ["--max_steps", str(scale.sft_steps[i])] if scale.sft_steps else []
-        p.step(f"{3 + i}/10 SFT stage {stage.replace('_', '.')}", Path(target) / "config.json", "sft",
-               "--config", f"recipes/tiny/sft_stage{stage}.yaml", "--model_name_or_path", previous,
-               "--meta_path", f"{o}/synthetic/sft/meta.json", "--output_dir", target, *steps)  # fmt: skip
+        p.step(
+            f"{3 + i}/10 SFT stage {stage.replace('_', '.')}",
+            Path(target) / "config.json",
+            "sft",
+            "--config",
+            f"recipes/tiny/sft_stage{stage}.yaml",
+            "--model_name_or_path",
+            previous,
+            "--meta_path",
+            f"{o}/synthetic/sft/meta.json",
+            "--output_dir",
+            target,
+            *steps,
+        )
         previous = target
     samples = ["--n", str(scale.samples)] if scale.pairs == "correctness" else []
-    p.step(f"6/10 build {scale.pairs} pairs from the SFT model", out / "pairs" / "report.json", "build-pairs",
-           scale.pairs, "--model", previous, "--data", f"{o}/synthetic/qa/meta.json", "--out", f"{o}/pairs",
-           "--limit", str(scale.pair_questions), *samples, "--max-new-tokens", "64", "--backend", "transformers",
-           *scale.pair_args)  # fmt: skip
+    p.step(
+        f"6/10 build {scale.pairs} pairs from the SFT model",
+        out / "pairs" / "report.json",
+        "build-pairs",
+        scale.pairs,
+        "--model",
+        previous,
+        "--data",
+        f"{o}/synthetic/qa/meta.json",
+        "--out",
+        f"{o}/pairs",
+        "--limit",
+        str(scale.pair_questions),
+        *samples,
+        "--max-new-tokens",
+        "64",
+        "--backend",
+        "transformers",
+        *scale.pair_args,
+    )
     return p
 
 
@@ -164,25 +311,48 @@ def ablation(out: Path, scale: Scale, seeds: tuple[int, ...] = (0, 1, 2), fresh:
         for seed in seeds:
             tag = f"{variant.lower().replace(' ', '_')}_s{seed}"
             target = out / "ablation" / tag
-            train = ["train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", sft, "--meta_path",
-                     f"{o}/pairs/meta.json", "--output_dir", str(target), "--ref_cache_dir", f"{o}/ref_cache",
-                     "--seed", str(seed), *scale.mpo_args, *loss_args]  # fmt: skip
+            train = [
+                "train",
+                "--config",
+                "recipes/tiny/mpo.yaml",
+                "--model_name_or_path",
+                sft,
+                "--meta_path",
+                f"{o}/pairs/meta.json",
+                "--output_dir",
+                str(target),
+                "--ref_cache_dir",
+                f"{o}/ref_cache",
+                "--seed",
+                str(seed),
+                *scale.mpo_args,
+                *loss_args,
+            ]
             if scale.mpo_steps:
                 train += ["--max_steps", str(scale.mpo_steps)]
             p.step(f"ablation: train {variant}, seed {seed}", target / "trainer_state.json", *train)
-            evaluate(p, f"ablation: evaluate {variant}, seed {seed}", str(target), target / "eval", out, scale)
+            evaluate(
+                p, f"ablation: evaluate {variant}, seed {seed}", str(target), target / "eval", out, scale
+            )
             result = json.loads((target / "eval" / "results.json").read_text())
             accuracy.setdefault(variant, []).append(result["overall"]["accuracy"])
     base = json.loads((out / "eval" / "sft" / "results.json").read_text())["overall"]
-    lines = ["# Ablation: MPO against its parts", "",
-             f"Same SFT checkpoint (held-out accuracy {100 * base['accuracy']:.1f} %; a uniform random guess scores "
-             f"{100 * chance_level(out, base['total']):.1f} %) and pairs; seeds {list(seeds)}; "
-             "chain-of-thought evaluation on the synthetic eval split.", "",
-             "| objective | mean accuracy | spread (std) | min | max | per seed |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Ablation: MPO against its parts",
+        "",
+        f"Same SFT checkpoint (held-out accuracy {100 * base['accuracy']:.1f} %; a uniform random guess scores "
+        f"{100 * chance_level(out, base['total']):.1f} %) and pairs; seeds {list(seeds)}; "
+        "chain-of-thought evaluation on the synthetic eval split.",
+        "",
+        "| objective | mean accuracy | spread (std) | min | max | per seed |",
+        "|---|---|---|---|---|---|",
+    ]
     for variant, accs in accuracy.items():
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        lines.append(f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * std:.1f} | {100 * min(accs):.1f} | "
-                     f"{100 * max(accs):.1f} | {', '.join(f'{100 * a:.1f}' for a in accs)} |")  # fmt: skip
+        lines.append(
+            f"| {variant} | {100 * statistics.mean(accs):.1f} % | {100 * std:.1f} | {100 * min(accs):.1f} | "
+            f"{100 * max(accs):.1f} | {', '.join(f'{100 * a:.1f}' for a in accs)} |"
+        )
     chart = plot_ablation(out, accuracy, base["accuracy"], chance_level(out, base["total"]))
     lines += ["", *separation(accuracy), "", f"![ablation]({chart.name})"]
     report = out / "ABLATION.md"
@@ -201,8 +371,10 @@ def separation(accuracy: dict[str, list[float]]) -> list[str]:
     for variant, accs in accuracy.items():
         if variant != "MPO":
             apart = min(mpo) > max(accs)
-            lines.append(f"- MPO against {variant}: worst MPO seed {100 * min(mpo):.1f} %, best {variant} seed "
-                         f"{100 * max(accs):.1f} %: the seed ranges {'do not overlap' if apart else 'overlap'}.")  # fmt: skip
+            lines.append(
+                f"- MPO against {variant}: worst MPO seed {100 * min(mpo):.1f} %, best {variant} seed "
+                f"{100 * max(accs):.1f} %: the seed ranges {'do not overlap' if apart else 'overlap'}."
+            )
     return lines
 
 
@@ -247,7 +419,11 @@ def plot_curves(out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mpo = [h for h in json.loads((out / "mpo" / "trainer_state.json").read_text())["log_history"] if "loss/dpo" in h]
+    mpo = [
+        h
+        for h in json.loads((out / "mpo" / "trainer_state.json").read_text())["log_history"]
+        if "loss/dpo" in h
+    ]
     fig, axes = plt.subplots(1, 5, figsize=(22, 3.6))
     steps = [h["step"] for h in mpo]
     for key in ("loss/dpo", "loss/bco", "loss/sft"):
@@ -266,7 +442,9 @@ def plot_curves(out: Path) -> Path:
         state = out / f"sft_stage{stage}" / "trainer_state.json"
         if state.exists():
             hist = [h for h in json.loads(state.read_text())["log_history"] if "loss" in h]
-            axes[4].plot([h["step"] for h in hist], [h["loss"] for h in hist], label=f"stage {stage.replace('_', '.')}")
+            axes[4].plot(
+                [h["step"] for h in hist], [h["loss"] for h in hist], label=f"stage {stage.replace('_', '.')}"
+            )
     axes[4].set_title("SFT loss")
     for ax in axes:
         ax.set_xlabel("step")
@@ -279,11 +457,16 @@ def plot_curves(out: Path) -> Path:
 
 
 def write_report(out: Path, timings: dict[str, float]) -> Path:
-    results = {name: json.loads((out / "eval" / name / "results.json").read_text()) for name in ("sft", "mpo")}
+    results = {
+        name: json.loads((out / "eval" / name / "results.json").read_text()) for name in ("sft", "mpo")
+    }
     sft_acc, mpo_acc = (results[n]["overall"]["accuracy"] for n in ("sft", "mpo"))
     n_items = results["mpo"]["overall"]["total"]
-    mpo_hist = [h for h in json.loads((out / "mpo" / "trainer_state.json").read_text())["log_history"]
-                if "rewards/accuracies" in h]  # fmt: skip
+    mpo_hist = [
+        h
+        for h in json.loads((out / "mpo" / "trainer_state.json").read_text())["log_history"]
+        if "rewards/accuracies" in h
+    ]
     curves = plot_curves(out)
     verdict = (
         f"MPO {'improves' if mpo_acc > sft_acc else 'does not improve'} held-out accuracy: "
@@ -291,22 +474,41 @@ def write_report(out: Path, timings: dict[str, float]) -> Path:
         f"on {n_items} items (a uniform random guess scores {100 * chance_level(out, n_items):.1f} %)."
     )
     lines = [
-        "# internvl-mpo demo report", "", verdict, "",
-        "## Held-out accuracy (synthetic eval split, chain-of-thought prompt)", "",
-        (out / "eval" / "compare" / "compare.md").read_text(), "",
-        "![comparison](eval/compare/compare.png)", "",
-        *paired_section(out), "",
-        *scaling_section(out), "",
-        "## Training curves", "", f"![curves]({curves.name})", "",
+        "# internvl-mpo demo report",
+        "",
+        verdict,
+        "",
+        "## Held-out accuracy (synthetic eval split, chain-of-thought prompt)",
+        "",
+        (out / "eval" / "compare" / "compare.md").read_text(),
+        "",
+        "![comparison](eval/compare/compare.png)",
+        "",
+        *paired_section(out),
+        "",
+        *scaling_section(out),
+        "",
+        "## Training curves",
+        "",
+        f"![curves]({curves.name})",
+        "",
         f"MPO: {len(mpo_hist)} logged steps; reward accuracy {mpo_hist[0]['rewards/accuracies']:.2f} (first) -> "
         f"{mpo_hist[-1]['rewards/accuracies']:.2f} (last); chosen log-prob {mpo_hist[0]['logps/chosen']:.2f} -> "
-        f"{mpo_hist[-1]['logps/chosen']:.2f}; final δ {mpo_hist[-1]['bco/delta']:.4f}.", "",
-        "## Preference pairs built from the SFT model", "",
-        *pair_split(out), "",
-        (out / "pairs" / "report.md").read_text().replace("](", "](pairs/"), "",
-        "## Step timings", "", "| step | seconds |", "|---|---|",
-        *[f"| {k} | {v:.0f} |" for k, v in timings.items()], "",
-    ]  # fmt: skip
+        f"{mpo_hist[-1]['logps/chosen']:.2f}; final δ {mpo_hist[-1]['bco/delta']:.4f}.",
+        "",
+        "## Preference pairs built from the SFT model",
+        "",
+        *pair_split(out),
+        "",
+        (out / "pairs" / "report.md").read_text().replace("](", "](pairs/"),
+        "",
+        "## Step timings",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in timings.items()],
+        "",
+    ]
     report = out / "REPORT.md"
     report.write_text("\n".join(lines))
     print(f"\n[demo] {verdict}\n[demo] report: {report}")
@@ -327,13 +529,17 @@ def paired_section(out: Path) -> list[str]:
     t = mcnemar(correctness(out / "eval" / "sft"), correctness(out / "eval" / "mpo"))
     n = t.both + t.only_first + t.only_second + t.neither
     return [
-        "## Paired test: SFT against MPO on the same items", "",
-        "| | MPO right | MPO wrong |", "|---|---:|---:|",
-        f"| **SFT right** | {t.both} | {t.only_first} |", f"| **SFT wrong** | {t.only_second} | {t.neither} |", "",
+        "## Paired test: SFT against MPO on the same items",
+        "",
+        "| | MPO right | MPO wrong |",
+        "|---|---:|---:|",
+        f"| **SFT right** | {t.both} | {t.only_first} |",
+        f"| **SFT wrong** | {t.only_second} | {t.neither} |",
+        "",
         f"Of {n} items, {t.only_second} are right only after MPO and {t.only_first} only before it. Exact McNemar "
         f"test (two-sided; under 'equally accurate' each of the {t.only_first + t.only_second} discordant items "
         f"falls either way with probability 1/2): p = {t.p_value:.2g}.",
-    ]  # fmt: skip
+    ]
 
 
 def pair_split(out: Path) -> list[str]:
@@ -344,48 +550,75 @@ def pair_split(out: Path) -> list[str]:
     if report["pipeline"] != "correctness":
         return [f"{report['pipeline']} pairs: {status.get('paired', 0)} of {n} questions paired."]
     mixed = status.get("paired", 0) + status.get("no_pair_kept", 0)
-    rows = (("both correct and incorrect responses (pairs)", mixed), ("all responses correct", status["all_correct"]),
-            ("no response correct", status["none_correct"]))  # fmt: skip
-    return ["| sampled questions with | questions | share |", "|---|---:|---:|",
-            *[f"| {name} | {k} | {100 * k / max(n, 1):.1f} % |" for name, k in rows]]  # fmt: skip
+    rows = (
+        ("both correct and incorrect responses (pairs)", mixed),
+        ("all responses correct", status["all_correct"]),
+        ("no response correct", status["none_correct"]),
+    )
+    return [
+        "| sampled questions with | questions | share |",
+        "|---|---:|---:|",
+        *[f"| {name} | {k} | {100 * k / max(n, 1):.1f} % |" for name, k in rows],
+    ]
 
 
 def scaling_section(out: Path) -> list[str]:
     """REPORT.md lines of the test-time scaling step: SFT and MPO at N = 1 and at the largest N sampled,
     and whether MPO narrows the gap between one sample and the majority vote."""
-    runs = {name: json.loads((out / "eval" / f"{name}_majority" / "results.json").read_text())["test_time_scaling"]
-            for name in ("sft", "mpo")}  # fmt: skip
+    runs = {
+        name: json.loads((out / "eval" / f"{name}_majority" / "results.json").read_text())[
+            "test_time_scaling"
+        ]
+        for name in ("sft", "mpo")
+    }
     first = {name: s["curve"][0] for name, s in runs.items()}
     last = {name: s["curve"][-1] for name, s in runs.items()}
     gap = {name: last[name]["accuracy"] - first[name]["accuracy"] for name in runs}
     n, total, temp = last["mpo"]["n"], last["mpo"]["total"], runs["mpo"]["temperature"]
     lines = [
-        "## Test-time scaling: majority vote over sampled chain-of-thought", "",
+        "## Test-time scaling: majority vote over sampled chain-of-thought",
+        "",
         f"{n} responses per item sampled at temperature {temp} on the first {total} held-out items; the answer "
         "with the most votes counts (ties: the answer voted first, so N = 2 always equals N = 1). N = 1 is one "
-        f"sampled response. One item is {100 / total:.1f} points.", "",
-        f"| model | N = 1 | N = {n} | gain of the vote |", "|---|---:|---:|---:|",
-        *[f"| {name.upper()} | {100 * first[name]['accuracy']:.1f} % | {100 * last[name]['accuracy']:.1f} % | "
-          f"{100 * gap[name]:+.1f} |" for name in ("sft", "mpo")],
+        f"sampled response. One item is {100 / total:.1f} points.",
+        "",
+        f"| model | N = 1 | N = {n} | gain of the vote |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {name.upper()} | {100 * first[name]['accuracy']:.1f} % | {100 * last[name]['accuracy']:.1f} % | "
+            f"{100 * gap[name]:+.1f} |"
+            for name in ("sft", "mpo")
+        ],
         "",
         f"The vote gains {100 * gap['sft']:+.1f} points for SFT and {100 * gap['mpo']:+.1f} for MPO: MPO "
         f"{'narrows' if gap['mpo'] < gap['sft'] else 'does not narrow'} the gap between one sample and the "
-        "majority vote here.", "",
-        (out / "eval" / "compare_majority" / "compare.md").read_text().split("## Accuracy against N", 1)[-1]
-        .split("\n", 1)[-1], "",
+        "majority vote here.",
+        "",
+        (out / "eval" / "compare_majority" / "compare.md")
+        .read_text()
+        .split("## Accuracy against N", 1)[-1]
+        .split("\n", 1)[-1],
+        "",
         "![accuracy against N](eval/compare_majority/compare_scaling.png)",
-    ]  # fmt: skip
+    ]
     return lines
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mpo demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="full",
-                        help="full: 3 skills, < 10 min (default); long: all 7 skills, 20 min of SFT; smoke: seconds")  # fmt: skip
+    parser.add_argument(
+        "--scale",
+        choices=sorted(SCALES),
+        default="full",
+        help="full: 3 skills, < 10 min (default); long: all 7 skills, 20 min of SFT; smoke: seconds",
+    )
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every step")
-    parser.add_argument("--ablation", action="store_true",
-                        help="instead of one MPO run: MPO, DPO-only and SFT-on-chosen over 3 seeds each")  # fmt: skip
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="instead of one MPO run: MPO, DPO-only and SFT-on-chosen over 3 seeds each",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     (ablation if args.ablation else run)(args.out, SCALES[args.scale], fresh=args.fresh)

@@ -83,9 +83,13 @@ class _RowSampler(LogitsProcessor):
 
     def __init__(self, seeds: list[int], params: SamplingParams) -> None:
         self.uniforms = torch.stack(
-            [torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-             for s in seeds]
-        )  # fmt: skip
+            [
+                torch.rand(
+                    params.max_new_tokens, generator=torch.Generator().manual_seed(s), dtype=torch.float64
+                )
+                for s in seeds
+            ]
+        )
         self.step = 0
         self.warpers = [TemperatureLogitsWarper(params.temperature)]
         if params.top_k:
@@ -119,7 +123,12 @@ class TransformersBackend:
     """Batched ``model.generate`` with left padding, on the model's device."""
 
     def __init__(self, model, processor, batch_size: int = 8, progress: bool = True) -> None:
-        self.model, self.processor, self.batch_size, self.progress = model.eval(), processor, batch_size, progress
+        self.model, self.processor, self.batch_size, self.progress = (
+            model.eval(),
+            processor,
+            batch_size,
+            progress,
+        )
 
     def _encode(self, req: GenerationRequest) -> tuple[str, torch.Tensor | None]:
         family = families.of_processor(self.processor)
@@ -135,8 +144,13 @@ class TransformersBackend:
         """Left-padded ids of prompts, each led by the tokenizer's own leading special tokens (as in training)."""
         tokenizer = self.processor.tokenizer
         lead = "".join(tokenizer.convert_ids_to_tokens(leading_special_ids(tokenizer)))
-        return tokenizer([lead + t for t in texts], return_tensors="pt", padding=True, padding_side="left",
-                         add_special_tokens=False)  # fmt: skip
+        return tokenizer(
+            [lead + t for t in texts],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        )
 
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
@@ -152,7 +166,11 @@ class TransformersBackend:
                 kwargs["pixel_values"] = torch.cat(tiles).to(self.model.device, self.model.dtype)
             torch.manual_seed(params.seed + start)
             sampled = params.temperature > 0
-            warp = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p) if sampled else {}
+            warp = (
+                dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+                if sampled
+                else {}
+            )
             batch = requests[start : start + self.batch_size]
             if sampled and any(r.seed is not None for r in batch):
                 # Per-request seeds: _RowSampler picks each token; generate's own sampling then only
@@ -162,10 +180,16 @@ class TransformersBackend:
                 kwargs["logits_processor"] = LogitsProcessorList([sampler])
                 warp = dict(temperature=1.0, top_k=0, top_p=1.0)
             gen = self.model.generate(
-                **kwargs, max_new_tokens=params.max_new_tokens, do_sample=sampled, num_return_sequences=params.n,
-                temperature=warp.get("temperature"), top_k=warp.get("top_k"), top_p=warp.get("top_p"),
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
+                **kwargs,
+                max_new_tokens=params.max_new_tokens,
+                do_sample=sampled,
+                num_return_sequences=params.n,
+                temperature=warp.get("temperature"),
+                top_k=warp.get("top_k"),
+                top_p=warp.get("top_p"),
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out += [[t.strip() for t in texts[i : i + params.n]] for i in range(0, len(texts), params.n)]
         return out
@@ -182,8 +206,16 @@ class VLLMBackend:
     GPU group), ``max_images_per_prompt`` is vLLM's ``limit_mm_per_prompt``.
     """
 
-    def __init__(self, model_path: str, max_dynamic_patch: int = 12, *, tensor_parallel_size: int = 1,
-                 data_parallel_size: int = 1, max_images_per_prompt: int = 8, **llm_kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model_path: str,
+        max_dynamic_patch: int = 12,
+        *,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        max_images_per_prompt: int = 8,
+        **llm_kwargs,
+    ) -> None:
         from vllm import LLM
 
         from mpo.models.loading import checkpoint_family
@@ -191,15 +223,25 @@ class VLLMBackend:
         self.family = checkpoint_family(model_path)
         if data_parallel_size > 1:
             llm_kwargs["data_parallel_size"] = data_parallel_size
-        self.llm = LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size,
-                       limit_mm_per_prompt={"image": max_images_per_prompt},
-                       mm_processor_kwargs=tiling_kwargs(max_dynamic_patch), **llm_kwargs)  # fmt: skip
+        self.llm = LLM(
+            model=str(model_path),
+            tensor_parallel_size=tensor_parallel_size,
+            limit_mm_per_prompt={"image": max_images_per_prompt},
+            mm_processor_kwargs=tiling_kwargs(max_dynamic_patch),
+            **llm_kwargs,
+        )
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
         from vllm import SamplingParams as VParams
 
-        vparams = VParams(n=params.n, temperature=params.temperature, top_k=params.top_k if params.temperature else -1,
-                          top_p=params.top_p, max_tokens=params.max_new_tokens, seed=params.seed)  # fmt: skip
+        vparams = VParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_k=params.top_k if params.temperature else -1,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+        )
         prompts, per_request = [], []
         for r in requests:
             per_request.append(vparams if r.seed is None else vparams.clone())
@@ -219,17 +261,30 @@ class VLLMBackend:
 
 def add_vllm_arguments(parser) -> None:
     """The vLLM engine flags of `mpo build-pairs` and `mpo eval` (used with ``--backend vllm``)."""
-    parser.add_argument("--tensor-parallel-size", type=int, default=1,
-                        help="vLLM: GPUs one model is split over (InternVL2.5-78B: 4-8)")  # fmt: skip
-    parser.add_argument("--data-parallel-size", type=int, default=1,
-                        help="vLLM: model replicas (or one --shard per GPU group)")  # fmt: skip
-    parser.add_argument("--max-images-per-prompt", type=int, default=8, help="vLLM: limit_mm_per_prompt for images")
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="vLLM: GPUs one model is split over (InternVL2.5-78B: 4-8)",
+    )
+    parser.add_argument(
+        "--data-parallel-size",
+        type=int,
+        default=1,
+        help="vLLM: model replicas (or one --shard per GPU group)",
+    )
+    parser.add_argument(
+        "--max-images-per-prompt", type=int, default=8, help="vLLM: limit_mm_per_prompt for images"
+    )
 
 
 def vllm_options(args) -> dict:
     """:class:`VLLMBackend`'s engine options from the flags of :func:`add_vllm_arguments`."""
-    return {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size": args.data_parallel_size,
-            "max_images_per_prompt": args.max_images_per_prompt}  # fmt: skip
+    return {
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "data_parallel_size": args.data_parallel_size,
+        "max_images_per_prompt": args.max_images_per_prompt,
+    }
 
 
 def vllm_available() -> bool:
@@ -244,8 +299,14 @@ def resolve_backend_name(name: str) -> str:
     return name
 
 
-def make_backend(name: str, model_path: str, *, batch_size: int = 8, max_dynamic_patch: int = 12,
-                 vllm_options: dict | None = None) -> GenerationBackend:  # fmt: skip
+def make_backend(
+    name: str,
+    model_path: str,
+    *,
+    batch_size: int = 8,
+    max_dynamic_patch: int = 12,
+    vllm_options: dict | None = None,
+) -> GenerationBackend:
     """The backend :func:`resolve_backend_name` picks, loaded from ``model_path``; ``vllm_options``
     (``tensor_parallel_size``, ``data_parallel_size``, ``max_images_per_prompt``) go to :class:`VLLMBackend`."""
     name = resolve_backend_name(name)

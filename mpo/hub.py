@@ -79,13 +79,26 @@ def eval_section(runs: list[tuple[str, Path, dict]], model_dir: Path) -> list[st
     rows = []
     for bench, cat, cells in comparison_rows([r for _, _, r in runs]):
         n = next((c["total"] for c in cells if c is not None), "")
-        rows.append(["**overall**" if bench == OVERALL else bench, cat, n,
-                     *["–" if c is None else f"{100 * c['accuracy']:.1f}" for c in cells]])  # fmt: skip
+        rows.append(
+            [
+                "**overall**" if bench == OVERALL else bench,
+                cat,
+                n,
+                *["–" if c is None else f"{100 * c['accuracy']:.1f}" for c in cells],
+            ]
+        )
     prompts = {("chain of thought" if r.get("cot") else "direct answer") for _, _, r in runs}
-    lines = ["## Evaluation", "",
-             f"Accuracy in % (`mpo eval`, {' / '.join(sorted(prompts))} prompt, greedy); n = items.", ""]  # fmt: skip
+    lines = [
+        "## Evaluation",
+        "",
+        f"Accuracy in % (`mpo eval`, {' / '.join(sorted(prompts))} prompt, greedy); n = items.",
+        "",
+    ]
     lines += markdown.table(["benchmark", "category", "n", *names], rows) + [""]
-    lines += ["Results files: " + ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`" for _, f, _ in runs) + ".", ""]
+    lines += [
+        "Results files: " + ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`" for _, f, _ in runs) + ".",
+        "",
+    ]
     return lines
 
 
@@ -110,11 +123,23 @@ def _size(n: int) -> str:
     return f"{n / 1024**exp:.1f} {'BKMGT'[exp]}iB"
 
 
-def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, dry_run: bool = False,
-         base_model: str | None = None, datasets: list[str] | None = None, license: str = DEFAULT_LICENSE,
-         pairs_report: str | Path | None = None, eval_dirs: list[str | Path] | None = None, discover: bool = True,
-         commit_message: str | None = None, token: str | None = None, revision: str | None = None,
-         ignore_patterns: list[str] | None = None) -> dict:  # fmt: skip
+def push(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    dry_run: bool = False,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    license: str = DEFAULT_LICENSE,
+    pairs_report: str | Path | None = None,
+    eval_dirs: list[str | Path] | None = None,
+    discover: bool = True,
+    commit_message: str | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    ignore_patterns: list[str] | None = None,
+) -> dict:
     """Write the card, then (unless ``dry_run``) create the repo and upload the folder.
 
     Returns ``{"repo_id", "card", "files": [(path, bytes)], "commit_url"}``.
@@ -122,17 +147,26 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, dr
     repo_id = check_repo_id(repo_id)
     model_dir = check_model_dir(model_dir)
     eval_paths = list(eval_dirs or []) or (find_eval_dirs(model_dir) if discover else [])
-    card = build_card(model_dir, repo_id, base_model=base_model, datasets=datasets, license=license,
-                      pairs_report=pairs_report, discover=discover,
-                      sections=eval_section([load_eval(p) for p in eval_paths], model_dir) if eval_paths else None)  # fmt: skip
+    card = build_card(
+        model_dir,
+        repo_id,
+        base_model=base_model,
+        datasets=datasets,
+        license=license,
+        pairs_report=pairs_report,
+        discover=discover,
+        sections=eval_section([load_eval(p) for p in eval_paths], model_dir) if eval_paths else None,
+    )
     card_path = write_card(model_dir, card)
     ignore = list(DEFAULT_IGNORE if ignore_patterns is None else ignore_patterns)
     files = upload_list(model_dir, ignore)
     total = sum(size for _, size in files)
     result = {"repo_id": repo_id, "card": card_path, "files": files, "commit_url": None}
     if dry_run:
-        print(f"mpo push: dry run: card written to {card_path}; would upload {len(files)} files "
-              f"({_size(total)}) to {repo_id}{' (private)' if private else ''}:")  # fmt: skip
+        print(
+            f"mpo push: dry run: card written to {card_path}; would upload {len(files)} files "
+            f"({_size(total)}) to {repo_id}{' (private)' if private else ''}:"
+        )
         for rel, size in files:
             print(f"  {_size(size):>10}  {rel}")
         return result
@@ -145,19 +179,27 @@ def push(model_dir: str | Path, repo_id: str, *, private: bool | None = None, dr
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         repo_id = getattr(url, "repo_id", None) or repo_id  # a bare NAME lands in the token's namespace
         commit = api.upload_folder(
-            repo_id=repo_id, folder_path=str(model_dir), repo_type="model", revision=revision,
-            commit_message=commit_message or "Upload MPO model (mpo push)", ignore_patterns=list(ignore),
-        )  # fmt: skip
+            repo_id=repo_id,
+            folder_path=str(model_dir),
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message or "Upload MPO model (mpo push)",
+            ignore_patterns=list(ignore),
+        )
     except OfflineModeIsEnabled:
-        raise UserError("HF_HUB_OFFLINE is set: nothing can be uploaded (unset it, or use --dry-run)") from None
+        raise UserError(
+            "HF_HUB_OFFLINE is set: nothing can be uploaded (unset it, or use --dry-run)"
+        ) from None
     except LocalTokenNotFoundError:
         raise UserError("no Hugging Face token: run `hf auth login` or set HF_TOKEN") from None
     except HfHubHTTPError as err:
         raise UserError(f"upload to {repo_id} failed: {str(err).splitlines()[0]}") from None
     result["repo_id"] = repo_id
     result["commit_url"] = getattr(commit, "commit_url", None)
-    print(f"mpo push: uploaded {len(files)} files ({_size(total)}) to https://huggingface.co/{repo_id}"
-          + (f" ({result['commit_url']})" if result["commit_url"] else ""))  # fmt: skip
+    print(
+        f"mpo push: uploaded {len(files)} files ({_size(total)}) to https://huggingface.co/{repo_id}"
+        + (f" ({result['commit_url']})" if result["commit_url"] else "")
+    )
     return result
 
 
@@ -166,10 +208,13 @@ def push_to_hub_after_training(output_dir: str | Path, args) -> dict:
     the card and upload of :func:`push`, to ``hub_model_id`` (default: the output folder's name in the
     token's namespace), private per ``hub_private_repo``, with ``hub_token`` / ``hub_revision``."""
     return push(
-        output_dir, args.hub_model_id or Path(output_dir).resolve().name,
-        private=getattr(args, "hub_private_repo", None), token=getattr(args, "hub_token", None),
-        revision=getattr(args, "hub_revision", None), commit_message="End of MPO training (mpo train)",
-    )  # fmt: skip
+        output_dir,
+        args.hub_model_id or Path(output_dir).resolve().name,
+        private=getattr(args, "hub_private_repo", None),
+        token=getattr(args, "hub_token", None),
+        revision=getattr(args, "hub_revision", None),
+        commit_message="End of MPO training (mpo train)",
+    )
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -177,23 +222,51 @@ def push_to_hub_after_training(output_dir: str | Path, args) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="mpo push", description="Write a model card for a training run and upload the folder to the Hugging Face Hub."
+        prog="mpo push",
+        description="Write a model card for a training run and upload the folder to the Hugging Face Hub.",
     )
     parser.add_argument("--model", required=True, help="the run's output_dir (a saved checkpoint)")
-    parser.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub (NAME alone: the token's namespace)")
+    parser.add_argument(
+        "--repo-id", required=True, help="ORG/NAME on the Hub (NAME alone: the token's namespace)"
+    )
     parser.add_argument("--private", action="store_true", help="create the repository private")
-    parser.add_argument("--dry-run", action="store_true", help="write the card and list the files; upload nothing")
-    parser.add_argument("--base-model", help="Hub id of the base model (default: the run's model when it is a Hub id)")
-    parser.add_argument("--dataset", nargs="+", action="extend", default=[], metavar="ID", help="Hub dataset ids")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="write the card and list the files; upload nothing"
+    )
+    parser.add_argument(
+        "--base-model", help="Hub id of the base model (default: the run's model when it is a Hub id)"
+    )
+    parser.add_argument(
+        "--dataset", nargs="+", action="extend", default=[], metavar="ID", help="Hub dataset ids"
+    )
     parser.add_argument("--pairs-report", help="report.json of `mpo build-pairs` (or its folder)")
-    parser.add_argument("--eval", nargs="+", action="extend", default=[], metavar="DIR",
-                        help="`mpo eval` output folders (results.json), one table column each")  # fmt: skip
-    parser.add_argument("--no-discover", action="store_true",
-                        help="do not look for the pairs report and eval results next to the run")  # fmt: skip
+    parser.add_argument(
+        "--eval",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="DIR",
+        help="`mpo eval` output folders (results.json), one table column each",
+    )
+    parser.add_argument(
+        "--no-discover",
+        action="store_true",
+        help="do not look for the pairs report and eval results next to the run",
+    )
     parser.add_argument("--license", default=DEFAULT_LICENSE, help=f"license id (default {DEFAULT_LICENSE})")
     parser.add_argument("--commit-message", default=None)
     args = parser.parse_args(argv)
-    push(args.model, args.repo_id, private=True if args.private else None, dry_run=args.dry_run,
-         base_model=args.base_model, datasets=args.dataset, license=args.license, pairs_report=args.pairs_report,
-         eval_dirs=args.eval, discover=not args.no_discover, commit_message=args.commit_message)  # fmt: skip
+    push(
+        args.model,
+        args.repo_id,
+        private=True if args.private else None,
+        dry_run=args.dry_run,
+        base_model=args.base_model,
+        datasets=args.dataset,
+        license=args.license,
+        pairs_report=args.pairs_report,
+        eval_dirs=args.eval,
+        discover=not args.no_discover,
+        commit_message=args.commit_message,
+    )
     return 0

@@ -20,8 +20,9 @@ from pathlib import Path
 from mpo.errors import UserError
 
 
-def read_records(path: Path, key: Callable[[dict], Hashable] = itemgetter("key"),
-                 what: str = "journal") -> tuple[list[dict], int]:  # fmt: skip
+def read_records(
+    path: Path, key: Callable[[dict], Hashable] = itemgetter("key"), what: str = "journal"
+) -> tuple[list[dict], int]:
     """The complete records of a journal and the byte length they span.
 
     The part after the last newline is an unfinished write and is not returned. A complete line that
@@ -36,11 +37,15 @@ def read_records(path: Path, key: Callable[[dict], Hashable] = itemgetter("key")
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{line_no}: damaged {what} line ({err.msg}); remove the line to redo it") from None
+            raise UserError(
+                f"{path}:{line_no}: damaged {what} line ({err.msg}); remove the line to redo it"
+            ) from None
         try:
             key(record)
         except (KeyError, TypeError, AttributeError):
-            raise UserError(f"{path}:{line_no}: damaged {what} line (no key); remove the line to redo it") from None
+            raise UserError(
+                f"{path}:{line_no}: damaged {what} line (no key); remove the line to redo it"
+            ) from None
         records.append(record)
     return records, end
 
@@ -48,7 +53,9 @@ def read_records(path: Path, key: Callable[[dict], Hashable] = itemgetter("key")
 class Journal:
     """An append-only record file, locked while open; ``done`` maps each key to its first record."""
 
-    def __init__(self, path: Path, key: Callable[[dict], Hashable] = itemgetter("key"), what: str = "journal") -> None:
+    def __init__(
+        self, path: Path, key: Callable[[dict], Hashable] = itemgetter("key"), what: str = "journal"
+    ) -> None:
         self.path, self.key, self.what = Path(path), key, what
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab+")  # noqa: SIM115 (held open for the whole run)
@@ -60,7 +67,10 @@ class Journal:
         records, end = read_records(self.path, key, what)
         self.discarded_bytes = self.path.stat().st_size - end
         if self.discarded_bytes:
-            print(f"{self.path}: discarding an unfinished last line ({self.discarded_bytes} bytes)", file=sys.stderr)
+            print(
+                f"{self.path}: discarding an unfinished last line ({self.discarded_bytes} bytes)",
+                file=sys.stderr,
+            )
             self._file.truncate(end)
         self.done: dict[Hashable, dict] = {}
         for record in records:

@@ -42,7 +42,9 @@ def bco_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, delta
     return -F.logsigmoid(chosen_rewards - delta) - F.logsigmoid(-(rejected_rewards - delta))
 
 
-def sft_loss(chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor, normalization: str = "sequence") -> torch.Tensor:
+def sft_loss(
+    chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor, normalization: str = "sequence"
+) -> torch.Tensor:
     """Generation loss on the chosen responses, a scalar.
 
     ``sequence`` (the paper): mean over sequences of −log π(y_c|x) / |y_c|.
@@ -87,13 +89,23 @@ class Term:
 
 # The objective's terms. MPO is sigmoid + bco_pair + sft; a new term is one entry here (and its test).
 TERMS: dict[str, Term] = {
-    "sigmoid": Term("dpo", "preference (DPO, sigmoid)",
-                    lambda b: dpo_sigmoid_loss(b.chosen_rewards, b.rejected_rewards).mean()),
-    "bco_pair": Term("bco", "quality (BCO, reward shift δ)",
-                     lambda b: bco_loss(b.chosen_rewards, b.rejected_rewards, b.delta).mean()),
-    "sft": Term("sft", "generation (SFT)", lambda b: sft_loss(b.chosen_logps, b.chosen_lengths, b.sft_normalization)),
-    "hinge": Term("hinge", "preference (SLiC hinge)", lambda b: hinge_loss(b.chosen_rewards, b.rejected_rewards).mean()),
-}  # fmt: skip
+    "sigmoid": Term(
+        "dpo",
+        "preference (DPO, sigmoid)",
+        lambda b: dpo_sigmoid_loss(b.chosen_rewards, b.rejected_rewards).mean(),
+    ),
+    "bco_pair": Term(
+        "bco",
+        "quality (BCO, reward shift δ)",
+        lambda b: bco_loss(b.chosen_rewards, b.rejected_rewards, b.delta).mean(),
+    ),
+    "sft": Term(
+        "sft", "generation (SFT)", lambda b: sft_loss(b.chosen_logps, b.chosen_lengths, b.sft_normalization)
+    ),
+    "hinge": Term(
+        "hinge", "preference (SLiC hinge)", lambda b: hinge_loss(b.chosen_rewards, b.rejected_rewards).mean()
+    ),
+}
 MPO_TERMS = ("sigmoid", "bco_pair", "sft")  # the MPO paper's objective, weights 0.8 / 0.2 / 1.0
 MPO_WEIGHTS = (0.8, 0.2, 1.0)
 

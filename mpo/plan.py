@@ -83,13 +83,23 @@ def model_states_bytes(counts: Counts, zero: int, gpus: int, gpus_per_node: int)
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     nodes = max(1, gpus // gpus_per_node)
-    frozen = 2 * (counts.total - counts.trainable)  # bf16 weights of frozen parts, never partitioned below ZeRO-3
+    frozen = 2 * (
+        counts.total - counts.trainable
+    )  # bf16 weights of frozen parts, never partitioned below ZeRO-3
     if zero == 3:
-        _, gpu, _ = estimate_zero3_model_states_mem_needs(counts.total, counts.largest_layer, gpus_per_node, nodes,
-                                                       cpu_offload=False, cpu_offload_params=False)  # fmt: skip
+        _, gpu, _ = estimate_zero3_model_states_mem_needs(
+            counts.total,
+            counts.largest_layer,
+            gpus_per_node,
+            nodes,
+            cpu_offload=False,
+            cpu_offload_params=False,
+        )
         return int(gpu)
     if zero == 2:
-        _, gpu = estimate_zero2_model_states_mem_needs(counts.trainable, gpus_per_node, nodes, cpu_offload=False)
+        _, gpu = estimate_zero2_model_states_mem_needs(
+            counts.trainable, gpus_per_node, nodes, cpu_offload=False
+        )
         return int(gpu) + frozen
     if zero in (0, 1):
         shards = gpus if zero == 1 else 1
@@ -97,14 +107,18 @@ def model_states_bytes(counts: Counts, zero: int, gpus: int, gpus_per_node: int)
     raise UserError(f"zero stage {zero}: expected 0, 1, 2 or 3")
 
 
-def activation_bytes(size_key: str, tokens: int, tiles: int, checkpointing: bool, layers: int | None = None) -> int:
+def activation_bytes(
+    size_key: str, tokens: int, tiles: int, checkpointing: bool, layers: int | None = None
+) -> int:
     """Activations of one micro-batch (module docstring): LLM over ``tokens``, ViT over ``tiles``;
     ``layers`` cuts both towers to that depth (the benchmarks' cut models)."""
     from mpo.models.sizes import SIZES
 
     size = SIZES[size_key]
-    towers = ((size.llm.hidden_size, layers or size.llm.num_hidden_layers, tokens),
-              (size.vision.hidden_size, layers or size.vision.num_hidden_layers, tiles * PATCHES_PER_TILE))  # fmt: skip
+    towers = (
+        (size.llm.hidden_size, layers or size.llm.num_hidden_layers, tokens),
+        (size.vision.hidden_size, layers or size.vision.num_hidden_layers, tiles * PATCHES_PER_TILE),
+    )
     total = 0
     for hidden, layers, n in towers:
         full_layer = ACTIVATION_BYTES_PER_HIDDEN * hidden * n
@@ -134,19 +148,33 @@ class Plan:
 
     def table(self) -> str:
         rows = [
-            ("parameters (trainable)", f"{self.counts.total / 1e9:.2f}B ({self.counts.trainable / 1e9:.2f}B)"),
+            (
+                "parameters (trainable)",
+                f"{self.counts.total / 1e9:.2f}B ({self.counts.trainable / 1e9:.2f}B)",
+            ),
             (f"model states, ZeRO-{self.zero} over {self.gpus} GPUs", f"{self.states / GiB:.1f} GiB"),
-            (f"activations, gradient checkpointing {'on' if self.checkpointing else 'off'}",
-             f"{self.activations / GiB:.1f} GiB"),
+            (
+                f"activations, gradient checkpointing {'on' if self.checkpointing else 'off'}",
+                f"{self.activations / GiB:.1f} GiB",
+            ),
             ("activations with checkpointing off", f"{self.activations_without_checkpointing / GiB:.1f} GiB"),
             (f"needed per GPU (+{OVERHEAD:.0%})", f"{self.needed / GiB:.1f} GiB of {self.gpu_memory_gib:g}"),
             ("fits", "yes" if self.fits else "NO"),
-        ]  # fmt: skip
-        return "\n".join([f"InternVL2.5-{self.size.upper()}", "", *markdown.table(["", "per GPU"], rows)]) + "\n"
+        ]
+        return (
+            "\n".join([f"InternVL2.5-{self.size.upper()}", "", *markdown.table(["", "per GPU"], rows)]) + "\n"
+        )
 
 
-def plan(recipe: dict, size_key: str, gpus: int, gpu_memory_gib: float, *, gpus_per_node: int = 8,
-         zero: int | None = None) -> Plan:  # fmt: skip
+def plan(
+    recipe: dict,
+    size_key: str,
+    gpus: int,
+    gpu_memory_gib: float,
+    *,
+    gpus_per_node: int = 8,
+    zero: int | None = None,
+) -> Plan:
     """The memory plan of ``recipe`` (a recipe YAML's keys) for ``size_key`` on ``gpus`` GPUs."""
     from mpo.models.sizes import SIZES
 
@@ -164,9 +192,17 @@ def plan(recipe: dict, size_key: str, gpus: int, gpu_memory_gib: float, *, gpus_
         tokens = 2 * int(recipe.get("max_length") or 8192) * batch
         tiles = (size.max_dynamic_patch + 1) * batch
     checkpointing = bool(recipe.get("gradient_checkpointing", True))
-    return Plan(size_key, stage, gpus, gpu_memory_gib, counts, model_states_bytes(counts, stage, gpus, gpus_per_node),
-                activation_bytes(size_key, tokens, tiles, checkpointing),
-                activation_bytes(size_key, tokens, tiles, False), checkpointing)  # fmt: skip
+    return Plan(
+        size_key,
+        stage,
+        gpus,
+        gpu_memory_gib,
+        counts,
+        model_states_bytes(counts, stage, gpus, gpus_per_node),
+        activation_bytes(size_key, tokens, tiles, checkpointing),
+        activation_bytes(size_key, tokens, tiles, False),
+        checkpointing,
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -180,7 +216,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     path = resolve_config(args.config)
     recipe = yaml.safe_load(path.read_text()) or {}
-    result = plan(recipe, (args.size or path.parent.name).lower(), args.gpus, args.gpu_memory,
-                  gpus_per_node=args.gpus_per_node, zero=args.zero)  # fmt: skip
+    result = plan(
+        recipe,
+        (args.size or path.parent.name).lower(),
+        args.gpus,
+        args.gpu_memory,
+        gpus_per_node=args.gpus_per_node,
+        zero=args.zero,
+    )
     print(result.table())
     return 0 if result.fits else 3

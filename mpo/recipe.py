@@ -45,8 +45,10 @@ def resolve_config(name: str) -> Path:
         return Path(str(shipped))
     known = shipped_recipes()
     near = [r for r in known if r.startswith(key.split("/")[0] + "/")] or known
-    raise UserError(f"--config {name}: no such file, and no shipped recipe of that name; shipped: "
-                    f"{', '.join(near[:12])}{' ...' if len(near) > 12 else ''}")  # fmt: skip
+    raise UserError(
+        f"--config {name}: no such file, and no shipped recipe of that name; shipped: "
+        f"{', '.join(near[:12])}{' ...' if len(near) > 12 else ''}"
+    )
 
 
 def config_argv(argv: list[str]) -> list[str]:

@@ -89,48 +89,65 @@ class SFTStageConfig(TrainingArguments):
 
     stage: str | None = field(
         default=None,
-        metadata={"help": "SFT stage: '1' (MLP warmup: projector only), '1.5' (ViT incremental: vision tower + "
-                  "projector) or '2' (full: everything). Sets the freeze policy and the default lr / warmup.",
-                  "choices": list(STAGES)},
-    )  # fmt: skip
+        metadata={
+            "help": "SFT stage: '1' (MLP warmup: projector only), '1.5' (ViT incremental: vision tower + "
+            "projector) or '2' (full: everything). Sets the freeze policy and the default lr / warmup.",
+            "choices": list(STAGES),
+        },
+    )
     loss_reduction: str = field(
         default="square",
-        metadata={"help": "Per-sample weighting of the token losses (mpo.sft_loss): 'token' (w=1), 'sample' "
-                  "(w=1/x) or 'square' (w=1/sqrt(x), the InternVL2.5 default), x = the sample's supervised "
-                  "tokens; normalised by the sum of token weights over the optimizer step on all ranks.",
-                  "choices": list(LOSS_REDUCTIONS)},
-    )  # fmt: skip
+        metadata={
+            "help": "Per-sample weighting of the token losses (mpo.sft_loss): 'token' (w=1), 'sample' "
+            "(w=1/x) or 'square' (w=1/sqrt(x), the InternVL2.5 default), x = the sample's supervised "
+            "tokens; normalised by the sum of token weights over the optimizer step on all ranks.",
+            "choices": list(LOSS_REDUCTIONS),
+        },
+    )
     packing: bool = field(
         default=True,
-        metadata={"help": "Pack several samples per row (never splitting one), kept independent by restarting "
-                  "position ids and a block-diagonal mask (sdpa / eager) or varlen flash-attention."},
-    )  # fmt: skip
+        metadata={
+            "help": "Pack several samples per row (never splitting one), kept independent by restarting "
+            "position ids and a block-diagonal mask (sdpa / eager) or varlen flash-attention."
+        },
+    )
     max_packed_tokens: int = field(
         default=16384,
-        metadata={"help": "Most tokens (image tokens included) in one packed row (reference: 16384). Rows are "
-                  "the per-device batch items when packing."},
-    )  # fmt: skip
+        metadata={
+            "help": "Most tokens (image tokens included) in one packed row (reference: 16384). Rows are "
+            "the per-device batch items when packing."
+        },
+    )
     max_length: int | None = field(
         default=8192,
-        metadata={"help": "Longest sample in tokens, image tokens included (reference: 8192). Longer samples are "
-                  "dropped and counted in the data report, never truncated. At most max_packed_tokens when "
-                  "packing; None = max_packed_tokens when packing, no limit otherwise."},
-    )  # fmt: skip
+        metadata={
+            "help": "Longest sample in tokens, image tokens included (reference: 8192). Longer samples are "
+            "dropped and counted in the data report, never truncated. At most max_packed_tokens when "
+            "packing; None = max_packed_tokens when packing, no limit otherwise."
+        },
+    )
     learning_rate: float | None = field(
         default=None,
-        metadata={"help": "Peak learning rate. Default per stage: 2e-4 (1), 1e-5 (1.5), 4e-5 (2; 2e-5 for models "
-                  "of 20B+ parameters)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Peak learning rate. Default per stage: 2e-4 (1), 1e-5 (1.5), 4e-5 (2; 2e-5 for models "
+            "of 20B+ parameters)."
+        },
+    )
     warmup_steps: float | None = field(
         default=None,
-        metadata={"help": "Linear warmup: steps if >= 1, a fraction of the training steps if < 1. Default per "
-                  "stage: 100 steps (1, 1.5), ratio 0.03 (2)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Linear warmup: steps if >= 1, a fraction of the training steps if < 1. Default per "
+            "stage: 100 steps (1, 1.5), ratio 0.03 (2)."
+        },
+    )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler (reference: cosine)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (reference: 0.05)."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs over the (repeated) data (reference: 1)."})
+    num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Epochs over the (repeated) data (reference: 1)."}
+    )
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: the collator reads whole SFT records, not model columns."}
+        default=False,
+        metadata={"help": "Kept False: the collator reads whole SFT records, not model columns."},
     )
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluation computes the SFT loss only (no logits are gathered)."}
@@ -141,8 +158,10 @@ class SFTStageConfig(TrainingArguments):
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # nothing to pin to on the CPU
         if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {list(STAGES)} (1: projector, 1.5: ViT + projector, 2: all), "
-                             f"got {self.stage!r}")  # fmt: skip
+            raise ValueError(
+                f"stage must be one of {list(STAGES)} (1: projector, 1.5: ViT + projector, 2: all), "
+                f"got {self.stage!r}"
+            )
         spec = STAGES[self.stage]
         self._lr_from_stage = self.learning_rate is None
         if self.learning_rate is None:
@@ -162,8 +181,10 @@ class SFTStageConfig(TrainingArguments):
             if self.max_length is None:
                 self.max_length = self.max_packed_tokens
             if self.max_length > self.max_packed_tokens:
-                raise ValueError(f"max_length ({self.max_length}) must not exceed max_packed_tokens "
-                                 f"({self.max_packed_tokens}) when packing")  # fmt: skip
+                raise ValueError(
+                    f"max_length ({self.max_length}) must not exceed max_packed_tokens "
+                    f"({self.max_packed_tokens}) when packing"
+                )
 
     @property
     def freeze_policy(self) -> FreezePolicy:
@@ -185,15 +206,19 @@ class SFTModelConfig:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Weights dtype: 'auto' = bf16 on a GPU, fp32 on the CPU.",
-                  "choices": ["auto", "bfloat16", "float16", "float32"]},
-    )  # fmt: skip
+        metadata={
+            "help": "Weights dtype: 'auto' = bf16 on a GPU, fp32 on the CPU.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
     attn_implementation: str = field(
         default="auto",
-        metadata={"help": "'auto' = the fastest kernel exact for the layout (mpo.attention.choose_kernels): "
-                  "flash_attention_2 (padding-free varlen) on a GPU with flash-attn, flex_attention for packing on "
-                  "a GPU without it, sdpa on the CPU. Or one of eager, sdpa, flex_attention, flash_attention_2."},
-    )  # fmt: skip
+        metadata={
+            "help": "'auto' = the fastest kernel exact for the layout (mpo.attention.choose_kernels): "
+            "flash_attention_2 (padding-free varlen) on a GPU with flash-attn, flex_attention for packing on "
+            "a GPU without it, sdpa on the CPU. Or one of eager, sdpa, flex_attention, flash_attention_2."
+        },
+    )
     vision_drop_path_rate: float = vision_drop_path_field()
 
 
@@ -203,10 +228,12 @@ class SFTDataConfig(DataConfig):
 
     max_repetition_ratio: float | None = field(
         default=0.5,
-        metadata={"help": "Drop training samples whose assistant replies have a word n-gram repetition ratio "
-                  "(1 - distinct/total n-grams, mpo.data.repetition) above this; counted in the data report. "
-                  "None disables the filter."},
-    )  # fmt: skip
+        metadata={
+            "help": "Drop training samples whose assistant replies have a word n-gram repetition ratio "
+            "(1 - distinct/total n-grams, mpo.data.repetition) above this; counted in the data report. "
+            "None disables the filter."
+        },
+    )
     repetition_ngram: int = field(default=4, metadata={"help": "n of the n-grams of the repetition filter."})
 
 
@@ -224,23 +251,46 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
     Logits are computed only at the positions that predict a supervised token.
     """
 
-    def __init__(self, model, args: SFTStageConfig, train_dataset=None, eval_dataset=None, *,
-                 processing_class=None, data_collator=None, bad_rows: BadRows | None = None,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        args: SFTStageConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        *,
+        processing_class=None,
+        data_collator=None,
+        bad_rows: BadRows | None = None,
+        **kwargs,
+    ) -> None:
         """``bad_rows``: under ``skip``, samples whose files fail to decode in a batch are skipped and
         counted there (:class:`~mpo.data.collator.SkipBadRecords`); without it such a failure stops the run."""
         if data_collator is None:
             if processing_class is None:
-                raise ValueError("SFTStageTrainer needs processing_class (the InternVL processor) or a data_collator")
-            data_collator = SFTCollator(processing_class, loss_reduction=args.loss_reduction, train=True,
-                                        seed=args.seed + args.process_index)  # fmt: skip
+                raise ValueError(
+                    "SFTStageTrainer needs processing_class (the InternVL processor) or a data_collator"
+                )
+            data_collator = SFTCollator(
+                processing_class,
+                loss_reduction=args.loss_reduction,
+                train=True,
+                seed=args.seed + args.process_index,
+            )
         # refuse a kernel that cannot compute the layout exactly, or cannot train here
-        attention.choose_kernels(attention.text_kernel(model), layout_of(packed=args.packing),
-                                 attention.Platform.detect())  # fmt: skip
+        attention.choose_kernels(
+            attention.text_kernel(model), layout_of(packed=args.packing), attention.Platform.detect()
+        )
         if bad_rows is not None:
             data_collator = SkipBadRecords(data_collator, bad_rows)
-        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)  # fmt: skip
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
         self.loss_is_scaled_for_ga = True
         self.bad_rows = bad_rows
 
@@ -255,7 +305,8 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
         train_collator = self.data_collator
         if isinstance(train_collator, SkipBadRecords) and isinstance(train_collator.collate, SFTCollator):
             self.data_collator = dataclasses.replace(
-                train_collator, collate=dataclasses.replace(train_collator.collate, train=False))
+                train_collator, collate=dataclasses.replace(train_collator.collate, train=False)
+            )
         elif isinstance(train_collator, SFTCollator):
             self.data_collator = dataclasses.replace(train_collator, train=False)
         try:
@@ -292,8 +343,11 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
         weights = torch.zeros_like(inputs["loss_weights"])
         weights[:, :-1] = inputs["loss_weights"][:, 1:]
         unwrapped = self.accelerator.unwrap_model(model)
-        batch, kwargs = attention.model_inputs({**inputs, "shift_labels": shifted, "shift_weights": weights},
-                                               attention.text_kernel(unwrapped), unwrapped.dtype)  # fmt: skip
+        batch, kwargs = attention.model_inputs(
+            {**inputs, "shift_labels": shifted, "shift_weights": weights},
+            attention.text_kernel(unwrapped),
+            unwrapped.dtype,
+        )
         keep = batch["shift_labels"] != IGNORE_INDEX
         outputs = model(**kwargs, pixel_values=batch["pixel_values"], logits_to_keep=keep, use_cache=False)
         losses = token_losses(outputs.logits, batch["shift_labels"][keep])
@@ -324,7 +378,9 @@ def make_dataset(records: list[dict], args: SFTStageConfig) -> SFTDataset:
     return SFTDataset(records, rows)
 
 
-def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SFTStageConfig) -> SFTStageTrainer:
+def build_trainer(
+    model_args: SFTModelConfig, data_args: SFTDataConfig, args: SFTStageConfig
+) -> SFTStageTrainer:
     """Recipe -> processor, data, model (with the stage's freeze policy) -> trainer (nothing trained yet)."""
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is required (a native InternVL checkpoint directory)")
@@ -333,21 +389,37 @@ def build_trainer(model_args: SFTModelConfig, data_args: SFTDataConfig, args: SF
 
     def load(meta: str, split: str, repetition: float | None) -> tuple[SFTDataset, SFTDataReport]:
         records, report = load_sft(
-            meta, processor, max_length=args.max_length, seed=args.seed, on_bad_row=data_args.on_bad_row,
-            repetition_ngram=data_args.repetition_ngram, max_repetition_ratio=repetition,
+            meta,
+            processor,
+            max_length=args.max_length,
+            seed=args.seed,
+            on_bad_row=data_args.on_bad_row,
+            repetition_ngram=data_args.repetition_ngram,
+            max_repetition_ratio=repetition,
             report_path=out / f"sft_data_report_{split}.json" if args.process_index == 0 else None,
             **data_args.meta_paths(),
-        )  # fmt: skip
+        )
         return make_dataset(records, args), report
 
     train_data, report = load(data_args.meta_path, "train", data_args.max_repetition_ratio)
     eval_data = load(data_args.eval_meta_path, "eval", None)[0] if data_args.eval_meta_path else None
-    model = load_model(model_args.model_name_or_path, freeze=args.freeze_policy, dtype=model_args.dtype,
-                       attn_implementation=model_args.attn_implementation, layout=layout_of(packed=args.packing),
-                       vision_drop_path=model_args.vision_drop_path_rate)  # fmt: skip
+    model = load_model(
+        model_args.model_name_or_path,
+        freeze=args.freeze_policy,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        layout=layout_of(packed=args.packing),
+        vision_drop_path=model_args.vision_drop_path_rate,
+    )
     args.apply_model_size(sum(p.numel() for p in model.parameters()))
-    trainer = SFTStageTrainer(model, args, train_dataset=train_data, eval_dataset=eval_data,
-                              processing_class=processor, bad_rows=report.bad_rows)  # fmt: skip
+    trainer = SFTStageTrainer(
+        model,
+        args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=processor,
+        bad_rows=report.bad_rows,
+    )
     trainer.data_report = report  # what loading (and, under skip, later decoding) left out; main() prints it
     return trainer
 
@@ -366,8 +438,10 @@ def main(argv: list[str]) -> int:
             print("\n".join(skip_summary("mpo sft", report.skipped_rows(), path)))
         data = trainer.train_dataset
         last = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h or "loss" in h), {})
-        print(f"mpo sft: stage {args.stage}, {trainer.state.global_step} steps, {len(data.records)} samples in "
-              f"{len(data)} rows, lr {args.learning_rate:g}, saved to {args.output_dir}: {json.dumps(last)}")  # fmt: skip
+        print(
+            f"mpo sft: stage {args.stage}, {trainer.state.global_step} steps, {len(data.records)} samples in "
+            f"{len(data)} rows, lr {args.learning_rate:g}, saved to {args.output_dir}: {json.dumps(last)}"
+        )
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # the process group torn down before exit, on every rank
     return 0

@@ -37,27 +37,32 @@ class InternVLModelConfig(ModelConfig):
 
     dtype: str | None = field(
         default="auto",
-        metadata={"help": "Weights dtype: 'auto' = bf16 on a GPU, fp32 on the CPU.",
-                  "choices": ["auto", "bfloat16", "float16", "float32"]},
-    )  # fmt: skip
+        metadata={
+            "help": "Weights dtype: 'auto' = bf16 on a GPU, fp32 on the CPU.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
     attn_implementation: str | None = field(
         default="auto",
-        metadata={"help": "'auto' = the fastest kernel exact for the token layout (mpo.attention.choose_kernels): "
-                  "flash_attention_2 (varlen) for plain/packed rows on a GPU with flash-attn, flex_attention for "
-                  "prefix sharing on a GPU, sdpa on the CPU. Or one of eager, sdpa, flex_attention, "
-                  "flash_attention_2; a kernel that cannot compute the layout exactly is an error."},
+        metadata={
+            "help": "'auto' = the fastest kernel exact for the token layout (mpo.attention.choose_kernels): "
+            "flash_attention_2 (varlen) for plain/packed rows on a GPU with flash-attn, flex_attention for "
+            "prefix sharing on a GPU, sdpa on the CPU. Or one of eager, sdpa, flex_attention, "
+            "flash_attention_2; a kernel that cannot compute the layout exactly is an error."
+        },
     )
     freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (InternViT)."})
     freeze_projector: bool = field(default=False, metadata={"help": "Freeze the MLP projector."})
     freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model (and lm_head)."})
     vision_drop_path_rate: float = vision_drop_path_field()
 
-
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.model_revision != "main":
-            raise ValueError("model_revision: checkpoints are local directories (nothing is downloaded); "
-                             "point model_name_or_path at the revision's folder")  # fmt: skip
+            raise ValueError(
+                "model_revision: checkpoints are local directories (nothing is downloaded); "
+                "point model_name_or_path at the revision's folder"
+            )
 
 
 @dataclass
@@ -74,21 +79,32 @@ def skip_report_path(output_dir: str | Path, split: str) -> Path:
     return Path(output_dir) / f"skipped_rows_{split}.json"
 
 
-def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConfig, args: MPOConfig) -> MPOTrainer:
+def build_trainer(
+    model_args: InternVLModelConfig, data_args: PreferenceDataConfig, args: MPOConfig
+) -> MPOTrainer:
     """Recipe -> processor, data, model -> MPOTrainer (nothing trained yet)."""
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is required (a native InternVL checkpoint directory)")
     processor = load_processor(model_args.model_name_or_path)
 
     def load(meta: str, split: str):
-        return load_mmpr(meta, processor, max_length=args.max_length, seed=args.seed, on_bad_row=data_args.on_bad_row,
-                         report_path=skip_report_path(args.output_dir, split), **data_args.meta_paths())  # fmt: skip
+        return load_mmpr(
+            meta,
+            processor,
+            max_length=args.max_length,
+            seed=args.seed,
+            on_bad_row=data_args.on_bad_row,
+            report_path=skip_report_path(args.output_dir, split),
+            **data_args.meta_paths(),
+        )
 
     train_data, bad_rows = load(data_args.meta_path, "train")
     eval_data = load(data_args.eval_meta_path, "eval")[0] if data_args.eval_meta_path else None
     model = load_model(
         model_args.model_name_or_path,
-        freeze=FreezePolicy.from_flags(model_args.freeze_vision, model_args.freeze_projector, model_args.freeze_llm),
+        freeze=FreezePolicy.from_flags(
+            model_args.freeze_vision, model_args.freeze_projector, model_args.freeze_llm
+        ),
         attn_implementation=model_args.attn_implementation or "auto",
         layout=layout_of(prefix_sharing=args.prefix_sharing, packed=args.max_packed_tokens is not None),
         dtype=model_args.dtype or "auto",
@@ -98,9 +114,14 @@ def build_trainer(model_args: InternVLModelConfig, data_args: PreferenceDataConf
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = DEFAULT_LORA_TARGETS
     return MPOTrainer(
-        model, args=args, train_dataset=train_data, eval_dataset=eval_data, processing_class=processor,
-        peft_config=get_peft_config(model_args), bad_rows=bad_rows,
-    )  # fmt: skip
+        model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+        bad_rows=bad_rows,
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -123,8 +144,10 @@ def main(argv: list[str]) -> int:
             report = bad_rows.write(skip_report_path(args.output_dir, "train"))
             print("\n".join(skip_summary("mpo train", bad_rows.skipped, report)))
         final = {k: v for k, v in trainer.state.log_history[-1].items()}
-        print(f"mpo train: {trainer.state.global_step} steps, delta {trainer.reward_shift.value:.4f}, "
-              f"saved to {args.output_dir}: {json.dumps(final)}")  # fmt: skip
+        print(
+            f"mpo train: {trainer.state.global_step} steps, delta {trainer.reward_shift.value:.4f}, "
+            f"saved to {args.output_dir}: {json.dumps(final)}"
+        )
         if push_to_hub:
             from mpo.hub import push_to_hub_after_training
 

@@ -22,6 +22,7 @@ pair. What changes against the parent, and nothing else:
 Log-probs use TRL's fused LM head: only response positions, in chunks, no full logits tensor.
 DPOConfig fields this trainer does not implement are refused (:data:`IGNORED_DPO_FIELDS`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -122,14 +123,18 @@ class MPOConfig(DPOConfig):
     )
     vision_once: bool = field(
         default=True,
-        metadata={"help": "Without prefix sharing: run the vision tower once per pair and use its features in both "
-                  "the chosen and the rejected row. Exact."},
-    )  # fmt: skip
+        metadata={
+            "help": "Without prefix sharing: run the vision tower once per pair and use its features in both "
+            "the chosen and the rejected row. Exact."
+        },
+    )
     max_packed_tokens: int | None = field(
         default=None,
-        metadata={"help": "Pack several pairs per row, up to this many tokens, with block masks keeping them "
-                  "independent (padding-free). None: one pair (or sequence) per row."},
-    )  # fmt: skip
+        metadata={
+            "help": "Pack several pairs per row, up to this many tokens, with block masks keeping them "
+            "independent (padding-free). None: one pair (or sequence) per row."
+        },
+    )
     precompute_ref_log_probs: bool = field(
         default=True,
         metadata={
@@ -140,33 +145,45 @@ class MPOConfig(DPOConfig):
     )
     ref_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Directory of the reference log-prob cache (default: $MPO_CACHE/ref_logps, "
-                  "~/.cache/internvl_mpo/ref_logps)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Directory of the reference log-prob cache (default: $MPO_CACHE/ref_logps, "
+            "~/.cache/internvl_mpo/ref_logps)."
+        },
+    )
     learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (reference: 1e-6)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (reference: 1)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler (reference: cosine)."})
     warmup_steps: float = field(
         default=0.03,
-        metadata={"help": "Warmup: a count of steps, or below 1 a fraction of all steps (reference: ratio 0.03). "
-                  "transformers 5 (5.24) has no separate warmup_ratio."},
-    )  # fmt: skip
+        metadata={
+            "help": "Warmup: a count of steps, or below 1 a fraction of all steps (reference: ratio 0.03). "
+            "transformers 5 (5.24) has no separate warmup_ratio."
+        },
+    )
     weight_decay: float = field(default=0.05, metadata={"help": "Weight decay (reference: 0.05)."})
 
     def __post_init__(self) -> None:
         for name, why in IGNORED_DPO_FIELDS.items():  # before the parent's set-up may convert them
             if getattr(self, name) != DPO_DEFAULTS[name]:
-                raise ValueError(f"{name}: a trl.DPOConfig field that MPOTrainer does not use ({why}); leave it unset")
+                raise ValueError(
+                    f"{name}: a trl.DPOConfig field that MPOTrainer does not use ({why}); leave it unset"
+                )
         cpu_training_defaults(self)  # fp32 and gloo multi-process on the CPU; before the parent's set-up
         super().__post_init__()
         unknown = set(self.loss_type) - set(TERMS)
         if unknown:
-            raise ValueError(f"loss_type: unknown terms {sorted(unknown)}; the objective's terms are {list(TERMS)}")
+            raise ValueError(
+                f"loss_type: unknown terms {sorted(unknown)}; the objective's terms are {list(TERMS)}"
+            )
         if self.prefix_sharing and not self.vision_once:
-            raise ValueError("vision_once: false does nothing with prefix_sharing (one sequence per pair runs the "
-                             "vision tower once anyway); set prefix_sharing: false to run it twice")  # fmt: skip
+            raise ValueError(
+                "vision_once: false does nothing with prefix_sharing (one sequence per pair runs the "
+                "vision tower once anyway); set prefix_sharing: false to run it twice"
+            )
         if self.sft_normalization not in ("sequence", "token"):
-            raise ValueError(f"sft_normalization must be 'sequence' or 'token', got {self.sft_normalization!r}")
+            raise ValueError(
+                f"sft_normalization must be 'sequence' or 'token', got {self.sft_normalization!r}"
+            )
 
     def term_weights(self) -> dict[str, float]:
         """Each term of ``loss_type`` with its weight."""
@@ -202,29 +219,47 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
     _tag_names = ["trl", "mpo", "internvl"]
     _name = "MPO"
 
-    def __init__(self, model, ref_model=None, args: MPOConfig | None = None, data_collator=None, *,
-                 processing_class=None, bad_rows: BadRows | None = None, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: MPOConfig | None = None,
+        data_collator=None,
+        *,
+        processing_class=None,
+        bad_rows: BadRows | None = None,
+        **kwargs,
+    ) -> None:
         """``bad_rows`` (the policy and skips of loading the data): under ``skip``, records whose files
         fail to decode later, in the reference pass or in a training batch, are skipped and counted
         there too (:class:`~mpo.data.collator.SkipBadRecords`); without it such a failure stops the run."""
         args = args or MPOConfig(output_dir="mpo_output")
         if data_collator is None and processing_class is not None:
             data_collator = PreferenceCollator(
-                processing_class, prefix_sharing=args.prefix_sharing, max_packed_tokens=args.max_packed_tokens,
+                processing_class,
+                prefix_sharing=args.prefix_sharing,
+                max_packed_tokens=args.max_packed_tokens,
                 vision_once=args.vision_once,
-            )  # fmt: skip
-        layout = attention.layout_of(prefix_sharing=args.prefix_sharing, packed=args.max_packed_tokens is not None)
+            )
+        layout = attention.layout_of(
+            prefix_sharing=args.prefix_sharing, packed=args.max_packed_tokens is not None
+        )
         for module, training in ((model, True), (ref_model, False)):
             if isinstance(module, torch.nn.Module):  # refuse a kernel that cannot compute the layout exactly
-                attention.choose_kernels(attention.text_kernel(module), layout, attention.Platform.detect(),
-                                         training=training)  # fmt: skip
+                attention.choose_kernels(
+                    attention.text_kernel(module), layout, attention.Platform.detect(), training=training
+                )
         if bad_rows is not None and data_collator is not None:
             data_collator = SkipBadRecords(data_collator, bad_rows)
         self.bad_rows = bad_rows  # the data's skips, and those of later decode failures (skip policy)
         super().__init__(
-            model, ref_model=ref_model, args=args, data_collator=data_collator, processing_class=processing_class,
+            model,
+            ref_model=ref_model,
+            args=args,
+            data_collator=data_collator,
+            processing_class=processing_class,
             **kwargs,
-        )  # fmt: skip
+        )
         # TRL's fused head also computes entropy, mean logits and top-1 hits at every position for its own
         # metrics; the MPO loss and metrics need only the log-probs.
         unwrapped = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
@@ -249,26 +284,41 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         self.reward_shift.step(t[0].item(), int(t[1].item()))
 
     def _save_checkpoint(self, model, trial) -> None:
-        self.state.stateful_callbacks[REWARD_SHIFT_KEY] = {"args": {}, "attributes": self.reward_shift.state_dict()}
+        self.state.stateful_callbacks[REWARD_SHIFT_KEY] = {
+            "args": {},
+            "attributes": self.reward_shift.state_dict(),
+        }
         # TRL 1.16's DPOTrainer._save_checkpoint writes its DPO model card into output_dir, then calls
         # transformers'. We call transformers' directly: the MPO card is written by _save, into each
         # saved folder.
         Trainer._save_checkpoint(self, model, trial)
 
     def save_state(self) -> None:
-        self.state.stateful_callbacks[REWARD_SHIFT_KEY] = {"args": {}, "attributes": self.reward_shift.state_dict()}
+        self.state.stateful_callbacks[REWARD_SHIFT_KEY] = {
+            "args": {},
+            "attributes": self.reward_shift.state_dict(),
+        }
         super().save_state()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Model, processor and ``mpo_config.json`` (the recipe, read by `mpo push` for the model card)."""
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            write_run_config(output_dir or self.args.output_dir, self.args,
-                             {"base_model": getattr(self.model, "name_or_path", None), **self.run_config})  # fmt: skip
+            write_run_config(
+                output_dir or self.args.output_dir,
+                self.args,
+                {"base_model": getattr(self.model, "name_or_path", None), **self.run_config},
+            )
             self.create_model_card(folder=output_dir or self.args.output_dir)
 
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
-                          tags: str | list[str] | None = None, *, folder: str | Path | None = None) -> None:
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        *,
+        folder: str | Path | None = None,
+    ) -> None:
         """The MPO model card (:mod:`mpo.card`: objective, hyperparameters, δ, final metrics, pair report)
         as ``README.md`` of ``folder`` (default ``output_dir``), which must hold the saved model; `mpo push`
         rebuilds it with the evaluation. Replaces TRL's DPO card; ``dataset_name`` and ``tags`` are TRL's
@@ -276,7 +326,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         from mpo.card import build_card, write_card
 
         folder = Path(folder or self.args.output_dir)
-        name = model_name or (self.args.hub_model_id or Path(self.args.output_dir).resolve().name).split("/")[-1]
+        name = (
+            model_name or (self.args.hub_model_id or Path(self.args.output_dir).resolve().name).split("/")[-1]
+        )
         state = json.loads(json.dumps(dataclasses.asdict(self.state)))  # as trainer_state.json will read
         write_card(folder, build_card(folder, name, state=state))
 
@@ -350,7 +402,10 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         settings = {
             "template": families.of_processor(self.processing_class).template.jinja(),
             "tokens_per_tile": self.processing_class.image_seq_length,
-            "tile": [self.processing_class.image_processor.size["height"], self.processing_class.image_processor.size["width"]],
+            "tile": [
+                self.processing_class.image_processor.size["height"],
+                self.processing_class.image_processor.size["width"],
+            ],
             "dtype": str(reference.dtype),
             "attn": attention.text_kernel(reference),
         }
@@ -375,7 +430,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         dataset = dataset.add_column("ref_rejected_logps", rejected.tolist())
         failed = torch.isnan(chosen) | torch.isnan(rejected)
         if bool(failed.any()):  # records whose files failed to decode in the reference pass (skip policy)
-            logger.warning(f"reference log-probs: {int(failed.sum())} {name} pairs failed to decode and are skipped")
+            logger.warning(
+                f"reference log-probs: {int(failed.sum())} {name} pairs failed to decode and are skipped"
+            )
             dataset = dataset.select([i for i, bad in enumerate(failed.tolist()) if not bad])
         return dataset
 
@@ -393,12 +450,19 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         rows = []
         sources = dataset["source"]
         # batches decoded in DataLoader workers (dataloader_num_workers), in order; the skips travel in them
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch_size,
-                                             collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers,
-                                             pin_memory=self.args.dataloader_pin_memory)  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, mine),
+            batch_size=batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
         starts = range(0, len(mine), batch_size)
-        for start, batch in zip(starts, tqdm(loader, desc=f"reference log-probs ({name})",
-                                             disable=not acc.is_local_main_process), strict=True):  # fmt: skip
+        for start, batch in zip(
+            starts,
+            tqdm(loader, desc=f"reference log-probs ({name})", disable=not acc.is_local_main_process),
+            strict=True,
+        ):
             idx = mine[start : start + batch_size]
             dropped = set(batch.get(DROPPED_SOURCES, ()))
             batch = self._prepare_inputs(batch)
@@ -414,7 +478,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         return chosen, rejected
 
     @staticmethod
-    def _reference_rows(idx: list[int], sources: list[str], logps: torch.Tensor, dropped: set[str]) -> torch.Tensor:
+    def _reference_rows(
+        idx: list[int], sources: list[str], logps: torch.Tensor, dropped: set[str]
+    ) -> torch.Tensor:
         """[len(idx), 3] rows (dataset index, chosen, rejected log-prob) of one reference batch.
 
         Under the skip policy a record that failed to decode is left out of the batch, which then holds
@@ -436,17 +502,25 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         ref_chosen, ref_rejected = self._reference_logps(model, inputs)
         delta = self.reward_shift.value
         out = objective(
-            chosen_logps, rejected_logps, ref_chosen.to(logps.dtype), ref_rejected.to(logps.dtype),
-            lengths[0::2], beta=self.beta, delta=delta, weights=self.args.term_weights(),
+            chosen_logps,
+            rejected_logps,
+            ref_chosen.to(logps.dtype),
+            ref_rejected.to(logps.dtype),
+            lengths[0::2],
+            beta=self.beta,
+            delta=delta,
+            weights=self.args.term_weights(),
             sft_normalization=self.args.sft_normalization,
-        )  # fmt: skip
+        )
         if mode == "train":
             self.reward_shift.accumulate(out.chosen_rewards, out.rejected_rewards)
         self._log_metrics(mode, out, chosen_logps.detach(), rejected_logps.detach(), delta)
         return (out.loss, out) if return_outputs else out.loss
 
     def _log_metrics(self, mode: str, out, chosen_logps, rejected_logps, delta: float) -> None:
-        gather = self.accelerator.gather  # not gather_for_metrics: its end-of-dataloader truncation is global state
+        gather = (
+            self.accelerator.gather
+        )  # not gather_for_metrics: its end-of-dataloader truncation is global state
         metrics = self._metrics[mode]
         values = torch.stack([value.detach() for value in out.terms.values()])
         for name, value in zip(out.terms, gather(values.unsqueeze(0)).mean(dim=0).tolist(), strict=True):

@@ -43,8 +43,9 @@ def perturbed_policy(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
-def write_mmpr(root: Path, rows: list[dict], *, repeat_time: float = 1.0, max_dynamic_patch: int = 6,
-               name: str = "toy") -> Path:  # fmt: skip
+def write_mmpr(
+    root: Path, rows: list[dict], *, repeat_time: float = 1.0, max_dynamic_patch: int = 6, name: str = "toy"
+) -> Path:
     """Write images referenced by ``rows`` (as solid colours named in the file name) and an MMPR meta.json."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "wide": (120, 60, 200)}
@@ -57,8 +58,16 @@ def write_mmpr(root: Path, rows: list[dict], *, repeat_time: float = 1.0, max_dy
                 Image.new("RGB", size, colours.get(stem.split("_")[0], (90, 90, 90))).save(root / "img" / p)
     annotation = root / f"{name}.jsonl"
     annotation.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    meta = {name: {"root": "img", "annotation": annotation.name, "repeat_time": repeat_time,
-                   "max_dynamic_patch": max_dynamic_patch, "data_augment": False, "length": len(rows)}}  # fmt: skip
+    meta = {
+        name: {
+            "root": "img",
+            "annotation": annotation.name,
+            "repeat_time": repeat_time,
+            "max_dynamic_patch": max_dynamic_patch,
+            "data_augment": False,
+            "length": len(rows),
+        }
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     return root / "meta.json"
 
@@ -66,15 +75,32 @@ def write_mmpr(root: Path, rows: list[dict], *, repeat_time: float = 1.0, max_dy
 # One row of each input shape: single image, multi-image, text-only, video (frames).
 MIXED_ROWS = [
     {"image": "red.png", "question": "What colour is the image?", "chosen": "red", "rejected": "blue"},
-    {"image": ["green.png", "wide.png"], "question": "Image-1: <image>\nImage-2: <image>\nWhich one is green?",
-     "chosen": "Image-1", "rejected": "Image-2"},
+    {
+        "image": ["green.png", "wide.png"],
+        "question": "Image-1: <image>\nImage-2: <image>\nWhich one is green?",
+        "chosen": "Image-1",
+        "rejected": "Image-2",
+    },
     {"question": "What is 2 + 2?", "chosen": "4", "rejected": "5"},
-    {"video": ["red.png", "green.png", "blue.png"], "question": "<video>\nWhat colour is the last frame?",
-     "chosen": "blue", "rejected": "green"},
-    {"image": "wide.png", "question": "<image>\nIs the image wider than tall?", "chosen": "Yes, it is wider.",
-     "rejected": "No."},
-    {"image": "blue.png", "question": "Name the colour.", "chosen": "The colour is blue.", "rejected": "It is red."},
-]  # fmt: skip
+    {
+        "video": ["red.png", "green.png", "blue.png"],
+        "question": "<video>\nWhat colour is the last frame?",
+        "chosen": "blue",
+        "rejected": "green",
+    },
+    {
+        "image": "wide.png",
+        "question": "<image>\nIs the image wider than tall?",
+        "chosen": "Yes, it is wider.",
+        "rejected": "No.",
+    },
+    {
+        "image": "blue.png",
+        "question": "Name the colour.",
+        "chosen": "The colour is blue.",
+        "rejected": "It is red.",
+    },
+]
 
 
 @pytest.fixture
@@ -95,7 +121,9 @@ def offline_wandb(tmp_path, monkeypatch):
     wandb.teardown()
 
 
-def _varlen_reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+def _varlen_reference_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
+):
     """A CPU stand-in for varlen flash-attention, written from its definition: each sequence of the
     flattened row ([1, H, N, D]; boundaries in ``cu_seq_lens_q``) attends causally to itself alone."""
     import torch
@@ -105,8 +133,12 @@ def _varlen_reference_attention(module, query, key, value, attention_mask, scali
     cu = kwargs["cu_seq_lens_q"].tolist()
     groups = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    pieces = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                             scale=scaling) for s, e in zip(cu[:-1], cu[1:], strict=True)]  # fmt: skip
+    pieces = [
+        F.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling
+        )
+        for s, e in zip(cu[:-1], cu[1:], strict=True)
+    ]
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 
 

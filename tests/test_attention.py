@@ -22,7 +22,10 @@ ROW1 = [("s1", "p")] * 1 + [("s1", "c")] * 2 + [("s1", "r")] * 4
 
 def _batch() -> dict:
     rows = [
-        [shared_segment([1, 2, 3], [4, 5], [6, 7], pair=0, group0=0), plain_segment([8, 9], [10, 11], 4, group=9)],
+        [
+            shared_segment([1, 2, 3], [4, 5], [6, 7], pair=0, group0=0),
+            plain_segment([8, 9], [10, 11], 4, group=9),
+        ],
         [shared_segment([1, 2], [3], [4, 5, 6], pair=1, group0=3)],
     ]
     return assemble(rows, pad_id=0, layout="shared")
@@ -47,7 +50,9 @@ def _expected_visibility() -> torch.Tensor:
 def test_dense_mask_is_the_visibility_rule():
     batch = _batch()
     assert batch["input_ids"].shape == (2, len(ROW0))
-    torch.testing.assert_close(attention.dense_mask(batch["attn_group"], batch["attn_prefix"]), _expected_visibility())
+    torch.testing.assert_close(
+        attention.dense_mask(batch["attn_group"], batch["attn_prefix"]), _expected_visibility()
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -101,7 +106,9 @@ def test_plain_rows_keep_the_padding_mask(kernel):
 
 
 def test_varlen_kernel_refuses_prefix_sharing_saying_what_to_change():
-    with pytest.raises(UserError, match="flash_attention_2 cannot compute the 'shared' layout.*prefix_sharing: false"):
+    with pytest.raises(
+        UserError, match="flash_attention_2 cannot compute the 'shared' layout.*prefix_sharing: false"
+    ):
         attention.model_inputs(_batch(), "flash_attention_2", torch.bfloat16)
 
 
@@ -110,11 +117,17 @@ def test_varlen_kernel_refuses_prefix_sharing_saying_what_to_change():
 # What each kernel can express, from the kernels' definitions (not mpo.attention's table): varlen
 # flash-attention runs every sequence causally on its own, so branches that share a prompt without
 # seeing each other are beyond it; masks (dense or block) express anything.
-CAN_EXPRESS = {"sdpa": {"plain", "packed", "shared"}, "eager": {"plain", "packed", "shared"},
-               "flex_attention": {"plain", "packed", "shared"}, "flash_attention_2": {"plain", "packed"},
-               "torch_varlen": {"plain", "packed"}}  # fmt: skip
-PLATFORMS = [Platform(cuda=c, flash_attn=c and f, flex_backward=c and x, torch_varlen=c and v)
-             for c, f, x, v in itertools.product([False, True], repeat=4)]  # fmt: skip
+CAN_EXPRESS = {
+    "sdpa": {"plain", "packed", "shared"},
+    "eager": {"plain", "packed", "shared"},
+    "flex_attention": {"plain", "packed", "shared"},
+    "flash_attention_2": {"plain", "packed"},
+    "torch_varlen": {"plain", "packed"},
+}
+PLATFORMS = [
+    Platform(cuda=c, flash_attn=c and f, flex_backward=c and x, torch_varlen=c and v)
+    for c, f, x, v in itertools.product([False, True], repeat=4)
+]
 
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=str)
@@ -129,7 +142,9 @@ def test_auto_picks_an_exact_kernel_that_runs_and_trains_there(platform, layout)
     if choice.text == "flex_attention":
         assert platform.flex_backward
     if choice.text == "torch_varlen":
-        assert platform.cuda and platform.torch_varlen and not platform.flash_attn  # flash-attn's own kernel first
+        assert (
+            platform.cuda and platform.torch_varlen and not platform.flash_attn
+        )  # flash-attn's own kernel first
     if platform.flash_attn and layout != "shared":
         assert choice.text == "flash_attention_2"  # padding-free varlen when it is exact
     elif platform.torch_varlen and layout != "shared":
@@ -152,22 +167,33 @@ def test_explicit_kernels_that_cannot_be_exact_or_cannot_run_are_refused():
         choose_kernels("torch_varlen", "plain", cpu)
     with pytest.raises(UserError, match="torch_varlen cannot compute the 'shared' layout exactly"):
         choose_kernels("torch_varlen", "shared", Platform(True, False, True, torch_varlen=True))
-    with pytest.raises(UserError, match="must be 'auto' or one of eager, sdpa, flex_attention, flash_attention_2"):
+    with pytest.raises(
+        UserError, match="must be 'auto' or one of eager, sdpa, flex_attention, flash_attention_2"
+    ):
         choose_kernels("flash", "plain", gpu)
-    assert choose_kernels("flex_attention", "shared", cpu, training=False).text == "flex_attention"  # scoring only
-    assert choose_kernels("flex_attention", "shared", gpu) == KernelChoice("flex_attention", "flash_attention_2",
-                                                                           "requested")  # fmt: skip
-    assert choose_kernels("eager", "shared", gpu).for_transformers() == {"": "eager", "text_config": "eager",
-                                                                         "vision_config": "eager"}  # fmt: skip
+    assert (
+        choose_kernels("flex_attention", "shared", cpu, training=False).text == "flex_attention"
+    )  # scoring only
+    assert choose_kernels("flex_attention", "shared", gpu) == KernelChoice(
+        "flex_attention", "flash_attention_2", "requested"
+    )
+    assert choose_kernels("eager", "shared", gpu).for_transformers() == {
+        "": "eager",
+        "text_config": "eager",
+        "vision_config": "eager",
+    }
 
 
-@pytest.mark.parametrize("cuda, packages, expected", [
-    (False, {"flash_attn", "triton", "torch.nn.attention.varlen"}, Platform(False, False, False)),
-    (True, set(), Platform(True, False, False)),
-    (True, {"flash_attn"}, Platform(True, True, False)),
-    (True, {"flash_attn", "triton"}, Platform(True, True, True)),
-    (True, {"torch.nn.attention.varlen"}, Platform(True, False, False, torch_varlen=True)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "cuda, packages, expected",
+    [
+        (False, {"flash_attn", "triton", "torch.nn.attention.varlen"}, Platform(False, False, False)),
+        (True, set(), Platform(True, False, False)),
+        (True, {"flash_attn"}, Platform(True, True, False)),
+        (True, {"flash_attn", "triton"}, Platform(True, True, True)),
+        (True, {"torch.nn.attention.varlen"}, Platform(True, False, False, torch_varlen=True)),
+    ],
+)
 def test_platform_detection_fakes_device_and_packages(monkeypatch, cuda, packages, expected):
     import importlib.util
 
@@ -176,8 +202,9 @@ def test_platform_detection_fakes_device_and_packages(monkeypatch, cuda, package
     assert Platform.detect() == expected
 
 
-def test_load_model_logs_its_choice_and_the_trainer_refuses_an_inexact_model(tiny_model, mixed_meta, tmp_path,
-                                                                             caplog):  # fmt: skip
+def test_load_model_logs_its_choice_and_the_trainer_refuses_an_inexact_model(
+    tiny_model, mixed_meta, tmp_path, caplog
+):
     from mpo.data.mmpr import load_mmpr
     from mpo.models.loading import load_model, load_processor
     from mpo.trainer import MPOConfig, MPOTrainer
@@ -185,14 +212,18 @@ def test_load_model_logs_its_choice_and_the_trainer_refuses_an_inexact_model(tin
     with caplog.at_level(logging.WARNING, logger="mpo.models.loading"):
         model = load_model(tiny_model, layout="shared")
     lines = [r.getMessage() for r in caplog.records if r.name == "mpo.models.loading"]
-    assert lines == ["attention: sdpa for the language model (shared layout), sdpa for the vision tower: auto: CPU, "
-                     "sdpa takes the layout's mask; flex has no CPU backward, flash-attn needs CUDA"]  # fmt: skip
+    assert lines == [
+        "attention: sdpa for the language model (shared layout), sdpa for the vision tower: auto: CPU, "
+        "sdpa takes the layout's mask; flex has no CPU backward, flash-attn needs CUDA"
+    ]
     assert attention.text_kernel(model) == "sdpa"
     # a model whose language model runs varlen flash-attention cannot take prefix sharing
     model.config.text_config._attn_implementation = "flash_attention_2"
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
-    args = MPOConfig(output_dir=str(tmp_path), report_to=[], precompute_ref_log_probs=False, prefix_sharing=True)
+    args = MPOConfig(
+        output_dir=str(tmp_path), report_to=[], precompute_ref_log_probs=False, prefix_sharing=True
+    )
     with pytest.raises(UserError, match="prefix_sharing: false"):
         MPOTrainer(model, args=args, train_dataset=data, processing_class=processor)
 
@@ -209,22 +240,54 @@ def test_torch_varlen_runs_each_sequence_causally_on_its_own(monkeypatch):
     def stand_in(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None, **kw):  # [N, H, D]
         assert window_size == (-1, 0) and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k)
         spans = zip(cu_q.tolist()[:-1], cu_q.tolist()[1:], strict=True)
-        return torch.cat([F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1),
-                                                         v[s:e].transpose(0, 1), is_causal=True, scale=scale
-                                                         ).transpose(0, 1) for s, e in spans])  # fmt: skip
+        return torch.cat(
+            [
+                F.scaled_dot_product_attention(
+                    q[s:e].transpose(0, 1),
+                    k[s:e].transpose(0, 1),
+                    v[s:e].transpose(0, 1),
+                    is_causal=True,
+                    scale=scale,
+                ).transpose(0, 1)
+                for s, e in spans
+            ]
+        )
 
     monkeypatch.setattr(varlen, "varlen_attn", stand_in)
     torch.manual_seed(0)
-    q, k, v = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)  # 4 query heads, 2 kv
+    q, k, v = (
+        torch.randn(1, 4, 10, 8),
+        torch.randn(1, 2, 10, 8),
+        torch.randn(1, 2, 10, 8),
+    )  # 4 query heads, 2 kv
     cu = torch.tensor([0, 3, 10])
-    out, weights = torch_varlen_attention(None, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                                          max_length_q=7, max_length_k=7)  # fmt: skip
-    kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)  # query head h reads key head h // 2
-    want = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], kk[:, :, s:e], vv[:, :, s:e], is_causal=True,
-                                                     scale=0.3) for s, e in ((0, 3), (3, 10))], dim=2)  # fmt: skip
+    out, weights = torch_varlen_attention(
+        None, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=7, max_length_k=7
+    )
+    kk, vv = (
+        k.repeat_interleave(2, dim=1),
+        v.repeat_interleave(2, dim=1),
+    )  # query head h reads key head h // 2
+    want = torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                q[:, :, s:e], kk[:, :, s:e], vv[:, :, s:e], is_causal=True, scale=0.3
+            )
+            for s, e in ((0, 3), (3, 10))
+        ],
+        dim=2,
+    )
     assert weights is None and out.shape == (1, 10, 4, 8)
     torch.testing.assert_close(out, want.transpose(1, 2))
     with pytest.raises(ValueError, match="one flattened row and no mask"):
-        torch_varlen_attention(None, q, k, v, torch.ones(1, 1, 10, 10), cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                               max_length_q=7, max_length_k=7)  # fmt: skip
-
+        torch_varlen_attention(
+            None,
+            q,
+            k,
+            v,
+            torch.ones(1, 1, 10, 10),
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=7,
+            max_length_k=7,
+        )

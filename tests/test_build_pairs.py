@@ -155,11 +155,17 @@ def test_pairs_every_correct_with_every_incorrect_then_drops_in_order():
     cands = plan_pairs(judged, FilterConfig())
     got = {(c["subset"], c["c"], c["r"]): c["drop"] for c in cands}
     assert got == {
-        ("correctness", 0, 1): None, ("correctness", 0, 2): "contains_answer", ("correctness", 0, 4): "duplicate",
-        ("correctness", 0, 6): None, ("correctness", 5, 1): None, ("correctness", 5, 2): "contains_answer",
-        ("correctness", 5, 4): "duplicate", ("correctness", 5, 6): None,
-        ("format", 0, 3): None, ("format", 5, 3): None,
-    }  # fmt: skip
+        ("correctness", 0, 1): None,
+        ("correctness", 0, 2): "contains_answer",
+        ("correctness", 0, 4): "duplicate",
+        ("correctness", 0, 6): None,
+        ("correctness", 5, 1): None,
+        ("correctness", 5, 2): "contains_answer",
+        ("correctness", 5, 4): "duplicate",
+        ("correctness", 5, 6): None,
+        ("format", 0, 3): None,
+        ("format", 5, 3): None,
+    }
     apply_cap(cands, 3, random.Random(0))
     kept = [c for c in cands if c["subset"] == "correctness" and c["drop"] is None]
     capped = [c for c in cands if c["drop"] == "over_cap"]
@@ -200,13 +206,23 @@ def _write_qa(root: Path) -> Path:
     (root / "img").mkdir(parents=True)
     Image.new("RGB", (64, 64), (200, 30, 30)).save(root / "img" / "red.png")
     rows = [
-        {"id": "q1", "image": "red.png", "question": "<image>\nQ1 How many?\nAnswer the question using a single word or phrase.", "answer": "4"},
-        {"id": "q2", "image": "red.png", "question": "Q2 Which colour?\nA. red\nB. blue\nAnswer with the option's letter from the given choices directly.",
-         "answer": "A", "choices": {"A": "red", "B": "blue"}},
+        {
+            "id": "q1",
+            "image": "red.png",
+            "question": "<image>\nQ1 How many?\nAnswer the question using a single word or phrase.",
+            "answer": "4",
+        },
+        {
+            "id": "q2",
+            "image": "red.png",
+            "question": "Q2 Which colour?\nA. red\nB. blue\nAnswer with the option's letter from the given choices directly.",
+            "answer": "A",
+            "choices": {"A": "red", "B": "blue"},
+        },
         {"id": "q3", "question": "Q3 What is 2 + 2?", "answer": "4"},
         {"id": "q4", "question": "Q4 What is 3 + 3?", "answer": "6"},
         {"id": "q5", "image": "gone.png", "question": "Q5 missing image", "answer": "1"},
-    ]  # fmt: skip
+    ]
     text = (
         "".join(json.dumps(r) + "\n" for r in rows[:3])
         + "{not json\n"
@@ -220,11 +236,18 @@ def _write_qa(root: Path) -> Path:
 
 
 SCRIPT = {
-    "Q1": ["good: Final answer: 4", "Final answer: 5", "Final answer: 4 or 5", "hmm", "Final answer: 5", "good too: Final answer: 4"],
+    "Q1": [
+        "good: Final answer: 4",
+        "Final answer: 5",
+        "Final answer: 4 or 5",
+        "hmm",
+        "Final answer: 5",
+        "good too: Final answer: 4",
+    ],
     "Q2": ["good, it is red. Final answer: A", "Final answer: B", "Final answer: (A)", "no letter"],
     "Q3": ["Final answer: 4", "Final answer: four"],
     "Q4": ["Final answer: 5", "dunno"],
-}  # fmt: skip
+}
 
 
 def test_correctness_build_on_scripted_backend(tmp_path, processor):
@@ -233,8 +256,21 @@ def test_correctness_build_on_scripted_backend(tmp_path, processor):
     judge_prompt.write_text("JUDGE {question} RESPONSE: {response}")
     backend = ScriptedBackend(SCRIPT)
     out = tmp_path / "out"
-    report = run(_args("correctness", "scripted", meta, out, "--n", "6", "--max-pairs-per-question", "3",
-                       "--quality-prompt", str(judge_prompt)), backend=backend)  # fmt: skip
+    report = run(
+        _args(
+            "correctness",
+            "scripted",
+            meta,
+            out,
+            "--n",
+            "6",
+            "--max-pairs-per-question",
+            "3",
+            "--quality-prompt",
+            str(judge_prompt),
+        ),
+        backend=backend,
+    )
     _check_counts(report, 6)
     assert report["questions"]["by_status"] == {
         "paired": 2,
@@ -250,7 +286,10 @@ def test_correctness_build_on_scripted_backend(tmp_path, processor):
     # Q1: correct {0, 5} x incorrect {1, 2, 4} -> contains_answer 2, duplicate 2, 2 left; format {0, 5} x {3}
     # Q2: correct {0, 2} x incorrect {1} -> (2, 1) fails quality ("good" only in 0); format (0, 3) kept, (2, 3) quality
     assert report["subsets"]["toy_correctness"] == {
-        "candidates": 8, "kept": 3, "dropped": {"contains_answer": 2, "duplicate": 2, "quality": 1}}  # fmt: skip
+        "candidates": 8,
+        "kept": 3,
+        "dropped": {"contains_answer": 2, "duplicate": 2, "quality": 1},
+    }
     assert report["subsets"]["toy_format"] == {"candidates": 4, "kept": 3, "dropped": {"quality": 1}}
     assert report["responses"] == {"correct": 6, "incorrect": 5, "format": 3}
     assert report["accuracy_histogram"]["0/6"] == 1 and sum(report["accuracy_histogram"].values()) == 4
@@ -261,9 +300,13 @@ def test_correctness_build_on_scripted_backend(tmp_path, processor):
     )
     assert {r.seed for r in gen} == {question_seed(0, f"toy:q{i}") for i in (1, 2, 3, 4)}
     pairs = _pairs(out)
-    assert sorted((p["chosen"], p["rejected"]) for p in pairs["toy_correctness"]) == sorted([
-        ("good: Final answer: 4", "Final answer: 5"), ("good too: Final answer: 4", "Final answer: 5"),
-        ("good, it is red. Final answer: A", "Final answer: B")])  # fmt: skip
+    assert sorted((p["chosen"], p["rejected"]) for p in pairs["toy_correctness"]) == sorted(
+        [
+            ("good: Final answer: 4", "Final answer: 5"),
+            ("good too: Final answer: 4", "Final answer: 5"),
+            ("good, it is red. Final answer: A", "Final answer: B"),
+        ]
+    )
     assert all(
         p["image"] == "red.png" and p["source"] in ("toy:q1", "toy:q2") for p in pairs["toy_correctness"]
     )
@@ -324,8 +367,19 @@ def test_dropout_ntp_on_tiny_model(tmp_path, tiny_model, synthetic, processor):
 
     backend = Recording(make_backend("transformers", str(tiny_model), batch_size=4))
     out = tmp_path / "dntp"
-    report = run(_args("dropout-ntp", tiny_model, synthetic / "sft" / "meta.json", out,
-                       "--max-new-tokens", "24", "--batch-size", "4"), backend=backend)  # fmt: skip
+    report = run(
+        _args(
+            "dropout-ntp",
+            tiny_model,
+            synthetic / "sft" / "meta.json",
+            out,
+            "--max-new-tokens",
+            "24",
+            "--batch-size",
+            "4",
+        ),
+        backend=backend,
+    )
     _check_counts(report, 10)
     continued = [r for r in backend.requests if r.prefix]
     assert continued and all(r.images == [] and "<image>" not in r.question for r in continued)
@@ -343,8 +397,17 @@ def test_dropout_ntp_on_tiny_model(tmp_path, tiny_model, synthetic, processor):
 
 def test_dropout_ntp_chosen_from_data(tmp_path, synthetic):
     backend = ScriptedBackend({"": ["and then it continues"]})
-    report = run(_args("dropout-ntp", "scripted", synthetic / "sft" / "meta.json", tmp_path / "o", "--chosen-from", "data"),
-                 backend=backend)  # fmt: skip
+    report = run(
+        _args(
+            "dropout-ntp",
+            "scripted",
+            synthetic / "sft" / "meta.json",
+            tmp_path / "o",
+            "--chosen-from",
+            "data",
+        ),
+        backend=backend,
+    )
     _check_counts(report, 10)
     sft = {
         f"synthetic_sft:{r['id']}": r["conversations"][1]["value"]
@@ -390,7 +453,16 @@ def test_parse_shard():
 
 
 def correctness_argv(model: Path, synthetic: Path, out: Path) -> list[str]:
-    return ["correctness", "--model", str(model), "--data", str(synthetic / "qa" / "meta.json"), "--out", str(out), *GEN]
+    return [
+        "correctness",
+        "--model",
+        str(model),
+        "--data",
+        str(synthetic / "qa" / "meta.json"),
+        "--out",
+        str(out),
+        *GEN,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -424,8 +496,12 @@ def test_killed_build_resumes_to_the_uninterrupted_result(tmp_path, tiny_model, 
     argv = correctness_argv(tiny_model, synthetic, out)
     argv[argv.index("--batch-size") + 1] = "1"  # one line per question: kill lands between questions
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "pair_backends.py"), "0.4", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "pair_backends.py"), "0.4", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     journal = out / "shards" / "shard-00000-of-00001.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -465,7 +541,8 @@ def test_two_shards_merged_equal_one_run(tmp_path, tiny_model, synthetic, unshar
     assert set(_pairs(out)) == set(_pairs(unsharded))
     whole = json.loads((unsharded / "report.json").read_text())
     assert {k: v for k, v in report.items() if k != "settings"} == {
-        k: v for k, v in whole.items() if k != "settings"}  # fmt: skip
+        k: v for k, v in whole.items() if k != "settings"
+    }
     assert cli_main(["build-pairs", "merge", str(out)]) == 0
 
 

@@ -68,31 +68,72 @@ def build_native(out: Path, tokenizer, llm: str, vit: str, tie: bool, seed: int 
 def original_config_dict(vocab_size: int, llm: str, vit: str, tie: bool = False) -> dict:
     """A small config.json in the original layout, InternVL2.5-style."""
     vision = {
-        "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
-        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-        "image_size": 64, "patch_size": 8, "num_channels": 3, "hidden_act": "gelu",
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "image_size": 64,
+        "patch_size": 8,
+        "num_channels": 3,
+        "hidden_act": "gelu",
         "norm_type": "layer_norm" if vit == "300m" else "rms_norm",
-        "qk_normalization": vit == "6b", "qkv_bias": vit == "300m", "layer_norm_eps": 1e-6,
-        "initializer_factor": 0.1, "initializer_range": 0.02, "drop_path_rate": 0.0,
-        "dropout": 0.0, "attention_dropout": 0.0, "use_flash_attn": True,
-    }  # fmt: skip
+        "qk_normalization": vit == "6b",
+        "qkv_bias": vit == "300m",
+        "layer_norm_eps": 1e-6,
+        "initializer_factor": 0.1,
+        "initializer_range": 0.02,
+        "drop_path_rate": 0.0,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "use_flash_attn": True,
+    }
     shared = {
-        "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "max_position_embeddings": 512, "tie_word_embeddings": tie, "hidden_act": "silu",
-    }  # fmt: skip
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": tie,
+        "hidden_act": "silu",
+    }
     if llm == "qwen2":
-        text = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **shared,
-                "use_sliding_window": False, "max_window_layers": 2}  # fmt: skip
+        text = {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            **shared,
+            "use_sliding_window": False,
+            "max_window_layers": 2,
+        }
     else:
-        text = {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", **shared, "bias": False,
-                "rope_scaling": {"type": "dynamic", "factor": 2.0}}  # fmt: skip
+        text = {
+            "architectures": ["InternLM2ForCausalLM"],
+            "model_type": "internlm2",
+            **shared,
+            "bias": False,
+            "rope_scaling": {"type": "dynamic", "factor": 2.0},
+        }
     return {
-        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "vision_config": vision,
-        "llm_config": text, "downsample_ratio": 0.5, "force_image_size": 64, "template": "internvl2_5",
-        "ps_version": "v2", "select_layer": -1, "dynamic_image_size": True, "use_thumbnail": True,
-        "max_dynamic_patch": 6, "min_dynamic_patch": 1, "torch_dtype": "float32",
-    }  # fmt: skip
+        "architectures": ["InternVLChatModel"],
+        "model_type": "internvl_chat",
+        "vision_config": vision,
+        "llm_config": text,
+        "downsample_ratio": 0.5,
+        "force_image_size": 64,
+        "template": "internvl2_5",
+        "ps_version": "v2",
+        "select_layer": -1,
+        "dynamic_image_size": True,
+        "use_thumbnail": True,
+        "max_dynamic_patch": 6,
+        "min_dynamic_patch": 1,
+        "torch_dtype": "float32",
+    }
 
 
 def original_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -107,17 +148,30 @@ def original_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         "vision_model.embeddings.patch_embedding.weight": (c, 3, p, p),
         "vision_model.embeddings.patch_embedding.bias": (c,),
         "vision_model.embeddings.position_embedding": (1, (v["image_size"] // p) ** 2 + 1, c),
-        "mlp1.0.weight": (4 * c,), "mlp1.0.bias": (4 * c,), "mlp1.1.weight": (h, 4 * c), "mlp1.1.bias": (h,),
-        "mlp1.3.weight": (h, h), "mlp1.3.bias": (h,),
-    }  # fmt: skip
+        "mlp1.0.weight": (4 * c,),
+        "mlp1.0.bias": (4 * c,),
+        "mlp1.1.weight": (h, 4 * c),
+        "mlp1.1.bias": (h,),
+        "mlp1.3.weight": (h, h),
+        "mlp1.3.bias": (h,),
+    }
     for i in range(v["num_hidden_layers"]):
         x = f"vision_model.encoder.layers.{i}."
-        shapes.update({
-            x + "attn.qkv.weight": (3 * c, c), x + "attn.proj.weight": (c, c), x + "attn.proj.bias": (c,),
-            x + "ls1": (c,), x + "ls2": (c,), x + "norm1.weight": (c,), x + "norm2.weight": (c,),
-            x + "mlp.fc1.weight": (ci, c), x + "mlp.fc1.bias": (ci,),
-            x + "mlp.fc2.weight": (c, ci), x + "mlp.fc2.bias": (c,),
-        })  # fmt: skip
+        shapes.update(
+            {
+                x + "attn.qkv.weight": (3 * c, c),
+                x + "attn.proj.weight": (c, c),
+                x + "attn.proj.bias": (c,),
+                x + "ls1": (c,),
+                x + "ls2": (c,),
+                x + "norm1.weight": (c,),
+                x + "norm2.weight": (c,),
+                x + "mlp.fc1.weight": (ci, c),
+                x + "mlp.fc1.bias": (ci,),
+                x + "mlp.fc2.weight": (c, ci),
+                x + "mlp.fc2.bias": (c,),
+            }
+        )
         if v["qkv_bias"]:
             shapes[x + "attn.qkv.bias"] = (3 * c,)
         if v["norm_type"] == "layer_norm":
@@ -129,25 +183,38 @@ def original_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         shapes.update({m + "embed_tokens.weight": (vocab, h), m + "norm.weight": (h,)})
         for i in range(t["num_hidden_layers"]):
             x = f"{m}layers.{i}."
-            shapes.update({
-                x + "self_attn.q_proj.weight": (h, h), x + "self_attn.q_proj.bias": (h,),
-                x + "self_attn.k_proj.weight": (kv, h), x + "self_attn.k_proj.bias": (kv,),
-                x + "self_attn.v_proj.weight": (kv, h), x + "self_attn.v_proj.bias": (kv,),
-                x + "self_attn.o_proj.weight": (h, h), x + "mlp.gate_proj.weight": (hi, h),
-                x + "mlp.up_proj.weight": (hi, h), x + "mlp.down_proj.weight": (h, hi),
-                x + "input_layernorm.weight": (h,), x + "post_attention_layernorm.weight": (h,),
-            })  # fmt: skip
+            shapes.update(
+                {
+                    x + "self_attn.q_proj.weight": (h, h),
+                    x + "self_attn.q_proj.bias": (h,),
+                    x + "self_attn.k_proj.weight": (kv, h),
+                    x + "self_attn.k_proj.bias": (kv,),
+                    x + "self_attn.v_proj.weight": (kv, h),
+                    x + "self_attn.v_proj.bias": (kv,),
+                    x + "self_attn.o_proj.weight": (h, h),
+                    x + "mlp.gate_proj.weight": (hi, h),
+                    x + "mlp.up_proj.weight": (hi, h),
+                    x + "mlp.down_proj.weight": (h, hi),
+                    x + "input_layernorm.weight": (h,),
+                    x + "post_attention_layernorm.weight": (h,),
+                }
+            )
         head = "language_model.lm_head.weight"
     else:
         shapes.update({m + "tok_embeddings.weight": (vocab, h), m + "norm.weight": (h,)})
         for i in range(t["num_hidden_layers"]):
             x = f"{m}layers.{i}."
-            shapes.update({
-                x + "attention.wqkv.weight": (h + 2 * kv, h), x + "attention.wo.weight": (h, h),
-                x + "feed_forward.w1.weight": (hi, h), x + "feed_forward.w3.weight": (hi, h),
-                x + "feed_forward.w2.weight": (h, hi),
-                x + "attention_norm.weight": (h,), x + "ffn_norm.weight": (h,),
-            })  # fmt: skip
+            shapes.update(
+                {
+                    x + "attention.wqkv.weight": (h + 2 * kv, h),
+                    x + "attention.wo.weight": (h, h),
+                    x + "feed_forward.w1.weight": (hi, h),
+                    x + "feed_forward.w3.weight": (hi, h),
+                    x + "feed_forward.w2.weight": (h, hi),
+                    x + "attention_norm.weight": (h,),
+                    x + "ffn_norm.weight": (h,),
+                }
+            )
         head = "language_model.output.weight"
     if not t["tie_word_embeddings"]:
         shapes[head] = (vocab, h)
@@ -170,7 +237,9 @@ def build_original(out: Path, tokenizer, llm: str, vit: str, shards: int = 1) ->
     (out / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(out)
     tok_config = json.loads((out / "tokenizer_config.json").read_text())
-    for key in native_files.image_tokens({}, INTERNVL2_5):  # the published tokenizers do not name the image tokens
+    for key in native_files.image_tokens(
+        {}, INTERNVL2_5
+    ):  # the published tokenizers do not name the image tokens
         tok_config.pop(key)
     tok_config["auto_map"] = {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]}
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config))

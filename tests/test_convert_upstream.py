@@ -131,14 +131,21 @@ def test_complete_files_and_no_invented_tokens(converted) -> None:
     processor = load_processor(out)
     tokenizer = processor.tokenizer
     assert len(tokenizer) == rows and max(tokenizer.get_vocab().values()) == rows - 1
-    used = [processor.image_token_id, processor.start_image_token_id, processor.end_image_token_id,
-            tokenizer.convert_tokens_to_ids(processor.video_token), tokenizer.pad_token_id]  # fmt: skip
+    used = [
+        processor.image_token_id,
+        processor.start_image_token_id,
+        processor.end_image_token_id,
+        tokenizer.convert_tokens_to_ids(processor.video_token),
+        tokenizer.pad_token_id,
+    ]
     assert all(0 <= token_id < rows for token_id in used)
     assert load_model(out).get_input_embeddings().weight.shape[0] == rows
     assert {"tokenizer.json", "processor_config.json", "chat_template.jinja", "generation_config.json"} <= {
         p.name for p in out.iterdir()
     }
-    assert not list(out.glob("*.py")) and "auto_map" not in json.loads((out / "tokenizer_config.json").read_text())
+    assert not list(out.glob("*.py")) and "auto_map" not in json.loads(
+        (out / "tokenizer_config.json").read_text()
+    )
     # a second load does not grow the vocabulary (named tokens missing from it would be added on load)
     assert len(load_processor(out).tokenizer) == rows
 
@@ -148,7 +155,9 @@ def test_complete_files_and_no_invented_tokens(converted) -> None:
 
 
 def copy_fixture(name: str, dst: Path) -> Path:
-    shutil.copytree(FIXTURES / name, dst, ignore=shutil.ignore_patterns("expected.json", "upstream.safetensors"))
+    shutil.copytree(
+        FIXTURES / name, dst, ignore=shutil.ignore_patterns("expected.json", "upstream.safetensors")
+    )
     return dst
 
 
@@ -197,8 +206,14 @@ def test_token_outside_the_embedding_is_refused(tmp_path: Path) -> None:
     added = json.loads((src / "added_tokens.json").read_text())
     (src / "added_tokens.json").write_text(json.dumps({**added, "<video>": rows}))
     config = json.loads((src / "tokenizer_config.json").read_text())
-    config["added_tokens_decoder"][str(rows)] = {"content": "<video>", "special": True, "normalized": False,
-                                                 "lstrip": False, "rstrip": False, "single_word": False}  # fmt: skip
+    config["added_tokens_decoder"][str(rows)] = {
+        "content": "<video>",
+        "special": True,
+        "normalized": False,
+        "lstrip": False,
+        "rstrip": False,
+        "single_word": False,
+    }
     (src / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=f"outside the {rows}-row embedding: '<video>' \\({rows}\\)"):
         conv.convert(src, tmp_path / "native")
@@ -235,10 +250,14 @@ def test_to_original_names_or_copies_the_remote_code(converted, tmp_path: Path, 
     assert {"configuration_internvl_chat.py", "modeling_internvl_chat.py", "conversation.py"} <= written
     slow = {"vocab.json", "merges.txt"} if name == "qwen2_ln" else {"tokenizer.model"}
     assert slow <= written and "tokenizer.json" not in written
-    assert (tmp_path / "full" / "tokenizer_config.json").read_bytes() == (code / "tokenizer_config.json").read_bytes()
+    assert (tmp_path / "full" / "tokenizer_config.json").read_bytes() == (
+        code / "tokenizer_config.json"
+    ).read_bytes()
 
     (code / "modeling_internvl_chat.py").unlink()
-    with pytest.raises(UserError, match=f"^{code}: not an original checkpoint with remote code \\(no modeling_"):
+    with pytest.raises(
+        UserError, match=f"^{code}: not an original checkpoint with remote code \\(no modeling_"
+    ):
         conv.convert(out, tmp_path / "partial", to="original", code_from=code)
     assert not (tmp_path / "partial").exists()
     capsys.readouterr()
@@ -270,9 +289,13 @@ def test_tokenizer_without_the_image_tokens_is_refused(tmp_path: Path) -> None:
     (src / "added_tokens.json").write_text(json.dumps(added))
     config = json.loads((src / "tokenizer_config.json").read_text())
     del config["added_tokens_decoder"][str(context_id)]
-    config["additional_special_tokens"] = [t for t in config["additional_special_tokens"] if t != "<IMG_CONTEXT>"]
+    config["additional_special_tokens"] = [
+        t for t in config["additional_special_tokens"] if t != "<IMG_CONTEXT>"
+    ]
     (src / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(UserError, match=f"^{src}: the tokenizer lacks the InternVL2.5 token\\(s\\) <IMG_CONTEXT>"):
+    with pytest.raises(
+        UserError, match=f"^{src}: the tokenizer lacks the InternVL2.5 token\\(s\\) <IMG_CONTEXT>"
+    ):
         conv.convert(src, tmp_path / "native")
 
 

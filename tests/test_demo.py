@@ -44,12 +44,19 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
         img.verify()
     assert (out / "pairs" / "report.md").read_text().replace("](", "](pairs/") in text
     # the paired table counts the same items from both runs' predictions
-    right = {name: {json.loads(line)["index"]: json.loads(line)["correct"]
-                    for line in (out / "eval" / name / "predictions.jsonl").read_text().splitlines()}
-             for name in ("sft", "mpo")}  # fmt: skip
+    right = {
+        name: {
+            json.loads(line)["index"]: json.loads(line)["correct"]
+            for line in (out / "eval" / name / "predictions.jsonl").read_text().splitlines()
+        }
+        for name in ("sft", "mpo")
+    }
     assert right["sft"].keys() == right["mpo"].keys() and len(right["sft"]) == scale.eval_items
-    cells = {(a, b): sum(1 for k in right["sft"] if (right["sft"][k], right["mpo"][k]) == (a, b))
-             for a in (True, False) for b in (True, False)}  # fmt: skip
+    cells = {
+        (a, b): sum(1 for k in right["sft"] if (right["sft"][k], right["mpo"][k]) == (a, b))
+        for a in (True, False)
+        for b in (True, False)
+    }
     assert f"| **SFT right** | {cells[True, True]} | {cells[True, False]} |" in text
     assert f"| **SFT wrong** | {cells[False, True]} | {cells[False, False]} |" in text
     assert "Exact McNemar test" in text
@@ -60,9 +67,11 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
     report = demo.ablation(out, scale, seeds=(0, 1)).read_text()
     assert f"held-out accuracy {100 * sft['accuracy']:.1f} %" in report
     by_variant: dict[str, list[float]] = {}
-    for variant, tag, loss_type in (("MPO", "mpo", ["sigmoid", "bco_pair", "sft"]),
-                                    ("DPO only", "dpo_only", ["sigmoid"]),
-                                    ("SFT on chosen", "sft_on_chosen", ["sft"])):  # fmt: skip
+    for variant, tag, loss_type in (
+        ("MPO", "mpo", ["sigmoid", "bco_pair", "sft"]),
+        ("DPO only", "dpo_only", ["sigmoid"]),
+        ("SFT on chosen", "sft_on_chosen", ["sft"]),
+    ):
         runs = [out / "ablation" / f"{tag}_s{seed}" for seed in (0, 1)]
         for seed, run in enumerate(runs):
             args = json.loads((run / "mpo_config.json").read_text())["args"]
@@ -73,8 +82,10 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
         by_variant[variant] = accs
     for variant in ("DPO only", "SFT on chosen"):
         apart = all(m > a for m in by_variant["MPO"] for a in by_variant[variant])
-        assert f"{variant} seed {100 * max(by_variant[variant]):.1f} %: the seed ranges " \
-               f"{'do not overlap' if apart else 'overlap'}." in report  # fmt: skip
+        assert (
+            f"{variant} seed {100 * max(by_variant[variant]):.1f} %: the seed ranges "
+            f"{'do not overlap' if apart else 'overlap'}." in report
+        )
     assert "![ablation](ablation.png)" in report
     with Image.open(out / "ablation.png") as img:
         img.verify()
@@ -89,11 +100,15 @@ def test_report_sections_from_written_files(tmp_path):
     )
     split = "\n".join(demo.pair_split(tmp_path))
     assert "| both correct and incorrect responses (pairs) | 7 | 70.0 % |" in split
-    assert "| all responses correct | 2 | 20.0 % |" in split and "| no response correct | 1 | 10.0 % |" in split
+    assert (
+        "| all responses correct | 2 | 20.0 % |" in split and "| no response correct | 1 | 10.0 % |" in split
+    )
     # SFT right on items 0-3, MPO right on items 2-9: 2 both, 2 SFT only, 6 MPO only, 0 neither
     for name, right in (("sft", range(0, 4)), ("mpo", range(2, 10))):
         (tmp_path / "eval" / name).mkdir(parents=True)
-        lines = [json.dumps({"benchmark": "synthetic", "index": str(i), "correct": i in right}) for i in range(10)]
+        lines = [
+            json.dumps({"benchmark": "synthetic", "index": str(i), "correct": i in right}) for i in range(10)
+        ]
         (tmp_path / "eval" / name / "predictions.jsonl").write_text("\n".join(lines) + "\n")
     text = "\n".join(demo.paired_section(tmp_path))
     assert "| **SFT right** | 2 | 2 |" in text and "| **SFT wrong** | 6 | 0 |" in text

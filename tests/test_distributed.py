@@ -20,8 +20,9 @@ ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPA
 
 
 def _run(cmd: list[str], log: Path) -> None:
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
     log.write_text(proc.stdout)
     assert proc.returncode == 0, proc.stdout[-4000:]
 
@@ -30,8 +31,21 @@ def test_delta_is_global_over_two_gloo_ranks(tiny_model, perturbed_policy, tmp_p
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
     out = tmp_path / "run"
     out.mkdir()
-    _run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "tests/dist/delta_ranks.py",
-          str(tiny_model), str(perturbed_policy), str(meta), str(out)], tmp_path / "log.txt")  # fmt: skip
+    _run(
+        [
+            str(BIN / "torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "tests/dist/delta_ranks.py",
+            str(tiny_model),
+            str(perturbed_policy),
+            str(meta),
+            str(out),
+        ],
+        tmp_path / "log.txt",
+    )
     r0, r1 = (json.loads((out / f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert len(r0["deltas"]) == len(r1["deltas"]) == 3
@@ -53,17 +67,54 @@ def test_delta_is_global_over_two_gloo_ranks(tiny_model, perturbed_policy, tmp_p
 def test_deepspeed_two_ranks_mixed_shapes(tiny_model, tmp_path, zero):
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
     out = tmp_path / "out"
-    _run([str(BIN / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
-          f"recipes/deepspeed/{zero}.json", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
-          str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpo.cli", "train", "--config",
-          "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
-          "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "1",
-          "--learning_rate", "1e-3", "--logging_steps", "1", "--save_steps", "3"], tmp_path / "log.txt")  # fmt: skip
+    _run(
+        [
+            str(BIN / "accelerate"),
+            "launch",
+            "--use_deepspeed",
+            "--deepspeed_config_file",
+            f"recipes/deepspeed/{zero}.json",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(free_port()),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "mpo.cli",
+            "train",
+            "--config",
+            "recipes/tiny/mpo.yaml",
+            "--model_name_or_path",
+            str(tiny_model),
+            "--meta_path",
+            str(meta),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "1",
+            "--learning_rate",
+            "1e-3",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "3",
+        ],
+        tmp_path / "log.txt",
+    )
     state = json.loads((out / "trainer_state.json").read_text())
     steps = [h for h in state["log_history"] if "loss/dpo" in h]
     assert [h["step"] for h in steps] == [1, 2, 3]
     assert all(math.isfinite(h["loss"]) for h in steps)
-    assert state["stateful_callbacks"]["MPORewardShift"]["attributes"]["count"] == 3 * 2 * 2  # 2 ranks, 1 pair
+    assert (
+        state["stateful_callbacks"]["MPORewardShift"]["attributes"]["count"] == 3 * 2 * 2
+    )  # 2 ranks, 1 pair
     # the saved model loads (ZeRO-3 gathers the shards on save) and every part of it trained
     load = InternVLForConditionalGeneration.from_pretrained
     before, after = load(tiny_model).state_dict(), load(out).state_dict()
@@ -84,16 +135,60 @@ def test_wandb_samples_table_under_zero3_is_collective_safe(tiny_model, tmp_path
     (tmp_path / "zero3.json").write_text(json.dumps(config))
     out = tmp_path / "out"
     env = {**ENV, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
-    proc = subprocess.run([str(BIN / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
-                           str(tmp_path / "zero3.json"), "--num_processes", "2", "--num_machines", "1",
-                           "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend",
-                           "no", "-m", "mpo.cli", "train", "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path",
-                           str(tiny_model), "--meta_path", str(meta), "--eval_meta_path", str(meta), "--output_dir",
-                           str(out), "--max_steps", "2", "--per_device_train_batch_size", "1", "--eval_strategy",
-                           "steps", "--eval_steps", "2", "--per_device_eval_batch_size", "2", "--report_to", "wandb",
-                           "--save_strategy", "no", "--precompute_ref_log_probs", "false"],
-                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=420)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(BIN / "accelerate"),
+            "launch",
+            "--use_deepspeed",
+            "--deepspeed_config_file",
+            str(tmp_path / "zero3.json"),
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(free_port()),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "mpo.cli",
+            "train",
+            "--config",
+            "recipes/tiny/mpo.yaml",
+            "--model_name_or_path",
+            str(tiny_model),
+            "--meta_path",
+            str(meta),
+            "--eval_meta_path",
+            str(meta),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "1",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--per_device_eval_batch_size",
+            "2",
+            "--report_to",
+            "wandb",
+            "--save_strategy",
+            "no",
+            "--precompute_ref_log_probs",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=420,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1  # rank 0 logs, once

@@ -36,24 +36,55 @@ def b64(colour: str) -> str:
 
 # question (core, unique) -> (fake direct response, whether that response is right)
 TSV_ROWS = [
-    dict(index=0, image=b64("red"), question="What colour is the shape?", A="red", B="blue", C="green",
-         answer="A", category="colour"),
-    dict(index=1, image_path="img/blue.png", question="What colour is the square?", A="red", B="blue",
-         answer="B", category="colour"),
+    dict(
+        index=0,
+        image=b64("red"),
+        question="What colour is the shape?",
+        A="red",
+        B="blue",
+        C="green",
+        answer="A",
+        category="colour",
+    ),
+    dict(
+        index=1,
+        image_path="img/blue.png",
+        question="What colour is the square?",
+        A="red",
+        B="blue",
+        answer="B",
+        category="colour",
+    ),
     dict(index=2, image=b64("green"), question="Is there a circle?", answer="Yes", category="compare"),
     dict(index=3, image_path="img/red.png", question="Is there a triangle?", answer="No", category="compare"),
-    dict(index=4, image="0", question="How many shapes are there?", answer="3", category="count"),  # image of row 0
-    dict(index=5, image_path=json.dumps(["img/red.png", "img/blue.png"]),
-         question="Image-1: <image>\nImage-2: <image>\nWhich image is red?", answer="Image-1", category="multi"),
+    dict(
+        index=4, image="0", question="How many shapes are there?", answer="3", category="count"
+    ),  # image of row 0
+    dict(
+        index=5,
+        image_path=json.dumps(["img/red.png", "img/blue.png"]),
+        question="Image-1: <image>\nImage-2: <image>\nWhich image is red?",
+        answer="Image-1",
+        category="multi",
+    ),
     dict(index=6, question="What is 2 + 3?", answer="5", category="arithmetic"),  # text only
-]  # fmt: skip
+]
 JSONL_ROWS = [
-    {"image": "img/red.png", "question": "<image>\nWhich colour?\nA. red\nB. blue\n" + MC_INSTRUCTION,
-     "answer": "A", "choices": {"A": "red", "B": "blue"}, "category": "colour"},
+    {
+        "image": "img/red.png",
+        "question": "<image>\nWhich colour?\nA. red\nB. blue\n" + MC_INSTRUCTION,
+        "answer": "A",
+        "choices": {"A": "red", "B": "blue"},
+        "category": "colour",
+    },
     {"question": "Is 7 a prime number?", "answer": "yes", "category": "math"},
-    {"image": ["img/red.png", "img/blue.png"], "question": "Which image is blue?", "answer": "Image-2",
-     "category": "colour"},
-]  # fmt: skip
+    {
+        "image": ["img/red.png", "img/blue.png"],
+        "question": "Which image is blue?",
+        "answer": "Image-2",
+        "category": "colour",
+    },
+]
 
 DIRECT = {  # core question -> response
     "What colour is the shape?": "A",  # right
@@ -68,10 +99,17 @@ DIRECT = {  # core question -> response
     "Which image is blue?": "Image-2",  # right
 }
 PERFECT = {
-    "What colour is the shape?": "A", "What colour is the square?": "B", "Is there a circle?": "Yes",
-    "Is there a triangle?": "No", "How many shapes are there?": "3", "Which image is red?": "Image-1",
-    "What is 2 + 3?": "5", "Which colour?": "A", "Is 7 a prime number?": "yes", "Which image is blue?": "Image-2",
-}  # fmt: skip
+    "What colour is the shape?": "A",
+    "What colour is the square?": "B",
+    "Is there a circle?": "Yes",
+    "Is there a triangle?": "No",
+    "How many shapes are there?": "3",
+    "Which image is red?": "Image-1",
+    "What is 2 + 3?": "5",
+    "Which colour?": "A",
+    "Is 7 a prime number?": "yes",
+    "Which image is blue?": "Image-2",
+}
 COT = {
     "Which colour?": "The shape is red, option A is red. Final answer: A",  # right
     "Is 7 a prime number?": "Seven has no divisors, so I think yes.",  # unparsable -> wrong
@@ -113,8 +151,12 @@ def test_direct_accuracy_per_benchmark_and_category(bench, tmp_path):
     assert counts(res["overall"]) == acc(7, 10)
     assert counts(b) == acc(5, 7) and counts(q) == acc(2, 3)
     assert {c: counts(v) for c, v in b["categories"].items()} == {
-        "arithmetic": acc(1, 1), "colour": acc(1, 2), "compare": acc(1, 2), "count": acc(1, 1), "multi": acc(1, 1),
-    }  # fmt: skip
+        "arithmetic": acc(1, 1),
+        "colour": acc(1, 2),
+        "compare": acc(1, 2),
+        "count": acc(1, 1),
+        "multi": acc(1, 1),
+    }
     assert {c: counts(v) for c, v in q["categories"].items()} == {"colour": acc(1, 2), "math": acc(1, 1)}
     assert json.loads((out / "results.json").read_text())["overall"]["accuracy"] == pytest.approx(0.7)
     md = (out / "results.md").read_text()
@@ -142,7 +184,9 @@ def test_direct_accuracy_per_benchmark_and_category(bench, tmp_path):
     by_kind: dict[str, list[bool]] = {}
     for r in recs[:7]:
         by_kind.setdefault(r["kind"], []).append(r["correct"])
-    assert {k: counts(v) for k, v in b["kinds"].items()} == {k: acc(sum(v), len(v)) for k, v in by_kind.items()}
+    assert {k: counts(v) for k, v in b["kinds"].items()} == {
+        k: acc(sum(v), len(v)) for k, v in by_kind.items()
+    }
     choice = b["kinds"]["choice"]
     assert f"| bench | answer: choice | {choice['correct']} | 2 | {100 * choice['accuracy']:.1f} |" in md
 
@@ -176,8 +220,9 @@ def test_cot_extracts_final_answer_and_counts_unparsable(bench, tmp_path):
     res = evaluate("fake-model", [str(bench["jsonl"])], tmp_path / "cot", cot=True, backend=backend)
     assert counts(res["overall"]) == acc(2, 3) and res["overall"]["unparsable"] == 1
     assert {c: counts(v) for c, v in res["benchmarks"]["qa"]["categories"].items()} == {
-        "colour": acc(2, 2), "math": acc(0, 1)
-    }  # fmt: skip
+        "colour": acc(2, 2),
+        "math": acc(0, 1),
+    }
     recs = lines(tmp_path / "cot" / "predictions.jsonl")
     assert [r["prediction"] for r in recs] == ["A", None, "Image-2"]
     assert [r["reason"] for r in recs] == [None, "unparsable", None]
@@ -223,8 +268,11 @@ def test_resume_after_crash_gives_same_results_without_duplicates(bench, tmp_pat
 
 @pytest.mark.parametrize(
     "image, message",
-    [("!!not base64!!" * 8, "corrupt base64 image"), (base64.b64encode(b"hello world " * 10).decode(), "not a readable image")],
-)  # fmt: skip
+    [
+        ("!!not base64!!" * 8, "corrupt base64 image"),
+        (base64.b64encode(b"hello world " * 10).decode(), "not a readable image"),
+    ],
+)
 def test_corrupt_base64_image_names_file_and_row(bench, tmp_path, image, message):
     rows = [dict(TSV_ROWS[0]), dict(TSV_ROWS[2], image=image)]
     tsv = write_tsv(tmp_path / "bad.tsv", rows, TSV_COLUMNS)
@@ -271,8 +319,10 @@ def test_prompts_match_the_synthetic_training_format(tmp_path):
     from data_builders.synthetic import generate
 
     generate(tmp_path / "syn", n_sft=0, n_qa=6, n_eval=12, seed=1)
-    items = load_benchmarks([str(tmp_path / "syn" / "eval" / "eval.tsv"), str(tmp_path / "syn" / "qa" / "meta.json")],
-                            tmp_path / "images")  # fmt: skip
+    items = load_benchmarks(
+        [str(tmp_path / "syn" / "eval" / "eval.tsv"), str(tmp_path / "syn" / "qa" / "meta.json")],
+        tmp_path / "images",
+    )
     assert set(items) == {"eval", "synthetic_qa"}
     for item in items["eval"]:
         assert make_prompt(item, cot=False) == build_question(item.question, len(item.images), item.choices)
@@ -304,7 +354,9 @@ def test_compare_table_and_chart(bench, tmp_path):
     assert "| bench | all | 7 | 71.4 | 100.0 (+28.6) |" in md
     assert "| bench | colour | 2 | 50.0 | 100.0 (+50.0) |" in md
     assert "| qa | math | 1 | 100.0 | 100.0 (+0.0) |" in md
-    choice = json.loads((tmp_path / "sft" / "results.json").read_text())["benchmarks"]["bench"]["kinds"]["choice"]
+    choice = json.loads((tmp_path / "sft" / "results.json").read_text())["benchmarks"]["bench"]["kinds"][
+        "choice"
+    ]
     assert f"| bench | answer: choice | 2 | {100 * choice['accuracy']:.1f} | 100.0 (" in md
     report = json.loads((out / "compare.json").read_text())
     overall = report["rows"][0]
@@ -321,8 +373,23 @@ def test_compare_table_and_chart(bench, tmp_path):
 
 def test_smoke_transformers_backend_on_tiny_model(bench, tiny_model, tmp_path):
     out = tmp_path / "tiny"
-    argv = ["eval", "--model", str(tiny_model), "--data", str(bench["tsv"]), "--out", str(out),
-            "--backend", "transformers", "--limit", "3", "--max-new-tokens", "4", "--batch-size", "2"]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(bench["tsv"]),
+        "--out",
+        str(out),
+        "--backend",
+        "transformers",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "2",
+    ]
     assert cli_main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["overall"]["total"] == 3 and 0.0 <= res["overall"]["accuracy"] <= 1.0

@@ -14,8 +14,14 @@ from conftest import REPO
 @pytest.mark.slow
 def test_gpu_check_dry_run_writes_its_results(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "mpo.cli", "gpu-check", "--dry", "--out", str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "mpo.cli", "gpu-check", "--dry", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry"] is True
@@ -24,7 +30,12 @@ def test_gpu_check_dry_run_writes_its_results(tmp_path):
     for kernel in ("sdpa", "eager"):
         for layout in layouts:
             row = rows[(kernel, layout)]
-            assert row["exact"] and row["dtype"] == "float32" and row["logp_err"] <= 1e-4 and row["grad_err"] <= 1e-4
+            assert (
+                row["exact"]
+                and row["dtype"] == "float32"
+                and row["logp_err"] <= 1e-4
+                and row["grad_err"] <= 1e-4
+            )
     control = rows[("sdpa", "packing (leaky control)")]
     assert not control["exact"] and control["grad_err"] > 1e-2  # the check can fail
     assert "CUDA" in report["skipped"]["flash_attention_2"] and "flex_attention" in report["skipped"]

@@ -35,7 +35,10 @@ def imports(path: Path) -> list[tuple[str, int, bool]]:
             found += [(alias.name, node.lineno, id(node) in top) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [f"{node.module}.{alias.name}" for alias in node.names]
-            found += [(node.module if node.module != "mpo" else name, node.lineno, id(node) in top) for name in names]
+            found += [
+                (node.module if node.module != "mpo" else name, node.lineno, id(node) in top)
+                for name in names
+            ]
     return found
 
 
@@ -72,7 +75,9 @@ def violations(root: Path) -> list[str]:
             if there not in ALLOWED[layer(here)]:
                 out.append(f"{path.relative_to(REPO)}:{line}: {layer(here)} {here} imports {there} {target}")
             elif layer(here) == "entry" and there != "core" and module_level:
-                out.append(f"{path.relative_to(REPO)}:{line}: entry point {here} imports {target} at module level")
+                out.append(
+                    f"{path.relative_to(REPO)}:{line}: entry point {here} imports {target} at module level"
+                )
     return out
 
 
@@ -85,7 +90,9 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     """The trainer importing the hub (as it once did, for its run record) is caught."""
     fake = tmp_path / "mpo"
     fake.mkdir()
-    (fake / "trainer.py").write_text("from mpo.hub import write_run_config\n\ndef f():\n    import eval.reports\n")
+    (fake / "trainer.py").write_text(
+        "from mpo.hub import write_run_config\n\ndef f():\n    import eval.reports\n"
+    )
     (fake / "cli.py").write_text("import data_builders.synthetic\n")
     monkeypatch.setitem(globals(), "REPO", tmp_path)
     found = violations(fake)

@@ -27,8 +27,17 @@ def _internvl_layout(base: Path) -> Path:
     write_mmpr(base / "playground" / "data", [ROW], name="toy")  # images in playground/data/img
     meta = base / "shell" / "data" / "meta.json"
     meta.parent.mkdir(parents=True)
-    meta.write_text(json.dumps({"toy": {"root": "playground/data/img/", "annotation": "playground/data/toy.jsonl",
-                                        "repeat_time": 1}}))  # fmt: skip
+    meta.write_text(
+        json.dumps(
+            {
+                "toy": {
+                    "root": "playground/data/img/",
+                    "annotation": "playground/data/toy.jsonl",
+                    "repeat_time": 1,
+                }
+            }
+        )
+    )
     return meta
 
 
@@ -56,7 +65,10 @@ def test_precedence_data_root_then_meta_folder_then_working_directory(tmp_path, 
     (subset,) = read_meta(meta)
     assert subset.annotation.resolve() == (tmp_path / "cwd_side" / "toy.jsonl").resolve()  # then the CWD
     (subset,) = read_meta(meta, data_root=tmp_path / "root_side")  # explicit: only there
-    assert subset.annotation == tmp_path / "root_side" / "toy.jsonl" and subset.root == tmp_path / "root_side" / "img"
+    assert (
+        subset.annotation == tmp_path / "root_side" / "toy.jsonl"
+        and subset.root == tmp_path / "root_side" / "img"
+    )
     with pytest.raises(UserError, match="data_root: no such folder"):
         read_meta(meta, data_root=tmp_path / "nowhere")
 
@@ -65,7 +77,9 @@ def test_cluster_paths_get_one_line_and_path_map_remaps_them(processor, tmp_path
     local = tmp_path / "local"
     write_mmpr(local, [ROW])
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"toy": {"root": "/mnt/petrelfs/share/img", "annotation": str(local / "toy.jsonl")}}))
+    meta.write_text(
+        json.dumps({"toy": {"root": "/mnt/petrelfs/share/img", "annotation": str(local / "toy.jsonl")}})
+    )
     with pytest.raises(UserError) as err:
         load_mmpr(meta, processor)
     message = str(err.value)

@@ -26,10 +26,14 @@ def test_every_input_shape_is_loaded_and_collated(processor, mixed_meta):
     assert single["question"].startswith("<image>\n")  # placeholder added
     assert multi["question"].count("<image>") == 2 and multi["max_dynamic_patch"] == 3  # 6 tiles split over 2
     assert text["image_paths"] == [] and "<image>" not in text["question"]
-    assert video["is_video"] and video["question"].startswith("Frame1: <image>\nFrame2: <image>\nFrame3: <image>\n")
+    assert video["is_video"] and video["question"].startswith(
+        "Frame1: <image>\nFrame2: <image>\nFrame3: <image>\n"
+    )
     assert video["max_dynamic_patch"] == 1
 
-    batch = PreferenceCollator(processor, prefix_sharing=False, vision_once=False)([data[i] for i in range(4)])
+    batch = PreferenceCollator(processor, prefix_sharing=False, vision_once=False)(
+        [data[i] for i in range(4)]
+    )
     ids, labels, index = batch["input_ids"], batch["shift_labels"], batch["logp_index"]
     assert ids.shape[0] == 8  # 4 chosen rows then 4 rejected rows
     n_img_tokens = int((ids == processor.image_token_id).sum())
@@ -58,7 +62,9 @@ def test_text_only_batch_still_feeds_one_unseen_tile(processor, tmp_path):
         assert not (is_img & (batch["logp_index"] >= 0)).any()  # never scored
         first_img = int(is_img[0].int().argmax())
         assert (batch["logp_index"][0, first_img:] < 0).all()  # after every scored token: never seen by one
-        assert batch["attn_group"][0, first_img] not in batch["attn_group"][:, :first_img]  # a group of its own
+        assert (
+            batch["attn_group"][0, first_img] not in batch["attn_group"][:, :first_img]
+        )  # a group of its own
 
 
 @pytest.mark.parametrize("repeat_time, expected", [(0.5, 3), (2.0, 12), (1.5, 9)])
@@ -93,8 +99,10 @@ def _write_with_bad_row(tmp_path, bad_line: str):
     return meta, annotation
 
 
-@pytest.mark.parametrize("case", ["malformed JSON", "missing field", "missing image", "corrupt image",
-                                  "chosen == rejected", "too long"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    ["malformed JSON", "missing field", "missing image", "corrupt image", "chosen == rejected", "too long"],
+)
 def test_bad_row_fails_with_file_and_line(processor, tmp_path, case):
     meta, annotation = _write_with_bad_row(tmp_path, _bad_cases(tmp_path)[case])
     with pytest.raises(DataError) as err:

@@ -17,8 +17,16 @@ from mpo.trainer import MPOConfig, MPOTrainer
 
 
 def _config(tmp_path, **kw) -> MPOConfig:
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, report_to=[], logging_steps=1,
-                gradient_checkpointing=False, save_strategy="no", max_length=4096, seed=0)  # fmt: skip
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        report_to=[],
+        logging_steps=1,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        max_length=4096,
+        seed=0,
+    )
     return MPOConfig(**{**base, **kw})
 
 
@@ -42,19 +50,31 @@ def oracle_batch(processor, meta, indices) -> dict:
             files = [files] if isinstance(files, str) else files
             question = raw["question"]
             if "video" in raw:
-                question = "".join(f"Frame{k + 1}: <image>\n" for k in range(len(files))) + question.replace("<video>\n", "")
+                question = "".join(f"Frame{k + 1}: <image>\n" for k in range(len(files))) + question.replace(
+                    "<video>\n", ""
+                )
             elif files and "<image>" not in question:
                 question = "<image>\n" + question
             per_image = 1 if "video" in raw else max(1, budget // max(1, len(files)))
             for f in files:
                 with Image.open(root / f) as img:
-                    out = processor.image_processor(images=[img.convert("RGB")], crop_to_patches=per_image > 1,
-                                                    max_patches=per_image, return_tensors="pt")  # fmt: skip
+                    out = processor.image_processor(
+                        images=[img.convert("RGB")],
+                        crop_to_patches=per_image > 1,
+                        max_patches=per_image,
+                        return_tensors="pt",
+                    )
                 pixels.append(out["pixel_values"])
-                tokens = "<img>" + "<IMG_CONTEXT>" * (int(out["num_patches"][0]) * processor.image_seq_length) + "</img>"
+                tokens = (
+                    "<img>"
+                    + "<IMG_CONTEXT>" * (int(out["num_patches"][0]) * processor.image_seq_length)
+                    + "</img>"
+                )
                 question = question.replace("<image>", tokens, 1)
-            prompt = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
-                      "<|im_start|>assistant\n")  # fmt: skip
+            prompt = (
+                f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+                "<|im_start|>assistant\n"
+            )
             head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
             answer = tokenizer(raw[side] + "<|im_end|>", add_special_tokens=False)["input_ids"]
             rows.append((head + answer, [0] * len(head) + [1] * len(answer)))
@@ -64,16 +84,21 @@ def oracle_batch(processor, meta, indices) -> dict:
     def padded(values: list[int], fill: int) -> list[int]:
         return values + [fill] * (width - len(values))
 
-    return {"input_ids": torch.tensor([padded(ids, pad) for ids, _ in rows]),
-            "attention_mask": torch.tensor([padded([1] * len(ids), 0) for ids, _ in rows]),
-            "response": torch.tensor([padded(mask, 0) for _, mask in rows]),
-            "pixel_values": torch.cat(pixels) if pixels else None}  # fmt: skip
+    return {
+        "input_ids": torch.tensor([padded(ids, pad) for ids, _ in rows]),
+        "attention_mask": torch.tensor([padded([1] * len(ids), 0) for ids, _ in rows]),
+        "response": torch.tensor([padded(mask, 0) for _, mask in rows]),
+        "pixel_values": torch.cat(pixels) if pixels else None,
+    }
 
 
 def independent_logps(model, batch) -> torch.Tensor:
     """Σ log p(response tokens) per row of an oracle batch, from full logits (no fused head, no chunks)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"]).logits  # fmt: skip
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+    ).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     token_logp = logp.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
     return (token_logp * batch["response"][:, 1:]).sum(dim=1)
@@ -103,27 +128,43 @@ LAYOUTS = {  # the exact speed switches of MPOConfig, each checked against the p
 
 
 def layout_name(switches: dict) -> str:
-    return "shared" if switches.get("prefix_sharing") else "packed" if "max_packed_tokens" in switches else "plain"
+    return (
+        "shared"
+        if switches.get("prefix_sharing")
+        else "packed"
+        if "max_packed_tokens" in switches
+        else "plain"
+    )
 
 
 # Every layout under every kernel that trains on the CPU; the varlen stand-in (conftest) runs the
 # padding-free flattened rows that flash_attention_2 gets on a GPU, for the layouts it can express.
 CASES = [("sequence", "plain", "sdpa"), ("token", "plain", "sdpa")] + [
-    ("sequence", name, kernel) for kernel in ("sdpa", "eager", "varlen") for name in LAYOUTS
+    ("sequence", name, kernel)
+    for kernel in ("sdpa", "eager", "varlen")
+    for name in LAYOUTS
     if (kernel, name) != ("sdpa", "plain") and (kernel != "varlen" or layout_name(LAYOUTS[name]) != "shared")
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("normalization, layout, kernel", CASES)
-def test_loss_terms_and_gradients_match_independent(tiny_model, perturbed_policy, mixed_meta, tmp_path,
-                                                    normalization, layout, kernel, request):  # fmt: skip
+def test_loss_terms_and_gradients_match_independent(
+    tiny_model, perturbed_policy, mixed_meta, tmp_path, normalization, layout, kernel, request
+):
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
-    args = _config(tmp_path, sft_normalization=normalization, precompute_ref_log_probs=False, **LAYOUTS[layout])
+    args = _config(
+        tmp_path, sft_normalization=normalization, precompute_ref_log_probs=False, **LAYOUTS[layout]
+    )
     kernel = request.getfixturevalue("varlen_kernel") if kernel == "varlen" else kernel
     load = dict(attn_implementation=kernel, layout=layout_name(LAYOUTS[layout]))
-    trainer = MPOTrainer(load_model(perturbed_policy, **load), ref_model=load_model(tiny_model, **load), args=args,
-                         train_dataset=data, processing_class=processor)  # fmt: skip
+    trainer = MPOTrainer(
+        load_model(perturbed_policy, **load),
+        ref_model=load_model(tiny_model, **load),
+        args=args,
+        train_dataset=data,
+        processing_class=processor,
+    )
     trainer.reward_shift.load_state_dict({"value": 0.37, "total": 3.7, "count": 10})
     records = [data[i] for i in range(4)]  # image, multi-image, text, video
     batch = oracle_batch(processor, mixed_meta, range(4))
@@ -139,7 +180,9 @@ def test_loss_terms_and_gradients_match_independent(tiny_model, perturbed_policy
     with torch.no_grad():
         ref = independent_logps(reference, batch)
     lengths = batch["response"].sum(dim=1).float()
-    total, dpo, bco, sft, r_c, r_r = independent_mpo(pol, ref, lengths, 0.1, 0.37, (0.8, 0.2, 1.0), normalization)
+    total, dpo, bco, sft, r_c, r_r = independent_mpo(
+        pol, ref, lengths, 0.1, 0.37, (0.8, 0.2, 1.0), normalization
+    )
     total.backward()
 
     assert loss.item() == pytest.approx(total.item(), rel=1e-5)
@@ -172,8 +215,12 @@ def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, 
     add_fused_lm_head(flex, outputs=("log_probs",))
     for name, switches in LAYOUTS.items():
         # the trainer refuses to train a flex model on the CPU; its scoring routine runs one
-        trainer = MPOTrainer(load_model(tiny_model), args=_config(tmp_path, precompute_ref_log_probs=False,
-                             **switches), train_dataset=data, processing_class=processor)  # fmt: skip
+        trainer = MPOTrainer(
+            load_model(tiny_model),
+            args=_config(tmp_path, precompute_ref_log_probs=False, **switches),
+            train_dataset=data,
+            processing_class=processor,
+        )
         # static shapes: torch 2.14's CPU inductor fails to compile flex attention for dynamic ones
         with torch.no_grad(), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
             logps, _ = trainer._sequence_logps(flex, trainer.data_collator(records))
@@ -183,7 +230,9 @@ def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("kernel", ["sdpa", "eager", "varlen"])
-def test_text_only_batch_scores_as_if_the_blank_tile_were_not_there(tiny_model, tmp_path, layout, kernel, request):
+def test_text_only_batch_scores_as_if_the_blank_tile_were_not_there(
+    tiny_model, tmp_path, layout, kernel, request
+):
     """A batch without images runs the vision tower on a blank tile (ZeRO-3 needs every rank to): its
     tokens must change nothing. Independent: the language model alone on [prompt | response] tokens."""
     from conftest import write_mmpr
@@ -197,8 +246,12 @@ def test_text_only_batch_scores_as_if_the_blank_tile_were_not_there(tiny_model, 
         pytest.skip("varlen kernels cannot express prefix sharing (refused, see test_attention)")
     kernel = request.getfixturevalue("varlen_kernel") if kernel == "varlen" else kernel
     model = load_model(tiny_model, attn_implementation=kernel, layout=layout_name(switches))
-    trainer = MPOTrainer(model, args=_config(tmp_path, precompute_ref_log_probs=False, **switches),
-                         train_dataset=data, processing_class=processor)  # fmt: skip
+    trainer = MPOTrainer(
+        model,
+        args=_config(tmp_path, precompute_ref_log_probs=False, **switches),
+        train_dataset=data,
+        processing_class=processor,
+    )
     batch = trainer.data_collator(records)
     assert batch["pixel_values"].shape[0] == 1  # the blank tile is there
     with torch.no_grad():
@@ -219,8 +272,14 @@ def test_evaluation_does_not_feed_the_reward_shift(tiny_model, perturbed_policy,
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
     args = _config(tmp_path, max_steps=1, per_device_eval_batch_size=2, precompute_ref_log_probs=False)
-    trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
-                         train_dataset=data, eval_dataset=data, processing_class=processor)  # fmt: skip
+    trainer = MPOTrainer(
+        load_model(perturbed_policy),
+        ref_model=load_model(tiny_model),
+        args=args,
+        train_dataset=data,
+        eval_dataset=data,
+        processing_class=processor,
+    )
     trainer.reward_shift.load_state_dict({"value": 0.25, "total": 2.5, "count": 10})
     metrics = trainer.evaluate()
     assert "eval_loss/bco" in metrics and metrics["eval_bco/delta"] == 0.25  # eval uses δ ...
@@ -236,9 +295,16 @@ def test_a_new_term_is_one_entry_of_the_table(tiny_model, perturbed_policy, mixe
 
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
-    args = _config(tmp_path, loss_type=["hinge", "sft"], loss_weights=[0.5, 1.0], precompute_ref_log_probs=False)
-    trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
-                         train_dataset=data, processing_class=processor)  # fmt: skip
+    args = _config(
+        tmp_path, loss_type=["hinge", "sft"], loss_weights=[0.5, 1.0], precompute_ref_log_probs=False
+    )
+    trainer = MPOTrainer(
+        load_model(perturbed_policy),
+        ref_model=load_model(tiny_model),
+        args=args,
+        train_dataset=data,
+        processing_class=processor,
+    )
     records = [data[i] for i in range(4)]
     trainer.model.train()
     loss = trainer.compute_loss(trainer.model, trainer._prepare_inputs(trainer.data_collator(records)))
@@ -255,13 +321,25 @@ def test_a_new_term_is_one_entry_of_the_table(tiny_model, perturbed_policy, mixe
     assert "0.5 × preference (SLiC hinge)" in objective_line(args.to_dict())
 
 
-def test_delta_fixed_within_step_and_running_mean_across_steps(tiny_model, perturbed_policy, mixed_meta, tmp_path):
+def test_delta_fixed_within_step_and_running_mean_across_steps(
+    tiny_model, perturbed_policy, mixed_meta, tmp_path
+):
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
-    args = _config(tmp_path, gradient_accumulation_steps=3, per_device_train_batch_size=1, max_steps=4,
-                   learning_rate=1e-3)  # fmt: skip
-    trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
-                         train_dataset=data, processing_class=processor)  # fmt: skip
+    args = _config(
+        tmp_path,
+        gradient_accumulation_steps=3,
+        per_device_train_batch_size=1,
+        max_steps=4,
+        learning_rate=1e-3,
+    )
+    trainer = MPOTrainer(
+        load_model(perturbed_policy),
+        ref_model=load_model(tiny_model),
+        args=args,
+        train_dataset=data,
+        processing_class=processor,
+    )
     seen: list[tuple[int, float, torch.Tensor]] = []  # (global step, delta used, rewards of the micro-batch)
     accumulate = trainer.reward_shift.accumulate
 
@@ -282,8 +360,10 @@ def test_delta_fixed_within_step_and_running_mean_across_steps(tiny_model, pertu
         assert micro[0][1] == pytest.approx(expected_delta, abs=1e-9)
         assert logged[step]["bco/delta"] == pytest.approx(expected_delta, abs=1e-9)
         # the logged BCO term is the mean over the step's micro-batches, recomputed here from its rewards
-        bco = [(-torch.log(torch.sigmoid(r[0] - d)) - torch.log(torch.sigmoid(d - r[1]))).item()
-               for _, d, r in micro]  # fmt: skip
+        bco = [
+            (-torch.log(torch.sigmoid(r[0] - d)) - torch.log(torch.sigmoid(d - r[1]))).item()
+            for _, d, r in micro
+        ]
         assert logged[step]["loss/bco"] == pytest.approx(sum(bco) / 3, rel=1e-5)
     everything = torch.cat([r for _, _, r in seen]).double()
     assert trainer.reward_shift.value == pytest.approx(everything.mean().item(), abs=1e-9)
@@ -309,13 +389,24 @@ def test_resume_gives_same_delta_step_order_and_losses(tiny_model, perturbed_pol
 
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
     data, _ = load_mmpr(meta, processor)
-    common = dict(max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3, save_strategy="steps",
-                  save_steps=3, gradient_accumulation_steps=2)  # fmt: skip
+    common = dict(
+        max_steps=6,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_steps=3,
+        gradient_accumulation_steps=2,
+    )
 
     def run(out, resume=None, stop_after=None):
         args = _config(tmp_path, output_dir=str(out), **common)
-        trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
-                             train_dataset=data, processing_class=processor)  # fmt: skip
+        trainer = MPOTrainer(
+            load_model(perturbed_policy),
+            ref_model=load_model(tiny_model),
+            args=args,
+            train_dataset=data,
+            processing_class=processor,
+        )
         order: list[str] = []
         collate = trainer.data_collator
 
@@ -355,7 +446,10 @@ def test_resume_gives_same_delta_step_order_and_losses(tiny_model, perturbed_pol
     res_hist = {h["step"]: h for h in resumed.state.log_history if "loss" in h}
     for step in (4, 5, 6):
         for key in ("loss", "loss/dpo", "loss/bco", "loss/sft", "bco/delta"):
-            assert math.isclose(res_hist[step][key], full_hist[step][key], rel_tol=1e-4, abs_tol=1e-6), (step, key)
+            assert math.isclose(res_hist[step][key], full_hist[step][key], rel_tol=1e-4, abs_tol=1e-6), (
+                step,
+                key,
+            )
 
 
 def test_metrics_reach_an_offline_wandb_run(tiny_model, mixed_meta, tmp_path, offline_wandb):
@@ -368,8 +462,18 @@ def test_metrics_reach_an_offline_wandb_run(tiny_model, mixed_meta, tmp_path, of
     MPOTrainer(load_model(tiny_model), args=args, train_dataset=data, processing_class=processor).train()
     wandb.finish()
     keys = history_keys(run_file(tmp_path))
-    expected = {"loss/dpo", "loss/bco", "loss/sft", "bco/delta", "rewards/chosen", "rewards/rejected",
-                "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"}  # fmt: skip
+    expected = {
+        "loss/dpo",
+        "loss/bco",
+        "loss/sft",
+        "bco/delta",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    }
     assert {f"train/{k}" for k in expected} <= keys
 
 
@@ -396,18 +500,42 @@ def test_vision_drop_path_drops_whole_tiles_in_training_only(tiny_model):
     torch.testing.assert_close(layers[0].mlp(x), layers[0].mlp.eval()(x))  # the first layer's rate is 0
 
 
-def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(tiny_model, mixed_meta, tmp_path):
+def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(
+    tiny_model, mixed_meta, tmp_path
+):
     from peft import PeftModel
     from safetensors.torch import load_file
 
     from mpo.train import build_trainer, parse_train_args
 
-    model_args, data_args, args = parse_train_args([
-        "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(mixed_meta),
-        "--output_dir", str(tmp_path / "lora"), "--max_steps", "3", "--learning_rate", "1e-2", "--use_peft", "true",
-        "--lora_r", "4", "--lora_alpha", "8", "--ref_cache_dir", str(tmp_path / "cache"), "--precompute_ref_log_probs",
-        "false", "--per_device_train_batch_size", "2",
-    ])  # fmt: skip
+    model_args, data_args, args = parse_train_args(
+        [
+            "--config",
+            "recipes/tiny/mpo.yaml",
+            "--model_name_or_path",
+            str(tiny_model),
+            "--meta_path",
+            str(mixed_meta),
+            "--output_dir",
+            str(tmp_path / "lora"),
+            "--max_steps",
+            "3",
+            "--learning_rate",
+            "1e-2",
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--ref_cache_dir",
+            str(tmp_path / "cache"),
+            "--precompute_ref_log_probs",
+            "false",
+            "--per_device_train_batch_size",
+            "2",
+        ]
+    )
     trainer = build_trainer(model_args, data_args, args)
     assert isinstance(trainer.model, PeftModel) and trainer.ref_model is None
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
@@ -430,19 +558,23 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(tin
     plain = oracle_batch(load_processor(tiny_model), mixed_meta, [0, 2])
     with torch.no_grad():
         base = independent_logps(load_model(tiny_model), plain)
-    torch.testing.assert_close(torch.stack([ref_c, ref_r], 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5,
-                               atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        torch.stack([ref_c, ref_r], 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5, atol=1e-4
+    )
     assert not torch.allclose(policy[0::2], ref_c, atol=1e-3)  # the adapter moved the policy away from it
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("label_smoothing", "0.1", "label_smoothing: a trl.DPOConfig field that MPOTrainer does not use"),
-    ("padding_free", "true", "padding_free: .*prefix_sharing and max_packed_tokens"),
-    ("truncation_mode", "keep_end", "truncation_mode: .*never truncated"),
-    ("trust_remote_code", "true", "trust_remote_code: .*no code from a checkpoint runs"),
-    ("model_revision", "v2", "model_revision: checkpoints are local directories"),
-    ("vision_once", "false", "vision_once: false does nothing with prefix_sharing"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("label_smoothing", "0.1", "label_smoothing: a trl.DPOConfig field that MPOTrainer does not use"),
+        ("padding_free", "true", "padding_free: .*prefix_sharing and max_packed_tokens"),
+        ("truncation_mode", "keep_end", "truncation_mode: .*never truncated"),
+        ("trust_remote_code", "true", "trust_remote_code: .*no code from a checkpoint runs"),
+        ("model_revision", "v2", "model_revision: checkpoints are local directories"),
+        ("vision_once", "false", "vision_once: false does nothing with prefix_sharing"),
+    ],
+)
 def test_inherited_fields_that_would_do_nothing_are_refused(flag, value, message):
     from mpo.errors import UserError
     from mpo.train import parse_train_args
@@ -456,20 +588,41 @@ def test_in_step_reference_is_deterministic_under_lora_and_vision_drop_path(tiny
     the vision tower's drop path (active in training mode) must not reach it."""
     from mpo.train import build_trainer, parse_train_args
 
-    model_args, data_args, args = parse_train_args([
-        "--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(mixed_meta),
-        "--output_dir", str(tmp_path / "lora"), "--use_peft", "true", "--lora_r", "4", "--precompute_ref_log_probs",
-        "false", "--vision_drop_path_rate", "0.9",
-    ])  # fmt: skip
+    model_args, data_args, args = parse_train_args(
+        [
+            "--config",
+            "recipes/tiny/mpo.yaml",
+            "--model_name_or_path",
+            str(tiny_model),
+            "--meta_path",
+            str(mixed_meta),
+            "--output_dir",
+            str(tmp_path / "lora"),
+            "--use_peft",
+            "true",
+            "--lora_r",
+            "4",
+            "--precompute_ref_log_probs",
+            "false",
+            "--vision_drop_path_rate",
+            "0.9",
+        ]
+    )
     trainer = build_trainer(model_args, data_args, args)
     data, _ = load_mmpr(mixed_meta, load_processor(tiny_model))
-    batch = trainer._prepare_inputs(trainer.data_collator([data[0], data[1]]))  # images: the vision tower runs
+    batch = trainer._prepare_inputs(
+        trainer.data_collator([data[0], data[1]])
+    )  # images: the vision tower runs
     trainer.model.train()
     torch.manual_seed(0)
     first = trainer._reference_logps(trainer.model, batch)
     second = trainer._reference_logps(trainer.model, batch)
     assert trainer.model.training  # back in training mode after the reference pass
     with torch.no_grad():
-        base = independent_logps(load_model(tiny_model).eval(), oracle_batch(load_processor(tiny_model), mixed_meta, [0, 1]))
+        base = independent_logps(
+            load_model(tiny_model).eval(), oracle_batch(load_processor(tiny_model), mixed_meta, [0, 1])
+        )
     for got in (first, second):
-        torch.testing.assert_close(torch.stack(got, 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            torch.stack(got, 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5, atol=1e-4
+        )

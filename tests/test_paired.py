@@ -39,7 +39,10 @@ def test_large_tables_do_not_underflow():
     # 20 vs 200 discordant items: the tail is about 1e-38; log-space sum as an independent computation
     b, c = 20, 200
     n = b + c
-    logs = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2) for k in range(b + 1)]
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2)
+        for k in range(b + 1)
+    ]
     top = max(logs)
     expected = 2 * math.exp(top) * sum(math.exp(x - top) for x in logs)
     assert mcnemar_exact_p(b, c) == pytest.approx(expected, rel=1e-9)

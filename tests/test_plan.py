@@ -31,8 +31,9 @@ def test_zero3_states_are_deepspeeds_estimate_for_78b_on_64_gpus():
     model = meta_model("78b")
     total = sum(p.numel() for p in model.parameters())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    _, expected, _ = estimate_zero3_model_states_mem_needs(total, largest, 8, 8, cpu_offload=False,
-                                                        cpu_offload_params=False)  # fmt: skip
+    _, expected, _ = estimate_zero3_model_states_mem_needs(
+        total, largest, 8, 8, cpu_offload=False, cpu_offload_params=False
+    )
     result = plan(recipe("78b"), "78b", gpus=64, gpu_memory_gib=80)
     assert result.zero == 3 and result.counts.total == total
     assert result.states == expected
@@ -41,7 +42,9 @@ def test_zero3_states_are_deepspeeds_estimate_for_78b_on_64_gpus():
 
 def test_zero2_states_are_deepspeeds_estimate_with_the_frozen_weights_added():
     model = meta_model("8b")
-    llm = sum(p.numel() for n, p in model.named_parameters() if "language_model" in n or n.startswith("lm_head"))
+    llm = sum(
+        p.numel() for n, p in model.named_parameters() if "language_model" in n or n.startswith("lm_head")
+    )
     total = sum(p.numel() for p in model.parameters())
     _, expected = estimate_zero2_model_states_mem_needs(total - llm, 8, 1, cpu_offload=False)
     frozen = dict(recipe("8b"), freeze_llm=True)
@@ -60,10 +63,26 @@ def test_a_known_fit_and_a_known_misfit():
 
 
 def test_cli_prints_the_table_and_exits_3_when_it_does_not_fit(capsys):
-    assert cli_main(["plan", "--config", str(RECIPES / "78b" / "mpo.yaml"), "--gpus", "64", "--gpu-memory", "80"]) == 0
+    assert (
+        cli_main(
+            ["plan", "--config", str(RECIPES / "78b" / "mpo.yaml"), "--gpus", "64", "--gpu-memory", "80"]
+        )
+        == 0
+    )
     assert "| fits | yes |" in capsys.readouterr().out
-    code = cli_main(["plan", "--config", str(RECIPES / "78b" / "mpo.yaml"), "--gpus", "8", "--gpu-memory", "80",
-                     "--zero", "1"])  # fmt: skip
+    code = cli_main(
+        [
+            "plan",
+            "--config",
+            str(RECIPES / "78b" / "mpo.yaml"),
+            "--gpus",
+            "8",
+            "--gpu-memory",
+            "80",
+            "--zero",
+            "1",
+        ]
+    )
     assert code == 3 and "| fits | NO |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli_main(["plan", "--gpus", "8"])

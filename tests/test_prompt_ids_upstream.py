@@ -54,8 +54,10 @@ def test_preference_collator_prompt_equals_upstream(case):
 def test_sft_encoder_prompt_equals_upstream(case):
     root, exp = case
     processor = load_processor(root / "native")
-    row = {"image": "image.png", "conversations": [{"from": "human", "value": exp["question"]},
-                                                   {"from": "gpt", "value": "3"}]}  # fmt: skip
+    row = {
+        "image": "image.png",
+        "conversations": [{"from": "human", "value": exp["question"]}, {"from": "gpt", "value": "3"}],
+    }
     records, _ = load_sft(_meta(root, "sft", row), processor)
     batch = SFTCollator(processor, train=False)([records[0]])
     ids = batch["input_ids"][0].tolist()
@@ -65,7 +67,9 @@ def test_sft_encoder_prompt_equals_upstream(case):
 
 def test_generation_prompt_equals_upstream(case):
     root, exp = case
-    backend = TransformersBackend(load_model(root / "native", training=False), load_processor(root / "native"))
+    backend = TransformersBackend(
+        load_model(root / "native", training=False), load_processor(root / "native")
+    )
     text, pixels = backend._encode(GenerationRequest(exp["question"], [str(root / "image.png")], 12))
     assert backend.tokenize([text])["input_ids"][0].tolist() == exp["prompt_ids"]
     assert pixels.shape[0] == exp["num_tiles"]

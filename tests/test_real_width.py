@@ -35,7 +35,11 @@ def test_widened_vocabulary_encodes_as_before_and_decodes_every_id():
     assert wide.decode([4999, 4000]) == " w4999 w4000"  # filler ids: the words the docstring promises
     old = len(tokenizer)
     assert wide.decode(list(range(old))) == tokenizer.decode(list(range(old)))
-    assert (wide.eos_token, wide.pad_token, wide.padding_side) == (tokenizer.eos_token, tokenizer.pad_token, "left")
+    assert (wide.eos_token, wide.pad_token, wide.padding_side) == (
+        tokenizer.eos_token,
+        tokenizer.pad_token,
+        "left",
+    )
     with pytest.raises(ValueError, match="expected 100"):
         widen_vocabulary(tokenizer, 100)  # cannot shrink
 
@@ -53,15 +57,20 @@ def test_real_1b_widths_convert_generate_and_train_on_two_cores(tmp_path):
     # Converted back: 448 px tiles, 256 tokens each; an 896 x 448 image at max_dynamic_patch 2 is 2 tiles +
     # the thumbnail, as the training data asks.
     processor = load_processor(work / "InternVL2_5-1B-native")
-    pixels = processor.image_processor(Image.new("RGB", (896, 448)), max_patches=MAX_DYNAMIC_PATCH,
-                                       return_tensors="pt")["pixel_values"]  # fmt: skip
+    pixels = processor.image_processor(
+        Image.new("RGB", (896, 448)), max_patches=MAX_DYNAMIC_PATCH, return_tensors="pt"
+    )["pixel_values"]
     assert tuple(pixels.shape) == (3, 3, 448, 448) and processor.image_seq_length == 256
 
     # build-pairs generated (at most 16 new tokens each) and kept pairs; training ran both steps on them.
-    pairs = [json.loads(line) for f in (work / "pairs").glob("*.jsonl") for line in f.read_text().splitlines()]
+    pairs = [
+        json.loads(line) for f in (work / "pairs").glob("*.jsonl") for line in f.read_text().splitlines()
+    ]
     assert results["pairs"]["kept"] == len(pairs) >= 1
     tokenizer = processor.tokenizer
-    for pair in pairs:  # the widened vocabulary decodes every id as one word or a piece of the tiny vocabulary
+    for (
+        pair
+    ) in pairs:  # the widened vocabulary decodes every id as one word or a piece of the tiny vocabulary
         assert 2 <= len(pair["chosen"].split()) <= MAX_NEW_TOKENS
     assert results["global_step"] == STEPS and len(results["train_log"]) == STEPS
     assert all(math.isfinite(e["loss"]) for e in results["train_log"])

@@ -28,9 +28,14 @@ STAGES = {"sft_stage1": ("1", 2e-4, 100), "sft_stage1_5": ("1.5", 1e-5, 100), "s
 # Progressive scaling: target size -> the size whose stage-1.5 vision tower it receives (the same InternViT).
 PROGRESSIVE = {"2b": "1b", "4b": "1b", "8b": "1b", "38b": "26b", "78b": "26b"}
 PROGRESSIVE_STAGES = ["sft_stage1", "sft_stage2"]
-SFT_RECIPES = [(size, name, RECIPES / "internvl2_5" / size / f"{name}.yaml") for size in SIZES for name in STAGES]
-SFT_RECIPES += [(size, name, RECIPES / "internvl2_5" / "progressive" / size / f"{name}.yaml")
-                for size in PROGRESSIVE for name in PROGRESSIVE_STAGES]  # fmt: skip
+SFT_RECIPES = [
+    (size, name, RECIPES / "internvl2_5" / size / f"{name}.yaml") for size in SIZES for name in STAGES
+]
+SFT_RECIPES += [
+    (size, name, RECIPES / "internvl2_5" / "progressive" / size / f"{name}.yaml")
+    for size in PROGRESSIVE
+    for name in PROGRESSIVE_STAGES
+]
 CPU = ["--bf16", "false"]  # the recipes ask for bf16, which needs a GPU to validate
 
 
@@ -43,11 +48,17 @@ def test_mpo_recipe_per_size(size):
     path = RECIPES / "internvl2_5" / size / "mpo.yaml"
     model, data, args = parse_train_args(["--config", str(path), *CPU])
     ref = TABLE[size]  # mpo.models.sizes: the published sizes and their reference training settings
-    assert (args.learning_rate, args.num_train_epochs, args.lr_scheduler_type) == (ref.mpo_learning_rate, 1, "cosine")
+    assert (args.learning_rate, args.num_train_epochs, args.lr_scheduler_type) == (
+        ref.mpo_learning_rate,
+        1,
+        "cosine",
+    )
     assert (args.warmup_steps, args.weight_decay, args.beta) == (0.03, 0.05, 0.1)
     assert args.loss_type == ["sigmoid", "bco_pair", "sft"] and args.loss_weights == [0.8, 0.2, 1.0]
     assert args.per_device_train_batch_size == 1 and args.max_length == 8192
-    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * _gpus(path) == ref.global_batch
+    assert (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * _gpus(path) == ref.global_batch
+    )
     assert yaml.safe_load(path.read_text())["bf16"] is True and args.gradient_checkpointing
     assert model.vision_drop_path_rate == ref.drop_path_rate
     assert not (model.freeze_vision or model.freeze_projector or model.freeze_llm)
@@ -55,10 +66,16 @@ def test_mpo_recipe_per_size(size):
     # A single image at the most tiles (max_dynamic_patch + thumbnail) fits in max_length, never truncated.
     assert (ref.max_dynamic_patch + ref.use_thumbnail) * ref.tokens_per_tile < args.max_length
     assert f"max_dynamic_patch {ref.max_dynamic_patch} + thumbnail" in path.read_text()
-    assert path.read_text().startswith(f"# InternVL2.5-{ref.name} ({ref.vision.name.split('-448px')[0]} + {ref.llm.name})")
+    assert path.read_text().startswith(
+        f"# InternVL2.5-{ref.name} ({ref.vision.name.split('-448px')[0]} + {ref.llm.name})"
+    )
 
 
-@pytest.mark.parametrize(("size", "name", "path"), SFT_RECIPES, ids=lambda v: str(v.relative_to(RECIPES)) if isinstance(v, Path) else "")
+@pytest.mark.parametrize(
+    ("size", "name", "path"),
+    SFT_RECIPES,
+    ids=lambda v: str(v.relative_to(RECIPES)) if isinstance(v, Path) else "",
+)
 def test_sft_recipe_per_size(size, name, path):
     model, _, args = parse_sft_args(["--config", str(path), *CPU])
     stage, lr, warmup = STAGES[name]
@@ -90,15 +107,23 @@ def _check_progressive(path: Path, own: Path, vision_from: Path, into: str | Non
     stage 1's output."""
     got, want = yaml.safe_load(path.read_text()), yaml.safe_load(own.read_text())
     paths = ("model_name_or_path", "output_dir")
-    assert {k: v for k, v in got.items() if k not in paths} == {k: v for k, v in want.items() if k not in paths}
-    assert got["output_dir"] not in (want["output_dir"], yaml.safe_load(vision_from.read_text())["output_dir"])
+    assert {k: v for k, v in got.items() if k not in paths} == {
+        k: v for k, v in want.items() if k not in paths
+    }
+    assert got["output_dir"] not in (
+        want["output_dir"],
+        yaml.safe_load(vision_from.read_text())["output_dir"],
+    )
     if path.name == "sft_stage1.yaml":
         transfer = _comment_command(path, "mpo transfer-vision")
         assert _option(transfer, "--vision") == yaml.safe_load(vision_from.read_text())["output_dir"]
         assert _option(transfer, "--into") == (into or want["model_name_or_path"])
         assert _option(transfer, "--out") == got["model_name_or_path"]
     else:
-        assert got["model_name_or_path"] == yaml.safe_load(path.with_name("sft_stage1.yaml").read_text())["output_dir"]
+        assert (
+            got["model_name_or_path"]
+            == yaml.safe_load(path.with_name("sft_stage1.yaml").read_text())["output_dir"]
+        )
 
 
 @pytest.mark.parametrize("size", list(PROGRESSIVE))
@@ -108,12 +133,16 @@ def test_progressive_recipes_chain(size, name):
     source = RECIPES / "internvl2_5" / PROGRESSIVE[size]
     _check_progressive(path, RECIPES / "internvl2_5" / size / f"{name}.yaml", source / "sft_stage1_5.yaml")
     vit = re.compile(r"InternViT-\w+")  # the tower moves only between models built on the same InternViT
-    assert vit.search(path.read_text()).group(0) == vit.search((source / "sft_stage1.yaml").read_text()).group(0)
+    assert vit.search(path.read_text()).group(0) == vit.search(
+        (source / "sft_stage1.yaml").read_text()
+    ).group(0)
     # the header's launch line is the one recipes/README.md gives for it, as is the transfer line
     launch = _comment_command(path, "accelerate launch")
     assert _option(launch, "--config") == str(path.relative_to(REPO))
     readme = (RECIPES / "README.md").read_text()
-    assert f"`{shlex.join(launch)}`" in readme.replace("$NODE_RANK", "'$NODE_RANK'").replace("$MASTER_ADDR", "'$MASTER_ADDR'")
+    assert f"`{shlex.join(launch)}`" in readme.replace("$NODE_RANK", "'$NODE_RANK'").replace(
+        "$MASTER_ADDR", "'$MASTER_ADDR'"
+    )
     if name == "sft_stage1":
         assert f"`{shlex.join(_comment_command(path, 'mpo transfer-vision'))}`" in readme
 
@@ -124,11 +153,17 @@ def test_tiny_progressive_recipes_chain(name):
     stage1 = RECIPES / "tiny" / "progressive" / "sft_stage1.yaml"
     build = _comment_command(stage1, "mpo tiny-model")
     assert int(_option(build, "--text-hidden-size")) > TINY_TEXT["hidden_size"]
-    _check_progressive(RECIPES / "tiny" / "progressive" / f"{name}.yaml", RECIPES / "tiny" / f"{name}.yaml",
-                       RECIPES / "tiny" / "sft_stage1_5.yaml", into=build[2])  # fmt: skip
+    _check_progressive(
+        RECIPES / "tiny" / "progressive" / f"{name}.yaml",
+        RECIPES / "tiny" / f"{name}.yaml",
+        RECIPES / "tiny" / "sft_stage1_5.yaml",
+        into=build[2],
+    )
 
 
-@pytest.mark.parametrize("path", sorted((RECIPES / "tiny").rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
+@pytest.mark.parametrize(
+    "path", sorted((RECIPES / "tiny").rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES))
+)
 def test_tiny_recipes_load(path):
     parse = parse_train_args if path.name == "mpo.yaml" else parse_sft_args
     parse(["--config", str(path)])
@@ -143,7 +178,10 @@ def test_recipes_by_name_from_any_directory(tmp_path, monkeypatch):
         _, _, args = parse_train_args(["--config", name])
         assert (args.beta, args.learning_rate) == (shipped["beta"], shipped["learning_rate"])
     _, _, args = parse_train_args(["--config=internvl2_5/8b/mpo", *CPU])
-    assert args.learning_rate == yaml.safe_load((RECIPES / "internvl2_5/8b/mpo.yaml").read_text())["learning_rate"]
+    assert (
+        args.learning_rate
+        == yaml.safe_load((RECIPES / "internvl2_5/8b/mpo.yaml").read_text())["learning_rate"]
+    )
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "mpo").write_text(yaml.safe_dump({**shipped, "beta": 0.37}))  # a local file wins
     assert parse_train_args(["--config", "tiny/mpo"])[2].beta == 0.37
@@ -176,8 +214,20 @@ def test_readme_cpu_launch_line_runs_on_two_ranks(tiny_model, tmp_path):
     out = tmp_path / "out"
     argv[0] = str(Path(sys.executable).parent / "accelerate")
     argv[2:2] = ["--main_process_port", str(free_port())]  # over the config's fixed port
-    argv += ["--model_name_or_path", str(tiny_model), "--meta_path", str(meta), "--output_dir", str(out),
-             "--max_steps", "2", "--per_device_train_batch_size", "1", "--ref_cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    argv += [
+        "--model_name_or_path",
+        str(tiny_model),
+        "--meta_path",
+        str(meta),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "1",
+        "--ref_cache_dir",
+        str(tmp_path / "cache"),
+    ]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -22,8 +22,15 @@ from mpo.trainer import MPOConfig, MPOTrainer
 def _trainer(model_dir, meta, cache, tmp_path, **kw):
     processor = load_processor(model_dir)
     data, _ = load_mmpr(meta, processor)
-    args = MPOConfig(output_dir=str(tmp_path / "out"), report_to=[], ref_cache_dir=str(cache), save_strategy="no",
-                     gradient_checkpointing=False, per_device_train_batch_size=2, **kw)  # fmt: skip
+    args = MPOConfig(
+        output_dir=str(tmp_path / "out"),
+        report_to=[],
+        ref_cache_dir=str(cache),
+        save_strategy="no",
+        gradient_checkpointing=False,
+        per_device_train_batch_size=2,
+        **kw,
+    )
     return MPOTrainer(load_model(model_dir), args=args, train_dataset=data, processing_class=processor)
 
 
@@ -36,8 +43,9 @@ def _reference_by_hand(model_dir, meta) -> tuple[torch.Tensor, torch.Tensor]:
     for i in range(len(data)):
         b = PreferenceCollator(processor, prefix_sharing=False, vision_once=False)([data[i]])
         with torch.no_grad():
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                           pixel_values=b["pixel_values"]).logits  # fmt: skip
+            logits = model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=b["pixel_values"]
+            ).logits
         lp = torch.log_softmax(logits, -1).gather(-1, b["shift_labels"].clamp(min=0)[..., None])[..., 0]
         per_row = (lp * (b["logp_index"] >= 0)).sum(1)
         chosen.append(per_row[0])
@@ -53,9 +61,12 @@ def test_cache_is_exact_reused_and_invalidated(tiny_model, tmp_path, monkeypatch
     files = list(cache.glob("train-*.safetensors"))
     assert files == [first.ref_cache_file]
     chosen, rejected = _reference_by_hand(tiny_model, meta)
-    torch.testing.assert_close(torch.tensor(first.train_dataset["ref_chosen_logps"]), chosen, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(torch.tensor(first.train_dataset["ref_rejected_logps"]), rejected, rtol=1e-5,
-                               atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        torch.tensor(first.train_dataset["ref_chosen_logps"]), chosen, rtol=1e-5, atol=1e-4
+    )
+    torch.testing.assert_close(
+        torch.tensor(first.train_dataset["ref_rejected_logps"]), rejected, rtol=1e-5, atol=1e-4
+    )
 
     # same data, same model: reused, the reference never runs
     def must_not_run(*a, **k):
@@ -88,16 +99,30 @@ def test_precompute_scores_the_given_reference_model_not_the_policy(tiny_model, 
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS)
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(meta, processor)
-    args = MPOConfig(output_dir=str(tmp_path / "out"), report_to=[], ref_cache_dir=str(tmp_path / "cache"),
-                     save_strategy="no", gradient_checkpointing=False, per_device_train_batch_size=2)  # fmt: skip
-    trainer = MPOTrainer(load_model(perturbed_policy), ref_model=load_model(tiny_model), args=args,
-                         train_dataset=data, processing_class=processor)  # fmt: skip
+    args = MPOConfig(
+        output_dir=str(tmp_path / "out"),
+        report_to=[],
+        ref_cache_dir=str(tmp_path / "cache"),
+        save_strategy="no",
+        gradient_checkpointing=False,
+        per_device_train_batch_size=2,
+    )
+    trainer = MPOTrainer(
+        load_model(perturbed_policy),
+        ref_model=load_model(tiny_model),
+        args=args,
+        train_dataset=data,
+        processing_class=processor,
+    )
     chosen, rejected = _reference_by_hand(tiny_model, meta)
     policy_chosen, _ = _reference_by_hand(perturbed_policy, meta)
     assert (policy_chosen - chosen).abs().max() > 1e-2  # the test can tell the two models apart
-    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_chosen_logps"]), chosen, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_rejected_logps"]), rejected, rtol=1e-5,
-                               atol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        torch.tensor(trainer.train_dataset["ref_chosen_logps"]), chosen, rtol=1e-5, atol=1e-4
+    )
+    torch.testing.assert_close(
+        torch.tensor(trainer.train_dataset["ref_rejected_logps"]), rejected, rtol=1e-5, atol=1e-4
+    )
 
 
 @pytest.mark.slow
@@ -108,12 +133,42 @@ def test_two_rank_deepspeed_builds_then_reuses_the_cache(tiny_model, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
     def run(out: str) -> str:
-        cmd = [str(bin_dir / "accelerate"), "launch", "--use_deepspeed", "--deepspeed_config_file",
-               "recipes/deepspeed/zero3.json", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
-               str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mpo.cli", "train", "--config",
-               "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
-               "--output_dir", str(tmp_path / out), "--max_steps", "2", "--per_device_train_batch_size", "1",
-               "--ref_cache_dir", str(cache), "--precompute_ref_log_probs", "true"]  # fmt: skip
+        cmd = [
+            str(bin_dir / "accelerate"),
+            "launch",
+            "--use_deepspeed",
+            "--deepspeed_config_file",
+            "recipes/deepspeed/zero3.json",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(free_port()),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "mpo.cli",
+            "train",
+            "--config",
+            "recipes/tiny/mpo.yaml",
+            "--model_name_or_path",
+            str(tiny_model),
+            "--meta_path",
+            str(meta),
+            "--output_dir",
+            str(tmp_path / out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "1",
+            "--ref_cache_dir",
+            str(cache),
+            "--precompute_ref_log_probs",
+            "true",
+        ]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout + proc.stderr

@@ -23,10 +23,33 @@ STEPS = 3
 
 
 def _argv(tiny_model, meta, out, cache, *extra) -> list[str]:
-    return ["--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
-            "--output_dir", str(out), "--ref_cache_dir", str(cache), "--max_steps", str(STEPS),
-            "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--save_strategy", "steps",
-            "--save_steps", "1", "--logging_steps", "1", "--report_to", "none", *extra]  # fmt: skip
+    return [
+        "--config",
+        "recipes/tiny/mpo.yaml",
+        "--model_name_or_path",
+        str(tiny_model),
+        "--meta_path",
+        str(meta),
+        "--output_dir",
+        str(out),
+        "--ref_cache_dir",
+        str(cache),
+        "--max_steps",
+        str(STEPS),
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "1e-3",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        *extra,
+    ]
 
 
 def _delta(state_file: Path) -> dict:
@@ -47,8 +70,12 @@ def test_wrong_or_missing_checkpoints_are_one_line(tiny_model, full_run, tmp_pat
     meta, full, cache = full_run
     cases = [
         ("True", tmp_path / "empty", "resume_from_checkpoint=True: no checkpoint-N folder in output_dir"),
-        (str(tmp_path / "nope"), tmp_path / "o", f"resume_from_checkpoint: {tmp_path / 'nope'}: no such checkpoint folder"),
-    ]  # fmt: skip
+        (
+            str(tmp_path / "nope"),
+            tmp_path / "o",
+            f"resume_from_checkpoint: {tmp_path / 'nope'}: no such checkpoint folder",
+        ),
+    ]
     cut = tmp_path / "cut"
     for name in ("no_weights", "empty_state", "half_state"):
         (cut / name).mkdir(parents=True)
@@ -73,11 +100,17 @@ def test_wrong_or_missing_checkpoints_are_one_line(tiny_model, full_run, tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["weights", "state"])
-def test_true_resumes_from_the_last_complete_checkpoint_with_delta(tiny_model, full_run, tmp_path, damage, caplog):
+def test_true_resumes_from_the_last_complete_checkpoint_with_delta(
+    tiny_model, full_run, tmp_path, damage, caplog
+):
     meta, full, cache = full_run
     part = tmp_path / "part"
     part.mkdir()
-    for k in (1, 2, STEPS):  # the run's checkpoints; the last one is cut short as a kill during its save would
+    for k in (
+        1,
+        2,
+        STEPS,
+    ):  # the run's checkpoints; the last one is cut short as a kill during its save would
         (part / f"checkpoint-{k}").mkdir()
         for f in (full / f"checkpoint-{k}").iterdir():
             if f.is_file():
@@ -110,15 +143,21 @@ def test_true_resumes_from_the_last_complete_checkpoint_with_delta(tiny_model, f
 
 
 @pytest.mark.slow
-def test_sigkill_during_training_then_resume_true_matches_the_uninterrupted_run(tiny_model, full_run, tmp_path,
-                                                                                caplog):
+def test_sigkill_during_training_then_resume_true_matches_the_uninterrupted_run(
+    tiny_model, full_run, tmp_path, caplog
+):
     """A real SIGKILL of the training process as soon as checkpoint-2 appears (the save is under way);
     ``True`` then resumes from whichever checkpoint is complete and ends where the full run ended."""
     meta, full, cache = full_run
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, "-m", "mpo.cli", "train", *_argv(tiny_model, meta, out, cache)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpo.cli", "train", *_argv(tiny_model, meta, out, cache)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (out / "checkpoint-2").exists():

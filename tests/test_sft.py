@@ -26,21 +26,46 @@ from mpo.sft import main as sft_main
 
 # One row of each input shape: single image, multi-image, text-only, video (frames), multi-turn, system turn.
 SFT_ROWS = [
-    {"image": "red.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour is the image?"},
-                                           {"from": "gpt", "value": "red"}]},
-    {"image": ["green.png", "wide.png"], "conversations": [
-        {"from": "human", "value": "Image-1: <image>\nImage-2: <image>\nWhich one is green?"},
-        {"from": "gpt", "value": "Image-1 is green, Image-2 is not."}]},
+    {
+        "image": "red.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the image?"},
+            {"from": "gpt", "value": "red"},
+        ],
+    },
+    {
+        "image": ["green.png", "wide.png"],
+        "conversations": [
+            {"from": "human", "value": "Image-1: <image>\nImage-2: <image>\nWhich one is green?"},
+            {"from": "gpt", "value": "Image-1 is green, Image-2 is not."},
+        ],
+    },
     {"conversations": [{"from": "human", "value": "What is 2 + 2?"}, {"from": "gpt", "value": "4"}]},
-    {"video": ["red.png", "green.png", "blue.png"], "conversations": [
-        {"from": "human", "value": "<video>\nWhat colour is the last frame?"}, {"from": "gpt", "value": "blue"}]},
-    {"image": "wide.png", "conversations": [
-        {"from": "human", "value": "Describe the image."}, {"from": "gpt", "value": "A purple shape, wider than tall."},
-        {"from": "human", "value": "Is it wide?"}, {"from": "gpt", "value": "Yes, it is wider than tall."}]},
-    {"image": "blue.png", "conversations": [
-        {"from": "system", "value": "You name colours."}, {"from": "human", "value": "Name the colour."},
-        {"from": "gpt", "value": "The colour is blue, a cold colour that many people like a lot."}]},
-]  # fmt: skip
+    {
+        "video": ["red.png", "green.png", "blue.png"],
+        "conversations": [
+            {"from": "human", "value": "<video>\nWhat colour is the last frame?"},
+            {"from": "gpt", "value": "blue"},
+        ],
+    },
+    {
+        "image": "wide.png",
+        "conversations": [
+            {"from": "human", "value": "Describe the image."},
+            {"from": "gpt", "value": "A purple shape, wider than tall."},
+            {"from": "human", "value": "Is it wide?"},
+            {"from": "gpt", "value": "Yes, it is wider than tall."},
+        ],
+    },
+    {
+        "image": "blue.png",
+        "conversations": [
+            {"from": "system", "value": "You name colours."},
+            {"from": "human", "value": "Name the colour."},
+            {"from": "gpt", "value": "The colour is blue, a cold colour that many people like a lot."},
+        ],
+    },
+]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
@@ -74,8 +99,16 @@ def sft_meta(tmp_path) -> Path:
 
 
 def _config(tmp_path, **kw) -> SFTStageConfig:
-    base = dict(output_dir=str(tmp_path / "out"), stage="2", report_to=[], save_strategy="no", logging_steps=1,
-                seed=0, max_packed_tokens=1024, max_length=1024)  # fmt: skip
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        stage="2",
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        max_packed_tokens=1024,
+        max_length=1024,
+    )
     return SFTStageConfig(**{**base, **kw})
 
 
@@ -129,13 +162,28 @@ BAD_ROWS = [
     ("{not json", None, "malformed JSON"),
     ({"image": "red.png"}, "conversations", "missing field"),
     ({"conversations": [{"from": "human", "value": "hi"}]}, "conversations", "no assistant"),
-    ({"conversations": [{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "x"}]}, "conversations[0]",
-     "unknown role"),
-    ({"image": "gone.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
-     "image", "missing image"),
-    ({"image": "red.png", "conversations": [{"from": "human", "value": "<image><image> q"},
-                                            {"from": "gpt", "value": "a"}]}, "conversations", "2 <image>"),
-]  # fmt: skip
+    (
+        {"conversations": [{"from": "robot", "value": "hi"}, {"from": "gpt", "value": "x"}]},
+        "conversations[0]",
+        "unknown role",
+    ),
+    (
+        {
+            "image": "gone.png",
+            "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}],
+        },
+        "image",
+        "missing image",
+    ),
+    (
+        {
+            "image": "red.png",
+            "conversations": [{"from": "human", "value": "<image><image> q"}, {"from": "gpt", "value": "a"}],
+        },
+        "conversations",
+        "2 <image>",
+    ),
+]
 
 
 def _write_with_bad(root: Path, bad) -> tuple[Path, Path]:
@@ -162,8 +210,11 @@ def test_skip_report_counts_bad_long_and_repetitive_rows(processor, tmp_path):
     loop = "the cat sat on the mat " * 8
     rows = SFT_ROWS + [
         {"conversations": [{"from": "human", "value": "Tell me."}, {"from": "gpt", "value": loop}]},
-        {"image": "wide.png", "conversations": [{"from": "human", "value": "Long? " * 700}, {"from": "gpt", "value": "yes"}]},
-    ]  # fmt: skip
+        {
+            "image": "wide.png",
+            "conversations": [{"from": "human", "value": "Long? " * 700}, {"from": "gpt", "value": "yes"}],
+        },
+    ]
     root = tmp_path / "d"
     meta = write_sft(root, rows)
     ann = root / "sft.jsonl"
@@ -171,13 +222,17 @@ def test_skip_report_counts_bad_long_and_repetitive_rows(processor, tmp_path):
     lines[1:1] = [json.dumps(BAD_ROWS[1][0]), "{broken", json.dumps(BAD_ROWS[2][0])]
     ann.write_text("\n".join(lines) + "\n")
     report_path = tmp_path / "report.json"
-    records, report = load_sft(meta, processor, on_bad_row="skip", max_length=1024, max_repetition_ratio=0.5,
-                               report_path=report_path)  # fmt: skip
+    records, report = load_sft(
+        meta, processor, on_bad_row="skip", max_length=1024, max_repetition_ratio=0.5, report_path=report_path
+    )
     saved = json.loads(report_path.read_text())
     assert len(records) == 6 and saved["kept"] == 6 and saved["rows_read"] == 11
     assert saved["skipped_bad_rows"] == 3
-    assert saved["bad_rows_by_reason"] == {"missing field": 1, "malformed JSON (Expecting property name enclosed in "
-                                           "double quotes)": 1, "no assistant (gpt) turn: nothing to learn": 1}  # fmt: skip
+    assert saved["bad_rows_by_reason"] == {
+        "missing field": 1,
+        "malformed JSON (Expecting property name enclosed in double quotes)": 1,
+        "no assistant (gpt) turn: nothing to learn": 1,
+    }
     assert sorted(r["line"] for r in saved["bad_rows"]) == [2, 3, 4]
     assert saved["dropped_repetitive"] == 1 and saved["repetitive"][0]["source"] == f"{ann}:10"
     assert saved["dropped_too_long"] == 1 and saved["too_long"][0]["source"] == f"{ann}:11"
@@ -191,8 +246,12 @@ def test_skip_report_counts_bad_long_and_repetitive_rows(processor, tmp_path):
 # ------------------------------------------------------------------------------------- augmentation
 
 
-@pytest.mark.parametrize("augment,train,expect", [(True, True, True), (True, False, False), (False, True, False)])
-def test_jpeg_only_with_data_augment_and_in_training(processor, tmp_path, monkeypatch, augment, train, expect):
+@pytest.mark.parametrize(
+    "augment,train,expect", [(True, True, True), (True, False, False), (False, True, False)]
+)
+def test_jpeg_only_with_data_augment_and_in_training(
+    processor, tmp_path, monkeypatch, augment, train, expect
+):
     root = tmp_path / "d"
     meta = write_sft(root, SFT_ROWS[:2], data_augment=augment)
     # a noisy image, so that JPEG at any quality changes pixels
@@ -228,8 +287,9 @@ def test_trainer_evaluates_without_augmentation(tiny_model, processor, sft_meta,
     records, _ = load_sft(sft_meta, processor)
     args = _config(tmp_path)
     data = make_dataset(records, args)
-    trainer = SFTStageTrainer(load_model(tiny_model), args, train_dataset=data, eval_dataset=data,
-                              processing_class=processor)  # fmt: skip
+    trainer = SFTStageTrainer(
+        load_model(tiny_model), args, train_dataset=data, eval_dataset=data, processing_class=processor
+    )
     assert trainer.data_collator.train is True
     assert trainer.get_eval_dataloader().collate_fn.train is False
     assert trainer.data_collator.train is True
@@ -263,7 +323,9 @@ def test_trainer_refuses_a_model_that_cannot_train_here(tiny_model, processor, s
     records, _ = load_sft(sft_meta, processor)
     model = load_model(tiny_model, attn_implementation="flex_attention", layout="packed", training=False)
     with pytest.raises(UserError, match="flex_attention cannot train here"):
-        SFTStageTrainer(model, _config(tmp_path), train_dataset=SFTDataset(records), processing_class=processor)
+        SFTStageTrainer(
+            model, _config(tmp_path), train_dataset=SFTDataset(records), processing_class=processor
+        )
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen", "flex_attention"])
@@ -276,8 +338,12 @@ def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_pa
     grads = attn != "flex_attention"
     model = load_model(tiny_model, attn_implementation=attn, layout="packed", training=grads).eval()
     # (a flex model cannot train on the CPU, so the trainer is built on an sdpa one; its routine runs either)
-    trainer = SFTStageTrainer(model if grads else load_model(tiny_model), _config(tmp_path),
-                              train_dataset=SFTDataset(records), processing_class=processor)  # fmt: skip
+    trainer = SFTStageTrainer(
+        model if grads else load_model(tiny_model),
+        _config(tmp_path),
+        train_dataset=SFTDataset(records),
+        processing_class=processor,
+    )
     collate = SFTCollator(processor, train=False)
     packed = collate([records[:3], records[3:]])  # two rows of three samples, images in both
     rows = collate([[r] for r in records])  # the plain layout: one sample per row, padded
@@ -289,7 +355,9 @@ def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_pa
             sums_rows, _ = _per_sample(trainer, model, rows)
         sums_p, weighted_p = _per_sample(trainer, model, packed)
         loss_p = trainer.compute_loss(model, packed)
-        with torch.no_grad():  # the test can tell: packed rows with a plain causal mask (samples see each other)
+        with (
+            torch.no_grad()
+        ):  # the test can tell: packed rows with a plain causal mask (samples see each other)
             one_group = torch.where(packed["attn_group"] >= 0, 0, -1)
             leaky = dict(packed, attn_group=one_group, attn_prefix=one_group)
             sums_leaky, _ = _per_sample(trainer, model, leaky)
@@ -298,8 +366,9 @@ def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_pa
     sums_s, weighted_s, counts = [], [], []
     for record in records:
         one = collate([[record]])
-        logits = reference(input_ids=one["input_ids"], attention_mask=one["attention_mask"],
-                           pixel_values=one["pixel_values"]).logits[0, :-1]  # fmt: skip
+        logits = reference(
+            input_ids=one["input_ids"], attention_mask=one["attention_mask"], pixel_values=one["pixel_values"]
+        ).logits[0, :-1]
         labels = one["labels"][0, 1:]
         keep = labels != -100
         ce = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
@@ -336,12 +405,17 @@ def independent_step(model_dir, records_by_source: dict, groups: list[list[str]]
         numerator, denominator = 0.0, 0.0
         for source in group:
             one = collate([[records_by_source[source]]])
-            logits = model(input_ids=one["input_ids"], attention_mask=one["attention_mask"],
-                           pixel_values=one["pixel_values"]).logits[0, :-1]  # fmt: skip
+            logits = model(
+                input_ids=one["input_ids"],
+                attention_mask=one["attention_mask"],
+                pixel_values=one["pixel_values"],
+            ).logits[0, :-1]
             labels = one["labels"][0, 1:]
             keep = labels != -100
             x = int(keep.sum())
-            numerator = numerator + w(x) * torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum")
+            numerator = numerator + w(x) * torch.nn.functional.cross_entropy(
+                logits[keep], labels[keep], reduction="sum"
+            )
             denominator += w(x) * x
         model.zero_grad()
         numerator.backward()
@@ -351,12 +425,21 @@ def independent_step(model_dir, records_by_source: dict, groups: list[list[str]]
     total = sum(denominators)
     loss = sum(numerators) / total
     grads = {n: sum(g[n] for g in group_grads) / total for n in group_grads[0]}
-    wrong = {n: sum(g[n] / d for g, d in zip(group_grads, denominators, strict=True)) / len(groups) for n in grads}
+    wrong = {
+        n: sum(g[n] / d for g, d in zip(group_grads, denominators, strict=True)) / len(groups) for n in grads
+    }
     return loss, grads, wrong
 
 
-SGD_STEP = dict(max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", warmup_steps=0,
-                weight_decay=0.0, max_grad_norm=0.0)  # fmt: skip
+SGD_STEP = dict(
+    max_steps=1,
+    learning_rate=1.0,
+    optim="sgd",
+    lr_scheduler_type="constant",
+    warmup_steps=0,
+    weight_decay=0.0,
+    max_grad_norm=0.0,
+)
 
 
 def _flat(tensors: dict, names) -> torch.Tensor:
@@ -377,8 +460,15 @@ def _check_step(before: dict, after: dict, grads: dict, wrong: dict, lr: float =
 def test_loss_reduction_over_accumulation_matches_independent(tiny_model, processor, tmp_path, reduction):
     meta = write_sft(tmp_path / "d", SFT_ROWS * 2)
     records, _ = load_sft(meta, processor)
-    args = _config(tmp_path, loss_reduction=reduction, gradient_accumulation_steps=2, per_device_train_batch_size=1,
-                   max_packed_tokens=400, max_length=400, **SGD_STEP)  # fmt: skip
+    args = _config(
+        tmp_path,
+        loss_reduction=reduction,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=1,
+        max_packed_tokens=400,
+        max_length=400,
+        **SGD_STEP,
+    )
     data = SFTDataset(records, [[0, 2, 4], [1, 3, 5, 6, 7, 8, 9, 10, 11]])  # rows of unequal sizes
     model = load_model(tiny_model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -405,10 +495,20 @@ def test_loss_reduction_two_gloo_ranks_matches_independent(tiny_model, processor
     meta = write_sft(tmp_path / "d", SFT_ROWS * 2)
     out = tmp_path / "run"
     out.mkdir()
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), "tests/dist/sft_ranks.py",
-           str(tiny_model), str(meta), str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)  # fmt: skip
+    cmd = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "tests/dist/sft_ranks.py",
+        str(tiny_model),
+        str(meta),
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-4000:]
     r0, r1 = (json.loads((out / f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["world"] == r1["world"] == 2
@@ -416,11 +516,15 @@ def test_loss_reduction_two_gloo_ranks_matches_independent(tiny_model, processor
     ranks = [sum(r["sources"], []) for r in (r0, r1)]
     assert set(ranks[0]).isdisjoint(ranks[1])  # different data per rank
     records, _ = load_sft(meta, processor)
-    loss, grads, wrong = independent_step(tiny_model, {r["source"]: r for r in records}, ranks, processor, "square")
+    loss, grads, wrong = independent_step(
+        tiny_model, {r["source"]: r for r in records}, ranks, processor, "square"
+    )
     assert math.isclose(r0["loss"], loss, rel_tol=1e-4) and r0["loss"] == r1["loss"]
     before = dict(load_model(tiny_model).named_parameters())
     after = dict(load_model(out / "model").named_parameters())
-    _check_step({n: p.detach() for n, p in before.items()}, {n: p.detach() for n, p in after.items()}, grads, wrong)
+    _check_step(
+        {n: p.detach() for n, p in before.items()}, {n: p.detach() for n, p in after.items()}, grads, wrong
+    )
 
 
 # ----------------------------------------------------------------------------------- stages, resume
@@ -433,15 +537,41 @@ def _parts_changed(before: dict, after: dict) -> set[str]:
 
 def test_three_stages_train_exactly_their_parts(tiny_model, tmp_path):
     meta = write_sft(tmp_path / "d", SFT_ROWS * 2)
-    common = ["--meta_path", str(meta), "--max_steps", "2", "--warmup_steps", "0", "--learning_rate", "1e-2",
-              "--max_packed_tokens", "600", "--max_length", "600", "--logging_steps", "1"]  # fmt: skip
+    common = [
+        "--meta_path",
+        str(meta),
+        "--max_steps",
+        "2",
+        "--warmup_steps",
+        "0",
+        "--learning_rate",
+        "1e-2",
+        "--max_packed_tokens",
+        "600",
+        "--max_length",
+        "600",
+        "--logging_steps",
+        "1",
+    ]
     previous = tiny_model
     expected = {"1": {"projector"}, "1_5": {"vision", "projector"}, "2": {"vision", "projector", "llm"}}
     state = {k: v.clone() for k, v in load_model(tiny_model).state_dict().items()}
     for stage, parts in expected.items():
         out = tmp_path / f"stage{stage}"
-        assert sft_main(["--config", f"recipes/tiny/sft_stage{stage}.yaml", "--model_name_or_path", str(previous),
-                         "--output_dir", str(out), *common]) == 0  # fmt: skip
+        assert (
+            sft_main(
+                [
+                    "--config",
+                    f"recipes/tiny/sft_stage{stage}.yaml",
+                    "--model_name_or_path",
+                    str(previous),
+                    "--output_dir",
+                    str(out),
+                    *common,
+                ]
+            )
+            == 0
+        )
         new = load_model(out).state_dict()
         assert _parts_changed(state, new) == parts, stage
         assert (out / "preprocessor_config.json").is_file() or (out / "processor_config.json").is_file()
@@ -453,10 +583,23 @@ def test_resume_restores_weights(tiny_model, processor, sft_meta, tmp_path):
     records, _ = load_sft(sft_meta, processor)
 
     def run(out, resume=None):
-        args = _config(tmp_path, output_dir=str(out), max_steps=2, save_strategy="steps", save_steps=1,
-                       learning_rate=1e-2, warmup_steps=0, max_packed_tokens=400, max_length=400)  # fmt: skip
-        trainer = SFTStageTrainer(load_model(tiny_model), args, train_dataset=make_dataset(records, args),
-                                  processing_class=processor)  # fmt: skip
+        args = _config(
+            tmp_path,
+            output_dir=str(out),
+            max_steps=2,
+            save_strategy="steps",
+            save_steps=1,
+            learning_rate=1e-2,
+            warmup_steps=0,
+            max_packed_tokens=400,
+            max_length=400,
+        )
+        trainer = SFTStageTrainer(
+            load_model(tiny_model),
+            args,
+            train_dataset=make_dataset(records, args),
+            processing_class=processor,
+        )
         trainer.train(resume_from_checkpoint=resume)
         return dict(trainer.model.named_parameters())
 
@@ -472,9 +615,22 @@ def test_sft_stage_2_gets_the_vision_drop_path_of_its_recipe(tiny_model, sft_met
     two residual branches hooked, the last one dropping at the full rate in training mode only."""
     from mpo.sft import build_trainer, parse_sft_args
 
-    trainer = build_trainer(*parse_sft_args([
-        "--config", "recipes/tiny/sft_stage2.yaml", "--model_name_or_path", str(tiny_model), "--meta_path",
-        str(sft_meta), "--output_dir", str(tmp_path / "out"), "--vision_drop_path_rate", str(rate)]))  # fmt: skip
+    trainer = build_trainer(
+        *parse_sft_args(
+            [
+                "--config",
+                "recipes/tiny/sft_stage2.yaml",
+                "--model_name_or_path",
+                str(tiny_model),
+                "--meta_path",
+                str(sft_meta),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--vision_drop_path_rate",
+                str(rate),
+            ]
+        )
+    )
     layers = trainer.model.model.vision_tower.encoder.layer
     assert [len(layer.mlp._forward_hooks) for layer in layers] == [1 if rate else 0] * len(layers)
     last = layers[-1].mlp.train()

@@ -18,8 +18,15 @@ from mpo.models import convert
 from mpo.models.sizes import IMAGE_SIZE, INTERNLM2, PATCH_SIZE, SIZES, Size, original_config
 
 # Parameter counts of the published checkpoints (Hugging Face "Model size" of OpenGVLab/InternVL2_5-<N>B).
-PUBLISHED_PARAMS = {"1b": 0.938e9, "2b": 2.21e9, "4b": 3.71e9, "8b": 8.08e9, "26b": 25.5e9, "38b": 38.4e9,
-                    "78b": 78.4e9}  # fmt: skip
+PUBLISHED_PARAMS = {
+    "1b": 0.938e9,
+    "2b": 2.21e9,
+    "4b": 3.71e9,
+    "8b": 8.08e9,
+    "26b": 25.5e9,
+    "38b": 38.4e9,
+    "78b": 78.4e9,
+}
 IMAGE_TOKEN_ID = 7  # any id inside the vocabulary
 
 
@@ -50,10 +57,20 @@ def upstream_shapes(size: Size) -> dict[str, tuple[int, ...]]:
         shapes[p + "mlp.fc2.weight"], shapes[p + "mlp.fc2.bias"] = (d, ffn), (d,)
     unshuffled = d * int(1 / size.downsample_ratio) ** 2
     h, vocab = llm.hidden_size, llm.vocab_size
-    shapes |= {"mlp1.0.weight": (unshuffled,), "mlp1.0.bias": (unshuffled,), "mlp1.1.weight": (h, unshuffled),
-               "mlp1.1.bias": (h,), "mlp1.3.weight": (h, h), "mlp1.3.bias": (h,)}  # fmt: skip
+    shapes |= {
+        "mlp1.0.weight": (unshuffled,),
+        "mlp1.0.bias": (unshuffled,),
+        "mlp1.1.weight": (h, unshuffled),
+        "mlp1.1.bias": (h,),
+        "mlp1.3.weight": (h, h),
+        "mlp1.3.bias": (h,),
+    }
     head_dim = h // llm.num_attention_heads
-    q, kv, inter = llm.num_attention_heads * head_dim, llm.num_key_value_heads * head_dim, llm.intermediate_size
+    q, kv, inter = (
+        llm.num_attention_heads * head_dim,
+        llm.num_key_value_heads * head_dim,
+        llm.intermediate_size,
+    )
     if llm.architecture == INTERNLM2:
         shapes["language_model.model.tok_embeddings.weight"] = (vocab, h)
         for i in range(llm.num_hidden_layers):
@@ -70,7 +87,10 @@ def upstream_shapes(size: Size) -> dict[str, tuple[int, ...]]:
         for i in range(llm.num_hidden_layers):
             p = f"language_model.model.layers.{i}."
             for name, rows in (("q", q), ("k", kv), ("v", kv)):
-                shapes[f"{p}self_attn.{name}_proj.weight"], shapes[f"{p}self_attn.{name}_proj.bias"] = (rows, h), (rows,)
+                shapes[f"{p}self_attn.{name}_proj.weight"], shapes[f"{p}self_attn.{name}_proj.bias"] = (
+                    (rows, h),
+                    (rows,),
+                )
             shapes[p + "self_attn.o_proj.weight"] = (h, q)
             shapes[p + "mlp.gate_proj.weight"] = shapes[p + "mlp.up_proj.weight"] = (inter, h)
             shapes[p + "mlp.down_proj.weight"] = (h, inter)
@@ -84,7 +104,9 @@ def meta_tensors(shapes: dict[str, tuple[int, ...]]):
     return ((name, torch.empty(shape, device="meta")) for name, shape in shapes.items())
 
 
-def converted(shapes: dict[str, tuple[int, ...]], to: str, spec: convert.LLMSpec) -> dict[str, tuple[int, ...]]:
+def converted(
+    shapes: dict[str, tuple[int, ...]], to: str, spec: convert.LLMSpec
+) -> dict[str, tuple[int, ...]]:
     out = {}
     for name, tensor in convert.convert_tensors(meta_tensors(shapes), to, spec, "meta checkpoint"):
         assert tensor.is_meta, f"{name} was materialised"
@@ -107,7 +129,9 @@ def test_every_key_maps_at_full_shape_both_ways(key):
     size = SIZES[key]
     original = upstream_shapes(size)
     native, native_spec = native_model_shapes(size)
-    assert sum(torch.Size(s).numel() for s in original.values()) == pytest.approx(PUBLISHED_PARAMS[key], rel=5e-3)
+    assert sum(torch.Size(s).numel() for s in original.values()) == pytest.approx(
+        PUBLISHED_PARAMS[key], rel=5e-3
+    )
     original_spec = convert.llm_spec(original_config(size), size.name)
     assert native_spec == original_spec
     assert converted(original, "native", original_spec) == native
@@ -117,12 +141,21 @@ def test_every_key_maps_at_full_shape_both_ways(key):
 @pytest.mark.parametrize(
     ("key", "family", "rule_prefix", "unmapped"),
     [
-        ("78b", None, "vision_model.encoder.layers.{i}.attn.q_norm", "vision_model.encoder.layers.0.attn.q_norm.weight"),
-        ("8b", "internlm2", "language_model.model.layers.{i}.ffn_norm",
-         "language_model.model.layers.0.ffn_norm.weight"),
+        (
+            "78b",
+            None,
+            "vision_model.encoder.layers.{i}.attn.q_norm",
+            "vision_model.encoder.layers.0.attn.q_norm.weight",
+        ),
+        (
+            "8b",
+            "internlm2",
+            "language_model.model.layers.{i}.ffn_norm",
+            "language_model.model.layers.0.ffn_norm.weight",
+        ),
         ("1b", "qwen2", "language_model.lm_head", "language_model.lm_head.weight"),
     ],
-)  # fmt: skip
+)
 def test_a_deleted_rule_fails_naming_the_key(monkeypatch, key, family, rule_prefix, unmapped):
     def without(rules):
         kept = tuple(r for r in rules if not r.original.startswith(rule_prefix))
@@ -140,12 +173,14 @@ def test_a_deleted_rule_fails_naming_the_key(monkeypatch, key, family, rule_pref
 
 def test_table_matches_the_llm_families():
     """Each size's LLM family and vision tower, as the InternVL2.5 model card lists them."""
-    listed = {"1b": ("InternViT-300M-448px-V2_5", "Qwen2.5-0.5B-Instruct"),
-              "2b": ("InternViT-300M-448px-V2_5", "internlm2_5-1_8b-chat"),
-              "4b": ("InternViT-300M-448px-V2_5", "Qwen2.5-3B-Instruct"),
-              "8b": ("InternViT-300M-448px-V2_5", "internlm2_5-7b-chat"),
-              "26b": ("InternViT-6B-448px-V2_5", "internlm2_5-20b-chat"),
-              "38b": ("InternViT-6B-448px-V2_5", "Qwen2.5-32B-Instruct"),
-              "78b": ("InternViT-6B-448px-V2_5", "Qwen2.5-72B-Instruct")}  # fmt: skip
+    listed = {
+        "1b": ("InternViT-300M-448px-V2_5", "Qwen2.5-0.5B-Instruct"),
+        "2b": ("InternViT-300M-448px-V2_5", "internlm2_5-1_8b-chat"),
+        "4b": ("InternViT-300M-448px-V2_5", "Qwen2.5-3B-Instruct"),
+        "8b": ("InternViT-300M-448px-V2_5", "internlm2_5-7b-chat"),
+        "26b": ("InternViT-6B-448px-V2_5", "internlm2_5-20b-chat"),
+        "38b": ("InternViT-6B-448px-V2_5", "Qwen2.5-32B-Instruct"),
+        "78b": ("InternViT-6B-448px-V2_5", "Qwen2.5-72B-Instruct"),
+    }
     assert {k: (s.vision.name, s.llm.name) for k, s in SIZES.items()} == listed
     assert all(s.tokens_per_tile == 256 for s in SIZES.values())

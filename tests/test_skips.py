@@ -18,7 +18,10 @@ from mpo.data.sft_data import load_sft
 from mpo.errors import DataError, UserError
 from mpo.models.loading import load_model, load_processor
 
-ROWS = [{"image": f"{c}.png", "question": "Colour?", "chosen": c, "rejected": "grey"} for c in ("red", "green", "blue")]
+ROWS = [
+    {"image": f"{c}.png", "question": "Colour?", "chosen": c, "rejected": "grey"}
+    for c in ("red", "green", "blue")
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,9 @@ def test_a_file_that_breaks_after_loading_is_skipped_in_batches(processor, tmp_p
     batch = collate(records)
     assert int(batch["num_pairs"]) == 2  # red and blue
     expected = inner([records[0], records[2]])
-    assert batch["input_ids"].equal(expected["input_ids"]) and batch["pixel_values"].equal(expected["pixel_values"])
+    assert batch["input_ids"].equal(expected["input_ids"]) and batch["pixel_values"].equal(
+        expected["pixel_values"]
+    )
     # the skip travels in the batch (from a DataLoader worker too) and is counted where it is taken
     toy = str(tmp_path / "toy.jsonl")
     assert batch[DROPPED_SOURCES] == [f"{toy}:2"] and not bad.skipped
@@ -82,13 +87,22 @@ def test_mpo_reference_pass_skips_a_record_that_fails_to_decode(tiny_model, proc
     meta = write_mmpr(tmp_path / "d", ROWS * 2)
     data, bad = load_mmpr(meta, processor, on_bad_row="skip")
     truncate_png(tmp_path / "d" / "img" / "blue.png")  # rows 3 and 6
-    args = MPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=2, report_to=[],
-                     save_strategy="no", ref_cache_dir=str(tmp_path / "cache"), logging_steps=1,
-                     dataloader_num_workers=workers)  # fmt: skip
-    trainer = MPOTrainer(load_model(tiny_model), args=args, train_dataset=data, processing_class=processor,
-                         bad_rows=bad)  # fmt: skip
-    assert sorted(trainer.train_dataset["source"]) == sorted(s for s in data["source"] if "blue" not in s
-                                                             and not s.endswith((":3", ":6")))  # fmt: skip
+    args = MPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        max_steps=2,
+        report_to=[],
+        save_strategy="no",
+        ref_cache_dir=str(tmp_path / "cache"),
+        logging_steps=1,
+        dataloader_num_workers=workers,
+    )
+    trainer = MPOTrainer(
+        load_model(tiny_model), args=args, train_dataset=data, processing_class=processor, bad_rows=bad
+    )
+    assert sorted(trainer.train_dataset["source"]) == sorted(
+        s for s in data["source"] if "blue" not in s and not s.endswith((":3", ":6"))
+    )
     assert sorted(r["line"] for r in bad.skipped) == [3, 6]
     trainer.train()
     assert trainer.state.global_step == 2
@@ -99,14 +113,21 @@ def _long_mpo_row() -> dict:
 
 
 def _long_sft_row() -> dict:
-    return {"image": "red.png", "conversations": [{"from": "human", "value": "Colour?"},
-                                                  {"from": "gpt", "value": "red " * 300}]}  # fmt: skip
+    return {
+        "image": "red.png",
+        "conversations": [{"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "red " * 300}],
+    }
 
 
 def test_over_long_samples_follow_on_bad_row_in_sft_as_in_mpo(processor, tmp_path):
     mpo_meta = write_mmpr(tmp_path / "mpo", [ROWS[0], _long_mpo_row()])
-    sft_rows = [{"image": "red.png", "conversations": [{"from": "human", "value": "Colour?"},
-                                                       {"from": "gpt", "value": "red"}]}, _long_sft_row()]  # fmt: skip
+    sft_rows = [
+        {
+            "image": "red.png",
+            "conversations": [{"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "red"}],
+        },
+        _long_sft_row(),
+    ]
     sft_meta = write_mmpr(tmp_path / "sft", sft_rows, name="sft")
     for meta, load, name in ((mpo_meta, load_mmpr, "toy"), (sft_meta, load_sft, "sft")):
         with pytest.raises(DataError) as err:
@@ -121,8 +142,13 @@ def _cli_data(tmp_path: Path) -> tuple[Path, Path]:
     """MPO and SFT data with two missing images, one truncated image and one malformed line."""
     rows = [*ROWS, {**ROWS[0], "image": "gone1.png"}, {**ROWS[0], "image": "gone2.png"}]
     mpo_meta = write_mmpr(tmp_path / "mpo", rows)
-    sft_rows = [{"image": r["image"], "conversations": [{"from": "human", "value": "Colour?"},
-                                                        {"from": "gpt", "value": r["chosen"]}]} for r in rows]  # fmt: skip
+    sft_rows = [
+        {
+            "image": r["image"],
+            "conversations": [{"from": "human", "value": "Colour?"}, {"from": "gpt", "value": r["chosen"]}],
+        }
+        for r in rows
+    ]
     sft_meta = write_mmpr(tmp_path / "sft", sft_rows, name="sft")
     for root in (tmp_path / "mpo", tmp_path / "sft"):
         for gone in ("gone1.png", "gone2.png"):
@@ -134,8 +160,11 @@ def _cli_data(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _summary(out: str, prog: str) -> list[str]:
-    return [line for line in out.splitlines() if line.startswith(f"{prog}:") and "skipped" in line or
-            line.startswith(f"{prog}:   ")]  # fmt: skip
+    return [
+        line
+        for line in out.splitlines()
+        if line.startswith(f"{prog}:") and "skipped" in line or line.startswith(f"{prog}:   ")
+    ]
 
 
 def test_every_skip_run_prints_one_line_per_reason(tiny_model, tmp_path, capsys):
@@ -143,15 +172,53 @@ def test_every_skip_run_prints_one_line_per_reason(tiny_model, tmp_path, capsys)
     from mpo.train import main as train_main
 
     mpo_meta, sft_meta = _cli_data(tmp_path)
-    common = ["--model_name_or_path", str(tiny_model), "--max_steps", "1", "--on_bad_row", "skip",
-              "--per_device_train_batch_size", "1", "--report_to", "none"]  # fmt: skip
-    assert train_main(["--config", "recipes/tiny/mpo.yaml", *common, "--meta_path", str(mpo_meta),
-                       "--output_dir", str(tmp_path / "o1"), "--ref_cache_dir", str(tmp_path / "c")]) == 0  # fmt: skip
-    assert sft_main(["--config", "recipes/tiny/sft_stage1.yaml", *common, "--meta_path", str(sft_meta),
-                     "--output_dir", str(tmp_path / "o2")]) == 0  # fmt: skip
+    common = [
+        "--model_name_or_path",
+        str(tiny_model),
+        "--max_steps",
+        "1",
+        "--on_bad_row",
+        "skip",
+        "--per_device_train_batch_size",
+        "1",
+        "--report_to",
+        "none",
+    ]
+    assert (
+        train_main(
+            [
+                "--config",
+                "recipes/tiny/mpo.yaml",
+                *common,
+                "--meta_path",
+                str(mpo_meta),
+                "--output_dir",
+                str(tmp_path / "o1"),
+                "--ref_cache_dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        sft_main(
+            [
+                "--config",
+                "recipes/tiny/sft_stage1.yaml",
+                *common,
+                "--meta_path",
+                str(sft_meta),
+                "--output_dir",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    for prog, meta, report in (("mpo train", mpo_meta, tmp_path / "o1" / "skipped_rows_train.json"),
-                               ("mpo sft", sft_meta, tmp_path / "o2" / "sft_data_report_train.json")):  # fmt: skip
+    for prog, meta, report in (
+        ("mpo train", mpo_meta, tmp_path / "o1" / "skipped_rows_train.json"),
+        ("mpo sft", sft_meta, tmp_path / "o2" / "sft_data_report_train.json"),
+    ):
         ann = next(meta.parent.glob("*.jsonl"))
         lines = _summary(out, prog)
         assert lines[0] == f"{prog}: skipped 4 bad rows (every row in {report})", out
@@ -177,19 +244,26 @@ class _Echo:
 def test_build_pairs_reports_name_file_and_line_and_summarise_per_reason(tmp_path):
     from data_builders.build_pairs import build_parser, run, summary
 
-    rows = [{"id": f"q{k}", "image": r["image"], "question": "Colour?", "answer": r["chosen"]} for k, r in enumerate(ROWS)]
+    rows = [
+        {"id": f"q{k}", "image": r["image"], "question": "Colour?", "answer": r["chosen"]}
+        for k, r in enumerate(ROWS)
+    ]
     rows.append({"id": "q9", "image": "gone.png", "question": "Colour?", "answer": "red"})
     meta = write_mmpr(tmp_path / "d", rows, name="qa")
     (tmp_path / "d" / "img" / "gone.png").unlink()
     truncate_png(tmp_path / "d" / "img" / "green.png")
-    args = build_parser().parse_args(["dropout-ntp", "--model", "m", "--data", str(meta), "--out", str(tmp_path / "o")])
+    args = build_parser().parse_args(
+        ["dropout-ntp", "--model", "m", "--data", str(meta), "--out", str(tmp_path / "o")]
+    )
     report = run(args, backend=_Echo())
     ann = tmp_path / "d" / "qa.jsonl"
     assert [(e["file"], e["line"]) for e in report["bad_rows"]["examples"]] == [(str(ann), 2), (str(ann), 4)]
     lines = report["bad_rows"]["summary"]
     assert lines[0] == "mpo build-pairs: skipped 2 bad rows"
     assert sorted(line.split(" (first")[0] for line in lines[1:]) == [
-        "mpo build-pairs:   1 x image: corrupt image", "mpo build-pairs:   1 x image: missing image"]
+        "mpo build-pairs:   1 x image: corrupt image",
+        "mpo build-pairs:   1 x image: missing image",
+    ]
     assert f"{ann}:4: missing image" in " ".join(lines)
     markdown = (tmp_path / "o" / "report.md").read_text()
     assert "| key | file:line | reason |" in markdown and f"{ann}:4 |" in markdown
@@ -199,8 +273,13 @@ def test_build_pairs_reports_name_file_and_line_and_summarise_per_reason(tmp_pat
 def test_sft_packed_rows_lose_only_the_sample_that_fails_to_decode(processor, tmp_path):
     from mpo.data.sft_data import SFTCollator
 
-    rows = [{"image": r["image"], "conversations": [{"from": "human", "value": "Colour?"},
-                                                    {"from": "gpt", "value": r["chosen"]}]} for r in ROWS]  # fmt: skip
+    rows = [
+        {
+            "image": r["image"],
+            "conversations": [{"from": "human", "value": "Colour?"}, {"from": "gpt", "value": r["chosen"]}],
+        }
+        for r in ROWS
+    ]
     records, report = load_sft(write_mmpr(tmp_path, rows, name="sft"), processor, on_bad_row="skip")
     truncate_png(tmp_path / "img" / "green.png")
     inner = SFTCollator(processor, train=False)

@@ -397,7 +397,10 @@ def test_skills_subset(tmp_path, capsys):
     for rows, key in ((sft, "skill"), (qa, "skill"), (tsv, "category")):
         assert {r[key] for r in rows} == {"colour", "shape"}
     # weights as in the full task: colour 0.16 : shape 0.13 of the SFT records
-    assert Counter(r["skill"] for r in sft) == {"colour": round(60 * 16 / 29), "shape": 60 - round(60 * 16 / 29)}
+    assert Counter(r["skill"] for r in sft) == {
+        "colour": round(60 * 16 / 29),
+        "shape": 60 - round(60 * 16 / 29),
+    }
     for row in sft:
         images = [out / "images" / "sft" / p for p in image_list(row.get("image"))]
         core, _, options, _ = parse_prompt(row["conversations"][0]["value"])
@@ -420,14 +423,26 @@ def test_every_image_of_a_multi_image_item_belongs_to_its_split():
 def test_short_answers_on_one_tile(tmp_path, capsys):
     # the demo's task: open answers only (no option letters), every image a single 64 px tile
     out = tmp_path / "short"
-    args = ["synthetic", str(out), "--n", "40", "--skills", "colour,count,position", "--formats", "short",
-            "--max-tiles", "1"]  # fmt: skip
+    args = [
+        "synthetic",
+        str(out),
+        "--n",
+        "40",
+        "--skills",
+        "colour,count,position",
+        "--formats",
+        "short",
+        "--max-tiles",
+        "1",
+    ]
     assert cli_main(args) == 0
     sft = read_jsonl(out / "sft" / "train.jsonl")
     _, tsv = read_tsv(out / "eval" / "eval.tsv")
     assert {r["format"] for r in sft} == {"short"} and not any("choices" in r for r in sft)
     assert all(r[letter] == "" for r in tsv for letter in "ABCD")
-    assert all(r["answer"] in set(COLOURS) | set(synthetic.SHAPES) | {str(i) for i in range(1, 7)} for r in tsv)
+    assert all(
+        r["answer"] in set(COLOURS) | set(synthetic.SHAPES) | {str(i) for i in range(1, 7)} for r in tsv
+    )
     for split in ("sft", "qa", "eval"):
         for path in (out / "images" / split).glob("*.png"):
             with Image.open(path) as img:

@@ -21,14 +21,30 @@ from mpo.errors import UserError
 # core question -> 8 sampled CoT responses (fake backend); ground truths below
 SAMPLES = {
     # votes 3,3,4,-,4,3,4,4 -> N=1: 3 (wrong), N=2: 3, N=4: 3 (2 vs 1), N=8: 4 (4 vs 3)
-    "How many dots?": ["Final answer: 3", "I count three. Final answer: three.", "Final answer: 4", "no idea",
-                       "Final answer: 4", "Final answer: 3", "\\boxed{4}", "Final answer: 4"],
+    "How many dots?": [
+        "Final answer: 3",
+        "I count three. Final answer: three.",
+        "Final answer: 4",
+        "no idea",
+        "Final answer: 4",
+        "Final answer: 3",
+        "\\boxed{4}",
+        "Final answer: 4",
+    ],
     # unparsable first, then 2 votes B, 2 votes A -> tie at N=8 goes to B (voted first, at sample 2)
-    "Which colour?": ["hmm", "Final answer: (B)", "Final answer: A", "Final answer: B. blue", "Final answer: A",
-                      "nothing", "nothing", "nothing"],
+    "Which colour?": [
+        "hmm",
+        "Final answer: (B)",
+        "Final answer: A",
+        "Final answer: B. blue",
+        "Final answer: A",
+        "nothing",
+        "nothing",
+        "nothing",
+    ],
     # never parsable -> the first response stands, wrong and unparsable at every N
     "Is it raining?": ["maybe"] * 8,
-}  # fmt: skip
+}
 ROWS = [
     {"question": "How many dots?", "answer": "4"},
     {"question": "Which colour?", "answer": "B", "choices": {"A": "red", "B": "blue"}},
@@ -63,7 +79,12 @@ def test_majority_known_votes_ties_and_unparsable():
 
 def test_vote_keys_group_equal_answers():
     choices = {"A": "red", "B": "blue"}
-    assert vote_key("B", choices) == vote_key("(B)", choices) == vote_key("B. blue", choices) == vote_key("blue", choices)
+    assert (
+        vote_key("B", choices)
+        == vote_key("(B)", choices)
+        == vote_key("B. blue", choices)
+        == vote_key("blue", choices)
+    )
     assert vote_key("A", choices) != vote_key("B", choices)
     assert vote_key("three.", None) == vote_key("3", None) != vote_key("4", None)
     assert vote_key(None, None) is None and vote_key("...", None) is None
@@ -107,19 +128,37 @@ def test_best_of_n_with_fixed_scores(qa, tmp_path):
 
         def score(self, request, responses):
             self.calls.append(len(responses))
-            table = {"Final answer: 4": 2.0, "Final answer: A": 5.0, "Final answer: B. blue": 5.0, "maybe": 0.0}
+            table = {
+                "Final answer: 4": 2.0,
+                "Final answer: A": 5.0,
+                "Final answer: B. blue": 5.0,
+                "maybe": 0.0,
+            }
             return [table.get(r, 1.0) for r in responses]
 
     scorer = FixedScores()
-    res = evaluate("fake-model", [str(qa)], tmp_path / "bon", cot=True, backend=FakeBackend(SAMPLES), num_samples=8,
-                   aggregate="best-of-n", scorer=scorer)  # fmt: skip
+    res = evaluate(
+        "fake-model",
+        [str(qa)],
+        tmp_path / "bon",
+        cot=True,
+        backend=FakeBackend(SAMPLES),
+        num_samples=8,
+        aggregate="best-of-n",
+        scorer=scorer,
+    )
     recs = {r["question"]: r for r in lines(tmp_path / "bon" / "predictions.jsonl")}
     assert scorer.calls == [8, 8, 8]
     # dots: the first 2.0 is sample 2 ("Final answer: 4"); colour: A (sample 2) and "B. blue" (3) tie at 5.0,
     # and at N=2 "hmm" and "(B)" tie at 1.0 -> "hmm" (the earlier)
     assert recs["How many dots?"]["pick"] == 2 and recs["How many dots?"]["correct"]
     assert recs["Which colour?"]["pick"] == 2 and not recs["Which colour?"]["correct"]
-    assert {k: v["pick"] for k, v in recs["Which colour?"]["at_n"].items()} == {"1": 0, "2": 0, "4": 2, "8": 2}
+    assert {k: v["pick"] for k, v in recs["Which colour?"]["at_n"].items()} == {
+        "1": 0,
+        "2": 0,
+        "4": 2,
+        "8": 2,
+    }
     curve = {p["n"]: p["correct"] for p in res["test_time_scaling"]["curve"]}
     assert curve == {1: 0, 2: 0, 4: 1, 8: 1}
     assert res["scorer"] == "fixed"
@@ -127,23 +166,45 @@ def test_best_of_n_with_fixed_scores(qa, tmp_path):
 
 def test_sampled_run_resumes_without_resampling(qa, tmp_path):
     full_backend = FakeBackend(SAMPLES)
-    full = evaluate("fake-model", [str(qa)], tmp_path / "full", cot=True, backend=full_backend, num_samples=8,
-                    seed=5, batch_size=1)  # fmt: skip
+    full = evaluate(
+        "fake-model",
+        [str(qa)],
+        tmp_path / "full",
+        cot=True,
+        backend=full_backend,
+        num_samples=8,
+        seed=5,
+        batch_size=1,
+    )
     out = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="backend died"):
-        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES, fail_after=2), num_samples=8,
-                 seed=5, batch_size=1)  # fmt: skip
+        evaluate(
+            "fake-model",
+            [str(qa)],
+            out,
+            cot=True,
+            backend=FakeBackend(SAMPLES, fail_after=2),
+            num_samples=8,
+            seed=5,
+            batch_size=1,
+        )
     assert len(lines(out / "predictions.jsonl")) == 2
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"benchmark": "qa", "index": "2", "respo')  # torn line of the killed write
     second = FakeBackend(SAMPLES)
-    res = evaluate("fake-model", [str(qa)], out, cot=True, backend=second, num_samples=8, seed=5, batch_size=1)
-    assert [r.question for r in second.requests] == [full_backend.requests[2].question]  # only the missing item
+    res = evaluate(
+        "fake-model", [str(qa)], out, cot=True, backend=second, num_samples=8, seed=5, batch_size=1
+    )
+    assert [r.question for r in second.requests] == [
+        full_backend.requests[2].question
+    ]  # only the missing item
     assert second.requests[0].seed == full_backend.requests[2].seed  # seeded by the item, not its position
     recs = lines(out / "predictions.jsonl")
     assert len(recs) == 3 and len({(r["benchmark"], r["index"]) for r in recs}) == 3
     assert recs == lines(tmp_path / "full" / "predictions.jsonl")
-    assert {k: v for k, v in res.items() if k != "resumed"} == {k: v for k, v in full.items() if k != "resumed"}
+    assert {k: v for k, v in res.items() if k != "resumed"} == {
+        k: v for k, v in full.items() if k != "resumed"
+    }
     with pytest.raises(UserError, match=r"num_samples: 8 -> 4"):
         evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=4, seed=5)
     with pytest.raises(UserError, match=r"seed: 5 -> 6"):
@@ -157,7 +218,15 @@ def test_bad_flags_are_refused(qa, tmp_path):
     with pytest.raises(UserError, match="needs --reference"):
         evaluate("m", [str(qa)], tmp_path / "b", backend=backend, num_samples=4, aggregate="best-of-n")
     with pytest.raises(UserError, match="--scorer judge needs --judge-model"):
-        evaluate("m", [str(qa)], tmp_path / "c", backend=backend, num_samples=4, aggregate="best-of-n", scorer="judge")
+        evaluate(
+            "m",
+            [str(qa)],
+            tmp_path / "c",
+            backend=backend,
+            num_samples=4,
+            aggregate="best-of-n",
+            scorer="judge",
+        )
     with pytest.raises(UserError, match="--num-samples must be >= 1"):
         evaluate("m", [str(qa)], tmp_path / "d", backend=backend, num_samples=0)
 
@@ -180,13 +249,29 @@ def test_compare_shows_both_curves(qa, tmp_path):
 def test_n1_of_a_sampled_run_equals_plain_sampled_eval(tiny_model, tmp_path):
     (tmp_path / "red.png").parent.mkdir(exist_ok=True)
     Image.new("RGB", (64, 64), (220, 30, 30)).save(tmp_path / "red.png")
-    rows = [{"image": str(tmp_path / "red.png"), "question": "<image>\nWhat colour is it?", "answer": "red"},
-            {"question": "What is 2 + 2?", "answer": "4"},
-            {"image": str(tmp_path / "red.png"), "question": "<image>\nIs it red?", "answer": "yes"}]  # fmt: skip
+    rows = [
+        {"image": str(tmp_path / "red.png"), "question": "<image>\nWhat colour is it?", "answer": "red"},
+        {"question": "What is 2 + 2?", "answer": "4"},
+        {"image": str(tmp_path / "red.png"), "question": "<image>\nIs it red?", "answer": "yes"},
+    ]
     data = tmp_path / "tiny.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = ["eval", "--model", str(tiny_model), "--data", str(data), "--backend", "transformers", "--cot",
-              "--max-new-tokens", "6", "--temperature", "1.0", "--seed", "3"]  # fmt: skip
+    common = [
+        "eval",
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(data),
+        "--backend",
+        "transformers",
+        "--cot",
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "3",
+    ]
     assert cli_main([*common, "--num-samples", "4", "--batch-size", "2", "--out", str(tmp_path / "n4")]) == 0
     assert cli_main([*common, "--out", str(tmp_path / "n1")]) == 0
     assert cli_main([*common[:-1], "4", "--out", str(tmp_path / "seed4")]) == 0
@@ -207,13 +292,19 @@ def _independent_logp(model, processor, question: str, image: Path | None, respo
     n_tok = processor.image_seq_length
     pixel_values, body = None, question
     if image is not None:
-        out = processor.image_processor(images=[Image.open(image).convert("RGB")], crop_to_patches=True,
-                                        max_patches=6, return_tensors="pt")  # fmt: skip
+        out = processor.image_processor(
+            images=[Image.open(image).convert("RGB")],
+            crop_to_patches=True,
+            max_patches=6,
+            return_tensors="pt",
+        )
         pixel_values = out["pixel_values"]
         tiles = int(out["num_patches"][0])
         body = question.replace("<image>", "<img>" + "<IMG_CONTEXT>" * (n_tok * tiles) + "</img>", 1)
-    system = ("你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。")
-    prompt = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n"
+    system = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+    prompt = (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n"
+    )
     tok = processor.tokenizer
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tok(response + "<|im_end|>", add_special_tokens=False)["input_ids"]
@@ -242,10 +333,18 @@ def test_reward_scorer_matches_beta_logratio(tiny_model, perturbed_policy, tmp_p
     scorer = RewardScorer(policy, reference, processor, beta=0.5)
     responses = ["It is blue. Final answer: blue", "red", "Final answer: 3 or maybe 4, I am not sure"]
     for image, question in ((tmp_path / "blue.png", "<image>\nWhat colour?"), (None, "What is 1 + 2?")):
-        request = GenerationRequest(question=question, images=[str(image)] if image else [], max_dynamic_patch=6)
+        request = GenerationRequest(
+            question=question, images=[str(image)] if image else [], max_dynamic_patch=6
+        )
         got = scorer.score(request, responses)
-        want = [0.5 * (_independent_logp(policy, processor, question, image, r)
-                       - _independent_logp(reference, processor, question, image, r)) for r in responses]  # fmt: skip
+        want = [
+            0.5
+            * (
+                _independent_logp(policy, processor, question, image, r)
+                - _independent_logp(reference, processor, question, image, r)
+            )
+            for r in responses
+        ]
         assert got == pytest.approx(want, abs=2e-3)
         assert max(abs(w) for w in want) > 0.05  # the policy differs from the reference
 
@@ -254,8 +353,19 @@ def test_best_of_n_reward_through_eval(tiny_model, perturbed_policy, tmp_path):
     data = tmp_path / "t.jsonl"
     data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
     out = tmp_path / "bon"
-    res = evaluate(str(perturbed_policy), [str(data)], out, cot=True, backend="transformers", num_samples=4,
-                   temperature=1.0, max_new_tokens=6, aggregate="best-of-n", reference=str(tiny_model), beta=0.1)  # fmt: skip
+    res = evaluate(
+        str(perturbed_policy),
+        [str(data)],
+        out,
+        cot=True,
+        backend="transformers",
+        num_samples=4,
+        temperature=1.0,
+        max_new_tokens=6,
+        aggregate="best-of-n",
+        reference=str(tiny_model),
+        beta=0.1,
+    )
     [rec] = lines(out / "predictions.jsonl")
     assert len(rec["scores"]) == 4 and rec["pick"] == max(range(4), key=lambda i: (rec["scores"][i], -i))
     assert res["scorer"] == "reward" and res["reference"] == str(Path(tiny_model).resolve())
@@ -265,11 +375,27 @@ def test_demo_report_section_reads_both_curves(qa, tmp_path):
     from mpo.demo import scaling_section
 
     worse = {q: list(reversed(v)) for q, v in SAMPLES.items()}
-    evaluate("sft", [str(qa)], tmp_path / "eval" / "sft_majority", cot=True, backend=FakeBackend(worse), num_samples=8)
-    evaluate("mpo", [str(qa)], tmp_path / "eval" / "mpo_majority", cot=True, backend=FakeBackend(SAMPLES),
-             num_samples=8)  # fmt: skip
-    compare([tmp_path / "eval" / "sft_majority", tmp_path / "eval" / "mpo_majority"],
-            tmp_path / "eval" / "compare_majority", names=["SFT", "MPO"])  # fmt: skip
+    evaluate(
+        "sft",
+        [str(qa)],
+        tmp_path / "eval" / "sft_majority",
+        cot=True,
+        backend=FakeBackend(worse),
+        num_samples=8,
+    )
+    evaluate(
+        "mpo",
+        [str(qa)],
+        tmp_path / "eval" / "mpo_majority",
+        cot=True,
+        backend=FakeBackend(SAMPLES),
+        num_samples=8,
+    )
+    compare(
+        [tmp_path / "eval" / "sft_majority", tmp_path / "eval" / "mpo_majority"],
+        tmp_path / "eval" / "compare_majority",
+        names=["SFT", "MPO"],
+    )
     text = "\n".join(scaling_section(tmp_path))
     # SFT (reversed samples): dots 4 at N=1 (right), N=8 4:3 (right); colour never right -> 33.3 both.
     # MPO: 0.0 at N=1, 66.7 at N=8 (test_majority_accuracy_against_n).
@@ -286,7 +412,9 @@ def test_greedy_folders_from_before_sampling_still_resume(qa, tmp_path):
     for key in ("num_samples", "temperature", "seed", "aggregate", "scorer", "reference", "beta"):
         del run[key]  # run.json as written before these settings existed
     (out / "run.json").write_text(json.dumps(run))
-    again = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES, fail_after=0), seed=9)
+    again = evaluate(
+        "fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES, fail_after=0), seed=9
+    )
     assert again["resumed"] == 3 and again["overall"] == first["overall"]
     with pytest.raises(UserError, match=r"temperature: 0.0 -> 0.7"):
         evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=2)
@@ -301,13 +429,28 @@ def test_best_of_n_by_a_judge(qa, tmp_path):
 
         def generate(self, requests, params):
             self.prompts += requests
-            grade = {"Final answer: 4": "0.9", "Final answer: (B)": "Score: 0.8", "Final answer: A": "1.5 (too high)"}
-            return [[next((g for r, g in grade.items() if f"Response:\n{r}\n" in q.question), "no idea")]
-                    for q in requests]  # fmt: skip
+            grade = {
+                "Final answer: 4": "0.9",
+                "Final answer: (B)": "Score: 0.8",
+                "Final answer: A": "1.5 (too high)",
+            }
+            return [
+                [next((g for r, g in grade.items() if f"Response:\n{r}\n" in q.question), "no idea")]
+                for q in requests
+            ]
 
     judge = FakeJudge()
-    res = evaluate("fake-model", [str(qa)], tmp_path / "judge", cot=True, backend=FakeBackend(SAMPLES), num_samples=8,
-                   aggregate="best-of-n", scorer="judge", judge_backend=judge)  # fmt: skip
+    res = evaluate(
+        "fake-model",
+        [str(qa)],
+        tmp_path / "judge",
+        cot=True,
+        backend=FakeBackend(SAMPLES),
+        num_samples=8,
+        aggregate="best-of-n",
+        scorer="judge",
+        judge_backend=judge,
+    )
     recs = {r["question"]: r for r in lines(tmp_path / "judge" / "predictions.jsonl")}
     assert recs["How many dots?"]["scores"] == [0.0, 0.0, 0.9, 0.0, 0.9, 0.0, 0.0, 0.9]
     assert recs["Which colour?"]["scores"][:3] == [0.0, 0.8, 0.0]  # a grade outside [0, 1] grades 0

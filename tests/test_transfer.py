@@ -31,8 +31,16 @@ def tokenizer():
     return train_tokenizer()
 
 
-def build(out: Path, tokenizer, seed: int, *, text: dict | None = None, vision: dict | None = None,
-          shard: str | None = None, **top) -> Path:  # fmt: skip
+def build(
+    out: Path,
+    tokenizer,
+    seed: int,
+    *,
+    text: dict | None = None,
+    vision: dict | None = None,
+    shard: str | None = None,
+    **top,
+) -> Path:
     """A tiny native checkpoint (random weights from ``seed``), optionally sharded."""
     config = tiny_config(tokenizer, text=text, vision=vision)
     for key, value in top.items():

@@ -50,7 +50,12 @@ def _video_meta(root, rows, *, frames=(6, 6), name="toy"):
 @pytest.mark.parametrize("length", [20, 4])  # more frames than shown; fewer (the last one repeats)
 def test_mpo_video_file_row_shows_the_middle_frame_of_each_segment(processor, tmp_path, length):
     write_video(tmp_path / "d" / "img" / "clip.mp4", length)
-    row = {"video": "clip.mp4", "question": "<video>\nWhat happens?", "chosen": "a cat runs", "rejected": "nothing"}
+    row = {
+        "video": "clip.mp4",
+        "question": "<video>\nWhat happens?",
+        "chosen": "a cat runs",
+        "rejected": "nothing",
+    }
     data, _ = load_mmpr(_video_meta(tmp_path / "d", [row]), processor)
     record = data[0]
     expected = internvl_middle(6, length)
@@ -79,8 +84,13 @@ def test_frame_count_is_drawn_per_video_from_its_path(processor, tmp_path):
 
 def test_sft_training_draws_random_frames_within_segments_and_eval_uses_the_middle(processor, tmp_path):
     write_video(tmp_path / "d" / "img" / "clip.mp4", 24)
-    row = {"video": "clip.mp4", "conversations": [{"from": "human", "value": "<video>\nDescribe."},
-                                                  {"from": "gpt", "value": "Colours change."}]}  # fmt: skip
+    row = {
+        "video": "clip.mp4",
+        "conversations": [
+            {"from": "human", "value": "<video>\nDescribe."},
+            {"from": "gpt", "value": "Colours change."},
+        ],
+    }
     records, _ = load_sft(_video_meta(tmp_path / "d", [row], name="sft"), processor)
     record = records[0]
     segments = internvl_segments(6, 24)
@@ -112,27 +122,52 @@ def test_rand_falls_back_to_distinct_sorted_frames_when_a_segment_is_one_frame()
 def test_frame_list_rows_still_work_and_broken_videos_name_the_row(processor, tmp_path):
     (tmp_path / "d" / "img").mkdir(parents=True)
     (tmp_path / "d" / "img" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
-    rows = [{"video": ["red.png", "green.png"], "question": "q?", "chosen": "a", "rejected": "b"},
-            {"video": "broken.mp4", "question": "q?", "chosen": "a", "rejected": "b"}]  # fmt: skip
+    rows = [
+        {"video": ["red.png", "green.png"], "question": "q?", "chosen": "a", "rejected": "b"},
+        {"video": "broken.mp4", "question": "q?", "chosen": "a", "rejected": "b"},
+    ]
     meta = write_mmpr(tmp_path / "d", rows)
     with pytest.raises(DataError) as err:
         load_mmpr(meta, processor)
     assert str(err.value).startswith(f"{tmp_path / 'd' / 'toy.jsonl'}:2: video: corrupt video")
     data, bad = load_mmpr(meta, processor, on_bad_row="skip")
-    assert len(data) == 1 and data[0]["video_frames"] == [] and data[0]["question"].startswith("Frame1: <image>\n")
+    assert (
+        len(data) == 1
+        and data[0]["video_frames"] == []
+        and data[0]["question"].startswith("Frame1: <image>\n")
+    )
 
 
 def test_video_file_row_trains_a_few_mpo_steps(tiny_model, tmp_path, capsys):
     from mpo.train import main as train_main
 
     write_video(tmp_path / "d" / "img" / "clip.mp4", 16)
-    rows = [{"video": "clip.mp4", "question": "What colour?", "chosen": "red then more red", "rejected": "blue"},
-            {"image": "red.png", "question": "Colour?", "chosen": "red", "rejected": "green"}]  # fmt: skip
+    rows = [
+        {"video": "clip.mp4", "question": "What colour?", "chosen": "red then more red", "rejected": "blue"},
+        {"image": "red.png", "question": "Colour?", "chosen": "red", "rejected": "green"},
+    ]
     meta = _video_meta(tmp_path / "d", rows, frames=(3, 3))
     out = tmp_path / "out"
-    argv = ["--config", "recipes/tiny/mpo.yaml", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
-            "--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "1",
-            "--ref_cache_dir", str(tmp_path / "cache"), "--logging_steps", "1", "--save_strategy", "no"]  # fmt: skip
+    argv = [
+        "--config",
+        "recipes/tiny/mpo.yaml",
+        "--model_name_or_path",
+        str(tiny_model),
+        "--meta_path",
+        str(meta),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "1",
+        "--ref_cache_dir",
+        str(tmp_path / "cache"),
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+    ]
     assert train_main(argv) == 0
     state = json.loads((out / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]

@@ -54,16 +54,24 @@ def test_each_prompt_carries_its_tile_budget_and_the_engine_its_sizes(monkeypatc
         Image.new("RGB", (64, 48), (40 * i, 0, 0)).save(paths[-1])
     parser = argparse.ArgumentParser()
     add_vllm_arguments(parser)
-    args = parser.parse_args(["--tensor-parallel-size", "8", "--data-parallel-size", "2", "--max-images-per-prompt", "16"])
-    backend = VLLMBackend(str(tiny_model), max_dynamic_patch=6, **vllm_options(args))  # its family: the config's
+    args = parser.parse_args(
+        ["--tensor-parallel-size", "8", "--data-parallel-size", "2", "--max-images-per-prompt", "16"]
+    )
+    backend = VLLMBackend(
+        str(tiny_model), max_dynamic_patch=6, **vllm_options(args)
+    )  # its family: the config's
     engine = backend.llm.kwargs
     assert engine["model"] == str(tiny_model) and engine["tensor_parallel_size"] == 8
     assert engine["data_parallel_size"] == 2 and engine["limit_mm_per_prompt"] == {"image": 16}
     assert engine["mm_processor_kwargs"] == {"crop_to_patches": True, "max_patches": 6}
 
     requests = [
-        GenerationRequest("<image>\nWhat colour?", [paths[0]], max_dynamic_patch=12),  # 12 tiles for one image
-        GenerationRequest("<image><image><image>\nCompare.", paths, max_dynamic_patch=12, seed=7),  # 12 // 3 = 4 each
+        GenerationRequest(
+            "<image>\nWhat colour?", [paths[0]], max_dynamic_patch=12
+        ),  # 12 tiles for one image
+        GenerationRequest(
+            "<image><image><image>\nCompare.", paths, max_dynamic_patch=12, seed=7
+        ),  # 12 // 3 = 4 each
         GenerationRequest("<image>\nSmall budget.", [paths[1]], max_dynamic_patch=1),  # one tile: no cropping
         GenerationRequest("What is 2 + 2?"),  # text only
     ]

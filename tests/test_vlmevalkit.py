@@ -70,7 +70,19 @@ def run(tmp_path: Path, name: str, columns: list[str], rows: list[dict], respons
 # ----------------------------------------------------------------------------------------- MMBench
 
 
-MMB_COLUMNS = ["index", "question", "hint", "A", "B", "C", "answer", "category", "image", "l2-category", "split"]
+MMB_COLUMNS = [
+    "index",
+    "question",
+    "hint",
+    "A",
+    "B",
+    "C",
+    "answer",
+    "category",
+    "image",
+    "l2-category",
+    "split",
+]
 MMB_ITEMS = [  # question, options (in the main row's order), answer text, category
     ("Which animal is shown?", ["cat", "dog", "bird"], "cat", "coarse_perception"),
     ("Which colour dominates?", ["red", "green", "blue"], "red", "coarse_perception"),
@@ -85,9 +97,19 @@ def mmbench_rows() -> list[dict]:
     for k in range(3):
         for i, (question, options, answer, category) in enumerate(MMB_ITEMS):
             rotated = options[k:] + options[:k]
-            rows.append({"index": k * 1_000_000 + i, "question": question, "hint": "", **dict(zip("ABC", rotated, strict=True)),
-                         "answer": "ABC"[rotated.index(answer)], "category": category,
-                         "image": b64("red") if k == 0 else str(i), "l2-category": "x", "split": "dev"})  # fmt: skip
+            rows.append(
+                {
+                    "index": k * 1_000_000 + i,
+                    "question": question,
+                    "hint": "",
+                    **dict(zip("ABC", rotated, strict=True)),
+                    "answer": "ABC"[rotated.index(answer)],
+                    "category": category,
+                    "image": b64("red") if k == 0 else str(i),
+                    "l2-category": "x",
+                    "split": "dev",
+                }
+            )
     return rows
 
 
@@ -118,7 +140,10 @@ def test_mmbench_is_scored_circularly(tmp_path):
     assert mmb["categories"]["coarse_perception"]["correct"] == 1  # item 1 (coarse) failed
     # the copies reuse the main row's image (index reference), one prompt per row
     assert len(model.prompts) == 9
-    assert "circular evaluation, 3 items from 9 rows" in (tmp_path / "out-MMBench_DEV_EN" / "results.md").read_text()
+    assert (
+        "circular evaluation, 3 items from 9 rows"
+        in (tmp_path / "out-MMBench_DEV_EN" / "results.md").read_text()
+    )
 
 
 # ------------------------------------------------------------------------------------------ MMStar
@@ -127,13 +152,29 @@ def test_mmbench_is_scored_circularly(tmp_path):
 def test_mmstar_shows_its_options_once(tmp_path):
     columns = ["index", "question", "answer", "category", "l2_category", "A", "B", "C", "D", "image"]
     rows = [
-        {"index": 0, "question": "What is on the table?\nOptions: A: a cup, B: a book, C: a lamp, D: a pen",
-         "A": "a cup", "B": "a book", "C": "a lamp", "D": "a pen", "answer": "B", "category": "fine-grained perception",
-         "image": b64("red")},
-        {"index": 1, "question": "Which season is it?\nOptions: A: spring, B: summer, C: autumn, D: winter",
-         "A": "spring", "B": "summer", "C": "autumn", "D": "winter", "answer": "D", "category": "logical reasoning",
-         "image": b64("blue")},
-    ]  # fmt: skip
+        {
+            "index": 0,
+            "question": "What is on the table?\nOptions: A: a cup, B: a book, C: a lamp, D: a pen",
+            "A": "a cup",
+            "B": "a book",
+            "C": "a lamp",
+            "D": "a pen",
+            "answer": "B",
+            "category": "fine-grained perception",
+            "image": b64("red"),
+        },
+        {
+            "index": 1,
+            "question": "Which season is it?\nOptions: A: spring, B: summer, C: autumn, D: winter",
+            "A": "spring",
+            "B": "summer",
+            "C": "autumn",
+            "D": "winter",
+            "answer": "D",
+            "category": "logical reasoning",
+            "image": b64("blue"),
+        },
+    ]
     responses = {"What is on the table?": "B", "Which season is it?": "The answer is A"}
     res, star, model = run(tmp_path, "MMStar", columns, rows, responses)
     for prompt, row in zip(model.prompts, rows, strict=True):
@@ -151,15 +192,51 @@ def test_mmstar_shows_its_options_once(tmp_path):
 def test_ai2d_multiple_choice(tmp_path):
     columns = ["index", "question", "A", "B", "C", "D", "answer", "category", "image"]
     rows = [
-        {"index": 0, "question": "Which stage comes first?", "A": "egg", "B": "larva", "C": "pupa", "D": "adult",
-         "answer": "A", "category": "lifeCycles", "image": b64("green")},
-        {"index": 1, "question": "What eats the grass?", "A": "hawk", "B": "rabbit", "C": "snake", "D": "sun",
-         "answer": "B", "category": "foodChainsWebs", "image": b64("green")},
-        {"index": 2, "question": "Which part is the root?", "A": "top", "B": "middle", "C": "bottom", "D": "leaf",
-         "answer": "C", "category": "partsOfA", "image": b64("green")},
-        {"index": 3, "question": "What is the label of the moon?", "A": "E", "B": "F", "C": "G", "D": "H",
-         "answer": "D", "category": "moonPhaseEquinox", "image": b64("grey")},
-    ]  # fmt: skip
+        {
+            "index": 0,
+            "question": "Which stage comes first?",
+            "A": "egg",
+            "B": "larva",
+            "C": "pupa",
+            "D": "adult",
+            "answer": "A",
+            "category": "lifeCycles",
+            "image": b64("green"),
+        },
+        {
+            "index": 1,
+            "question": "What eats the grass?",
+            "A": "hawk",
+            "B": "rabbit",
+            "C": "snake",
+            "D": "sun",
+            "answer": "B",
+            "category": "foodChainsWebs",
+            "image": b64("green"),
+        },
+        {
+            "index": 2,
+            "question": "Which part is the root?",
+            "A": "top",
+            "B": "middle",
+            "C": "bottom",
+            "D": "leaf",
+            "answer": "C",
+            "category": "partsOfA",
+            "image": b64("green"),
+        },
+        {
+            "index": 3,
+            "question": "What is the label of the moon?",
+            "A": "E",
+            "B": "F",
+            "C": "G",
+            "D": "H",
+            "answer": "D",
+            "category": "moonPhaseEquinox",
+            "image": b64("grey"),
+        },
+    ]
     responses = {
         "Which stage comes first?": "egg",  # no letter; "egg" is one option's text in a short reply -> A: hit
         "What eats the grass?": "I think it is B because rabbits eat grass",  # B is not among the last 5 words
@@ -170,32 +247,87 @@ def test_ai2d_multiple_choice(tmp_path):
     res, ai2d, _ = run(tmp_path, "AI2D_TEST", columns, rows, responses)
     assert (ai2d["correct"], ai2d["total"]) == (3, 4)
     assert {k: v["correct"] for k, v in ai2d["categories"].items()} == {
-        "foodChainsWebs": 0, "lifeCycles": 1, "moonPhaseEquinox": 1, "partsOfA": 1}  # fmt: skip
+        "foodChainsWebs": 0,
+        "lifeCycles": 1,
+        "moonPhaseEquinox": 1,
+        "partsOfA": 1,
+    }
 
 
 # -------------------------------------------------------------------------------------------- MMMU
 
 
-MMMU_COLUMNS = ["index", "question", "A", "B", "C", "D", "answer", "category", "image", "image_path", "split",
-                "question_type", "id"]  # fmt: skip
+MMMU_COLUMNS = [
+    "index",
+    "question",
+    "A",
+    "B",
+    "C",
+    "D",
+    "answer",
+    "category",
+    "image",
+    "image_path",
+    "split",
+    "question_type",
+    "id",
+]
 
 
 def mmmu_rows() -> list[dict]:
     two = [b64("red"), b64("blue")]
     return [
-        {"index": 1, "question": "Compare <image 1> and <image 2>. Which one is red?", "A": "<image 1>",
-         "B": "<image 2>", "answer": "A", "category": "Art", "image": repr(two), "image_path": repr(["1_1.png", "1_2.png"]),
-         "split": "validation", "question_type": "multiple-choice", "id": "validation_Art_1"},
-        {"index": 2, "question": "<image 1> How many sides does the shape have?", "answer": "5", "category": "Math",
-         "image": b64("green"), "image_path": "2.png", "split": "validation", "question_type": "open",
-         "id": "validation_Math_2"},
-        {"index": 3, "question": "<image 1> What is the area in square metres?", "answer": "5", "category": "Math",
-         "image": b64("grey"), "image_path": "3.png", "split": "validation", "question_type": "open",
-         "id": "validation_Math_3"},
-        {"index": 4, "question": "<image 1> What is the boiling point of water in Celsius?", "A": "50", "B": "100",
-         "C": "150", "D": "200", "answer": "B", "category": "Chemistry", "image": b64("grey"), "image_path": "4.png",
-         "split": "validation", "question_type": "multiple-choice", "id": "validation_Chemistry_4"},
-    ]  # fmt: skip
+        {
+            "index": 1,
+            "question": "Compare <image 1> and <image 2>. Which one is red?",
+            "A": "<image 1>",
+            "B": "<image 2>",
+            "answer": "A",
+            "category": "Art",
+            "image": repr(two),
+            "image_path": repr(["1_1.png", "1_2.png"]),
+            "split": "validation",
+            "question_type": "multiple-choice",
+            "id": "validation_Art_1",
+        },
+        {
+            "index": 2,
+            "question": "<image 1> How many sides does the shape have?",
+            "answer": "5",
+            "category": "Math",
+            "image": b64("green"),
+            "image_path": "2.png",
+            "split": "validation",
+            "question_type": "open",
+            "id": "validation_Math_2",
+        },
+        {
+            "index": 3,
+            "question": "<image 1> What is the area in square metres?",
+            "answer": "5",
+            "category": "Math",
+            "image": b64("grey"),
+            "image_path": "3.png",
+            "split": "validation",
+            "question_type": "open",
+            "id": "validation_Math_3",
+        },
+        {
+            "index": 4,
+            "question": "<image 1> What is the boiling point of water in Celsius?",
+            "A": "50",
+            "B": "100",
+            "C": "150",
+            "D": "200",
+            "answer": "B",
+            "category": "Chemistry",
+            "image": b64("grey"),
+            "image_path": "4.png",
+            "split": "validation",
+            "question_type": "multiple-choice",
+            "id": "validation_Chemistry_4",
+        },
+    ]
 
 
 def test_mmmu_multi_image_list_literals_and_open_questions(tmp_path):
@@ -211,7 +343,10 @@ def test_mmmu_multi_image_list_literals_and_open_questions(tmp_path):
     assert (mmmu["correct"], mmmu["total"]) == (3, 4)
     first = next(p for p in model.prompts if "Which one is red?" in p)
     # two images: one "Image-k: <image>" line each, first; the question keeps its <image k> references
-    assert first.startswith("Image-1: <image>\nImage-2: <image>\n") and "Compare <image 1> and <image 2>" in first
+    assert (
+        first.startswith("Image-1: <image>\nImage-2: <image>\n")
+        and "Compare <image 1> and <image 2>" in first
+    )
     open_prompt = next(p for p in model.prompts if "How many sides" in p)
     assert open_prompt.endswith("Answer the question directly.")
 
@@ -231,7 +366,9 @@ def test_mmmu_image_paths_as_list_literals(tmp_path):
 def test_mmmu_reference_to_a_missing_image_is_a_bad_row(tmp_path):
     row = dict(mmmu_rows()[1], question="<image 2> How many sides does the shape have?")
     tsv = write_tsv(tmp_path / "MMMU_DEV_VAL.tsv", [row], MMMU_COLUMNS)
-    with pytest.raises(DataError, match=r"MMMU_DEV_VAL.tsv:2: question: mentions <image 2> but the row has 1 image"):
+    with pytest.raises(
+        DataError, match=r"MMMU_DEV_VAL.tsv:2: question: mentions <image 2> but the row has 1 image"
+    ):
         load_benchmarks([str(tsv)], tmp_path / "images")
 
 
@@ -252,11 +389,27 @@ def test_hallusionbench_yes_no_with_figure_and_question_accuracy(tmp_path):
     rows, responses = [], {}
     for n, (s, fig, q, answer, response) in enumerate(spec):
         question = f"Question {n}: is the bar for {s}-{fig}-{q} the tallest?"
-        rows.append({"index": f"VS_chart_{n}_{s}_{fig}_{q}", "category": "VS", "l2-category": "chart",
-                     "question": question, "answer": answer, "image": b64("grey")})  # fmt: skip
+        rows.append(
+            {
+                "index": f"VS_chart_{n}_{s}_{fig}_{q}",
+                "category": "VS",
+                "l2-category": "chart",
+                "question": question,
+                "answer": answer,
+                "image": b64("grey"),
+            }
+        )
         responses[question] = response
-    rows.append({"index": "VS_chart_9_2_0_0", "category": "VS", "l2-category": "chart",
-                 "question": "Question 9: no figure here?", "answer": "Yes", "image": ""})  # fmt: skip
+    rows.append(
+        {
+            "index": "VS_chart_9_2_0_0",
+            "category": "VS",
+            "l2-category": "chart",
+            "question": "Question 9: no figure here?",
+            "answer": "Yes",
+            "image": "",
+        }
+    )
     res, hb, model = run(tmp_path, "HallusionBench", columns, rows, responses)
 
     # VLMEvalKit: the row without an image is dropped; YOrN_Extraction: "yes" among the words and
@@ -271,8 +424,9 @@ def test_hallusionbench_yes_no_with_figure_and_question_accuracy(tmp_path):
     q_acc = 100 * sum(all(v) for v in by_question.values()) / len(by_question)
     assert (a_acc, f_acc, q_acc) == pytest.approx((400 / 6, 200 / 4, 100 / 3))
     assert (hb["correct"], hb["total"]) == (4, 6)
-    assert hb["metrics"] == pytest.approx({"aAcc": a_acc, "fAcc": f_acc, "qAcc": q_acc,
-                                           "overall": (a_acc + f_acc + q_acc) / 3})  # fmt: skip
+    assert hb["metrics"] == pytest.approx(
+        {"aAcc": a_acc, "fAcc": f_acc, "qAcc": q_acc, "overall": (a_acc + f_acc + q_acc) / 3}
+    )
     assert res["data"][0]["dropped_no_image"] == 1 and len(model.prompts) == 6
     assert all(p.endswith("Please answer yes or no. " + SHORT_INSTRUCTION) for p in model.prompts)
 
@@ -285,14 +439,22 @@ def test_ocrbench_accepts_any_listed_answer(tmp_path):
     hme = "Handwritten Mathematical Expression Recognition"
     spec = [  # question, answer cell, category, response, VLMEvalKit hit
         ("What is the price?", "['1,000', '1000']", "Key Information Extraction", "1000", True),  # 2nd answer
-        ("What does the sign say?", "['hello']", "Regular Text Recognition", "It says HELLO world", True),  # substring
+        (
+            "What does the sign say?",
+            "['hello']",
+            "Regular Text Recognition",
+            "It says HELLO world",
+            True,
+        ),  # substring
         ("What is the total?", "['42.50', '$42.50']", "Doc-oriented VQA", "42.5", False),
         ("Recognise the formula.", "['x^2 + 1']", hme, "$x^2 + 1$", True),  # spaces dropped, substring
         ("Recognise this formula.", "['x^2 + 1']", hme, "X^2+1", False),  # case counts for formulas
         ("Which street is it?", "['Main St']", "Scene Text-centric VQA", "main st.", True),
     ]
-    rows = [{"index": i, "image": b64("grey"), "question": q, "answer": a, "category": c}
-            for i, (q, a, c, _, _) in enumerate(spec)]  # fmt: skip
+    rows = [
+        {"index": i, "image": b64("grey"), "question": q, "answer": a, "category": c}
+        for i, (q, a, c, _, _) in enumerate(spec)
+    ]
     res, ocr, model = run(tmp_path, "OCRBench", columns, rows, {q: r for q, _, _, r, _ in spec})
     expected = [hit for *_, hit in spec]
     assert (ocr["correct"], ocr["total"]) == (sum(expected), len(expected))
@@ -303,31 +465,90 @@ def test_ocrbench_accepts_any_listed_answer(tmp_path):
 # --------------------------------------------------------------------------------------- MathVista
 
 
-MATHVISTA_COLUMNS = ["index", "image", "question", "answer", "question_type", "answer_type", "choices",
-                     "precision", "unit", "answer_option", "task", "skills", "category"]  # fmt: skip
-MC_HINT = "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
-INT_HINT = ("Hint: Please answer the question requiring an integer answer and provide the final value, "
-            "e.g., 1, 2, 3, at the end.")  # fmt: skip
-FLOAT_HINT = ("Hint: Please answer the question requiring a floating-point number with two decimal places and "
-              "provide the final value, e.g., 1.23, 1.34, 1.45, at the end.")  # fmt: skip
+MATHVISTA_COLUMNS = [
+    "index",
+    "image",
+    "question",
+    "answer",
+    "question_type",
+    "answer_type",
+    "choices",
+    "precision",
+    "unit",
+    "answer_option",
+    "task",
+    "skills",
+    "category",
+]
+MC_HINT = (
+    "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
+)
+INT_HINT = (
+    "Hint: Please answer the question requiring an integer answer and provide the final value, "
+    "e.g., 1, 2, 3, at the end."
+)
+FLOAT_HINT = (
+    "Hint: Please answer the question requiring a floating-point number with two decimal places and "
+    "provide the final value, e.g., 1.23, 1.34, 1.45, at the end."
+)
 
 
 def mathvista_rows() -> list[dict]:
-    common = {"image": b64("grey"), "unit": "", "task": "figure question answering", "skills": "['arithmetic']"}
+    common = {
+        "image": b64("grey"),
+        "unit": "",
+        "task": "figure question answering",
+        "skills": "['arithmetic']",
+    }
     return [
-        {**common, "index": 1, "question": f"{MC_HINT}\nQuestion: What fraction of the shape is blue?\n"
-         "Choices:\n(A) 3/11\n(B) 8/11\n(C) 6/11\n(D) 3/5", "answer": "8/11", "question_type": "multi_choice",
-         "answer_type": "text", "choices": "['3/11', '8/11', '6/11', '3/5']", "answer_option": "B"},
-        {**common, "index": 2, "question": f"{MC_HINT}\nQuestion: Which bar is the tallest?\nChoices:\n(A) red\n"
-         "(B) green\n(C) blue", "answer": "blue", "question_type": "multi_choice", "answer_type": "text",
-         "choices": "['red', 'green', 'blue']", "answer_option": "C"},
-        {**common, "index": 3, "question": f"{INT_HINT}\nQuestion: Which number is missing?", "answer": "14",
-         "question_type": "free_form", "answer_type": "integer"},
-        {**common, "index": 4, "question": f"{INT_HINT}\nQuestion: How many cubes are there?", "answer": "7",
-         "question_type": "free_form", "answer_type": "integer"},
-        {**common, "index": 5, "question": f"{FLOAT_HINT}\nQuestion: How much does the candy cost? (Unit: $)",
-         "answer": "1.45", "question_type": "free_form", "answer_type": "float", "precision": "2.0"},
-    ]  # fmt: skip
+        {
+            **common,
+            "index": 1,
+            "question": f"{MC_HINT}\nQuestion: What fraction of the shape is blue?\n"
+            "Choices:\n(A) 3/11\n(B) 8/11\n(C) 6/11\n(D) 3/5",
+            "answer": "8/11",
+            "question_type": "multi_choice",
+            "answer_type": "text",
+            "choices": "['3/11', '8/11', '6/11', '3/5']",
+            "answer_option": "B",
+        },
+        {
+            **common,
+            "index": 2,
+            "question": f"{MC_HINT}\nQuestion: Which bar is the tallest?\nChoices:\n(A) red\n"
+            "(B) green\n(C) blue",
+            "answer": "blue",
+            "question_type": "multi_choice",
+            "answer_type": "text",
+            "choices": "['red', 'green', 'blue']",
+            "answer_option": "C",
+        },
+        {
+            **common,
+            "index": 3,
+            "question": f"{INT_HINT}\nQuestion: Which number is missing?",
+            "answer": "14",
+            "question_type": "free_form",
+            "answer_type": "integer",
+        },
+        {
+            **common,
+            "index": 4,
+            "question": f"{INT_HINT}\nQuestion: How many cubes are there?",
+            "answer": "7",
+            "question_type": "free_form",
+            "answer_type": "integer",
+        },
+        {
+            **common,
+            "index": 5,
+            "question": f"{FLOAT_HINT}\nQuestion: How much does the candy cost? (Unit: $)",
+            "answer": "1.45",
+            "question_type": "free_form",
+            "answer_type": "float",
+            "precision": "2.0",
+        },
+    ]
 
 
 MATHVISTA_RESPONSES = {
@@ -343,7 +564,10 @@ MATHVISTA_RESPONSES = {
 def test_mathvista_multiple_choice_gold_is_the_letter(tmp_path):
     res, mv, model = run(tmp_path, "MathVista_MINI", MATHVISTA_COLUMNS, mathvista_rows(), MATHVISTA_RESPONSES)
     assert (mv["correct"], mv["total"]) == (3, 5)
-    recs = [json.loads(x) for x in (tmp_path / "out-MathVista_MINI" / "predictions.jsonl").read_text().splitlines()]
+    recs = [
+        json.loads(x)
+        for x in (tmp_path / "out-MathVista_MINI" / "predictions.jsonl").read_text().splitlines()
+    ]
     assert [r["answer"] for r in recs[:2]] == ["B", "C"]  # the option letter, not "8/11"
     mc = next(p for p in model.prompts if "What fraction" in p)
     assert mc.endswith(MC_INSTRUCTION) and SHORT_INSTRUCTION not in mc
@@ -378,8 +602,14 @@ class Judge:
 
 def test_mathvista_judge_is_opt_in_and_reported_separately(tmp_path):
     judge = Judge({"There are 7 cubes.": "7", "The tallest bar is the red one.": "A"})
-    res, mv, _ = run(tmp_path, "MathVista_MINI", MATHVISTA_COLUMNS, mathvista_rows(), MATHVISTA_RESPONSES,
-                     judge_backend=judge)  # fmt: skip
+    res, mv, _ = run(
+        tmp_path,
+        "MathVista_MINI",
+        MATHVISTA_COLUMNS,
+        mathvista_rows(),
+        MATHVISTA_RESPONSES,
+        judge_backend=judge,
+    )
     # VLMEvalKit: responses right by exact match are not sent to the judge ("prefetch"); the two others
     # are, and the judge's extraction is checked by the same rule: int("7") == 7 (hit); "A" names
     # option A, the answer is C (miss). Judged: 3 + 1 of 5.
@@ -389,8 +619,13 @@ def test_mathvista_judge_is_opt_in_and_reported_separately(tmp_path):
     assert res["judge_model"] == "fake-judge"
     # a rerun judges nothing again
     again = Judge({})
-    evaluate("fake-model", [str(tmp_path / "MathVista_MINI.tsv")], tmp_path / "out-MathVista_MINI",
-             backend=Model(MATHVISTA_RESPONSES), judge_backend=again)  # fmt: skip
+    evaluate(
+        "fake-model",
+        [str(tmp_path / "MathVista_MINI.tsv")],
+        tmp_path / "out-MathVista_MINI",
+        backend=Model(MATHVISTA_RESPONSES),
+        judge_backend=again,
+    )
     assert again.prompts == []
 
 
@@ -403,10 +638,17 @@ def test_mmvet_exact_match_and_judged_grade(tmp_path):
         ("What is x in the equation?", "-1 <AND> -5", "x = -1 or x = -5", "1.0"),
         ("What is written on the sign?", "stop <OR> stop sign", "Stop", "1.0"),
         ("What colour is the car?", "red", "It is blue.", "0.0"),
-        ("Explain the joke.", "The cat is pretending to be a loaf of bread.", "A cat looks like bread.", "0.6"),
+        (
+            "Explain the joke.",
+            "The cat is pretending to be a loaf of bread.",
+            "A cat looks like bread.",
+            "0.6",
+        ),
     ]
-    rows = [{"index": f"v{i}", "image": b64("grey"), "question": q, "answer": a, "category": "rec,ocr"}
-            for i, (q, a, _, _) in enumerate(spec)]  # fmt: skip
+    rows = [
+        {"index": f"v{i}", "image": b64("grey"), "question": q, "answer": a, "category": "rec,ocr"}
+        for i, (q, a, _, _) in enumerate(spec)
+    ]
     judge = Judge({r: g for *_, r, g in spec})
     res, vet, _ = run(tmp_path, "MMVet", columns, rows, {q: r for q, _, r, _ in spec}, judge_backend=judge)
     # judged (VLMEvalKit MMVet_acc): the mean grade of every item, each graded by the judge
@@ -423,14 +665,28 @@ def test_mmvet_exact_match_and_judged_grade(tmp_path):
 def test_generic_tsv_uses_vlmevalkit_matching_for_options_and_yes_no(tmp_path):
     columns = ["index", "image", "question", "A", "B", "answer", "category"]
     rows = [
-        {"index": 0, "image": b64("red"), "question": "Which colour is the square?", "A": "red", "B": "blue",
-         "answer": "A", "category": "c"},
-        {"index": 1, "image": b64("red"), "question": "Which colour is the circle?", "A": "red", "B": "blue",
-         "answer": "B", "category": "c"},
+        {
+            "index": 0,
+            "image": b64("red"),
+            "question": "Which colour is the square?",
+            "A": "red",
+            "B": "blue",
+            "answer": "A",
+            "category": "c",
+        },
+        {
+            "index": 1,
+            "image": b64("red"),
+            "question": "Which colour is the circle?",
+            "A": "red",
+            "B": "blue",
+            "answer": "B",
+            "category": "c",
+        },
         {"index": 2, "image": b64("red"), "question": "Is the image red?", "answer": "Yes", "category": "c"},
         {"index": 3, "image": b64("red"), "question": "Is the image blue?", "answer": "No", "category": "c"},
         {"index": 4, "image": "", "question": "What is 2 + 2?", "answer": "4", "category": "c"},  # text only
-    ]  # fmt: skip
+    ]
     responses = {
         "Which colour is the square?": "I am sure it is A here",  # A among the last 5 words: hit
         "Which colour is the circle?": "A, B",  # two option letters, no "answer is": no option -> miss
@@ -452,34 +708,54 @@ def test_on_bad_row_skip_lists_and_counts_bad_rows(tmp_path):
         {"index": 0, "image": b64("red"), "question": "Good one?", "A": "x", "B": "y", "answer": "A"},
         {"index": 1, "image": "!!not base64!!" * 8, "question": "Broken image?", "answer": "Yes"},
         {"index": 2, "image": b64("red"), "question": "", "answer": "Yes"},
-        {"index": 3, "image": b64("red"), "question": "Letter out of range?", "A": "x", "B": "y", "answer": "E"},
+        {
+            "index": 3,
+            "image": b64("red"),
+            "question": "Letter out of range?",
+            "A": "x",
+            "B": "y",
+            "answer": "E",
+        },
         {"index": 4, "image": "77", "question": "Reference to nothing?", "answer": "No"},
         {"index": 5, "image": b64("blue"), "question": "Also good?", "answer": "No"},
         {"index": 6, "image": truncated_jpeg(), "question": "Cut short?", "answer": "No"},
-    ]  # fmt: skip
+    ]
     tsv = write_tsv(tmp_path / "bench.tsv", rows, columns)
     with pytest.raises(DataError, match=rf"{tsv}:3: image: corrupt base64 image"):
         evaluate("m", [str(tsv)], tmp_path / "err", backend=Model({}))
 
-    res = evaluate("m", [str(tsv)], tmp_path / "skip", backend=Model({"Good one?": "A", "Also good?": "no"}),
-                   on_bad_row="skip")  # fmt: skip
+    res = evaluate(
+        "m",
+        [str(tsv)],
+        tmp_path / "skip",
+        backend=Model({"Good one?": "A", "Also good?": "no"}),
+        on_bad_row="skip",
+    )
     assert (res["overall"]["correct"], res["overall"]["total"]) == (2, 2)
     report = json.loads((tmp_path / "skip" / "bad_rows.json").read_text())
     assert report["skipped"] == 5
     assert sorted((r["file"], r["line"], r["field"]) for r in report["rows"]) == [
-        (str(tsv), 3, "image"), (str(tsv), 4, "question"), (str(tsv), 5, "answer"), (str(tsv), 6, "image"),
-        (str(tsv), 8, "image")]  # fmt: skip
+        (str(tsv), 3, "image"),
+        (str(tsv), 4, "question"),
+        (str(tsv), 5, "answer"),
+        (str(tsv), 6, "image"),
+        (str(tsv), 8, "image"),
+    ]
     assert "image file is truncated" in next(r["reason"] for r in report["rows"] if r["line"] == 8)
     assert sum(report["by_reason"].values()) == 5
     assert res["bad_rows"] == {"skipped": 5, "by_field": {"answer": 1, "image": 3, "question": 1}}
-    assert "5 bad rows skipped (answer 1, image 3, question 1)" in (tmp_path / "skip" / "results.md").read_text()
+    assert (
+        "5 bad rows skipped (answer 1, image 3, question 1)" in (tmp_path / "skip" / "results.md").read_text()
+    )
 
 
 def test_truncated_image_file_is_a_bad_row(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(base64.b64decode(truncated_jpeg()))
     (tmp_path / "ok.png").write_bytes(base64.b64decode(b64("red")))
-    rows = [{"index": 0, "image_path": "cut.jpg", "question": "Cut?", "answer": "No"},
-            {"index": 1, "image_path": "ok.png", "question": "Fine?", "answer": "Yes"}]  # fmt: skip
+    rows = [
+        {"index": 0, "image_path": "cut.jpg", "question": "Cut?", "answer": "No"},
+        {"index": 1, "image_path": "ok.png", "question": "Fine?", "answer": "Yes"},
+    ]
     tsv = write_tsv(tmp_path / "bench.tsv", rows, ["index", "image_path", "question", "answer"])
     with pytest.raises(DataError, match=rf"{tsv}:2: image_path: .*image file is truncated"):
         load_benchmarks([str(tsv)], tmp_path / "images")
@@ -488,13 +764,28 @@ def test_truncated_image_file_is_a_bad_row(tmp_path):
 
 
 def test_cli_skip_prints_one_summary_line(tmp_path, tiny_model, capsys):
-    rows = [{"index": 0, "image": b64("red"), "question": "Is it red?", "answer": "Yes"},
-            {"index": 1, "image": "%%%%" * 30, "question": "Broken?", "answer": "No"},
-            {"index": 2, "image": b64("red"), "question": "No answer?", "answer": ""}]  # fmt: skip
+    rows = [
+        {"index": 0, "image": b64("red"), "question": "Is it red?", "answer": "Yes"},
+        {"index": 1, "image": "%%%%" * 30, "question": "Broken?", "answer": "No"},
+        {"index": 2, "image": b64("red"), "question": "No answer?", "answer": ""},
+    ]
     tsv = write_tsv(tmp_path / "bench.tsv", rows, ["index", "image", "question", "answer"])
     out = tmp_path / "run"
-    argv = ["eval", "--model", str(tiny_model), "--data", str(tsv), "--out", str(out), "--backend", "transformers",
-            "--max-new-tokens", "2", "--on-bad-row", "skip"]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(tsv),
+        "--out",
+        str(out),
+        "--backend",
+        "transformers",
+        "--max-new-tokens",
+        "2",
+        "--on-bad-row",
+        "skip",
+    ]
     from mpo.cli import main as cli_main
 
     assert cli_main(argv) == 0
@@ -513,8 +804,13 @@ def test_build_pairs_correctness_shows_the_options(tmp_path):
     from mpo.generation import SamplingParams
 
     (tmp_path / "red.png").write_bytes(base64.b64decode(b64("red")))
-    row = {"id": "q1", "image": "red.png", "question": "<image>\nWhich colour is the square?",
-           "choices": {"A": "red", "B": "blue"}, "answer": "A"}  # fmt: skip
+    row = {
+        "id": "q1",
+        "image": "red.png",
+        "question": "<image>\nWhich colour is the square?",
+        "choices": {"A": "red", "B": "blue"},
+        "answer": "A",
+    }
     data = tmp_path / "qa.jsonl"
     data.write_text(json.dumps(row) + "\n")
     [q] = load_questions(data)
@@ -533,8 +829,9 @@ def test_build_pairs_report_names_the_file_of_bad_rows(tmp_path):
     data = tmp_path / "qa.jsonl"
     data.write_text(json.dumps({"id": "q1", "question": "Why?"}) + "\n")
     [q] = load_questions(data)
-    report = build_report([bad_row_record(q, "answer: missing or empty")],
-                          {"pipeline": "correctness", "settings": {"n": 2}})  # fmt: skip
+    report = build_report(
+        [bad_row_record(q, "answer: missing or empty")], {"pipeline": "correctness", "settings": {"n": 2}}
+    )
     assert report["bad_rows"]["examples"][0]["file"] == str(data)
     assert f"{data}:1" in render_markdown(report)
 
@@ -571,8 +868,21 @@ def test_cli_judge_model_on_tiny_model(tmp_path, tiny_model, capsys):
     """``--judge-model`` loads a checkpoint through the generation backend and judges MathVista."""
     tsv = write_tsv(tmp_path / "MathVista_MINI.tsv", mathvista_rows()[2:4], MATHVISTA_COLUMNS)
     out = tmp_path / "run"
-    argv = ["eval", "--model", str(tiny_model), "--data", str(tsv), "--out", str(out), "--backend", "transformers",
-            "--max-new-tokens", "3", "--judge-model", str(tiny_model)]  # fmt: skip
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model),
+        "--data",
+        str(tsv),
+        "--out",
+        str(out),
+        "--backend",
+        "transformers",
+        "--max-new-tokens",
+        "3",
+        "--judge-model",
+        str(tiny_model),
+    ]
     from mpo.cli import main as cli_main
 
     assert cli_main(argv) == 0

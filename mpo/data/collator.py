@@ -57,7 +57,9 @@ class PreferenceCollator:
             except ValueError as err:
                 field_name = "video" if record.get("is_video") else "image"
                 raise DataError(*_source(record), str(err), field=field_name) from None
-            pixel_values, tiles = tiles_for(self.processor.image_processor, images, record["max_dynamic_patch"])
+            pixel_values, tiles = tiles_for(
+                self.processor.image_processor, images, record["max_dynamic_patch"]
+            )
         family = families.of_processor(self.processor)
         template = family.template
         question = template.prompt_text(record["question"])
@@ -72,7 +74,14 @@ class PreferenceCollator:
 
     def _dummy_image_segment(self, group: int) -> Segment:
         n = self.processor.image_seq_length
-        return Segment([self.processor.image_token_id] * n, list(range(n)), [IGNORE_INDEX] * n, [-1] * n, [group] * n, group)
+        return Segment(
+            [self.processor.image_token_id] * n,
+            list(range(n)),
+            [IGNORE_INDEX] * n,
+            [-1] * n,
+            [group] * n,
+            group,
+        )
 
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
         encoded = [self.encode(r) for r in records]
@@ -83,7 +92,9 @@ class PreferenceCollator:
         else:  # chosen rows, then rejected rows
             segments = [plain_segment(p, c, 2 * i, 2 * i) for i, (p, c, _, _) in enumerate(encoded)]
             segments += [plain_segment(p, r, 2 * i + 1, 2 * i + 1) for i, (p, _, r, _) in enumerate(encoded)]
-        rows = [[segments[i] for i in row] for row in pack([len(s) for s in segments], self.max_packed_tokens)]
+        rows = [
+            [segments[i] for i in row] for row in pack([len(s) for s in segments], self.max_packed_tokens)
+        ]
         if not tiles:
             tiles = [blank_tile(self.processor.image_processor)]
             rows[0].append(self._dummy_image_segment(group=10 * len(segments) + 1))

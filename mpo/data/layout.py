@@ -66,7 +66,9 @@ def plain_segment(prompt: list[int], response: list[int], score: int, group: int
     return Segment(ids, list(range(len(ids))), labels, index, [group] * len(ids), prefix_group=group)
 
 
-def shared_segment(prompt: list[int], chosen: list[int], rejected: list[int], pair: int, group0: int) -> Segment:
+def shared_segment(
+    prompt: list[int], chosen: list[int], rejected: list[int], pair: int, group0: int
+) -> Segment:
     """[prompt[:-1] | t chosen | t rejected] with groups group0 (prefix), group0+1, group0+2."""
     head, t = prompt[:-1], prompt[-1]
     p = len(head)

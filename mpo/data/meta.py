@@ -45,27 +45,37 @@ ON_BAD_ROW = ("fail", "skip")
 class DataConfig:
     """Where a meta.json dataset is and what to do with its bad rows (shared by `mpo train` and `mpo sft`)."""
 
-    meta_path: str = field(metadata={"help": "meta.json of the subsets (root, annotation, repeat_time, "
-                                     "max_dynamic_patch, data_augment)."})  # fmt: skip
+    meta_path: str = field(
+        metadata={
+            "help": "meta.json of the subsets (root, annotation, repeat_time, "
+            "max_dynamic_patch, data_augment)."
+        }
+    )
     eval_meta_path: str | None = field(default=None, metadata={"help": "Optional held-out meta.json."})
     on_bad_row: str = field(
         default="fail",
-        metadata={"help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on (rows "
-                  "whose files fail to decode later, in the reference pass or a batch, too), write every skipped row "
-                  "and why to a report in output_dir and print one line per kind of problem.",
-                  "choices": list(ON_BAD_ROW)},
-    )  # fmt: skip
+        metadata={
+            "help": "'fail': stop at the first bad row with file:line: field: reason. 'skip': go on (rows "
+            "whose files fail to decode later, in the reference pass or a batch, too), write every skipped row "
+            "and why to a report in output_dir and print one line per kind of problem.",
+            "choices": list(ON_BAD_ROW),
+        },
+    )
     data_root: str | None = field(
         default=None,
-        metadata={"help": "Folder that relative 'root' and 'annotation' paths of the meta.json are resolved "
-                  "against. Default: the meta.json's folder where the path exists there, else the working directory "
-                  "(InternVL's convention for its shell/data meta files)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Folder that relative 'root' and 'annotation' paths of the meta.json are resolved "
+            "against. Default: the meta.json's folder where the path exists there, else the working directory "
+            "(InternVL's convention for its shell/data meta files)."
+        },
+    )
     path_map: list[str] = field(
         default_factory=list,
-        metadata={"help": "Prefix rewrites OLD=NEW for meta.json paths written on another machine, e.g. "
-                  "/mnt/petrelfs/x=/data/x (the first matching prefix applies)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Prefix rewrites OLD=NEW for meta.json paths written on another machine, e.g. "
+            "/mnt/petrelfs/x=/data/x (the first matching prefix applies)."
+        },
+    )
 
     def meta_paths(self) -> dict:
         """The path keywords of :func:`read_meta` (and of the loaders that call it)."""
@@ -102,12 +112,18 @@ def map_path(path: str, path_map: list[tuple[str, str]]) -> str:
     for old, new in path_map:
         old_stripped = old.rstrip("/")
         if path == old_stripped or path.startswith(old_stripped + "/"):
-            return new.rstrip("/") + path[len(old_stripped):]
+            return new.rstrip("/") + path[len(old_stripped) :]
     return path
 
 
-def resolve_meta_path(value: str, meta_dir: Path, data_root: str | Path | None,
-                      path_map: list[tuple[str, str]], where: str, name: str) -> Path:  # fmt: skip
+def resolve_meta_path(
+    value: str,
+    meta_dir: Path,
+    data_root: str | Path | None,
+    path_map: list[tuple[str, str]],
+    where: str,
+    name: str,
+) -> Path:
     """A ``root`` / ``annotation`` path of meta.json by the rule of the module docstring; a path that
     exists nowhere is a UserError naming ``where`` (file and subset), the field and what was tried."""
     mapped = map_path(value, path_map)
@@ -119,8 +135,10 @@ def resolve_meta_path(value: str, meta_dir: Path, data_root: str | Path | None,
         missing = Path(mapped)
         while not missing.parent.exists():  # the first folder that is not on this machine
             missing = missing.parent
-        raise UserError(f"{where}: {name}: no such path {mapped} (written on another machine? remap it: "
-                        f"--path-map {missing}=/where/it/is/here)")  # fmt: skip
+        raise UserError(
+            f"{where}: {name}: no such path {mapped} (written on another machine? remap it: "
+            f"--path-map {missing}=/where/it/is/here)"
+        )
     if data_root is not None:
         candidates = [Path(data_root) / mapped]
     else:
@@ -130,8 +148,10 @@ def resolve_meta_path(value: str, meta_dir: Path, data_root: str | Path | None,
             return candidate
     tried = " or ".join(str(c) for c in candidates)
     via = "--data-root" if data_root is not None else "the meta.json's folder, else to the working directory"
-    raise UserError(f"{where}: {name}: {mapped!r} is not at {tried} (relative to {via}; "
-                    "set --data-root to the folder it is relative to)")  # fmt: skip
+    raise UserError(
+        f"{where}: {name}: {mapped!r} is not at {tried} (relative to {via}; "
+        "set --data-root to the folder it is relative to)"
+    )
 
 
 def _frame_range(entry: dict, where: str) -> tuple[int, int]:
@@ -144,8 +164,11 @@ def _frame_range(entry: dict, where: str) -> tuple[int, int]:
     return lo, hi
 
 
-def read_meta(meta_path: str | Path, data_root: str | Path | None = None,
-              path_map: list[str] | tuple[str, ...] | None = None) -> list[Subset]:  # fmt: skip
+def read_meta(
+    meta_path: str | Path,
+    data_root: str | Path | None = None,
+    path_map: list[str] | tuple[str, ...] | None = None,
+) -> list[Subset]:
     """Parse meta.json, resolving its paths (module docstring); errors name the file and the subset/field."""
     meta_path = Path(meta_path)
     mapping = parse_path_map(path_map)
@@ -160,7 +183,9 @@ def read_meta(meta_path: str | Path, data_root: str | Path | None = None,
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected an object of subsets")
     if not meta:
-        raise UserError(f"{meta_path}: no subsets (empty meta.json: did the build that wrote it keep any rows?)")
+        raise UserError(
+            f"{meta_path}: no subsets (empty meta.json: did the build that wrote it keep any rows?)"
+        )
     base = meta_path.parent
     subsets = []
     for name, entry in meta.items():
@@ -269,8 +294,12 @@ def skip_summary(prog: str, rows: list[dict], report: str | Path | None = None) 
 def too_long(path: Path, line: int, tokens: int, max_length: int) -> DataError:
     """The bad-row error of a sample longer than ``max_length`` (never truncated: that would separate
     image tokens from their features), the same in SFT and MPO."""
-    return DataError(path, line, f"too long: {tokens} tokens > max_length {max_length} (raise max_length, "
-                     "or drop such samples with on_bad_row: skip)")  # fmt: skip
+    return DataError(
+        path,
+        line,
+        f"too long: {tokens} tokens > max_length {max_length} (raise max_length, "
+        "or drop such samples with on_bad_row: skip)",
+    )
 
 
 def iter_jsonl(path: Path, bad_rows: BadRows) -> Iterator[tuple[int, dict]]:

@@ -48,7 +48,9 @@ def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
         "question": question,
         "chosen": row["chosen"],
         "rejected": row["rejected"],
-        "max_dynamic_patch": 1 if visuals.is_video else tile_budget(subset.max_dynamic_patch, len(visuals.sizes)),
+        "max_dynamic_patch": 1
+        if visuals.is_video
+        else tile_budget(subset.max_dynamic_patch, len(visuals.sizes)),
         "subset": subset.name,
         "source": f"{path}:{line}",
         "metadata": json.dumps(extra, ensure_ascii=False),
@@ -59,8 +61,12 @@ def sequence_length(record: dict, tokenizer, tile_size: int, tokens_per_tile: in
     """Tokens of [prompt | longer response], image tokens included, as the collator will build it
     (``family``: the checkpoint's template and image tokens)."""
     tiles = [count_tiles(w, h, tile_size, record["max_dynamic_patch"]) for w, h in record["image_sizes"]]
-    prompt = expand_images(family.template.prompt_text(record["question"]), tiles, tokens_per_tile, family.tokens)
-    n_prompt = len(leading_special_ids(tokenizer)) + len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    prompt = expand_images(
+        family.template.prompt_text(record["question"]), tiles, tokens_per_tile, family.tokens
+    )
+    n_prompt = len(leading_special_ids(tokenizer)) + len(
+        tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    )
     n_resp = max(
         len(tokenizer(family.template.response_text(record[k]), add_special_tokens=False)["input_ids"])
         for k in ("chosen", "rejected")

@@ -22,7 +22,9 @@ def pack_samples(lengths: list[int], max_tokens: int, *, seed: int = 0, window: 
     """
     too_long = [i for i, n in enumerate(lengths) if n > max_tokens]
     if too_long:
-        raise ValueError(f"{len(too_long)} samples longer than max_tokens={max_tokens} (first: #{too_long[0]})")
+        raise ValueError(
+            f"{len(too_long)} samples longer than max_tokens={max_tokens} (first: #{too_long[0]})"
+        )
     order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
     rows: list[list[int]] = []

@@ -124,7 +124,9 @@ def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
         "video_length": visuals.video_length,
         "system": system,
         "turns": turns,
-        "max_dynamic_patch": 1 if visuals.is_video else tile_budget(subset.max_dynamic_patch, len(visuals.sizes)),
+        "max_dynamic_patch": 1
+        if visuals.is_video
+        else tile_budget(subset.max_dynamic_patch, len(visuals.sizes)),
         "data_augment": subset.data_augment,
         "subset": subset.name,
         "source": f"{path}:{line}",
@@ -197,7 +199,10 @@ class SFTDataReport:
     def skipped_rows(self) -> list[dict]:
         """Every row left out, as ``{"file", "line", "field", "reason"}`` (for the console summary)."""
         rows = list(self.bad_rows.skipped)
-        dropped = ((self.too_long, "too long: {tokens} tokens"), (self.repetitive, "repetitive: ratio {ratio}"))
+        dropped = (
+            (self.too_long, "too long: {tokens} tokens"),
+            (self.repetitive, "repetitive: ratio {ratio}"),
+        )
         for entries, reason in dropped:
             for entry in entries:
                 file, _, line = entry["source"].rpartition(":")
@@ -263,7 +268,9 @@ def load_sft(
                 if ratio > max_repetition_ratio:
                     report.repetitive.append({"source": record["source"], "ratio": round(ratio, 4)})
                     continue
-            ids, labels = encode_turns(record, tokenizer, planned_tiles(record, tile_size), tokens_per_tile, family)
+            ids, labels = encode_turns(
+                record, tokenizer, planned_tiles(record, tile_size), tokens_per_tile, family
+            )
             record["length"] = len(ids)
             record["supervised_tokens"] = sum(1 for t in labels if t != IGNORE_INDEX)
             if max_length is not None and len(ids) > max_length:
@@ -334,7 +341,9 @@ class SFTCollator:
             images = load_visuals(record["images"], self.frames(record))
         except ValueError as err:
             path, _, line = record["source"].rpartition(":")
-            raise DataError(path, int(line), str(err), field="video" if record["is_video"] else "image") from None
+            raise DataError(
+                path, int(line), str(err), field="video" if record["is_video"] else "image"
+            ) from None
         if self.train and record.get("data_augment"):
             images = [jpeg_compress(img, self.draw_jpeg_quality()) for img in images]
         return images
@@ -343,10 +352,13 @@ class SFTCollator:
         """(input ids, labels, tiles) of one sample."""
         pixel_values, tiles = None, []
         if record["images"]:
-            pixel_values, tiles = tiles_for(self.processor.image_processor, self._images(record),
-                                            record["max_dynamic_patch"])  # fmt: skip
+            pixel_values, tiles = tiles_for(
+                self.processor.image_processor, self._images(record), record["max_dynamic_patch"]
+            )
         family = families.of_processor(self.processor)
-        ids, labels = encode_turns(record, self.processor.tokenizer, tiles, self.processor.image_seq_length, family)
+        ids, labels = encode_turns(
+            record, self.processor.tokenizer, tiles, self.processor.image_seq_length, family
+        )
         return ids, labels, pixel_values
 
     def __call__(self, rows: list) -> dict[str, torch.Tensor]:
@@ -375,7 +387,9 @@ class SFTCollator:
                 x = sum(1 for t in labs if t != IGNORE_INDEX)
                 input_ids[r, pos : pos + n] = torch.tensor(ids)
                 labels[r, pos : pos + n] = torch.tensor(labs)
-                loss_weights[r, pos : pos + n] = torch.tensor(labs).ne(IGNORE_INDEX) * sample_weight(x, self.loss_reduction)
+                loss_weights[r, pos : pos + n] = torch.tensor(labs).ne(IGNORE_INDEX) * sample_weight(
+                    x, self.loss_reduction
+                )
                 position_ids[r, pos : pos + n] = torch.arange(n)
                 sample_ids[r, pos : pos + n] = len(supervised)
                 attention_mask[r, pos : pos + n] = 1
@@ -387,7 +401,9 @@ class SFTCollator:
             tiles = [blank_tile(self.processor.image_processor)]
             blank = slice(lengths[0], lengths[0] + n_img)
             input_ids[0, blank] = self.processor.image_token_id
-            attention_mask[0, blank] = 1  # a sequence of its own: kept by padding-free kernels, seen by no sample
+            attention_mask[0, blank] = (
+                1  # a sequence of its own: kept by padding-free kernels, seen by no sample
+            )
             attn_group[0, blank] = len(supervised)
         return {
             "input_ids": input_ids,

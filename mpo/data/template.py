@@ -38,7 +38,9 @@ def expand_images(text: str, tiles_per_image: list[int], tokens_per_tile: int, t
     """Replace the i-th ``<image>`` by the family's image text (``tokens``) for the i-th image's tiles."""
     parts = text.split(IMAGE_PLACEHOLDER)
     if len(parts) - 1 != len(tiles_per_image):
-        raise ValueError(f"{len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders for {len(tiles_per_image)} images")
+        raise ValueError(
+            f"{len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders for {len(tiles_per_image)} images"
+        )
     out = [parts[0]]
     for tiles, tail in zip(tiles_per_image, parts[1:], strict=True):
         out += [tokens.image_text(tiles, tokens_per_tile), tail]

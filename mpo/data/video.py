@@ -51,8 +51,9 @@ def segment_bounds(num_frames: int, video_length: int) -> list[tuple[int, int]]:
     return [(cuts[j], cuts[j + 1] - 1) for j in range(k)]
 
 
-def frame_indices(num_frames: int, video_length: int, sample: str = "middle",
-                  rng: random.Random | None = None) -> list[int]:  # fmt: skip
+def frame_indices(
+    num_frames: int, video_length: int, sample: str = "middle", rng: random.Random | None = None
+) -> list[int]:
     """The ``num_frames`` frame numbers to show (see the module docstring for the rule)."""
     if video_length < 1 or num_frames < 1:
         raise ValueError(f"cannot sample {num_frames} frames from a video of {video_length} frames")

@@ -51,9 +51,15 @@ NATIVE_TEXT_MODEL = {"qwen2": "qwen2", "internlm2": "llama"}
 LM_HEAD = "lm_head.weight"
 
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
-)  # fmt: skip
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 # Module-name prefix -> the prefix transformers' save_pretrained writes for InternVL.
 NATIVE_DISK_PREFIXES = (
     ("lm_head.", "language_model.lm_head."),
@@ -64,14 +70,17 @@ NATIVE_DISK_PREFIXES = (
 # Fixed keys of InternVL's original config.json that the native config does not carry (the family adds
 # its "template").
 ORIGINAL_DEFAULTS = {
-    "ps_version": "v2", "dynamic_image_size": True, "use_thumbnail": True,
-    "use_backbone_lora": 0, "use_llm_lora": 0,
+    "ps_version": "v2",
+    "dynamic_image_size": True,
+    "use_thumbnail": True,
+    "use_backbone_lora": 0,
+    "use_llm_lora": 0,
     "auto_map": {
         "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
         "AutoModel": "modeling_internvl_chat.InternVLChatModel",
         "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
     },
-}  # fmt: skip
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,46 +156,86 @@ def _rules(
     )
 
 
-VISION_RULES = _rules("vision_model.", "model.vision_tower.", [
-    ("embeddings.class_embedding", "embeddings.cls_token", None),
-    ("embeddings.position_embedding", "embeddings.position_embeddings", None),
-    ("embeddings.patch_embedding.{p}", "embeddings.patch_embeddings.projection.{p}", None),
-    ("encoder.layers.{i}.attn.qkv.{p}",
-     tuple(f"encoder.layer.{{i}}.attention.{x}_proj.{{p}}" for x in "qkv"), "qkv"),
-    ("encoder.layers.{i}.attn.proj.{p}", "encoder.layer.{i}.attention.projection_layer.{p}", None),
-    ("encoder.layers.{i}.attn.q_norm.{p}", "encoder.layer.{i}.attention.q_norm.{p}", None),
-    ("encoder.layers.{i}.attn.k_norm.{p}", "encoder.layer.{i}.attention.k_norm.{p}", None),
-    ("encoder.layers.{i}.ls1", "encoder.layer.{i}.lambda_1", None),
-    ("encoder.layers.{i}.ls2", "encoder.layer.{i}.lambda_2", None),
-    ("encoder.layers.{i}.norm1.{p}", "encoder.layer.{i}.layernorm_before.{p}", None),
-    ("encoder.layers.{i}.norm2.{p}", "encoder.layer.{i}.layernorm_after.{p}", None),
-    ("encoder.layers.{i}.mlp.fc1.{p}", "encoder.layer.{i}.mlp.fc1.{p}", None),
-    ("encoder.layers.{i}.mlp.fc2.{p}", "encoder.layer.{i}.mlp.fc2.{p}", None),
-])  # fmt: skip
-PROJECTOR_RULES = _rules("mlp1.", "model.multi_modal_projector.", [
-    ("0.{p}", "layer_norm.{p}", None),
-    ("1.{p}", "linear_1.{p}", None),
-    ("3.{p}", "linear_2.{p}", None),
-])  # fmt: skip
-QWEN2_RULES = _rules("language_model.", "", [
-    ("model.{rest}", "model.language_model.{rest}", None),
-    ("lm_head.{p}", "lm_head.{p}", None),
-])  # fmt: skip
-INTERNLM2_RULES = _rules("language_model.", "", [
-    ("model.tok_embeddings.weight", "model.language_model.embed_tokens.weight", None),
-    ("model.layers.{i}.attention.wqkv.{p}",
-     tuple(f"model.language_model.layers.{{i}}.self_attn.{x}_proj.{{p}}" for x in "qkv"), "wqkv"),
-    ("model.layers.{i}.attention.wo.{p}", "model.language_model.layers.{i}.self_attn.o_proj.{p}", None),
-    ("model.layers.{i}.feed_forward.w1.weight", "model.language_model.layers.{i}.mlp.gate_proj.weight", None),
-    ("model.layers.{i}.feed_forward.w3.weight", "model.language_model.layers.{i}.mlp.up_proj.weight", None),
-    ("model.layers.{i}.feed_forward.w2.weight", "model.language_model.layers.{i}.mlp.down_proj.weight", None),
-    ("model.layers.{i}.attention_norm.weight",
-     "model.language_model.layers.{i}.input_layernorm.weight", None),
-    ("model.layers.{i}.ffn_norm.weight",
-     "model.language_model.layers.{i}.post_attention_layernorm.weight", None),
-    ("model.norm.weight", "model.language_model.norm.weight", None),
-    ("output.weight", LM_HEAD, None),
-])  # fmt: skip
+VISION_RULES = _rules(
+    "vision_model.",
+    "model.vision_tower.",
+    [
+        ("embeddings.class_embedding", "embeddings.cls_token", None),
+        ("embeddings.position_embedding", "embeddings.position_embeddings", None),
+        ("embeddings.patch_embedding.{p}", "embeddings.patch_embeddings.projection.{p}", None),
+        (
+            "encoder.layers.{i}.attn.qkv.{p}",
+            tuple(f"encoder.layer.{{i}}.attention.{x}_proj.{{p}}" for x in "qkv"),
+            "qkv",
+        ),
+        ("encoder.layers.{i}.attn.proj.{p}", "encoder.layer.{i}.attention.projection_layer.{p}", None),
+        ("encoder.layers.{i}.attn.q_norm.{p}", "encoder.layer.{i}.attention.q_norm.{p}", None),
+        ("encoder.layers.{i}.attn.k_norm.{p}", "encoder.layer.{i}.attention.k_norm.{p}", None),
+        ("encoder.layers.{i}.ls1", "encoder.layer.{i}.lambda_1", None),
+        ("encoder.layers.{i}.ls2", "encoder.layer.{i}.lambda_2", None),
+        ("encoder.layers.{i}.norm1.{p}", "encoder.layer.{i}.layernorm_before.{p}", None),
+        ("encoder.layers.{i}.norm2.{p}", "encoder.layer.{i}.layernorm_after.{p}", None),
+        ("encoder.layers.{i}.mlp.fc1.{p}", "encoder.layer.{i}.mlp.fc1.{p}", None),
+        ("encoder.layers.{i}.mlp.fc2.{p}", "encoder.layer.{i}.mlp.fc2.{p}", None),
+    ],
+)
+PROJECTOR_RULES = _rules(
+    "mlp1.",
+    "model.multi_modal_projector.",
+    [
+        ("0.{p}", "layer_norm.{p}", None),
+        ("1.{p}", "linear_1.{p}", None),
+        ("3.{p}", "linear_2.{p}", None),
+    ],
+)
+QWEN2_RULES = _rules(
+    "language_model.",
+    "",
+    [
+        ("model.{rest}", "model.language_model.{rest}", None),
+        ("lm_head.{p}", "lm_head.{p}", None),
+    ],
+)
+INTERNLM2_RULES = _rules(
+    "language_model.",
+    "",
+    [
+        ("model.tok_embeddings.weight", "model.language_model.embed_tokens.weight", None),
+        (
+            "model.layers.{i}.attention.wqkv.{p}",
+            tuple(f"model.language_model.layers.{{i}}.self_attn.{x}_proj.{{p}}" for x in "qkv"),
+            "wqkv",
+        ),
+        ("model.layers.{i}.attention.wo.{p}", "model.language_model.layers.{i}.self_attn.o_proj.{p}", None),
+        (
+            "model.layers.{i}.feed_forward.w1.weight",
+            "model.language_model.layers.{i}.mlp.gate_proj.weight",
+            None,
+        ),
+        (
+            "model.layers.{i}.feed_forward.w3.weight",
+            "model.language_model.layers.{i}.mlp.up_proj.weight",
+            None,
+        ),
+        (
+            "model.layers.{i}.feed_forward.w2.weight",
+            "model.language_model.layers.{i}.mlp.down_proj.weight",
+            None,
+        ),
+        (
+            "model.layers.{i}.attention_norm.weight",
+            "model.language_model.layers.{i}.input_layernorm.weight",
+            None,
+        ),
+        (
+            "model.layers.{i}.ffn_norm.weight",
+            "model.language_model.layers.{i}.post_attention_layernorm.weight",
+            None,
+        ),
+        ("model.norm.weight", "model.language_model.norm.weight", None),
+        ("output.weight", LM_HEAD, None),
+    ],
+)
 LLM_RULES = {"qwen2": QWEN2_RULES, "internlm2": INTERNLM2_RULES}
 
 
@@ -352,26 +401,53 @@ def convert_tensors(
 
 # native vision config key -> original vision config key
 VISION_KEYS = {
-    "hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
-    "num_attention_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
-    "image_size": "image_size", "patch_size": "patch_size", "num_channels": "num_channels",
-    "hidden_act": "hidden_act", "norm_type": "norm_type", "layer_norm_eps": "layer_norm_eps",
-    "initializer_range": "initializer_range", "attention_dropout": "attention_dropout",
-    "use_qk_norm": "qk_normalization", "attention_bias": "qkv_bias",
-    "layer_scale_init_value": "initializer_factor", "hidden_dropout_prob": "dropout",
-}  # fmt: skip
+    "hidden_size": "hidden_size",
+    "num_hidden_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "image_size": "image_size",
+    "patch_size": "patch_size",
+    "num_channels": "num_channels",
+    "hidden_act": "hidden_act",
+    "norm_type": "norm_type",
+    "layer_norm_eps": "layer_norm_eps",
+    "initializer_range": "initializer_range",
+    "attention_dropout": "attention_dropout",
+    "use_qk_norm": "qk_normalization",
+    "attention_bias": "qkv_bias",
+    "layer_scale_init_value": "initializer_factor",
+    "hidden_dropout_prob": "dropout",
+}
 # What an original config must hold for conversion (the rest has InternVL2.5 defaults).
 ORIGINAL_REQUIRED = {
-    "vision_config": ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                      "image_size", "patch_size"),
+    "vision_config": (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "image_size",
+        "patch_size",
+    ),
     "llm_config": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"),
-}  # fmt: skip
+}
 # Llama config keys that InternLM2 configs spell the same; ``attention_bias`` is InternLM2's ``bias``.
 INTERNLM2_KEYS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
-    "use_cache", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings",
-)  # fmt: skip
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_act",
+    "max_position_embeddings",
+    "initializer_range",
+    "rms_norm_eps",
+    "use_cache",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "tie_word_embeddings",
+)
 
 
 def _own_fields(config_class: type[PreTrainedConfig]) -> list[str]:
@@ -583,8 +659,18 @@ def read_shards(shards: list[Path], desc: str = "converting") -> Iterator[tuple[
 
 def parse_size(size: int | str) -> int:
     """Bytes in a size such as ``5GB``, ``500MiB`` or ``1000000``."""
-    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+    units = {
+        "": 1,
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
     found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(size))
     if not found or found.group(2).lower() not in units or float(found.group(1)) <= 0:
         raise UserError(f"invalid shard size {size!r}: expected e.g. 5GB, 500MB or a number of bytes")
@@ -674,7 +760,9 @@ def native_processor(src: Path, original: dict[str, Any], family: Family) -> Int
     tokenizer = native_files.native_tokenizer(source, src, family)
     native_files.check_token_ids(tokenizer, original["llm_config"]["vocab_size"], src)
     tile, min_tiles, max_tiles = native_files.original_tiling(original, src / "config.json", family)
-    return native_files.internvl_processor(tokenizer, tile, min_tiles, max_tiles, tokens_per_tile(original), family)
+    return native_files.internvl_processor(
+        tokenizer, tile, min_tiles, max_tiles, tokens_per_tile(original), family
+    )
 
 
 def remote_code_files(config: dict[str, Any]) -> list[str]:
@@ -723,7 +811,9 @@ def convert(
     if not original_in and config.get("model_type") != NATIVE_MODEL_TYPE:
         raise UserError(f"{src / 'config.json'}: model_type {config.get('model_type')!r} is not InternVL")
     if not original_in and to == "native":
-        return Converted([], [f"{src} is already a native (-hf) checkpoint: nothing to convert, use it as it is"])
+        return Converted(
+            [], [f"{src} is already a native (-hf) checkpoint: nothing to convert, use it as it is"]
+        )
     if original_in and to == "original":
         raise UserError(f"{src}: already in the original layout")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
@@ -756,7 +846,9 @@ def convert(
         out_config.save_pretrained(dst)
         processor.save_pretrained(dst)
         generation = native_files.generation_config(
-            optional_json(src / "generation_config.json"), processor.tokenizer, config["llm_config"].get("eos_token_id"),
+            optional_json(src / "generation_config.json"),
+            processor.tokenizer,
+            config["llm_config"].get("eos_token_id"),
             families.of_processor(processor),
         )
         generation.save_pretrained(dst)

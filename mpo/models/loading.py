@@ -51,9 +51,13 @@ def apply_freeze_policy(model: torch.nn.Module, policy: FreezePolicy, parts: Par
 
 def vision_drop_path_field():
     """The ``vision_drop_path_rate`` field of the model arguments of `mpo train` and `mpo sft`."""
-    return field(default=0.0, metadata={
-        "help": "Stochastic depth of the vision tower, rising linearly to this rate at the last layer "
-        "(reference: 0.1 for 1B-8B, 0.4 for 26B+, in SFT stage 2 and MPO)."})  # fmt: skip
+    return field(
+        default=0.0,
+        metadata={
+            "help": "Stochastic depth of the vision tower, rising linearly to this rate at the last layer "
+            "(reference: 0.1 for 1B-8B, 0.4 for 26B+, in SFT stage 2 and MPO)."
+        },
+    )
 
 
 def add_vision_drop_path(model: torch.nn.Module, rate: float, parts: Parts) -> int:
@@ -90,9 +94,17 @@ def add_vision_drop_path(model: torch.nn.Module, rate: float, parts: Parts) -> i
 def pick_dtype(requested: str = "auto") -> torch.dtype:
     """bf16 on a GPU that supports it, fp32 on the CPU, or the dtype named."""
     if requested == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[requested]  # fmt: skip
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
+    return {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }[requested]
 
 
 def read_checkpoint_config(path: str | Path) -> dict:
@@ -144,7 +156,9 @@ def load_model(
     register_kernels()
     logger.warning(kernels.describe(layout))
     model = InternVLForConditionalGeneration.from_pretrained(
-        str(path), attn_implementation=kernels.for_transformers(), dtype=pick_dtype(dtype),
+        str(path),
+        attn_implementation=kernels.for_transformers(),
+        dtype=pick_dtype(dtype),
         quantization_config=quantization_config,  # QLoRA: bitsandbytes 4-bit (GPU)
     )
     apply_freeze_policy(model, freeze, family.parts)
@@ -156,7 +170,9 @@ def load_processor(path: str | Path) -> ProcessorMixin:
     """The InternVLProcessor saved with a checkpoint (tokenizer, tiling image processor, template), with
     the checkpoint's family attached (:func:`mpo.models.families.of_processor` reads it)."""
     family = checkpoint_family(path)
-    if not any((Path(path) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
+    if not any(
+        (Path(path) / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")
+    ):
         raise UserError(
             f"{path}: no processor (processor_config.json); if an older mpo convert wrote this checkpoint, "
             "convert the original checkpoint again"

@@ -55,7 +55,9 @@ def source_tokenizer(src: Path, tokenizer_config: dict[str, Any]) -> TokenizersB
         tokenizer_class = Qwen2Tokenizer
     elif (src / "tokenizer.model").is_file():
         if find_spec("sentencepiece") is None:
-            raise UserError(f"{src}: reading tokenizer.model needs the sentencepiece package (pip install sentencepiece)")
+            raise UserError(
+                f"{src}: reading tokenizer.model needs the sentencepiece package (pip install sentencepiece)"
+            )
         tokenizer_class = TokenizersBackend
         kwargs.update(SLOW_CLASS_DEFAULTS.get(str(tokenizer_config.get("tokenizer_class")), {}))
     else:
@@ -119,16 +121,25 @@ def check_token_ids(tokenizer: PreTrainedTokenizerFast, rows: int, where: Path |
 
 
 def internvl_processor(
-    tokenizer: PreTrainedTokenizerFast, tile_size: int, min_tiles: int, max_tiles: int, tokens_per_tile: int,
+    tokenizer: PreTrainedTokenizerFast,
+    tile_size: int,
+    min_tiles: int,
+    max_tiles: int,
+    tokens_per_tile: int,
     family: Family,
 ) -> InternVLProcessor:
     """Dynamic tiling: up to ``max_tiles`` square tiles of ``tile_size`` px plus a thumbnail,
     ImageNet-normalised, each tile ``tokens_per_tile`` image tokens, and the family's chat template; the
     family is attached (:func:`mpo.models.families.of_processor`)."""
     common = dict(
-        size={"height": tile_size, "width": tile_size}, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-        do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True,
-    )  # fmt: skip
+        size={"height": tile_size, "width": tile_size},
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        do_resize=True,
+        do_rescale=True,
+        do_normalize=True,
+        do_convert_rgb=True,
+    )
     image_processor = GotOcr2ImageProcessor(
         crop_to_patches=True, min_patches=min_tiles, max_patches=max_tiles, **common
     )
@@ -160,7 +171,10 @@ def original_tiling(original: dict[str, Any], where: Path | str, family: Family)
 
 
 def generation_config(
-    source: dict[str, Any], tokenizer: PreTrainedTokenizerFast, llm_eos: int | list[int] | None, family: Family
+    source: dict[str, Any],
+    tokenizer: PreTrainedTokenizerFast,
+    llm_eos: int | list[int] | None,
+    family: Family,
 ) -> GenerationConfig:
     """SRC's generation config (``source``, {} if none) with eos ids: the end-of-turn id first, then
     SRC's and the LLM config's eos ids."""

@@ -163,8 +163,15 @@ def original_config(size: Size) -> dict[str, Any]:
     }
 
 
-def build_random_native(key: str, out: str | Path, *, layers: int | None = None, seed: int = 0,
-                        device: str = "cpu", dtype: torch.dtype | None = None) -> Path:  # fmt: skip
+def build_random_native(
+    key: str,
+    out: str | Path,
+    *,
+    layers: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Random weights at the real widths of ``SIZES[key]`` in the native layout, with a tokenizer padded
     to the real vocabulary (:func:`mpo.models.tiny.widen_vocabulary`) and the size's 448 px processor.
 
@@ -179,18 +186,23 @@ def build_random_native(key: str, out: str | Path, *, layers: int | None = None,
 
     size = SIZES[key]
     tokenizer = widen_vocabulary(train_tokenizer(family=FAMILY), size.llm.vocab_size)
-    eos, pad = tokenizer.convert_tokens_to_ids(FAMILY.tokens.turn_end), tokenizer.convert_tokens_to_ids(FAMILY.tokens.pad)
+    eos, pad = (
+        tokenizer.convert_tokens_to_ids(FAMILY.tokens.turn_end),
+        tokenizer.convert_tokens_to_ids(FAMILY.tokens.pad),
+    )
     original = original_config(size)
     original["llm_config"].update(eos_token_id=eos, pad_token_id=pad)
     if layers is not None:
         original["llm_config"]["num_hidden_layers"] = original["vision_config"]["num_hidden_layers"] = layers
-    config = native_config(original, tokenizer.convert_tokens_to_ids(FAMILY.tokens.img_context), f"InternVL2.5-{size.name}")
+    config = native_config(
+        original, tokenizer.convert_tokens_to_ids(FAMILY.tokens.img_context), f"InternVL2.5-{size.name}"
+    )
     torch.manual_seed(seed)
     with torch.device(device):
         model = InternVLForConditionalGeneration(config)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = eos, pad
     model.to(dtype or torch.float32).save_pretrained(out)
-    tiny_processor(tokenizer, tile=IMAGE_SIZE, patch=PATCH_SIZE, max_tiles=size.max_dynamic_patch, family=FAMILY).save_pretrained(
-        out
-    )
+    tiny_processor(
+        tokenizer, tile=IMAGE_SIZE, patch=PATCH_SIZE, max_tiles=size.max_dynamic_patch, family=FAMILY
+    ).save_pretrained(out)
     return Path(out)

@@ -49,14 +49,16 @@ _CORPUS = [
     "The image shows several coloured shapes on a plain background, so the answer is the number of them.",
     "Final answer: the answer is. Final answer: A Final answer: 3 Final answer: red Final answer: yes",
     "Your task is to answer the question below. Give step by step reasoning before you answer, and when "
-    "you're ready to answer, please use the format \"Final answer: ..\"",
+    'you\'re ready to answer, please use the format "Final answer: .."',
     "Question: Hint: Please answer the question and provide the correct option letter at the end.",
     "larger smaller more fewer than the same as different most least total number sum of colour color",
     "Frame1: Frame2: Frame3: Frame4: Image-1: Image-2: Image-3: the first second third image video",
 ]
 
 
-def train_tokenizer(vocab_size: int = VOCAB_SIZE, family: Family = families.UNMARKED) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    vocab_size: int = VOCAB_SIZE, family: Family = families.UNMARKED
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (as in Qwen2) with the family's special tokens and chat template, its
     merges learnt from the corpus above and the family's system message."""
     tokens = family.tokens
@@ -104,19 +106,40 @@ def widen_vocabulary(tokenizer: PreTrainedTokenizerFast, size: int) -> PreTraine
 
 
 TINY_VISION = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=TILE_SIZE,
-    patch_size=PATCH_SIZE, norm_type="layer_norm", use_qk_norm=False, layer_scale_init_value=0.1,
-    use_mean_pooling=True, hidden_act="gelu",
-)  # fmt: skip
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    image_size=TILE_SIZE,
+    patch_size=PATCH_SIZE,
+    norm_type="layer_norm",
+    use_qk_norm=False,
+    layer_scale_init_value=0.1,
+    use_mean_pooling=True,
+    hidden_act="gelu",
+)
 TINY_TEXT = dict(
-    hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-    max_position_embeddings=4096, rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=False,
-)  # fmt: skip
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000.0,
+    tie_word_embeddings=False,
+)
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2", *, vision: dict | None = None,
-                text: dict | None = None, vocab_size: int | None = None,
-                family: Family = families.UNMARKED) -> InternVLConfig:  # fmt: skip
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast,
+    llm: str = "qwen2",
+    *,
+    vision: dict | None = None,
+    text: dict | None = None,
+    vocab_size: int | None = None,
+    family: Family = families.UNMARKED,
+) -> InternVLConfig:
     """The tiny config of ``family``: InternViT-300M-style vision tower, an LLM of ``family.tiny_llms``.
 
     ``vision`` / ``text`` override fields of the tiny widths (e.g. the real InternVL2.5-1B widths, see
@@ -127,10 +150,12 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2", *, visio
     vision = {**TINY_VISION, **(vision or {})}
     tokens = family.tokens
     text_kwargs = dict(
-        TINY_TEXT, **(text or {}), vocab_size=vocab_size or len(tokenizer),
+        TINY_TEXT,
+        **(text or {}),
+        vocab_size=vocab_size or len(tokenizer),
         eos_token_id=tokenizer.convert_tokens_to_ids(tokens.turn_end),
         pad_token_id=tokenizer.convert_tokens_to_ids(tokens.pad),
-    )  # fmt: skip
+    )
     text_config = (Qwen2Config if llm == "qwen2" else LlamaConfig)(**text_kwargs)
     return InternVLConfig(
         vision_config=vision,
@@ -149,8 +174,13 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, llm: str = "qwen2", *, visio
 TOKENS_PER_TILE = tokens_per_tile(TILE_SIZE, PATCH_SIZE)  # 16
 
 
-def tiny_processor(tokenizer: PreTrainedTokenizerFast, tile: int = TILE_SIZE, patch: int = PATCH_SIZE,
-                   max_tiles: int = MAX_TILES, family: Family = families.UNMARKED) -> InternVLProcessor:  # fmt: skip
+def tiny_processor(
+    tokenizer: PreTrainedTokenizerFast,
+    tile: int = TILE_SIZE,
+    patch: int = PATCH_SIZE,
+    max_tiles: int = MAX_TILES,
+    family: Family = families.UNMARKED,
+) -> InternVLProcessor:
     """Dynamic tiling (up to ``max_tiles`` tiles of ``tile`` px + thumbnail) with ImageNet normalisation,
     and the family's template."""
     return internvl_processor(tokenizer, tile, 1, max_tiles, tokens_per_tile(tile, patch), family)
@@ -187,12 +217,21 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mpo tiny-model", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="output directory")
     parser.add_argument(
-        "--family", choices=list(families.FAMILIES), default="internvl2_5", help="model family (template, tokens)"
+        "--family",
+        choices=list(families.FAMILIES),
+        default="internvl2_5",
+        help="model family (template, tokens)",
     )
-    parser.add_argument("--llm", choices=["qwen2", "llama"], default="qwen2", help="LLM kind (InternVL3: qwen2 only)")
+    parser.add_argument(
+        "--llm", choices=["qwen2", "llama"], default="qwen2", help="LLM kind (InternVL3: qwen2 only)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
-    parser.add_argument("--text-hidden-size", type=int, default=None,
-                        help=f"LLM width (default {TINY_TEXT['hidden_size']}); its MLP is twice as wide")  # fmt: skip
+    parser.add_argument(
+        "--text-hidden-size",
+        type=int,
+        default=None,
+        help=f"LLM width (default {TINY_TEXT['hidden_size']}); its MLP is twice as wide",
+    )
     args = parser.parse_args(argv)
     try:
         text = wider_text(args.text_hidden_size) if args.text_hidden_size is not None else None
@@ -204,6 +243,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--llm: {err}") from None
     n = sum(p.numel() for p in InternVLForConditionalGeneration.from_pretrained(out).parameters())
     width = args.text_hidden_size or TINY_TEXT["hidden_size"]
-    print(f"tiny {families.get(args.family).title} ({args.llm} of width {width}, {n / 1e6:.2f}M parameters, seed {args.seed}) "
-          f"written to {out}")
+    print(
+        f"tiny {families.get(args.family).title} ({args.llm} of width {width}, {n / 1e6:.2f}M parameters, seed {args.seed}) "
+        f"written to {out}"
+    )
     return 0

@@ -50,10 +50,22 @@ from mpo.models.loading import checkpoint_family, read_checkpoint_config
 
 # Fields of vision_config that decide the tower's shapes or what it computes.
 VISION_FIELDS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "attention_bias",
-    "image_size", "patch_size", "num_channels", "norm_type", "use_qk_norm", "layer_norm_eps", "hidden_act",
-    "use_mean_pooling", "use_absolute_position_embeddings", "use_mask_token",
-)  # fmt: skip
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "attention_bias",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "norm_type",
+    "use_qk_norm",
+    "layer_norm_eps",
+    "hidden_act",
+    "use_mean_pooling",
+    "use_absolute_position_embeddings",
+    "use_mask_token",
+)
 # Top-level fields that decide what the LLM receives from the tower: pixel shuffle, which layer's features,
 # and the image tokens per tile.
 TOP_LEVEL_FIELDS = (
@@ -77,8 +89,10 @@ def parse_config(config: dict[str, Any], where: Path) -> InternVLConfig:
 
 def vision_differences(source: InternVLConfig, target: InternVLConfig) -> list[str]:
     """Every structural vision field on which the two configs differ, as ``field: A in FROM, B in TARGET``."""
-    pairs = [(f"vision_config.{name}", getattr(source.vision_config, name), getattr(target.vision_config, name))
-             for name in VISION_FIELDS]  # fmt: skip
+    pairs = [
+        (f"vision_config.{name}", getattr(source.vision_config, name), getattr(target.vision_config, name))
+        for name in VISION_FIELDS
+    ]
     pairs += [(name, getattr(source, name), getattr(target, name)) for name in TOP_LEVEL_FIELDS]
     return [
         f"{name}: {_show(a)} in FROM, {_show(b)} in TARGET" for name, a, b in pairs if _norm(a) != _norm(b)
@@ -162,11 +176,14 @@ class Transferred:
 
     def summary(self, source: Path, target: Path, out: Path) -> str:
         projector = (
-            "projector kept from FROM" if self.projector == "kept"
+            "projector kept from FROM"
+            if self.projector == "kept"
             else f"projector initialised fresh (seed {self.seed}; {self.reason}): run stage 1 (MLP warmup) next"
-        )  # fmt: skip
-        return (f"{out}: vision tower of {source} ({self.vision_tensors} tensors) + LLM of {target} "
-                f"({self.llm_tensors} tensors), {projector}; {len(self.files)} weight file(s)")  # fmt: skip
+        )
+        return (
+            f"{out}: vision tower of {source} ({self.vision_tensors} tensors) + LLM of {target} "
+            f"({self.llm_tensors} tensors), {projector}; {len(self.files)} weight file(s)"
+        )
 
 
 def _stream(shards: list[Path], keep: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -214,10 +231,21 @@ def transfer_vision(
         writer.add(native_disk_name(name), tensor)
     files = writer.close()
     copy_non_weight_files(target, out)
-    result = Transferred(files, len(parts[source]["vision"]), len(parts[target]["llm"]),
-                         "kept" if reason is None else "fresh", reason, seed)  # fmt: skip
-    provenance = {"vision_from": str(source), "into": str(target), "projector": result.projector,
-                  "projector_reason": reason, "seed": seed}  # fmt: skip
+    result = Transferred(
+        files,
+        len(parts[source]["vision"]),
+        len(parts[target]["llm"]),
+        "kept" if reason is None else "fresh",
+        reason,
+        seed,
+    )
+    provenance = {
+        "vision_from": str(source),
+        "into": str(target),
+        "projector": result.projector,
+        "projector_reason": reason,
+        "seed": seed,
+    }
     (out / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     return result
 
@@ -246,9 +274,12 @@ _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "
 def copy_non_weight_files(src: Path, dst: Path) -> list[str]:
     """Copy SRC's top-level files except weights and training state (config, processor, tokenizer, ...)."""
     names = sorted(
-        p.name for p in src.iterdir()
-        if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and p.name not in (*TRAINING_FILES, PROVENANCE)
-    )  # fmt: skip
+        p.name
+        for p in src.iterdir()
+        if p.is_file()
+        and not p.name.endswith(WEIGHT_SUFFIXES)
+        and p.name not in (*TRAINING_FILES, PROVENANCE)
+    )
     for name in names:
         shutil.copy2(src / name, dst / name)
     return names
@@ -257,8 +288,12 @@ def copy_non_weight_files(src: Path, dst: Path) -> list[str]:
 def main(argv: list[str]) -> int:
     """``mpo transfer-vision --vision FROM --into TARGET --out OUT [--seed 0] [--max-shard-size 5GB]``."""
     parser = argparse.ArgumentParser(prog="mpo transfer-vision", description=__doc__.splitlines()[0])
-    parser.add_argument("--vision", required=True, metavar="FROM", help="checkpoint whose vision tower to take "
-                        "(e.g. the stage-1.5 output of a small-LLM run)")  # fmt: skip
+    parser.add_argument(
+        "--vision",
+        required=True,
+        metavar="FROM",
+        help="checkpoint whose vision tower to take (e.g. the stage-1.5 output of a small-LLM run)",
+    )
     parser.add_argument(
         "--into",
         required=True,

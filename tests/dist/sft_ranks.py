@@ -11,14 +11,30 @@ from mpo.sft import SFTStageConfig, SFTStageTrainer
 model_dir, meta, out = sys.argv[1:4]
 processor = load_processor(model_dir)
 records, _ = load_sft(meta, processor)
-args = SFTStageConfig(output_dir=out, stage="2", loss_reduction="square", per_device_train_batch_size=1,
-                      gradient_accumulation_steps=2, max_steps=1, learning_rate=1.0, optim="sgd",
-                      lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0,
-                      max_packed_tokens=400, max_length=400, report_to=[], save_strategy="no", logging_steps=1,
-                      seed=0)
+args = SFTStageConfig(
+    output_dir=out,
+    stage="2",
+    loss_reduction="square",
+    per_device_train_batch_size=1,
+    gradient_accumulation_steps=2,
+    max_steps=1,
+    learning_rate=1.0,
+    optim="sgd",
+    lr_scheduler_type="constant",
+    warmup_steps=0,
+    weight_decay=0.0,
+    max_grad_norm=0.0,
+    max_packed_tokens=400,
+    max_length=400,
+    report_to=[],
+    save_strategy="no",
+    logging_steps=1,
+    seed=0,
+)
 rows = [[0], [1, 2, 3], [4, 5], [6, 7, 8, 9, 10, 11]]  # packed rows of unequal sizes, 2 per rank
-trainer = SFTStageTrainer(load_model(model_dir), args, train_dataset=SFTDataset(records, rows),
-                          processing_class=processor)
+trainer = SFTStageTrainer(
+    load_model(model_dir), args, train_dataset=SFTDataset(records, rows), processing_class=processor
+)
 seen: list[list[str]] = []
 compute = trainer.compute_loss
 
