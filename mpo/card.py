@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from mpo import markdown
-from mpo.checkpointing import REWARD_SHIFT_KEY, RUN_CONFIG_NAME
+from mpo.checkpointing import MODEL_WEIGHT_FILES, REWARD_SHIFT_KEY, RUN_CONFIG_NAME
 from mpo.errors import UserError
 from mpo.losses import TERMS
 
@@ -25,15 +25,6 @@ STATE_NAME = "trainer_state.json"
 PIPELINE_TAG = "image-text-to-text"
 TAGS = ["mpo", "internvl", "trl", "preference-optimization"]
 DEFAULT_LICENSE = "apache-2.0"
-# Left out of the upload; huggingface_hub adds its own (.git/, .cache/huggingface/).
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-)
 # metrics reported at the end of training (train log; the eval log adds the "eval_" prefix)
 FINAL_METRICS = (
     "loss",
@@ -90,7 +81,7 @@ def check_model_dir(model_dir: str | Path) -> Path:
         raise UserError(f"{path}: not a folder (--model takes the output_dir of a run)")
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise UserError(f"{path}: not a checkpoint (no config.json or adapter_config.json)")
-    if not any((path / name).is_file() for name in WEIGHT_FILES) and not any(
+    if not any((path / name).is_file() for name in MODEL_WEIGHT_FILES) and not any(
         path.glob("model-*.safetensors")
     ):
         raise UserError(

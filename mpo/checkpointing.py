@@ -31,15 +31,19 @@ TRAINER_STATE = "trainer_state.json"
 RUN_CONFIG_NAME = "mpo_config.json"  # the run record, written with every save (read by `mpo push`)
 REWARD_SHIFT_KEY = "MPORewardShift"  # δ's entry in trainer_state.json's stateful_callbacks
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-# One of these holds the weights of a checkpoint: full model (safetensors, sharded or not, or torch
-# pickles), a PEFT adapter, or a DeepSpeed checkpoint (its ``latest`` tag file).
-WEIGHT_FILES = (
+# A saved model's weights: full model (safetensors, sharded or not, or torch pickles) or a PEFT adapter.
+MODEL_WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
     "adapter_model.safetensors",
     "adapter_model.bin",
+)
+# One of these holds the weights of a checkpoint: a saved model, or a DeepSpeed checkpoint (its
+# ``latest`` tag file).
+WEIGHT_FILES = (
+    *MODEL_WEIGHT_FILES,
     "latest",
 )
 

@@ -36,6 +36,7 @@ from mpo.card import (
 )
 from mpo.errors import UserError
 
+# Left out of the upload; huggingface_hub adds its own (.git/, .cache/huggingface/).
 DEFAULT_IGNORE = [
     "checkpoint-*/",  # intermediate checkpoints (each a full model + optimizer state)
     "global_step*/",  # DeepSpeed optimizer shards
