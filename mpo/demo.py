@@ -179,18 +179,16 @@ def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
     return write_report(out, p.timings)
 
 
-def sample(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: Scale) -> None:
-    """N sampled CoT responses per item of the first ``tts_items`` eval items, majority vote over the first k."""
-    items = scale.tts_items or scale.eval_items
+def eval_args(model: str, target: Path, out: Path, items: int | None) -> list[str]:
+    """`mpo eval` of ``model`` on the first ``items`` held-out synthetic items, chain of thought, into ``target``."""
     limit = ["--limit", str(items)] if items else []
-    p.step(
-        name,
-        target / "results.json",
+    data = f"synthetic={out}/synthetic/eval/eval.tsv"
+    return [
         "eval",
         "--model",
         model,
         "--data",
-        f"synthetic={out}/synthetic/eval/eval.tsv",
+        data,
         "--cot",
         "--max-new-tokens",
         "64",
@@ -198,35 +196,30 @@ def sample(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: S
         str(target),
         "--backend",
         "transformers",
+        *limit,
+    ]
+
+
+def sample(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: Scale) -> None:
+    """N sampled CoT responses per item of the first ``tts_items`` eval items, majority vote over the first k."""
+    sampling = [
         "--num-samples",
         str(scale.tts_samples),
         "--temperature",
         str(TTS_TEMPERATURE),
         "--aggregate",
         "majority",
-        *limit,
+    ]
+    p.step(
+        name,
+        target / "results.json",
+        *eval_args(model, target, out, scale.tts_items or scale.eval_items),
+        *sampling,
     )
 
 
 def evaluate(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: Scale) -> None:
-    limit = ["--limit", str(scale.eval_items)] if scale.eval_items else []
-    p.step(
-        name,
-        target / "results.json",
-        "eval",
-        "--model",
-        model,
-        "--data",
-        f"synthetic={out}/synthetic/eval/eval.tsv",
-        "--cot",
-        "--max-new-tokens",
-        "64",
-        "--out",
-        str(target),
-        "--backend",
-        "transformers",
-        *limit,
-    )
+    p.step(name, target / "results.json", *eval_args(model, target, out, scale.eval_items))
 
 
 def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -26,10 +26,8 @@ class FakeParams:
         return FakeParams(**vars(self))
 
 
-@dataclass
 class FakeLLM:
-    kwargs: dict = field(default_factory=dict)
-    calls: list = field(default_factory=list)
+    """Records the engine's arguments and the prompts it is given."""
 
     def __init__(self, **kwargs):
         self.kwargs, self.calls = kwargs, []
