@@ -88,6 +88,7 @@ def _bad_cases(tmp_path):
         "corrupt image": json.dumps({**good, "image": "corrupt.png"}),
         "chosen == rejected": json.dumps({**good, "rejected": "a"}),
         "too long": json.dumps({**good, "chosen": "word " * 400}),
+        "image token in the question": json.dumps({**good, "question": "what is <IMG_CONTEXT> here?"}),
     }
 
 
@@ -101,7 +102,15 @@ def _write_with_bad_row(tmp_path, bad_line: str):
 
 @pytest.mark.parametrize(
     "case",
-    ["malformed JSON", "missing field", "missing image", "corrupt image", "chosen == rejected", "too long"],
+    [
+        "malformed JSON",
+        "missing field",
+        "missing image",
+        "corrupt image",
+        "chosen == rejected",
+        "too long",
+        "image token in the question",
+    ],
 )
 def test_bad_row_fails_with_file_and_line(processor, tmp_path, case):
     meta, annotation = _write_with_bad_row(tmp_path, _bad_cases(tmp_path)[case])

@@ -183,6 +183,11 @@ BAD_ROWS = [
         "conversations",
         "2 <image>",
     ),
+    (
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "see <img> there"}]},
+        "conversations",
+        "image token <img>",
+    ),
 ]
 
 

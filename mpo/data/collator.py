@@ -12,7 +12,7 @@ from mpo.attention import layout_of
 from mpo.data.images import blank_tile, load_visuals, tiles_for
 from mpo.data.layout import IGNORE_INDEX, Segment, assemble, pack, plain_segment, shared_segment
 from mpo.data.meta import BadRows
-from mpo.data.template import expand_images, leading_special_ids
+from mpo.data.template import leading_special_ids, tokenize_with_images
 from mpo.errors import DataError, UserError
 from mpo.models import families
 
@@ -63,14 +63,17 @@ class PreferenceCollator:
         family = families.of_processor(self.processor)
         template = family.template
         question = template.prompt_text(record["question"])
-        prompt = expand_images(question, tiles, self.processor.image_seq_length, family.tokens)
-
-        def ids(text: str) -> list[int]:
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-        prompt_ids = leading_special_ids(tokenizer) + ids(prompt)
-        chosen, rejected = (ids(template.response_text(record[k])) for k in ("chosen", "rejected"))
-        return prompt_ids, chosen, rejected, pixel_values
+        try:
+            prompt = tokenize_with_images(
+                tokenizer, question, tiles, self.processor.image_seq_length, family.tokens
+            )
+        except ValueError as err:
+            raise DataError(*_source(record), str(err), field="question") from None
+        chosen, rejected = (
+            tokenizer(template.response_text(record[k]), add_special_tokens=False)["input_ids"]
+            for k in ("chosen", "rejected")
+        )
+        return leading_special_ids(tokenizer) + prompt, chosen, rejected, pixel_values
 
     def _dummy_image_segment(self, group: int) -> Segment:
         n = self.processor.image_seq_length

@@ -37,6 +37,7 @@ from mpo.atomic import atomic_write
 from mpo.data.images import check_image
 from mpo.data.video import MAX_NUM_FRAME, MIN_NUM_FRAME, frame_indices, num_frames_for, probe_video
 from mpo.errors import DataError, UserError
+from mpo.models.families.base import Tokens
 
 ON_BAD_ROW = ("fail", "skip")
 
@@ -300,6 +301,17 @@ def too_long(path: Path, line: int, tokens: int, max_length: int) -> DataError:
         f"too long: {tokens} tokens > max_length {max_length} (raise max_length, "
         "or drop such samples with on_bad_row: skip)",
     )
+
+
+def check_image_tokens(texts: dict[str, str], tokens: Tokens, path: Path, line: int) -> None:
+    """A row's text (``texts``: field -> text) may not spell the family's image tokens itself: they would
+    take image features that no image supplies. Images are marked with ``<image>``."""
+    for name, text in texts.items():
+        for token in (tokens.img_start, tokens.img_end, tokens.img_context):
+            if token in text:
+                raise DataError(
+                    path, line, f"holds the image token {token}; mark images with <image>", field=name
+                )
 
 
 def iter_jsonl(path: Path, bad_rows: BadRows) -> Iterator[tuple[int, dict]]:

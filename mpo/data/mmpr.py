@@ -16,8 +16,17 @@ from pathlib import Path
 from datasets import Dataset
 
 from mpo.data.images import count_tiles, tile_budget
-from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
-from mpo.data.template import expand_images, leading_special_ids, normalize_question
+from mpo.data.meta import (
+    BadRows,
+    Subset,
+    apply_repeat,
+    check_image_tokens,
+    iter_jsonl,
+    read_meta,
+    row_images,
+    too_long,
+)
+from mpo.data.template import leading_special_ids, normalize_question, tokenize_with_images
 from mpo.errors import DataError, UserError
 from mpo.models import families
 from mpo.models.families.base import Family
@@ -61,12 +70,10 @@ def sequence_length(record: dict, tokenizer, tile_size: int, tokens_per_tile: in
     """Tokens of [prompt | longer response], image tokens included, as the collator will build it
     (``family``: the checkpoint's template and image tokens)."""
     tiles = [count_tiles(w, h, tile_size, record["max_dynamic_patch"]) for w, h in record["image_sizes"]]
-    prompt = expand_images(
-        family.template.prompt_text(record["question"]), tiles, tokens_per_tile, family.tokens
+    prompt = tokenize_with_images(
+        tokenizer, family.template.prompt_text(record["question"]), tiles, tokens_per_tile, family.tokens
     )
-    n_prompt = len(leading_special_ids(tokenizer)) + len(
-        tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    )
+    n_prompt = len(leading_special_ids(tokenizer)) + len(prompt)
     n_resp = max(
         len(tokenizer(family.template.response_text(record[k]), add_special_tokens=False)["input_ids"])
         for k in ("chosen", "rejected")
@@ -103,6 +110,9 @@ def load_mmpr(
         for line, row in iter_jsonl(subset.annotation, bad_rows):
             try:
                 record = parse_row(row, subset, subset.annotation, line)
+                check_image_tokens(
+                    {k: record[k] for k in REQUIRED_FIELDS}, family.tokens, subset.annotation, line
+                )
                 if max_length is not None:
                     n = sequence_length(record, processor.tokenizer, tile_size, tokens_per_tile, family)
                     if n > max_length:

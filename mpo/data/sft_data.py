@@ -47,9 +47,18 @@ from mpo.data.images import (
     tiles_for,
 )
 from mpo.data.layout import IGNORE_INDEX
-from mpo.data.meta import BadRows, Subset, apply_repeat, iter_jsonl, read_meta, row_images, too_long
+from mpo.data.meta import (
+    BadRows,
+    Subset,
+    apply_repeat,
+    check_image_tokens,
+    iter_jsonl,
+    read_meta,
+    row_images,
+    too_long,
+)
 from mpo.data.repetition import ngram_repetition_ratio
-from mpo.data.template import IMAGE_PLACEHOLDER, expand_images, leading_special_ids, normalize_question
+from mpo.data.template import IMAGE_PLACEHOLDER, leading_special_ids, normalize_question, tokenize_with_images
 from mpo.data.video import frame_indices
 from mpo.errors import DataError, UserError
 from mpo.models import families
@@ -148,11 +157,9 @@ def encode_turns(
     next_image = 0
     for text, supervised in family.template.segments([tuple(t) for t in record["turns"]], system):
         k = text.count(IMAGE_PLACEHOLDER)
-        if k:
-            tiles = list(tiles_per_image[next_image : next_image + k])
-            text = expand_images(text, tiles, tokens_per_tile, family.tokens)
-            next_image += k
-        seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tiles = list(tiles_per_image[next_image : next_image + k])
+        seg = tokenize_with_images(tokenizer, text, tiles, tokens_per_tile, family.tokens)
+        next_image += k
         ids += seg
         labels += seg if supervised else [IGNORE_INDEX] * len(seg)
     return ids, labels
@@ -260,6 +267,10 @@ def load_sft(
         for line, row in iter_jsonl(subset.annotation, report.bad_rows):
             try:
                 record = parse_sft_row(row, subset, subset.annotation, line)
+                texts = {"conversations": "".join(text for _, text in record["turns"])}
+                if record["system"]:
+                    texts["system"] = record["system"]
+                check_image_tokens(texts, family.tokens, subset.annotation, line)
             except DataError as err:
                 report.bad_rows.handle(err)
                 continue
