@@ -160,12 +160,9 @@ BREAKDOWN = {
 }
 
 
-def child(
-    kind: str, shape: str, model: str, data: str, steps: int, batch: int, switches: dict | None = None
-) -> dict:
-    """One measured run (in its own process): timings, and the peak RSS growth during training."""
+def build_trainer(kind: str, model: str, data: str, steps: int, batch: int, switches: dict | None = None):
+    """trl.DPOTrainer (``kind`` "trl") or MPOTrainer on the pairs in ``data``, set up as the benchmark runs them."""
     import torch
-    from transformers import TrainerCallback
 
     from mpo.attention import layout_of
 
@@ -188,7 +185,6 @@ def child(
         dataloader_num_workers=0,
     )
     rows = [json.loads(line) for line in (Path(data) / "pairs.jsonl").read_text().splitlines()]
-    start = time.perf_counter()
     if kind == "trl":
         from trl import DPOConfig, DPOTrainer
 
@@ -227,6 +223,19 @@ def child(
             train_dataset=dataset,
             processing_class=processor,
         )
+    return trainer
+
+
+def child(
+    kind: str, shape: str, model: str, data: str, steps: int, batch: int, switches: dict | None = None
+) -> dict:
+    """One measured run (in its own process): timings, and the peak RSS growth during training."""
+    import torch
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available()
+    start = time.perf_counter()
+    trainer = build_trainer(kind, model, data, steps, batch, switches)
     setup = time.perf_counter() - start
 
     class Clock(TrainerCallback):  # the ends of the training steps (on a GPU after a synchronize)
