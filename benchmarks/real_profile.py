@@ -82,6 +82,22 @@ class PhaseClock:
         setattr(obj, method, timed)
 
 
+def memory_at_peak(profiler) -> dict[str, float]:
+    """GiB of live tensors by kind (parameters, gradients, optimizer state, activations, ...) at the step's
+    peak, from torch.profiler's memory timeline (tensors only: the allocator's own slack is not in it)."""
+    import numpy as np
+    import torch
+    from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, MemoryProfileTimeline
+
+    _, sizes = MemoryProfileTimeline(profiler._memory_profile())._coalesce_timeline(torch.device("cpu"))
+    sizes = np.asarray(sizes, dtype=np.float64)
+    peak = sizes.sum(axis=1).argmax()
+    return {
+        (category.name.lower() if category else "unknown"): sizes[peak, index + 1] / 2**30
+        for category, index in _CATEGORY_TO_INDEX.items()
+    }
+
+
 def child(kind: str, model: str, data: str) -> dict:
     """Two steps of one pair; the phases and operators of the second, and the reference pass (MPO)."""
     import torch
@@ -104,7 +120,10 @@ def child(kind: str, model: str, data: str) -> dict:
     register_optimizer_step_post_hook(
         lambda *a: clock.add("optimizer step", time.perf_counter() - opt_start.pop())
     )
-    profiler = profile(activities=[ProfilerActivity.CPU])
+    # shapes, memory and stacks: the memory timeline needs them to tell activations from gradients
+    profiler = profile(
+        activities=[ProfilerActivity.CPU], record_shapes=True, profile_memory=True, with_stack=True
+    )
     step_ends: list[float] = []
 
     class Steps(TrainerCallback):
@@ -131,6 +150,7 @@ def child(kind: str, model: str, data: str) -> dict:
             {"name": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops[:TOP_OPS]
         ],
         "profiled_self_s": sum(e.self_cpu_time_total for e in ops) / 1e6,
+        "memory_at_peak": memory_at_peak(profiler),
         "threads": torch.get_num_threads(),
     }
 
@@ -228,6 +248,22 @@ def render(report: dict) -> str:
         "`dataloader_num_workers` > 0).",
         "",
         *markdown.table(["part", "ms"], [[k, f"{v:.2f}"] for k, v in data.items() if k != "tiles"], "lr"),
+    ]
+    kinds = [k for k in runs]
+    lines += [
+        "",
+        "Live tensors at each step's peak, GiB (torch.profiler's memory timeline: tensors only, so the "
+        "allocator's slack, which the RSS peaks of `mpo bench` include, is not in it):",
+        "",
+        *markdown.table(
+            ["kind"] + kinds,
+            [
+                [c] + [f"{runs[k]['memory_at_peak'][c]:.2f}" for k in kinds]
+                for c in runs[kinds[0]]["memory_at_peak"]
+            ]
+            + [["**total**"] + [f"**{sum(runs[k]['memory_at_peak'].values()):.2f}**" for k in kinds]],
+            "l" + "r" * len(kinds),
+        ),
     ]
     for kind, run in runs.items():
         lines += ["", f"Operators of the {kind} step by self CPU time (torch.profiler):", ""]
