@@ -206,9 +206,8 @@ def phase_rows(run: dict) -> list[tuple[str, float]]:
     """(phase, seconds) of one step; the model parts are split out of the forward, the rest is data."""
     p = run["phases"]
     model = sum(v for k, v in p.items() if k.split(" forward")[0] in TIMED_MODULES.values())
-    rows = sorted(
-        ((k, v) for k, v in p.items() if " forward" in k and "total" not in k), key=lambda kv: kv[0]
-    )
+    order = [f"{m} forward{g}" for g in ("", " (no grad)") for m in TIMED_MODULES.values()]
+    rows = [(k, p[k]) for k in order if k in p]
     rows.append(("head, log-probs and loss", p.get("forward and loss (total)", 0.0) - model))
     rows += [("backward", p.get("backward", 0.0)), ("optimizer step", p.get("optimizer step", 0.0))]
     rows.append(("data and the rest", run["step_s"] - sum(v for _, v in rows)))
