@@ -213,6 +213,31 @@ class _RewardShiftStep(TrainerCallback):
         self.trainer.update_reward_shift()
 
 
+def reference_note(precompute: bool, held_bytes: int, epochs: float) -> str:
+    """How the reference log-probs are computed, and what that costs (logged once, when the trainer is built).
+
+    Per pair over the run, precompute costs one reference forward and one more collation; in-step costs one
+    reference forward per epoch and, unless the reference is the adapter-disabled policy (LoRA), a frozen
+    copy of the weights. At the real shape a collation is 24-46 ms of CPU, in DataLoader workers, against
+    ~0.1 s of GPU per reference forward (benchmarks/results/real_profile.md), so precompute is the cheaper
+    one from one epoch up, and the only one that holds no second copy of the weights.
+    """
+    if precompute:
+        return (
+            f"reference log-probs: one pass before training, cached on disk, read by all {epochs:g} epoch(s); "
+            "no reference weights are held during training"
+        )
+    held = (
+        f"a frozen copy of the weights, {held_bytes / 2**30:.3g} GiB"
+        if held_bytes
+        else "the adapter-disabled policy"
+    )
+    return (
+        f"reference log-probs: in every step ({epochs:g} reference forward(s) per pair over the run, against one "
+        f"with precompute_ref_log_probs); the reference is {held}"
+    )
+
+
 class MPOTrainer(NativeResumeMixin, DPOTrainer):
     """Mixed Preference Optimization on InternVL (MMPR records), derived from `trl.DPOTrainer`."""
 
@@ -264,6 +289,12 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         # metrics; the MPO loss and metrics need only the log-probs.
         unwrapped = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
         add_fused_lm_head(unwrapped, outputs=("log_probs",))
+        held = (
+            sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.ref_model.parameters())
+            if self.ref_model is not None
+            else 0
+        )
+        logger.warning(reference_note(self.precompute_ref_logps, held, self.args.num_train_epochs))
         self.reward_shift = RewardShift()
         self.add_callback(_RewardShiftStep(self))
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo train adds "model" and "data")

@@ -626,3 +626,24 @@ def test_in_step_reference_is_deterministic_under_lora_and_vision_drop_path(tiny
         torch.testing.assert_close(
             torch.stack(got, 1).flatten(), base.view(2, 2).T.flatten(), rtol=1e-5, atol=1e-4
         )
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_the_reference_mode_is_logged_with_its_cost(tiny_model, mixed_meta, tmp_path, caplog, precompute):
+    processor = load_processor(tiny_model)
+    data, _ = load_mmpr(mixed_meta, processor)
+    reference = load_model(tiny_model)
+    held = sum(p.numel() * 4 for p in reference.parameters()) / 2**30  # fp32 weights of the frozen copy
+    with caplog.at_level("WARNING"):
+        MPOTrainer(
+            load_model(tiny_model),
+            ref_model=None if precompute else reference,
+            args=_config(tmp_path, precompute_ref_log_probs=precompute, ref_cache_dir=str(tmp_path / "c")),
+            train_dataset=data,
+            processing_class=processor,
+        )
+    notes = [r.getMessage() for r in caplog.records if "reference log-probs: " in r.getMessage()]
+    if precompute:
+        assert any("one pass before training" in n and "no reference weights" in n for n in notes), notes
+    else:
+        assert any(f"a frozen copy of the weights, {held:.3g} GiB" in n for n in notes), notes
