@@ -25,6 +25,7 @@ from trl.trainer.utils import add_fused_lm_head
 from mpo.data.collator import PreferenceCollator
 from mpo.data.images import tile_budget
 from mpo.data.template import normalize_question
+from mpo.fused_head import compact_lm_head
 from mpo.generation import GenerationRequest
 
 DEFAULT_BETA = 0.1
@@ -73,7 +74,8 @@ def response_logps(model, processor, request: GenerationRequest, responses: list
         )
         features.pooler_output = features.pooler_output.repeat(len(encoded), 1, 1)
         kwargs["mm_encoder_outputs"] = {"image": features}
-    out = model(**kwargs, shift_labels=shift_labels.to(model.device), use_cache=False, fused_lm_head=True)
+    with compact_lm_head():
+        out = model(**kwargs, shift_labels=shift_labels.to(model.device), use_cache=False, fused_lm_head=True)
     scored = shift_labels.to(out.log_probs.device) != -100
     return (out.log_probs.float() * scored).sum(dim=1).tolist()
 

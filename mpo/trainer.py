@@ -47,6 +47,7 @@ from mpo.checkpointing import REWARD_SHIFT_KEY, NativeResumeMixin, write_run_con
 from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import DROPPED_SOURCES, PreferenceCollator, SkipBadRecords, take_skips
 from mpo.data.meta import BadRows
+from mpo.fused_head import compact_lm_head
 from mpo.losses import MPO_TERMS, MPO_WEIGHTS, TERMS, RewardShift, objective
 from mpo.models import families
 from mpo.runtime import cpu_training_defaults
@@ -397,7 +398,8 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             kwargs["mm_encoder_outputs"] = {"image": features}
         else:
             kwargs["pixel_values"] = pixel_values
-        out = model(**kwargs, shift_labels=inputs["shift_labels"], use_cache=False, fused_lm_head=True)
+        with compact_lm_head():
+            out = model(**kwargs, shift_labels=inputs["shift_labels"], use_cache=False, fused_lm_head=True)
         index = inputs["logp_index"]
         scored = index >= 0
         n = 2 * int(inputs["num_pairs"])

@@ -647,3 +647,30 @@ def test_the_reference_mode_is_logged_with_its_cost(tiny_model, mixed_meta, tmp_
         assert any("one pass before training" in n and "no reference weights" in n for n in notes), notes
     else:
         assert any(f"a frozen copy of the weights, {held:.3g} GiB" in n for n in notes), notes
+
+
+def test_the_lm_head_projects_only_labelled_positions_on_the_cpu(
+    tiny_model, mixed_meta, tmp_path, monkeypatch
+):
+    """TRL's fused head, left alone, projects every position of the row off Triton devices (trl 1.16)."""
+    from trl.trainer import utils as trl_utils
+
+    processor = load_processor(tiny_model)
+    data, _ = load_mmpr(mixed_meta, processor)
+    trainer = MPOTrainer(
+        load_model(tiny_model),
+        args=_config(tmp_path, precompute_ref_log_probs=False, prefix_sharing=True),
+        train_dataset=data,
+        processing_class=processor,
+    )
+    projected = []
+    inner = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction, "apply", lambda h, *a: projected.append(h.shape[0]) or inner(h, *a)
+    )
+    batch = trainer.data_collator([data[0], data[1]])
+    with torch.no_grad():
+        trainer._sequence_logps(trainer.model, batch)
+    labelled = int((batch["shift_labels"] != -100).sum())
+    assert labelled < batch["input_ids"].numel() // 2  # a prefix-shared row is mostly prompt and image
+    assert projected == [labelled]
