@@ -5,7 +5,9 @@
 
 Both trainers get the same model (the tiny InternVL2.5, or ``--shape real``: random weights at the
 InternVL2.5-1B widths cut to ``--layers``), the same preference pairs, batch and seed, and
-the same objective (TRL: loss_type sigmoid + bco_pair + sft with weights 0.8 / 0.2 / 1.0). Each
+the same objective (TRL: loss_type sigmoid + bco_pair + sft with weights 0.8 / 0.2 / 1.0), and the same
+LM head: on the CPU both fused heads score only the labelled positions (:mod:`mpo.fused_head`), as TRL's
+does on a GPU. Each
 measurement runs in a fresh subprocess, TRL and MPO alternating, so peak RSS is per run. Shapes:
 ``image_heavy`` (7 tiles = 112 image tokens + the system prompt against ~12-token responses) and
 ``text_heavy`` (text-only, long answers). MPO's end-to-end time includes its one reference pass
@@ -233,6 +235,8 @@ def child(
     import torch
     from transformers import TrainerCallback
 
+    from mpo.fused_head import compact_lm_head
+
     cuda = torch.cuda.is_available()
     start = time.perf_counter()
     trainer = build_trainer(kind, model, data, steps, batch, switches)
@@ -256,7 +260,8 @@ def child(
     else:
         _reset_peak_rss()
         base_rss = _status_mb("VmRSS")
-    trainer.train()
+    with compact_lm_head():  # both trainers' heads score only the labelled positions, as on a GPU
+        trainer.train()
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _status_mb("VmHWM")
     # steps 2..N are timed: the first one warms up (kernel compilation, allocator, autotuning)
     train_s = clock.ends[-1] - clock.ends[0]
