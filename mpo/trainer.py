@@ -219,9 +219,10 @@ def reference_note(precompute: bool, held_bytes: int, epochs: float) -> str:
 
     Per pair over the run, precompute costs one reference forward and one more collation; in-step costs one
     reference forward per epoch and, unless the reference is the adapter-disabled policy (LoRA), a frozen
-    copy of the weights. At the real shape a collation is 24-46 ms of CPU, in DataLoader workers, against
-    ~0.1 s of GPU per reference forward (benchmarks/results/real_profile.md), so precompute is the cheaper
-    one from one epoch up, and the only one that holds no second copy of the weights.
+    copy of the weights. The extra collation is CPU work that DataLoader workers overlap with the GPU (at the
+    real shape 21 ms for a 7-tile record, benchmarks/results/real_profile.md, against ~0.1 s of GPU per
+    reference forward, gpu_check.md). So precompute costs the same GPU time at one epoch and less from two,
+    and it is the only one that holds no second copy of the weights.
     """
     if precompute:
         return (
