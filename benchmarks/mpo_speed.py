@@ -337,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small run: < 2 minutes on 2 cores")
     parser.add_argument("--rounds", type=int, default=None, help="TRL/MPO alternations per shape")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="pairs per step (default: 8; --shape real: 1, which fits 24 GB)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS)")
     parser.add_argument(
         "--out",
@@ -357,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     real = args.shape == "real"
     rounds = args.rounds or (1 if args.quick or real else 3)
     steps = args.steps or (3 if real else 6 if args.quick else 20)
+    args.batch = args.batch or (1 if real else 8)
     work = Path(tempfile.mkdtemp(prefix="mpo-bench-"))
     if real:
         from mpo.models.sizes import build_random_native
