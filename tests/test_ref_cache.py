@@ -184,3 +184,33 @@ def test_two_rank_deepspeed_builds_then_reuses_the_cache(tiny_model, tmp_path):
     assert "reference log-probs: reusing" in second and "computed for" not in second
     state = json.loads((tmp_path / "b" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+
+
+def test_reference_batches_group_records_of_similar_length(tiny_model, tmp_path, monkeypatch):
+    """Short and long pairs alternate in the data; the reference pass batches the two short ones together
+    and the two long ones together, so it pads less than batches in data order would."""
+    long = " ".join(["the red circle is left of the blue square"] * 20)
+    rows = [{"question": f"q{i}?", "chosen": long if i % 2 else "a", "rejected": "b"} for i in range(4)]
+    meta = write_mmpr(tmp_path / "data", rows)
+    padded = []
+    collate = PreferenceCollator.__call__
+
+    def spy(self, records):
+        batch = collate(self, records)
+        padded.append(batch["input_ids"].numel())
+        return batch
+
+    monkeypatch.setattr(PreferenceCollator, "__call__", spy)
+    trainer = _trainer(tiny_model, meta, tmp_path / "cache", tmp_path)
+    monkeypatch.undo()
+    data, collator = trainer.train_dataset, trainer.data_collator
+    grouped = (
+        collator([data[0], data[2]])["input_ids"].numel() + collator([data[1], data[3]])["input_ids"].numel()
+    )
+    in_order = (
+        collator([data[0], data[1]])["input_ids"].numel() + collator([data[2], data[3]])["input_ids"].numel()
+    )
+    assert sum(padded) == grouped < in_order
+    chosen, rejected = _reference_by_hand(tiny_model, meta)  # and each pair still gets its own numbers
+    torch.testing.assert_close(torch.tensor(data["ref_chosen_logps"]), chosen, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(data["ref_rejected_logps"]), rejected, rtol=1e-5, atol=1e-4)
