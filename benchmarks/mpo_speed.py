@@ -215,7 +215,6 @@ def build_trainer(kind: str, model: str, data: str, steps: int, batch: int, swit
         args = MPOConfig(
             ref_cache_dir=tempfile.mkdtemp(),
             max_length=None,
-            precompute_ref_batch_size=4 * batch,
             **{**common, **switches},
         )
         layout = layout_of(prefix_sharing=args.prefix_sharing, packed=args.max_packed_tokens is not None)
