@@ -43,6 +43,7 @@ class Scale:
     tts_items: int | None = None  # ... on the first items of the eval split (None: eval_items)
     formats: tuple[str, ...] = ("short",)  # question formats of the synthetic task (short answer, "mc")
     max_tiles: int = 1  # largest synthetic image, in tiles (1: every image is one 64 px tile, 16 tokens)
+    cot_fraction: float = 0.3  # share of SFT records answered with a chain of thought (the rest: bare answer)
     pair_args: tuple[str, ...] = ()  # extra `mpo build-pairs` options (sampling temperature, ...)
     mpo_args: tuple[
         str, ...
@@ -179,8 +180,9 @@ def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
     return write_report(out, p.timings)
 
 
-def eval_args(model: str, target: Path, out: Path, items: int | None) -> list[str]:
-    """`mpo eval` of ``model`` on the first ``items`` held-out synthetic items, chain of thought, into ``target``."""
+def eval_args(model: str, target: Path, out: Path, items: int | None, cot: bool = True) -> list[str]:
+    """`mpo eval` of ``model`` on the first ``items`` held-out synthetic items, into ``target``: chain of
+    thought (64 new tokens), or with ``cot=False`` the direct-answer prompt (8 new tokens)."""
     limit = ["--limit", str(items)] if items else []
     data = f"synthetic={out}/synthetic/eval/eval.tsv"
     return [
@@ -189,9 +191,9 @@ def eval_args(model: str, target: Path, out: Path, items: int | None) -> list[st
         model,
         "--data",
         data,
-        "--cot",
+        *(["--cot"] if cot else []),
         "--max-new-tokens",
-        "64",
+        "64" if cot else "8",
         "--out",
         str(target),
         "--backend",
@@ -239,6 +241,8 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
         ",".join(scale.formats),
         "--max-tiles",
         str(scale.max_tiles),
+        "--cot-fraction",
+        str(scale.cot_fraction),
         *(["--skills", ",".join(scale.skills)] if scale.skills else []),
     )
     previous = f"{o}/tiny"
