@@ -33,6 +33,18 @@ VARIANTS: dict[str, demo.Scale] = {
     # the MPO paper's premise: SFT data mostly direct answers, so CoT after SFT trails the direct answer
     "cot0.05": dataclasses.replace(FULL, cot_fraction=0.05),
     "cot0.1": dataclasses.replace(FULL, cot_fraction=0.1),
+    # MPO on the cot0.05 SFT checkpoint (--reuse /tmp/demo_sweep/cot0.05)
+    "c05-lr2e-4": dataclasses.replace(FULL, cot_fraction=0.05, mpo_args=("--learning_rate", "2e-4")),
+    "c05-q1000-cap3-lr2e-4": dataclasses.replace(
+        FULL,
+        cot_fraction=0.05,
+        pair_questions=1000,
+        pair_args=("--max-pairs-per-question", "3"),
+        mpo_args=("--learning_rate", "2e-4"),
+    ),
+    "c05-q1000-cap3-lr5e-5": dataclasses.replace(
+        FULL, cot_fraction=0.05, pair_questions=1000, pair_args=("--max-pairs-per-question", "3")
+    ),
     "lr2e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "2e-4")),
     "lr5e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "5e-4")),
     "q1000-cap3-lr2e-4": dataclasses.replace(
