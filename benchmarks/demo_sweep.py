@@ -45,6 +45,14 @@ VARIANTS: dict[str, demo.Scale] = {
     "c05-q1000-cap3-lr5e-5": dataclasses.replace(
         FULL, cot_fraction=0.05, pair_questions=1000, pair_args=("--max-pairs-per-question", "3")
     ),
+    # fewer still: 160 chain-of-thought answers of 8000, with the MPO settings of c05-q1000-cap3-lr2e-4
+    "c02-q1000-cap3-lr2e-4": dataclasses.replace(
+        FULL,
+        cot_fraction=0.02,
+        pair_questions=1000,
+        pair_args=("--max-pairs-per-question", "3"),
+        mpo_args=("--learning_rate", "2e-4"),
+    ),
     "lr2e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "2e-4")),
     "lr5e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "5e-4")),
     "q1000-cap3-lr2e-4": dataclasses.replace(
