@@ -53,6 +53,21 @@ VARIANTS: dict[str, demo.Scale] = {
         pair_args=("--max-pairs-per-question", "3"),
         mpo_args=("--learning_rate", "2e-4"),
     ),
+    # MPO on the c02 SFT checkpoint and pairs (--reuse /tmp/demo_sweep/c02-q1000-cap3-lr2e-4 --reuse-pairs)
+    "c02-q1000-cap3-lr5e-4": dataclasses.replace(
+        FULL,
+        cot_fraction=0.02,
+        pair_questions=1000,
+        pair_args=("--max-pairs-per-question", "3"),
+        mpo_args=("--learning_rate", "5e-4"),
+    ),
+    "c02-q1000-cap3-lr2e-4-2ep": dataclasses.replace(
+        FULL,
+        cot_fraction=0.02,
+        pair_questions=1000,
+        pair_args=("--max-pairs-per-question", "3"),
+        mpo_args=("--learning_rate", "2e-4", "--num_train_epochs", "2"),
+    ),
     "lr2e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "2e-4")),
     "lr5e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "5e-4")),
     "q1000-cap3-lr2e-4": dataclasses.replace(
