@@ -25,65 +25,35 @@ RESULTS = Path(__file__).resolve().parent / "results"
 LOG = RESULTS / "demo_sweep.jsonl"
 FULL = demo.SCALES["full"]
 OLD = dict(formats=("short", "mc"), max_tiles=5)  # the task before issue 18
+# `full` before the chain-of-thought share became a knob: 30 % CoT answers in SFT, pairs from 300 questions
+C30 = dataclasses.replace(FULL, cot_fraction=0.3, pair_questions=300, pair_args=(), mpo_args=())
+Q1000 = dict(pair_questions=1000, pair_args=("--max-pairs-per-question", "3"))  # more scenes, fewer per scene
+
+
+def _lr(lr: str, *more: str) -> dict:
+    return dict(mpo_args=("--learning_rate", lr, *more))
+
 
 VARIANTS: dict[str, demo.Scale] = {
-    "old-full": dataclasses.replace(FULL, **OLD, sft_steps=None),
+    "old-full": dataclasses.replace(C30, **OLD, sft_steps=None),
     "full": FULL,
-    # MPO on the `full` SFT checkpoint (run with --reuse /tmp/demo_sweep/full [--reuse-pairs])
+    "c30": C30,
+    # MPO on the c30 SFT checkpoint (run with --reuse /tmp/demo_sweep/full [--reuse-pairs])
+    "lr2e-4": dataclasses.replace(C30, **_lr("2e-4")),
+    "lr5e-4": dataclasses.replace(C30, **_lr("5e-4")),
+    "q1000-cap3-lr2e-4": dataclasses.replace(C30, **Q1000, **_lr("2e-4")),
+    "q1000-cap3-lr5e-5": dataclasses.replace(C30, **Q1000),
     # the MPO paper's premise: SFT data mostly direct answers, so CoT after SFT trails the direct answer
-    "cot0.05": dataclasses.replace(FULL, cot_fraction=0.05),
-    "cot0.1": dataclasses.replace(FULL, cot_fraction=0.1),
+    "cot0.05": dataclasses.replace(C30, cot_fraction=0.05),
+    "cot0.1": dataclasses.replace(C30, cot_fraction=0.1),
     # MPO on the cot0.05 SFT checkpoint (--reuse /tmp/demo_sweep/cot0.05)
-    "c05-lr2e-4": dataclasses.replace(FULL, cot_fraction=0.05, mpo_args=("--learning_rate", "2e-4")),
-    "c05-q1000-cap3-lr2e-4": dataclasses.replace(
-        FULL,
-        cot_fraction=0.05,
-        pair_questions=1000,
-        pair_args=("--max-pairs-per-question", "3"),
-        mpo_args=("--learning_rate", "2e-4"),
-    ),
-    "c05-q1000-cap3-lr5e-5": dataclasses.replace(
-        FULL, cot_fraction=0.05, pair_questions=1000, pair_args=("--max-pairs-per-question", "3")
-    ),
-    # fewer still: 160 chain-of-thought answers of 8000, with the MPO settings of c05-q1000-cap3-lr2e-4
-    "c02-q1000-cap3-lr2e-4": dataclasses.replace(
-        FULL,
-        cot_fraction=0.02,
-        pair_questions=1000,
-        pair_args=("--max-pairs-per-question", "3"),
-        mpo_args=("--learning_rate", "2e-4"),
-    ),
+    "c05-q1000-cap3-lr2e-4": dataclasses.replace(C30, cot_fraction=0.05, **Q1000, **_lr("2e-4")),
+    # fewer still: 160 chain-of-thought answers of 8000 (the `full` default since this sweep)
+    "c02-q1000-cap3-lr2e-4": dataclasses.replace(C30, cot_fraction=0.02, **Q1000, **_lr("2e-4")),
     # MPO on the c02 SFT checkpoint and pairs (--reuse /tmp/demo_sweep/c02-q1000-cap3-lr2e-4 --reuse-pairs)
-    "c02-q1000-cap3-lr5e-4": dataclasses.replace(
-        FULL,
-        cot_fraction=0.02,
-        pair_questions=1000,
-        pair_args=("--max-pairs-per-question", "3"),
-        mpo_args=("--learning_rate", "5e-4"),
-    ),
+    "c02-q1000-cap3-lr5e-4": dataclasses.replace(C30, cot_fraction=0.02, **Q1000, **_lr("5e-4")),
     "c02-q1000-cap3-lr2e-4-2ep": dataclasses.replace(
-        FULL,
-        cot_fraction=0.02,
-        pair_questions=1000,
-        pair_args=("--max-pairs-per-question", "3"),
-        mpo_args=("--learning_rate", "2e-4", "--num_train_epochs", "2"),
-    ),
-    "lr2e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "2e-4")),
-    "lr5e-4": dataclasses.replace(FULL, mpo_args=("--learning_rate", "5e-4")),
-    "q1000-cap3-lr2e-4": dataclasses.replace(
-        FULL,
-        pair_questions=1000,
-        pair_args=("--max-pairs-per-question", "3"),
-        mpo_args=("--learning_rate", "2e-4"),
-    ),
-    "q1000-cap3-lr5e-5": dataclasses.replace(
-        FULL, pair_questions=1000, pair_args=("--max-pairs-per-question", "3")
-    ),
-    "q1000-cap3-t0.7-lr2e-4": dataclasses.replace(
-        FULL,
-        pair_questions=1000,
-        pair_args=("--max-pairs-per-question", "3", "--temperature", "0.7"),
-        mpo_args=("--learning_rate", "2e-4"),
+        C30, cot_fraction=0.02, **Q1000, **_lr("2e-4", "--num_train_epochs", "2")
     ),
 }
 

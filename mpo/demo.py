@@ -58,17 +58,24 @@ DEMO_SKILLS = ("colour", "count", "position")
 # compare; measured on 2 cores), keeping the demo under 10 minutes; all 500 items would add 97 s.
 TTS_SAMPLES, TTS_ITEMS = 8, 200
 TTS_TEMPERATURE = 0.7
+# The MPO paper's premise in `full`: SFT data are mostly direct answers (2 % chain of thought: 160 of 8000), so
+# after SFT the chain of thought trails the direct answer (50.8 % against 64.2 % held-out), and MPO on CoT pairs
+# from 1000 questions (at most 3 pairs each; lr 2e-4) closes part of that gap: benchmarks/results/demo_sweep.md.
+FULL_COT_FRACTION = 0.02
 SCALES = {
     "full": Scale(
         n_sft=8000,
         skills=DEMO_SKILLS,
         sft_steps=None,
-        pair_questions=300,
+        pair_questions=1000,
         samples=8,
         mpo_steps=None,
         eval_items=500,
         tts_samples=TTS_SAMPLES,
         tts_items=TTS_ITEMS,
+        cot_fraction=FULL_COT_FRACTION,
+        pair_args=("--max-pairs-per-question", "3"),
+        mpo_args=("--learning_rate", "2e-4"),
     ),
     "long": Scale(
         n_sft=8000,
