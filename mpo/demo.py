@@ -99,6 +99,7 @@ SCALES = {
         pairs="dropout-ntp",
         tts_samples=4,
         tts_items=8,
+        cot_fraction=FULL_COT_FRACTION,
     ),
 }
 
