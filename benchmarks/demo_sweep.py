@@ -52,6 +52,10 @@ VARIANTS: dict[str, demo.Scale] = {
     "c02-q1000-cap3-lr2e-4": dataclasses.replace(C30, cot_fraction=0.02, **Q1000, **_lr("2e-4")),
     # MPO on the c02 SFT checkpoint and pairs (--reuse /tmp/demo_sweep/c02-q1000-cap3-lr2e-4 --reuse-pairs)
     "c02-q1000-cap3-lr5e-4": dataclasses.replace(C30, cot_fraction=0.02, **Q1000, **_lr("5e-4")),
+    "c02-q1000-cap3-lr5e-5": dataclasses.replace(C30, cot_fraction=0.02, **Q1000),
+    "c02-q1000-cap3-lr2e-4-beta0.5": dataclasses.replace(
+        C30, cot_fraction=0.02, **Q1000, **_lr("2e-4", "--beta", "0.5")
+    ),
     "c02-q1000-cap3-lr2e-4-2ep": dataclasses.replace(
         C30, cot_fraction=0.02, **Q1000, **_lr("2e-4", "--num_train_epochs", "2")
     ),
