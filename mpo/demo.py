@@ -43,19 +43,20 @@ class Scale:
     tts_items: int | None = None  # ... on the first items of the eval split (None: eval_items)
     formats: tuple[str, ...] = ("short",)  # question formats of the synthetic task (short answer, "mc")
     max_tiles: int = 1  # largest synthetic image, in tiles (1: every image is one 64 px tile, 16 tokens)
-    cot_fraction: float = 0.3  # share of SFT records answered with a chain of thought (the rest: bare answer)
+    cot_fraction: float = 0.3  # share of SFT records answered with a chain of thought (as the generator)
     pair_args: tuple[str, ...] = ()  # extra `mpo build-pairs` options (sampling temperature, ...)
     mpo_args: tuple[
         str, ...
     ] = ()  # extra `mpo train` options of the MPO step and the ablation (beta, lr, ...)
 
 
-# `full` (make demo) fits 10 minutes on 2 CPU cores: three of the seven skills, which the tiny model learns
-# in that time (recipes/tiny/sft_stage2.yaml has the measurements). `long` is the whole task with a
+# `full` (make demo): three of the seven skills, which the tiny model learns in its SFT budget
+# (recipes/tiny/sft_stage2.yaml has the measurements); 759 and 898 s end to end on 2 shared CPU cores, of
+# which stage 2 of SFT is 380-415 s. `long` is the whole task with a
 # 7000-step stage 2 (about 20 minutes of SFT). `smoke` checks the plumbing in seconds.
 DEMO_SKILLS = ("colour", "count", "position")
 # Test-time scaling in `full`: 8 samples on the first 200 eval items add 48 s (2 x 21 s of sampling, 6 s of
-# compare; measured on 2 cores), keeping the demo under 10 minutes; all 500 items would add 97 s.
+# compare; measured on 2 cores); all 500 items would add 97 s.
 TTS_SAMPLES, TTS_ITEMS = 8, 200
 TTS_TEMPERATURE = 0.7
 # The MPO paper's premise in `full`: SFT data are mostly direct answers (2 % chain of thought: 160 of 8000), so
