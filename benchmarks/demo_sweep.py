@@ -106,7 +106,8 @@ def table() -> str:
         "are in benchmarks/demo_sweep.py); 2 shared CPU cores. Held-out accuracy in %, chain-of-thought: "
         "greedy (SFT, MPO, McNemar p on the same items) and one sampled response at temperature 0.7 "
         "(N = 1) and the majority vote. Pairs: questions with both correct and incorrect samples / all "
-        "correct / none correct.",
+        "correct / none correct. Direct: the same checkpoints without the chain-of-thought prompt. Wall: the "
+        "whole run, or for a run that reused an earlier run's steps (`reused` in the jsonl) only its own.",
         "",
         "| variant | settings | SFT | MPO | gain | p | SFT direct | MPO direct | SFT N=1 | MPO N=1 | SFT maj "
         "| MPO maj | pairs | wall s |",
