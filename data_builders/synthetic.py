@@ -101,7 +101,7 @@ SPLITS = ("sft", "qa", "eval")
 # Ten hash buckets of scene keys; each split only takes scenes from its own buckets.
 _BUCKETS = {"sft": range(0, 6), "qa": range(6, 8), "eval": range(8, 10)}
 
-COT_FRACTION = 0.3
+COT_FRACTION = 0.3  # default share of SFT records whose answer is a chain of thought
 LETTERS = "ABCD"
 YES_NO = ("yes", "no")
 
@@ -653,11 +653,13 @@ def _generate_split(
     skills: tuple[str, ...] = SKILLS,
     formats: tuple[str, ...] = FORMATS,
     sizes: Sizes = IMAGE_SIZES,
+    cot_fraction: float = COT_FRACTION,
 ) -> tuple[list[Sample], list[list[str]], set, set]:
-    """Samples of one split, their image file names (written under OUT/images/split), keys and digests."""
+    """Samples of one split, their image file names (written under OUT/images/split), keys and digests;
+    in the sft split, round(cot_fraction * n) records (drawn at random) answer with a chain of thought."""
     rng = Random(f"internvl-mpo-synthetic:{seed}:{split}")
     plan = _allocate(n, rng, skills, formats)
-    cot_ids = set(rng.sample(range(n), round(COT_FRACTION * n))) if split == "sft" else set()
+    cot_ids = set(rng.sample(range(n), round(cot_fraction * n))) if split == "sft" else set()
     image_dir = out / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
     for old in image_dir.glob(f"{split}-*.png"):  # files of an earlier run into the same OUT
@@ -734,10 +736,12 @@ def generate(
     skills: Sequence[str] = SKILLS,
     formats: Sequence[str] = FORMATS,
     max_tiles: int = 5,
+    cot_fraction: float = COT_FRACTION,
 ) -> dict:
     """Write the three splits under ``out``, with items of ``skills`` only (all seven by default) in
     ``formats`` only (short answer and multiple choice by default, balanced within each skill), with
-    images the model sees as at most ``max_tiles`` tiles (all sizes by default; 1: 64 x 64 only);
+    images the model sees as at most ``max_tiles`` tiles (all sizes by default; 1: 64 x 64 only), and
+    round(``cot_fraction`` * n_sft) SFT records answering with a chain of thought (the rest: the bare answer);
     returns ``{"sft": n, "qa": n, "eval": n, "skills": {split: {skill: n}}}``."""
     out = Path(out)
     for flag, noun, given, known in (
@@ -757,10 +761,13 @@ def generate(
     for name, value in (("--n", n_sft), ("--n-qa", n_qa), ("--n-eval", n_eval)):
         if value < 0:
             raise UserError(f"{name} must be >= 0, got {value}")
+    if not 0.0 <= cot_fraction <= 1.0:
+        raise UserError(f"--cot-fraction must be between 0 and 1, got {cot_fraction}")
     sizes = {"sft": n_sft, "qa": n_qa, "eval": n_eval}
     shapes = sizes_up_to(max_tiles)
     made = {
-        split: _generate_split(out, split, sizes[split], seed, skills, formats, shapes) for split in SPLITS
+        split: _generate_split(out, split, sizes[split], seed, skills, formats, shapes, cot_fraction)
+        for split in SPLITS
     }
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
@@ -889,11 +896,25 @@ def main(argv: list[str]) -> int:
         default=5,
         help="largest image, in tiles the model sees (1: 64 x 64 only; default 5: all sizes)",
     )
+    parser.add_argument(
+        "--cot-fraction",
+        type=float,
+        default=COT_FRACTION,
+        help=f"share of SFT records answered with a chain of thought (default {COT_FRACTION})",
+    )
     args = parser.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out} exists and is not a folder")
     counts = generate(
-        args.out, args.n, args.n_qa, args.n_eval, args.seed, args.skills, args.formats, args.max_tiles
+        args.out,
+        args.n,
+        args.n_qa,
+        args.n_eval,
+        args.seed,
+        args.skills,
+        args.formats,
+        args.max_tiles,
+        args.cot_fraction,
     )
     per_skill = Counter()
     for skills in counts["skills"].values():

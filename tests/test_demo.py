@@ -13,6 +13,7 @@ from PIL import Image
 
 from data_builders.synthetic import chance_accuracy
 from mpo import demo
+from mpo.prompts import COT_INSTRUCTION
 
 
 def overall(run: Path) -> dict:
@@ -62,6 +63,13 @@ def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
     assert "Exact McNemar test" in text
     # the smoke scale's task: short answers on one tile
     assert all(r[letter] == "" for r in rows for letter in "ABCD")
+    # ... with the scale's share of chain-of-thought SFT answers (the generator's own default is 0.3)
+    sft_rows = [
+        json.loads(line) for line in (out / "synthetic" / "sft" / "train.jsonl").read_text().splitlines()
+    ]
+    reasoned = [r for r in sft_rows if r["conversations"][0]["value"].endswith(COT_INSTRUCTION)]
+    assert len(sft_rows) == scale.n_sft and len(reasoned) == round(scale.cot_fraction * scale.n_sft)
+    assert len(reasoned) != round(0.3 * scale.n_sft)
 
     # the ablation reuses every finished step and trains the three objectives for two seeds
     report = demo.ablation(out, scale, seeds=(0, 1)).read_text()

@@ -464,3 +464,30 @@ def test_short_answers_on_one_tile(tmp_path, capsys):
     assert "--formats: unknown format(s) essay; choose from short, mc" in capsys.readouterr().err
     assert cli_main(["synthetic", str(tmp_path / "bad"), "--max-tiles", "0"]) == 1
     assert "--max-tiles must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.05, 0.5, 1.0])
+def test_cot_fraction_sets_the_share_of_reasoned_sft_answers(tmp_path, fraction):
+    # counted from the records' text, not their `cot` flag: a reasoned answer is asked for with the
+    # step-by-step instruction and ends with "Final answer: <answer>"; a direct one is the bare answer
+    n = 40
+    out = tmp_path / "out"
+    args = ["synthetic", str(out), "--n", str(n), "--skills", "colour,count", "--cot-fraction", str(fraction)]
+    assert cli_main(args) == 0
+    rows = read_jsonl(out / "sft" / "train.jsonl")
+    reasoned = direct = 0
+    for row in rows:
+        human, gpt = (turn["value"] for turn in row["conversations"])
+        if human.endswith(COT_INSTRUCTION) and gpt.endswith(f"Final answer: {row['answer']}"):
+            reasoned += 1
+        elif human.endswith((SHORT_INSTRUCTION, MC_INSTRUCTION)) and gpt == row["answer"]:
+            direct += 1
+    assert (reasoned, direct) == (round(fraction * n), n - round(fraction * n))
+    assert sum(row["cot"] for row in rows) == reasoned
+    # the held-out splits never carry the chain-of-thought instruction: the eval prompt chooses it
+    assert not any(COT_INSTRUCTION in row["question"] for row in read_jsonl(out / "qa" / "qa.jsonl"))
+
+
+def test_cot_fraction_out_of_range(tmp_path, capsys):
+    assert cli_main(["synthetic", str(tmp_path / "bad"), "--cot-fraction", "1.5"]) == 1
+    assert "--cot-fraction must be between 0 and 1, got 1.5" in capsys.readouterr().err
