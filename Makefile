@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # on the machine made tiny-model training 3-26x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo demo-ablation test test-fast bench bench-real bench-progressive lint clean
+.PHONY: setup demo demo-ablation test test-fast bench bench-real profile-real bench-progressive lint clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ bench: setup
 # The real shape (InternVL2.5-1B widths, 151k vocabulary, 448 px tiles, MMPR-like pairs) on the CPU.
 bench-real: setup
 	$(PY) -m mpo.cli bench --shape real --threads 2 --out benchmarks/results
+
+# Where the time and memory go at the real shape (about 10 minutes): benchmarks/results/real_profile.md
+profile-real: setup
+	$(PY) -m benchmarks.real_profile --out benchmarks/results
 
 # Progressive scaling on the CPU (about 25 minutes): benchmarks/results/progressive.md
 bench-progressive: setup
