@@ -122,26 +122,30 @@ class Pipeline:
         self.timings[name] = time.perf_counter() - start
 
 
-def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
-    p = prepare(out, scale, fresh)
-    o, sft = str(out), f"{out}/sft_stage2"
-    mpo_args = [
+def train_args(out: Path, scale: Scale, target: Path, *extra: str) -> list[str]:
+    """`mpo train` of MPO on the demo's pairs from its SFT checkpoint into ``target`` (``extra``: seed, loss)."""
+    args = [
         "train",
         "--config",
         "recipes/tiny/mpo.yaml",
         "--model_name_or_path",
-        sft,
+        f"{out}/sft_stage2",
         "--meta_path",
-        f"{o}/pairs/meta.json",
+        f"{out}/pairs/meta.json",
         "--output_dir",
-        f"{o}/mpo",
+        str(target),
         "--ref_cache_dir",
-        f"{o}/ref_cache",
+        f"{out}/ref_cache",
+        *scale.mpo_args,
+        *extra,
     ]
-    mpo_args += list(scale.mpo_args)
-    if scale.mpo_steps:
-        mpo_args += ["--max_steps", str(scale.mpo_steps)]
-    p.step("7/10 MPO training", out / "mpo" / "trainer_state.json", *mpo_args)
+    return args + (["--max_steps", str(scale.mpo_steps)] if scale.mpo_steps else [])
+
+
+def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
+    p = prepare(out, scale, fresh)
+    o, sft = str(out), f"{out}/sft_stage2"
+    p.step("7/10 MPO training", out / "mpo" / "trainer_state.json", *train_args(out, scale, out / "mpo"))
     for name, model in (("sft", sft), ("mpo", f"{o}/mpo")):
         evaluate(
             p,
@@ -310,32 +314,14 @@ def ablation(out: Path, scale: Scale, seeds: tuple[int, ...] = (0, 1, 2), fresh:
     import statistics
 
     p = prepare(out, scale, fresh)
-    o, sft = str(out), f"{out}/sft_stage2"
+    sft = f"{out}/sft_stage2"
     evaluate(p, "evaluate the SFT checkpoint", sft, out / "eval" / "sft", out, scale)
     accuracy: dict[str, list[float]] = {}
     for variant, loss_args in VARIANTS.items():
         for seed in seeds:
             tag = f"{variant.lower().replace(' ', '_')}_s{seed}"
             target = out / "ablation" / tag
-            train = [
-                "train",
-                "--config",
-                "recipes/tiny/mpo.yaml",
-                "--model_name_or_path",
-                sft,
-                "--meta_path",
-                f"{o}/pairs/meta.json",
-                "--output_dir",
-                str(target),
-                "--ref_cache_dir",
-                f"{o}/ref_cache",
-                "--seed",
-                str(seed),
-                *scale.mpo_args,
-                *loss_args,
-            ]
-            if scale.mpo_steps:
-                train += ["--max_steps", str(scale.mpo_steps)]
+            train = train_args(out, scale, target, "--seed", str(seed), *loss_args)
             p.step(f"ablation: train {variant}, seed {seed}", target / "trainer_state.json", *train)
             evaluate(
                 p, f"ablation: evaluate {variant}, seed {seed}", str(target), target / "eval", out, scale
