@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from tqdm import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from mpo.data.images import load_visuals, tile_budget, tiles_for, tiling_kwargs
@@ -153,46 +154,75 @@ class TransformersBackend:
         )
 
     @torch.no_grad()
+    def prefill(self, enc, pixel_values: torch.Tensor | None, n: int) -> dict:
+        """Runs each prompt once and gives ``generate`` inputs for ``n`` samples of it.
+
+        ``num_return_sequences=n`` would copy every prompt ``n`` times *before* the forward pass, so the
+        prompt (up to 13 x 256 image tokens) would run through the LLM ``n`` times. Here all but the
+        prompt's last token run once per prompt; the ``n`` samples continue from copies of that
+        cache (``Cache.batch_repeat_interleave``), and ``generate`` runs the last token for each copy.
+        The position ids are those ``generate`` gives a left-padded row (``cumsum(mask) - 1``, pads 0),
+        so the cached keys are the ones it would have computed. Prompt tokens through the LLM:
+        B·L instead of B·n·L.
+        """
+        ids, mask = enc["input_ids"], enc["attention_mask"]  # [B, L], left-padded
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache, cache_argument = DynamicCache(), _cache_argument(self.model.model.forward)
+        self.model.model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            pixel_values=pixel_values,
+            use_cache=True,
+            **{cache_argument: cache},
+        )
+        cache.batch_repeat_interleave(n)
+        return {
+            "input_ids": ids.repeat_interleave(n, dim=0),  # [B·n, L]: row b·n + k is sample k of prompt b
+            "attention_mask": mask.repeat_interleave(n, dim=0),
+            cache_argument: cache,
+        }
+
+    @torch.no_grad()
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[list[str]]:
         tokenizer = self.processor.tokenizer
         out: list[list[str]] = []
         batches = range(0, len(requests), self.batch_size)
         for start in tqdm(batches, desc="generating", disable=not self.progress or len(batches) < 2):
-            encoded = [self._encode(r) for r in requests[start : start + self.batch_size]]
+            batch = requests[start : start + self.batch_size]
+            encoded = [self._encode(r) for r in batch]
             enc = self.tokenize([t for t, _ in encoded]).to(self.model.device)
             tiles = [p for _, p in encoded if p is not None]
-            kwargs = dict(enc)
-            if tiles:
-                kwargs["pixel_values"] = torch.cat(tiles).to(self.model.device, self.model.dtype)
+            pixel_values = torch.cat(tiles).to(self.model.device, self.model.dtype) if tiles else None
             torch.manual_seed(params.seed + start)
             sampled = params.temperature > 0
-            warp = (
-                dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+            choice: dict = (
+                dict(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
                 if sampled
-                else {}
+                else dict(do_sample=False)
             )
-            batch = requests[start : start + self.batch_size]
             if sampled and any(r.seed is not None for r in batch):
-                # Per-request seeds: _RowSampler picks each token; generate's own sampling then only
-                # sees one possible token (its warpers are switched off, they must not touch the logits).
+                # Per-request seeds: _RowSampler picks each token and leaves only it possible, so
+                # greedy decoding then takes it (generate's own sampling would draw from the RNG).
                 seeds = [params.seed + start + i if r.seed is None else r.seed for i, r in enumerate(batch)]
                 sampler = _RowSampler([row_seed(s, k) for s in seeds for k in range(params.n)], params)
-                kwargs["logits_processor"] = LogitsProcessorList([sampler])
-                warp = dict(temperature=1.0, top_k=0, top_p=1.0)
+                choice = dict(do_sample=False, logits_processor=LogitsProcessorList([sampler]))
             gen = self.model.generate(
-                **kwargs,
+                **self.prefill(enc, pixel_values, params.n),
+                **choice,
                 max_new_tokens=params.max_new_tokens,
-                do_sample=sampled,
-                num_return_sequences=params.n,
-                temperature=warp.get("temperature"),
-                top_k=warp.get("top_k"),
-                top_p=warp.get("top_p"),
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out += [[t.strip() for t in texts[i : i + params.n]] for i in range(0, len(texts), params.n)]
         return out
+
+
+def _cache_argument(forward) -> str:
+    """The name under which ``forward`` (and ``generate``) take a KV cache: ``cache`` in transformers 5.24
+    (there ``past_key_values`` is a deprecated alias), ``past_key_values`` in releases before it."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 class VLLMBackend:
