@@ -3,6 +3,8 @@ transformers' own ``generate(num_return_sequences=n)`` over the whole prompt sam
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from PIL import Image
@@ -106,3 +108,58 @@ def test_each_prompt_runs_through_the_llm_once(backend, requests):
     assert shapes[0] == (3, prompt_len - 1)
     assert shapes[1] == (12, 1)  # the prompt's last token, once per sample
     assert all(s[0] == 12 and s[1] == 1 for s in shapes[1:])
+
+
+def _inverse_cdf_reference(
+    logits: list[float], u: float, temperature: float, top_k: int, top_p: float
+) -> int:
+    """One row by hand over the whole vocabulary: scale, keep the top k (ties with the k-th kept), keep
+    the most likely tokens (transformers' rule: drop the least likely while the dropped mass stays within
+    1 - top_p), then the first token whose
+    cumulative probability (vocabulary order) exceeds u times the total."""
+    scaled = [x / temperature for x in logits]
+    if top_k:
+        kth = sorted(scaled, reverse=True)[top_k - 1]
+        scaled = [x if x >= kth else -math.inf for x in scaled]
+    peak = max(scaled)
+    weights = [math.exp(x - peak) for x in scaled]
+    if top_p < 1.0:  # least likely first (ties by position): drop while the mass so far is <= 1 - top_p
+        total, mass = sum(weights), 0.0
+        ascending = sorted(range(len(weights)), key=lambda i: (weights[i], i))
+        for i in ascending[:-1]:  # the most likely token always stays
+            mass += weights[i]
+            if mass / total > 1 - top_p:
+                break
+            weights[i] = 0.0
+    target, running = u * sum(weights), 0.0
+    for i, w in enumerate(weights):
+        running += w
+        if running > target:
+            return i
+    raise AssertionError("u beyond the total")
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 50, 1.0), (1.3, 20, 0.8), (1.0, 7, 1.0)]
+)
+def test_row_sampler_draws_the_whole_vocabulary_inverse_cdf(temperature, top_k, top_p):
+    vocab, rows, steps = 300, 6, 5
+    params = SamplingParams(n=rows, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=steps)
+    seeds = [row_seed(21, k) for k in range(rows)]
+    sampler = _RowSampler(seeds, params)
+    uniforms = [
+        torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        scores = torch.randn(rows, vocab, generator=gen) * 3
+        if top_p == 1.0:  # (where top-p cuts through exact ties, torch.sort's order among them decides)
+            scores[1, 10:40] = scores[1].max()  # 30 tokens tied at the top: top-k keeps all of them
+            scores[2, :] = 0.5  # every token tied
+        out = sampler(None, scores.clone())
+        for r in range(rows):
+            expected = _inverse_cdf_reference(
+                scores[r].tolist(), float(uniforms[r][step]), temperature, top_k, top_p
+            )
+            assert out[r].argmax().item() == expected
+            assert torch.isinf(out[r]).sum().item() == vocab - 1  # only the drawn token stays possible
