@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "samples": args.samples,
         "max_new_tokens": args.max_new_tokens,
         "torch_threads": threads,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
         "runs": runs,
     }
     rows = []
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 f"# Generation throughput ({report['model']}, CPU, {threads} threads)",
                 "",
+                f"Measured {report['date']}, torch {report['torch']}. "
                 f"{args.questions} questions with one 3:2 image (7 tiles at 448 px), {args.samples} sampled responses "
                 f"each, {args.max_new_tokens} new tokens per response. `plain`: transformers' "
                 "`generate(num_return_sequences=n)`; `mpo`: the backend of `mpo build-pairs` (prompt once per "
