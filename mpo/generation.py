@@ -189,7 +189,9 @@ class TransformersBackend:
         """
         ids, mask = enc["input_ids"], enc["attention_mask"]  # [B, L], left-padded
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache, cache_argument = DynamicCache(), _cache_argument(self.model.model.forward)
+        # the cache generate would build (its layer types: full or sliding-window attention)
+        cache = DynamicCache(config=self.model.config.get_text_config(decoder=True))
+        cache_argument = _cache_argument(self.model.model.forward)
         self.model.model(
             input_ids=ids[:, :-1],
             attention_mask=mask[:, :-1],
