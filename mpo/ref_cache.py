@@ -85,9 +85,11 @@ def approximate_lengths(dataset: Dataset, tile_size: int, tokens_per_tile: int) 
     return lengths
 
 
-def shard_indices(n: int, rank: int, world: int) -> list[int]:
-    """This rank's items, rank::world, padded by repeating its last item so every rank runs the same
-    number of forwards (ZeRO-3 gathers parameters collectively)."""
-    mine = list(range(rank, n, world))
-    per_rank = -(-n // world)
+def shard_indices(order: list[int], rank: int, world: int) -> list[int]:
+    """This rank's items, ``order[rank::world]``, padded by repeating its last item so every rank runs the
+    same number of forwards (ZeRO-3 gathers parameters collectively). Given the items sorted by length,
+    every rank gets a share of each length (the ranks' work differs by at most one longest item per
+    rank) and its items come sorted, ready to batch."""
+    mine = order[rank::world]
+    per_rank = -(-len(order) // world)
     return mine + [mine[-1] if mine else 0] * (per_rank - len(mine))

@@ -474,13 +474,14 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
     def _compute_reference(self, dataset, name: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One pass of the reference over ``dataset``, sharded over ranks, gathered on every rank."""
         acc = self.accelerator
-        mine = ref_cache.shard_indices(len(dataset), acc.process_index, acc.num_processes)
-        # batches of similar lengths pad little; each row carries its dataset index back, so order is free
+        # batches of similar lengths pad little, and sharding the length order shares the work out evenly;
+        # each row carries its dataset index back, so order is free
         processor = self.processing_class
         lengths = ref_cache.approximate_lengths(
             dataset, processor.image_processor.size["height"], processor.image_seq_length
         )
-        mine.sort(key=lambda i: lengths[i])
+        by_length = sorted(range(len(dataset)), key=lengths.__getitem__)
+        mine = ref_cache.shard_indices(by_length, acc.process_index, acc.num_processes)
         if self.is_deepspeed_enabled:  # parameters are still on the CPU (ZeRO-1/2) or sharded (ZeRO-3)
             self._precompute_engine = self._precompute_engine or prepare_deepspeed(self.model, acc)
             model = self._precompute_engine

@@ -13,6 +13,7 @@ import torch
 from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 from safetensors.torch import load_file
 
+from mpo import ref_cache
 from mpo.data.collator import PreferenceCollator
 from mpo.data.mmpr import load_mmpr
 from mpo.models.loading import load_model, load_processor
@@ -214,3 +215,17 @@ def test_reference_batches_group_records_of_similar_length(tiny_model, tmp_path,
     chosen, rejected = _reference_by_hand(tiny_model, meta)  # and each pair still gets its own numbers
     torch.testing.assert_close(torch.tensor(data["ref_chosen_logps"]), chosen, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(torch.tensor(data["ref_rejected_logps"]), rejected, rtol=1e-5, atol=1e-4)
+
+
+def test_ranks_share_the_length_order_evenly():
+    """Long and short items alternate in the data: rank::world over the data order would give one rank every
+    long item. Over the length order each rank gets half of each kind, sorted, and every item once."""
+    lengths = [1000 if i % 2 else 10 for i in range(12)]
+    by_length = sorted(range(12), key=lengths.__getitem__)
+    shards = [ref_cache.shard_indices(by_length, rank, 2) for rank in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(12))
+    assert [sum(lengths[i] for i in s) for s in shards] == [3 * 10 + 3 * 1000] * 2
+    assert all([lengths[i] for i in s] == sorted(lengths[i] for i in s) for s in shards)
+    # 7 items on 3 ranks: 3 forwards each, the short rank repeating its last item
+    shards = [ref_cache.shard_indices(list(range(7)), rank, 3) for rank in range(3)]
+    assert shards == [[0, 3, 6], [1, 4, 4], [2, 5, 5]]
