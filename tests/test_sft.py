@@ -326,7 +326,10 @@ def test_a_dataloader_worker_trains_exactly_as_the_training_process(tiny_model, 
             dataloader_num_workers=workers,
         )
         trainer = SFTStageTrainer(
-            load_model(tiny_model), args, train_dataset=make_dataset(records, args), processing_class=processor
+            load_model(tiny_model),
+            args,
+            train_dataset=make_dataset(records, args),
+            processing_class=processor,
         )
         trainer.train()
         assert trainer.state.epoch == 3
@@ -367,11 +370,11 @@ def test_trainer_refuses_a_model_that_cannot_train_here(tiny_model, processor, s
         )
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen", "flex_attention"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen", "sdpa_varlen", "flex_attention"])
 def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_path, attn, request):
     """Packed rows under every CPU kernel (varlen: the conftest stand-in for flash-attn's padding-free
-    rows) give each sample's loss and the gradients of the separate-row computation. flex_attention has
-    no CPU backward: values only."""
+    rows; sdpa_varlen: mpo's own, sdpa per sequence) give each sample's loss and the gradients of the
+    separate-row computation. flex_attention has no CPU backward: values only."""
     records, _ = load_sft(sft_meta, processor)
     attn = request.getfixturevalue("varlen_kernel") if attn == "varlen" else attn
     grads = attn != "flex_attention"
