@@ -339,19 +339,14 @@ def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=Non
     h // (H / H_kv)."""
     if attention_mask is not None or query.shape[0] != 1:
         raise ValueError(f"{SDPA_VARLEN} takes one flattened row and no mask (mpo.attention.model_inputs)")
-    bounds = kwargs["cu_seq_lens_q"].tolist()
+    sizes = kwargs["cu_seq_lens_q"].diff().tolist()
     grouped = query.shape[1] != key.shape[1]
+    # split, not slices: its backward is one concatenation, where each slice's would fill a whole-row zero tensor
     pieces = [
         torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e],
-            key[:, :, s:e],
-            value[:, :, s:e],
-            dropout_p=dropout,
-            is_causal=True,
-            scale=scaling,
-            enable_gqa=grouped,
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=grouped
         )
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
+        for q, k, v in zip(query.split(sizes, 2), key.split(sizes, 2), value.split(sizes, 2), strict=True)
     ]
     return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
 
