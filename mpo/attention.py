@@ -41,7 +41,8 @@ What each kernel takes (transformers 5.24; :func:`model_inputs` builds it, in on
                        every query against every key of the row, L^2, most of it masked; one call per
                        sequence computes the sum of the sequences' squares only. On the CPU (the tiny
                        model's SFT stage 2: rows of 512 tokens, about 6 samples each) a training step
-                       took 28 % less. Same rule, other float rounding (about 1e-7 apart)
+                       took 28 % less on one thread. Same rule, other float rounding (about 1e-7
+                       apart); asked for by name only (see :func:`choose_kernels`)
 =====================  ==========================================================================
 
 Plain rows keep the 2-D padding mask under sdpa / eager / flex (right padding plus the causal mask is
@@ -230,9 +231,12 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
     - CUDA without flash-attn, plain or packed: ``torch_varlen`` (PyTorch's varlen FlashAttention-2);
     - CUDA, a block-mask layout (packed without flash-attn, shared): ``flex_attention``, whose block
       mask skips what no query sees (``sdpa`` with a dense mask where flex cannot train);
-    - the CPU, packed: ``sdpa_varlen``, sdpa once per sequence (flex has no CPU backward, flash-attn
-      needs CUDA, and a dense mask costs the row's length squared);
-    - otherwise ``sdpa``.
+    - otherwise ``sdpa`` (the CPU: flex has no CPU backward, flash-attn needs CUDA).
+
+    ``sdpa_varlen`` is faster than ``sdpa`` for packed rows on the CPU but is not picked by ``auto``: its
+    other float rounding alone moved `make demo` from +6.2 points of MPO gain (McNemar p = 0.0013) to
+    +3.0 (p = 0.13), so switching the CPU default changes every packed CPU run's numbers and is a recipe
+    decision, not a kernel choice.
 
     The vision tower has no mask: flash-attn when it runs here, else sdpa (or eager when asked).
     """
@@ -259,13 +263,6 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
                 vision,
                 "auto: CUDA, the layout needs a block mask; flex skips "
                 "the blocks no query sees" + ("" if platform.flash_attn else " (no flash-attn)"),
-            )
-        if not platform.cuda and layout == "packed":
-            return KernelChoice(
-                SDPA_VARLEN,
-                vision,
-                "auto: CPU, packed rows; sdpa once per sequence is exact and skips the masked part of a "
-                "dense mask (flex has no CPU backward, flash-attn needs CUDA)",
             )
         where = "CUDA" if platform.cuda else "CPU"
         return KernelChoice(

@@ -221,8 +221,8 @@ class SFTModelConfig:
         metadata={
             "help": "'auto' = the fastest kernel exact for the layout (mpo.attention.choose_kernels): "
             "flash_attention_2 (padding-free varlen) on a GPU with flash-attn, flex_attention for packing on "
-            "a GPU without it, sdpa_varlen (sdpa once per sequence) for packing on the CPU, else sdpa. Or one of "
-            "eager, sdpa, sdpa_varlen, flex_attention, flash_attention_2."
+            "a GPU without it, sdpa on the CPU. Or one of eager, sdpa, sdpa_varlen (sdpa once per sequence: "
+            "faster for packing on the CPU, other float rounding), flex_attention, flash_attention_2."
         },
     )
     vision_drop_path_rate: float = vision_drop_path_field()

@@ -136,11 +136,9 @@ PLATFORMS = [
 def test_auto_picks_an_exact_kernel_that_runs_and_trains_there(platform, layout):
     choice = choose_kernels("auto", layout, platform)
     assert layout in CAN_EXPRESS[choice.text]
-    if not platform.cuda:  # flex cannot train, flash cannot run; packed rows: sdpa per sequence, not L^2
-        text = "sdpa_varlen" if layout == "packed" else "sdpa"
-        assert choice == KernelChoice(text, "sdpa", choice.reason)
-    else:
-        assert choice.text != "sdpa_varlen"
+    if not platform.cuda:  # flex cannot train, flash cannot run (sdpa_varlen: by name only)
+        assert choice == KernelChoice("sdpa", "sdpa", choice.reason)
+    assert choice.text != "sdpa_varlen"
     if choice.text == "flash_attention_2" or choice.vision == "flash_attention_2":
         assert platform.cuda and platform.flash_attn
     if choice.text == "flex_attention":
@@ -171,6 +169,9 @@ def test_explicit_kernels_that_cannot_be_exact_or_cannot_run_are_refused():
         choose_kernels("torch_varlen", "plain", cpu)
     with pytest.raises(UserError, match="torch_varlen cannot compute the 'shared' layout exactly"):
         choose_kernels("torch_varlen", "shared", Platform(True, False, True, torch_varlen=True))
+    with pytest.raises(UserError, match="sdpa_varlen cannot compute the 'shared' layout exactly"):
+        choose_kernels("sdpa_varlen", "shared", cpu)
+    assert choose_kernels("sdpa_varlen", "packed", cpu).text == "sdpa_varlen"  # by name, on the CPU
     with pytest.raises(
         UserError, match="must be 'auto' or one of eager, sdpa, flex_attention, flash_attention_2"
     ):
