@@ -14,6 +14,7 @@ import argparse
 import csv
 import itertools
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -105,6 +106,17 @@ SCALES = {
 }
 
 
+def step_env(environ: dict[str, str]) -> dict[str, str]:
+    """The environment of every step: ``environ`` with OMP_WAIT_POLICY=PASSIVE unless it names a policy.
+
+    OpenMP's default lets idle threads spin; on 2 shared cores they then spin against each other and against
+    anything else running, which made one step of SFT stage 2 take 1.8-2.2 s instead of 0.28 s on a machine
+    with a load of 2-4 (`make` exports PASSIVE; `python -m mpo demo` did not). The wait policy changes how
+    threads wait, not what they compute: the numbers are the same.
+    """
+    return {**environ, "OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
 class Pipeline:
     def __init__(self, out: Path, fresh: bool) -> None:
         self.out, self.fresh, self.timings = out, fresh, {}
@@ -117,7 +129,7 @@ class Pipeline:
             return
         print(f"\n[demo] {name}\n[demo] $ mpo {shlex.join(args)}", flush=True)
         start = time.perf_counter()
-        if subprocess.run(cmd).returncode != 0:
+        if subprocess.run(cmd, env=step_env(dict(os.environ))).returncode != 0:
             raise UserError(f"step '{name}' failed: mpo {shlex.join(args)}")
         self.timings[name] = time.perf_counter() - start
 

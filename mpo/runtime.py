@@ -1,10 +1,13 @@
-"""Process-level settings shared by the trainers' configs."""
+"""Process-level settings shared by the trainers' configs, and the trainers' model unwrapping."""
 
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
+
+_UNWRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cpu_training_defaults(args) -> None:
@@ -22,3 +25,18 @@ def cpu_training_defaults(args) -> None:
     if distributed and not torch.cuda.is_available():
         args.use_cpu = True
         args.ddp_backend = args.ddp_backend or "gloo"
+
+
+def unwrapped(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """``accelerator.unwrap_model(model)``, looked up once per wrapper object.
+
+    A wrapper (DDP, a DeepSpeed engine) holds the same inner module for its whole life, so the answer
+    never changes; accelerate's lookup reads package metadata from disk on every call (about 2 ms), which
+    the trainers paid once per step and per reference batch. The cache holds neither object alive.
+    """
+    ref = _UNWRAPPED.get(model)
+    inner = ref() if ref is not None else None
+    if inner is None:
+        inner = accelerator.unwrap_model(model)
+        _UNWRAPPED[model] = weakref.ref(inner)
+    return inner

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainingArguments
 
-from mpo import attention
+from mpo import attention, runtime
 from mpo.attention import layout_of
 from mpo.checkpointing import NativeResumeMixin, resolve_resume
 from mpo.data.collator import SkipBadRecords, take_skips
@@ -172,6 +172,11 @@ class SFTStageConfig(TrainingArguments):
             # non-reentrant: gradients reach trainable parts behind frozen ones (stage 1, stage 1.5)
             self.gradient_checkpointing_kwargs = {"use_reentrant": False}
         cpu_training_defaults(self)
+        if self.dataloader_num_workers > 0:
+            # The collator draws JPEG qualities and video frames from its own seeded stream. A worker that
+            # lived for one epoch only would restart that stream from the seed every epoch; one that lives on
+            # continues it, so one worker gives exactly the batches of the training process.
+            self.dataloader_persistent_workers = True
         super().__post_init__()
         if self.loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
@@ -216,7 +221,8 @@ class SFTModelConfig:
         metadata={
             "help": "'auto' = the fastest kernel exact for the layout (mpo.attention.choose_kernels): "
             "flash_attention_2 (padding-free varlen) on a GPU with flash-attn, flex_attention for packing on "
-            "a GPU without it, sdpa on the CPU. Or one of eager, sdpa, flex_attention, flash_attention_2."
+            "a GPU without it, sdpa on the CPU. Or one of eager, sdpa, sdpa_varlen (sdpa once per sequence: "
+            "faster for packing on the CPU, other float rounding), flex_attention, flash_attention_2."
         },
     )
     vision_drop_path_rate: float = vision_drop_path_field()
@@ -342,7 +348,7 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
         shifted[:, :-1] = labels[:, 1:].masked_fill(~same, IGNORE_INDEX)
         weights = torch.zeros_like(inputs["loss_weights"])
         weights[:, :-1] = inputs["loss_weights"][:, 1:]
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = runtime.unwrapped(self.accelerator, model)
         batch, kwargs = attention.model_inputs(
             {**inputs, "shift_labels": shifted, "shift_weights": weights},
             attention.text_kernel(unwrapped),

@@ -47,8 +47,8 @@ class InternVLModelConfig(ModelConfig):
         metadata={
             "help": "'auto' = the fastest kernel exact for the token layout (mpo.attention.choose_kernels): "
             "flash_attention_2 (varlen) for plain/packed rows on a GPU with flash-attn, flex_attention for "
-            "prefix sharing on a GPU, sdpa on the CPU. Or one of eager, sdpa, flex_attention, "
-            "flash_attention_2; a kernel that cannot compute the layout exactly is an error."
+            "prefix sharing on a GPU, sdpa on the CPU. Or one of eager, sdpa, sdpa_varlen (sdpa once per "
+            "sequence), flex_attention, flash_attention_2; a kernel that cannot compute the layout exactly is an error."
         },
     )
     freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (InternViT)."})

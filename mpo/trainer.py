@@ -42,7 +42,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.models import prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, use_adapter
 
-from mpo import attention, ref_cache
+from mpo import attention, ref_cache, runtime
 from mpo.checkpointing import REWARD_SHIFT_KEY, NativeResumeMixin, write_run_config
 from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import DROPPED_SOURCES, PreferenceCollator, SkipBadRecords, take_skips
@@ -389,7 +389,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         TRL's fused head scores only the positions with a label, in chunks, and a scatter-add sums them
         per sequence.
         """
-        internvl = self.accelerator.unwrap_model(model)
+        internvl = runtime.unwrapped(self.accelerator, model)
         internvl = internvl.get_base_model() if isinstance(internvl, PeftModel) else internvl
         inputs, kwargs = attention.model_inputs(inputs, attention.text_kernel(internvl), internvl.dtype)
         pixel_values = inputs["pixel_values"]
@@ -423,7 +423,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         if self.ref_model is not None:
             yield self.ref_model
             return
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = runtime.unwrapped(self.accelerator, model)
         if not isinstance(unwrapped, PeftModel):  # before training: the policy is the reference
             yield model
             return
@@ -432,7 +432,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
 
     # ---- reference precompute with a disk cache ---------------------------------------------------
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        reference = self.model if self.ref_model is None else self.accelerator.unwrap_model(self.ref_model)
+        reference = self.model if self.ref_model is None else runtime.unwrapped(self.accelerator, self.ref_model)
         settings = {
             "template": families.of_processor(self.processing_class).template.jinja(),
             "tokens_per_tile": self.processing_class.image_seq_length,

@@ -123,6 +123,7 @@ CAN_EXPRESS = {
     "flex_attention": {"plain", "packed", "shared"},
     "flash_attention_2": {"plain", "packed"},
     "torch_varlen": {"plain", "packed"},
+    "sdpa_varlen": {"plain", "packed"},
 }
 PLATFORMS = [
     Platform(cuda=c, flash_attn=c and f, flex_backward=c and x, torch_varlen=c and v)
@@ -135,8 +136,9 @@ PLATFORMS = [
 def test_auto_picks_an_exact_kernel_that_runs_and_trains_there(platform, layout):
     choice = choose_kernels("auto", layout, platform)
     assert layout in CAN_EXPRESS[choice.text]
-    if not platform.cuda:
-        assert choice == KernelChoice("sdpa", "sdpa", choice.reason)  # flex cannot train, flash cannot run
+    if not platform.cuda:  # flex cannot train, flash cannot run (sdpa_varlen: by name only)
+        assert choice == KernelChoice("sdpa", "sdpa", choice.reason)
+    assert choice.text != "sdpa_varlen"
     if choice.text == "flash_attention_2" or choice.vision == "flash_attention_2":
         assert platform.cuda and platform.flash_attn
     if choice.text == "flex_attention":
@@ -167,6 +169,9 @@ def test_explicit_kernels_that_cannot_be_exact_or_cannot_run_are_refused():
         choose_kernels("torch_varlen", "plain", cpu)
     with pytest.raises(UserError, match="torch_varlen cannot compute the 'shared' layout exactly"):
         choose_kernels("torch_varlen", "shared", Platform(True, False, True, torch_varlen=True))
+    with pytest.raises(UserError, match="sdpa_varlen cannot compute the 'shared' layout exactly"):
+        choose_kernels("sdpa_varlen", "shared", cpu)
+    assert choose_kernels("sdpa_varlen", "packed", cpu).text == "sdpa_varlen"  # by name, on the CPU
     with pytest.raises(
         UserError, match="must be 'auto' or one of eager, sdpa, flex_attention, flash_attention_2"
     ):
@@ -286,6 +291,43 @@ def test_torch_varlen_runs_each_sequence_causally_on_its_own(monkeypatch):
             k,
             v,
             torch.ones(1, 1, 10, 10),
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=7,
+            max_length_k=7,
+        )
+
+
+def test_sdpa_varlen_is_softmax_attention_within_each_sequence():
+    """sdpa_varlen against attention written out: scores q.k * scale, causal and within the sequence
+    (cu_seq_lens) only, softmax, times v; 4 query heads reading 2 key heads (query head h: key head h // 2)."""
+    from mpo.attention import sdpa_varlen_attention
+
+    torch.manual_seed(0)
+    n, scale = 11, 0.3
+    q, k, v = torch.randn(1, 4, n, 8), torch.randn(1, 2, n, 8), torch.randn(1, 2, n, 8)
+    cu = torch.tensor([0, 3, 4, 11], dtype=torch.int32)
+    out, weights = sdpa_varlen_attention(
+        None, q, k, v, None, scaling=scale, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=7, max_length_k=7
+    )
+    sequence = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2])
+    allowed = (sequence[:, None] == sequence[None, :]) & (
+        torch.arange(n)[None, :] <= torch.arange(n)[:, None]
+    )
+    want = torch.empty(1, n, 4, 8)
+    for h in range(4):
+        scores = (q[0, h] @ k[0, h // 2].T) * scale
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        want[0, :, h] = probs @ v[0, h // 2]
+    assert weights is None and out.shape == (1, n, 4, 8)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one flattened row and no mask"):
+        sdpa_varlen_attention(
+            None,
+            q,
+            k,
+            v,
+            torch.ones(1, 1, n, n),
             cu_seq_lens_q=cu,
             cu_seq_lens_k=cu,
             max_length_q=7,

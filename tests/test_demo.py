@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,22 @@ def test_separation_of_seed_ranges():
         "- MPO against DPO only: worst MPO seed 62.0 %, best DPO only seed 61.0 %: the seed ranges do not overlap.",
         "- MPO against SFT on chosen: worst MPO seed 62.0 %, best SFT on chosen seed 63.0 %: the seed ranges overlap.",
     ]
+
+
+def test_steps_run_with_passive_openmp_threads_unless_told(tmp_path, monkeypatch):
+    """Every step's process gets OMP_WAIT_POLICY=PASSIVE when the caller's environment has no policy,
+    and the caller's own policy otherwise."""
+    seen: list[dict] = []
+
+    def record(cmd, env=None):
+        seen.append(env)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(demo.subprocess, "run", record)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("MPO_DEMO_PROBE", "kept")
+    demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "eval", "--help")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "eval", "--help")
+    assert [e["OMP_WAIT_POLICY"] for e in seen] == ["PASSIVE", "ACTIVE"]
+    assert all(e["MPO_DEMO_PROBE"] == "kept" for e in seen)

@@ -302,6 +302,43 @@ def test_trainer_evaluates_without_augmentation(tiny_model, processor, sft_meta,
     assert math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 1.0  # untrained: near log(vocab)
 
 
+def test_a_dataloader_worker_trains_exactly_as_the_training_process(tiny_model, processor, tmp_path):
+    """Three epochs with JPEG augmentation and random video frames, the batches built in the training
+    process or in one DataLoader worker: the same draws, so bitwise the same weights. A worker that
+    restarted every epoch would repeat epoch 1's draws (qualities, frames) and end elsewhere."""
+    root = tmp_path / "d"
+    meta = write_sft(root, data_augment=True)
+    gen = torch.Generator().manual_seed(1)
+    for name in ("red", "green", "blue"):  # noisy images: every JPEG quality changes their pixels
+        noise = (torch.rand(64, 64, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(noise).save(root / "img" / f"{name}.png")
+    records, _ = load_sft(meta, processor)
+
+    def train(workers: int) -> dict[str, torch.Tensor]:
+        args = _config(
+            tmp_path,
+            output_dir=str(tmp_path / f"w{workers}"),
+            packing=False,
+            per_device_train_batch_size=2,
+            max_steps=9,  # 6 records, 3 steps an epoch
+            learning_rate=1e-2,
+            warmup_steps=0,
+            dataloader_num_workers=workers,
+        )
+        trainer = SFTStageTrainer(
+            load_model(tiny_model),
+            args,
+            train_dataset=make_dataset(records, args),
+            processing_class=processor,
+        )
+        trainer.train()
+        assert trainer.state.epoch == 3
+        return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+    here, worker = train(0), train(1)
+    assert [k for k, v in here.items() if not torch.equal(v, worker[k])] == []
+
+
 # ------------------------------------------------------------------------------------------- packing
 
 
@@ -333,11 +370,11 @@ def test_trainer_refuses_a_model_that_cannot_train_here(tiny_model, processor, s
         )
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen", "flex_attention"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen", "sdpa_varlen", "flex_attention"])
 def test_packed_rows_match_separate_rows(tiny_model, processor, sft_meta, tmp_path, attn, request):
     """Packed rows under every CPU kernel (varlen: the conftest stand-in for flash-attn's padding-free
-    rows) give each sample's loss and the gradients of the separate-row computation. flex_attention has
-    no CPU backward: values only."""
+    rows; sdpa_varlen: mpo's own, sdpa per sequence) give each sample's loss and the gradients of the
+    separate-row computation. flex_attention has no CPU backward: values only."""
     records, _ = load_sft(sft_meta, processor)
     attn = request.getfixturevalue("varlen_kernel") if attn == "varlen" else attn
     grads = attn != "flex_attention"
