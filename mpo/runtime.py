@@ -31,7 +31,7 @@ def unwrapped(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     """``accelerator.unwrap_model(model)``, looked up once per wrapper object.
 
     A wrapper (DDP, a DeepSpeed engine) holds the same inner module for its whole life, so the answer
-    never changes; accelerate's lookup reads package metadata from disk on every call (about 2 ms), which
+    never changes; accelerate's lookup (1.15) reads package metadata from disk on every call (about 2 ms), which
     the trainers paid once per step and per reference batch. The cache holds neither object alive.
     """
     ref = _UNWRAPPED.get(model)

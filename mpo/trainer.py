@@ -432,7 +432,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
 
     # ---- reference precompute with a disk cache ---------------------------------------------------
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        reference = self.model if self.ref_model is None else runtime.unwrapped(self.accelerator, self.ref_model)
+        reference = (
+            self.model if self.ref_model is None else runtime.unwrapped(self.accelerator, self.ref_model)
+        )
         settings = {
             "template": families.of_processor(self.processing_class).template.jinja(),
             "tokens_per_tile": self.processing_class.image_seq_length,

@@ -549,3 +549,14 @@ def test_two_shards_merged_equal_one_run(tmp_path, tiny_model, synthetic, unshar
 def test_cli_lists_build_pairs(capsys):
     assert cli_main(["--help"]) == 0
     assert "build-pairs" in capsys.readouterr().out
+
+
+def test_python_dash_m_mpo_is_the_mpo_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "mpo", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "build-pairs" in done.stdout

@@ -133,8 +133,8 @@ def test_separation_of_seed_ranges():
 
 
 def test_steps_run_with_passive_openmp_threads_unless_told(tmp_path, monkeypatch):
-    """Every step's process gets OMP_WAIT_POLICY=PASSIVE when the caller's environment has no policy,
-    and the caller's own policy otherwise."""
+    """Every step's process gets OMP_WAIT_POLICY=PASSIVE and 2 OpenMP threads when the caller's environment
+    sets neither, and the caller's own settings otherwise."""
     seen: list[dict] = []
 
     def record(cmd, env=None):
@@ -143,9 +143,12 @@ def test_steps_run_with_passive_openmp_threads_unless_told(tmp_path, monkeypatch
 
     monkeypatch.setattr(demo.subprocess, "run", record)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MPO_DEMO_PROBE", "kept")
     demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "eval", "--help")
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
     demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "eval", "--help")
     assert [e["OMP_WAIT_POLICY"] for e in seen] == ["PASSIVE", "ACTIVE"]
+    assert [e["OMP_NUM_THREADS"] for e in seen] == ["2", "5"]  # the README's numbers were measured with 2
     assert all(e["MPO_DEMO_PROBE"] == "kept" for e in seen)
