@@ -52,8 +52,8 @@ class Scale:
 
 
 # `full` (make demo): three of the seven skills, which the tiny model learns in its SFT budget
-# (recipes/tiny/sft_stage2.yaml has the measurements); 759 and 898 s end to end on 2 shared CPU cores, of
-# which stage 2 of SFT is 380-415 s. `long` is the whole task with a
+# (recipes/tiny/sft_stage2.yaml has the measurements); 776 and 767 s end to end on 2 CPU cores, of
+# which stage 2 of SFT is 406-407 s. `long` is the whole task with a
 # 7000-step stage 2 (about 20 minutes of SFT). `smoke` checks the plumbing in seconds.
 DEMO_SKILLS = ("colour", "count", "position")
 # Test-time scaling in `full`: 8 samples on the first 200 eval items add 48 s (2 x 21 s of sampling, 6 s of
