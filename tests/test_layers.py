@@ -1,7 +1,7 @@
 """Imports run downward: the core never imports publishing, evaluation, the pair builders or the CLI.
 
 Layers, top to bottom (docs/design.md#layout):
-    entry points   mpo.cli, mpo.demo, mpo.train may import anything, inside functions only
+    entry points   mpo.__main__, mpo.cli, mpo.demo, mpo.train may import anything, inside functions only
                    (`mpo train` pushes to the hub when its recipe says so)
     publishing     mpo.hub                      core, eval
     applications   data_builders, eval          core (and not each other's internals: see below)
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-ENTRY_POINTS = {"mpo.cli", "mpo.demo", "mpo.train"}
+ENTRY_POINTS = {"mpo.__main__", "mpo.cli", "mpo.demo", "mpo.train"}
 PUBLISHING = {"mpo.hub"}
 
 
