@@ -288,6 +288,29 @@ def test_jpeg_quality_is_uniform_over_75_to_100(processor):
     assert all(140 < c < 260 for c in counts)  # 200 expected per value (26 values)
 
 
+def test_each_of_several_dataloader_workers_draws_its_own_qualities(processor):
+    """Several workers each hold a copy of the collator; were they to share its seeded stream, batches 0 and 1
+    (built by workers 0 and 1) would get the same JPEG qualities. One worker draws what the training
+    process draws; several draw reproducibly, and by seed."""
+
+    def draws(workers: int, seed: int = 3) -> list[list[int]]:
+        collator = SFTCollator(processor, seed=seed)
+        batches = torch.utils.data.DataLoader(
+            range(6),
+            batch_size=1,
+            num_workers=workers,
+            collate_fn=lambda _: [collator.draw_jpeg_quality() for _ in range(8)],
+        )
+        return list(batches)
+
+    here = SFTCollator(processor, seed=3)
+    assert draws(1) == [[here.draw_jpeg_quality() for _ in range(8)] for _ in range(6)]
+    two = draws(2)
+    assert two[0] != two[1] and two[2] != two[3] and two[4] != two[5]
+    assert len({tuple(b) for b in two}) == 6  # and no batch repeats another's draws
+    assert draws(2) == two and draws(2, seed=4) != two
+
+
 def test_trainer_evaluates_without_augmentation(tiny_model, processor, sft_meta, tmp_path):
     records, _ = load_sft(sft_meta, processor)
     args = _config(tmp_path)

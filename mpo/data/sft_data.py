@@ -330,10 +330,22 @@ class SFTCollator:
     loss_reduction: str = "square"
     train: bool = True
     seed: int = 0
-    rng: random.Random = field(init=False, repr=False)
+    _rng: random.Random = field(init=False, repr=False)
+    _worker: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
+        self._rng = random.Random(self.seed)
+
+    @property
+    def rng(self) -> random.Random:
+        """The stream of JPEG qualities and video frames: seeded with ``seed`` in the training process and in
+        a single DataLoader worker (so one worker draws what no worker would), and with ``seed`` and the
+        worker's id in each of several workers. Every worker holds a copy of the collator: without their own
+        seeds, all would draw the same qualities and frames for the different batches they build."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.num_workers > 1 and self._worker != info.id:
+            self._rng, self._worker = random.Random(f"{self.seed}/worker {info.id}"), info.id
+        return self._rng
 
     def draw_jpeg_quality(self) -> int:
         """JPEG quality for one image, uniform over the integers of ``JPEG_QUALITY_RANGE`` (75..100)."""
