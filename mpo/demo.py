@@ -5,7 +5,8 @@
     -> test-time scaling: N sampled CoT responses per item, majority vote (both checkpoints) -> REPORT.md
 
 Every step is a plain `mpo` command, printed before it runs, so the demo doubles as a transcript of
-how to run the recipe by hand. A step whose output already exists is skipped (``--fresh`` redoes all).
+how to run the recipe by hand. Each runs in a process of its own, forked from a server that has imported the
+commands' modules once. A step whose output already exists is skipped (``--fresh`` redoes all).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import argparse
 import csv
 import itertools
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -124,20 +125,52 @@ def step_env(environ: dict[str, str]) -> dict[str, str]:
     }
 
 
+# The `mpo` commands the demo runs: their modules are imported once, by the server its steps fork from.
+STEP_COMMANDS = ("tiny-model", "synthetic", "sft", "build-pairs", "train", "eval")
+
+
+def step_process(args: list[str], env: dict[str, str]) -> None:
+    """The body of one step's process: ``mpo ARGS`` under ``env``; its exit status is the command's.
+
+    The process is forked from a server that imported every step's modules and ran nothing, so it starts
+    clean (no torch thread pool, no random state, no model) and without 5-7 s of imports. The server read
+    its OpenMP settings when it imported torch; the thread count is set again here from ``env`` so a step
+    computes with the threads it names whatever environment the server started in.
+    """
+    import torch
+
+    from mpo import cli
+
+    os.environ.update(env)
+    torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    sys.exit(cli.main(args))
+
+
+def step_context() -> multiprocessing.context.BaseContext:
+    """Where the steps' processes come from: a fork server that preloads the step commands' modules."""
+    from mpo.cli import COMMANDS
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(sorted({COMMANDS[name][0] for name in STEP_COMMANDS}))
+    return context
+
+
 class Pipeline:
     def __init__(self, out: Path, fresh: bool) -> None:
         self.out, self.fresh, self.timings = out, fresh, {}
 
     def step(self, name: str, done: Path, *args: str) -> None:
-        """Run ``mpo ARGS`` unless ``done`` exists; time it."""
-        cmd = [sys.executable, "-m", "mpo.cli", *args]
+        """Run ``mpo ARGS`` in a process of its own unless ``done`` exists; time it."""
         if done.exists() and not self.fresh:
             print(f"[demo] {name}: already done ({done})", flush=True)
             return
         print(f"\n[demo] {name}\n[demo] $ mpo {shlex.join(args)}", flush=True)
         start = time.perf_counter()
-        if subprocess.run(cmd, env=step_env(dict(os.environ))).returncode != 0:
-            raise UserError(f"step '{name}' failed: mpo {shlex.join(args)}")
+        process = step_context().Process(target=step_process, args=(list(args), step_env(dict(os.environ))))
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise UserError(f"step '{name}' failed (exit status {process.exitcode}): mpo {shlex.join(args)}")
         self.timings[name] = time.perf_counter() - start
 
 
@@ -631,6 +664,8 @@ def main(argv: list[str]) -> int:
         help="instead of one MPO run: MPO, DPO-only and SFT-on-chosen over 3 seeds each",
     )
     args = parser.parse_args(argv)
+    # before the steps' server imports torch: OpenMP reads these once
+    os.environ.update(step_env(dict(os.environ)))
     start = time.perf_counter()
     (ablation if args.ablation else run)(args.out, SCALES[args.scale], fresh=args.fresh)
     print(f"[demo] done in {time.perf_counter() - start:.0f} s")

@@ -1,12 +1,12 @@
-"""`mpo demo` end to end at the smoke scale: every step runs as its own `mpo` command, and the reports
+"""`mpo demo` end to end at the smoke scale: every step runs as its own `mpo` command in a process of its own, and the reports
 (REPORT.md, ABLATION.md) carry the numbers of the evaluation results they summarise."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from PIL import Image
 
 from data_builders.synthetic import chance_accuracy
 from mpo import demo
+from mpo.errors import UserError
 from mpo.prompts import COT_INSTRUCTION
 
 
@@ -134,21 +135,33 @@ def test_separation_of_seed_ranges():
 
 def test_steps_run_with_passive_openmp_threads_unless_told(tmp_path, monkeypatch):
     """Every step's process gets OMP_WAIT_POLICY=PASSIVE and 2 OpenMP threads when the caller's environment
-    sets neither, and the caller's own settings otherwise."""
-    seen: list[dict] = []
+    sets neither, and the caller's own settings otherwise; a step that fails stops the demo with its status."""
+    import multiprocessing
 
-    def record(cmd, env=None):
-        seen.append(env)
-        return subprocess.CompletedProcess(cmd, 0)
+    import torch
 
-    monkeypatch.setattr(demo.subprocess, "run", record)
+    from mpo import cli
+
+    def record(args):  # runs in the step's process (forked here, so it sees this replacement)
+        seen = {"args": args, "threads": torch.get_num_threads(), **os.environ}
+        Path(os.environ["MPO_DEMO_PROBE"]).write_text(json.dumps(seen))
+        return int(args[0] == "fail") * 3
+
+    monkeypatch.setattr(cli, "main", record)
+    monkeypatch.setattr(demo, "step_context", lambda: multiprocessing.get_context("fork"))
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setenv("MPO_DEMO_PROBE", "kept")
-    demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "eval", "--help")
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    monkeypatch.setenv("OMP_NUM_THREADS", "5")
-    demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "eval", "--help")
+    probe = tmp_path / "seen.json"
+    monkeypatch.setenv("MPO_DEMO_PROBE", str(probe))
+    seen = []
+    for policy, threads in ((None, None), ("ACTIVE", "3")):
+        if policy:
+            monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+            monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "eval", "--help")
+        seen.append(json.loads(probe.read_text()))
+    assert [e["args"] for e in seen] == [["eval", "--help"]] * 2
     assert [e["OMP_WAIT_POLICY"] for e in seen] == ["PASSIVE", "ACTIVE"]
-    assert [e["OMP_NUM_THREADS"] for e in seen] == ["2", "5"]  # the README's numbers were measured with 2
-    assert all(e["MPO_DEMO_PROBE"] == "kept" for e in seen)
+    assert [(e["OMP_NUM_THREADS"], e["threads"]) for e in seen] == [("2", 2), ("3", 3)]  # README: 2
+    with pytest.raises(UserError, match=r"step 'a step' failed \(exit status 3\): mpo fail --now"):
+        demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "fail", "--now")
