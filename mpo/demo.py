@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -53,44 +54,36 @@ class Scale:
 
 
 # `full` (make demo): three of the seven skills, which the tiny model learns in its SFT budget
-# (recipes/tiny/sft_stage2.yaml has the measurements); 776 and 767 s end to end on 2 CPU cores, of
-# which stage 2 of SFT is 406-407 s. `long` is the whole task with a
-# 7000-step stage 2 (about 20 minutes of SFT). `smoke` checks the plumbing in seconds.
+# (recipes/tiny/sft_stage2.yaml has the measurements); about 600 s end to end on 2 CPU cores, of which stage
+# 2 of SFT is 334 s (README). `long` is the whole task with a 7000-step stage 2 (about 20 minutes of SFT).
+# `smoke` checks the plumbing in seconds.
 DEMO_SKILLS = ("colour", "count", "position")
-# Test-time scaling in `full`: 8 samples on the first 200 eval items add 48 s (2 x 21 s of sampling, 6 s of
-# compare; measured on 2 cores); all 500 items would add 97 s.
+# Test-time scaling in `full`: 8 samples on the first 200 eval items add 23 s (2 x 10-11 s of sampling, 1 s of
+# compare; measured on 2 cores); all 500 items would take 2.5 times as long.
 TTS_SAMPLES, TTS_ITEMS = 8, 200
 TTS_TEMPERATURE = 0.7
 # The MPO paper's premise in `full`: SFT data are mostly direct answers (2 % chain of thought: 160 of 8000), so
 # after SFT the chain of thought trails the direct answer (50.8 % against 64.2 % held-out), and MPO on CoT pairs
 # from 1000 questions (at most 3 pairs each; lr 2e-4) closes part of that gap: benchmarks/results/demo_sweep.md.
 FULL_COT_FRACTION = 0.02
+FULL = Scale(
+    n_sft=8000,
+    skills=DEMO_SKILLS,
+    sft_steps=None,
+    pair_questions=1000,
+    samples=8,
+    mpo_steps=None,
+    eval_items=500,
+    tts_samples=TTS_SAMPLES,
+    tts_items=TTS_ITEMS,
+    cot_fraction=FULL_COT_FRACTION,
+    pair_args=("--max-pairs-per-question", "3"),
+    mpo_args=("--learning_rate", "2e-4"),
+)
 SCALES = {
-    "full": Scale(
-        n_sft=8000,
-        skills=DEMO_SKILLS,
-        sft_steps=None,
-        pair_questions=1000,
-        samples=8,
-        mpo_steps=None,
-        eval_items=500,
-        tts_samples=TTS_SAMPLES,
-        tts_items=TTS_ITEMS,
-        cot_fraction=FULL_COT_FRACTION,
-        pair_args=("--max-pairs-per-question", "3"),
-        mpo_args=("--learning_rate", "2e-4"),
-    ),
-    "long": Scale(
-        n_sft=8000,
-        skills=None,
-        sft_steps=(60, 60, 7000),
-        pair_questions=600,
-        samples=8,
-        mpo_steps=None,
-        eval_items=1000,
-        tts_samples=8,
-        tts_items=500,
-    ),
+    "full": FULL,
+    # full's recipe on all seven skills, with the longer stage 2 they need and twice the eval items
+    "long": dataclasses.replace(FULL, skills=None, sft_steps=(60, 60, 7000), eval_items=1000, tts_items=500),
     "smoke": Scale(
         n_sft=80,
         skills=DEMO_SKILLS,
