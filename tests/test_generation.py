@@ -61,6 +61,25 @@ def test_greedy_equals_generate_over_the_whole_prompt(backend, requests):
     assert backend.generate(requests, params) == _plain_generate(backend, requests, params, do_sample=False)
 
 
+def test_the_cache_keyword_of_releases_before_5_24_carries_the_same_cache(backend, requests, monkeypatch):
+    """Releases before transformers 5.24 take the KV cache as ``past_key_values`` (5.24 still accepts it, as
+    a deprecated alias of ``cache``): the prompt pass fills the cache under that name and generate continues
+    from it, with the same samples as under ``cache``."""
+    import mpo.generation
+
+    assert mpo.generation._cache_argument(backend.model.model.forward) == "cache"  # 5.24, as pinned
+    params = SamplingParams(n=3, temperature=1.0, top_k=50, max_new_tokens=12, seed=4)
+    current = backend.generate(requests, params)
+    seen = []
+    real_forward = backend.model.model.forward
+    monkeypatch.setattr(mpo.generation, "_cache_argument", lambda forward: "past_key_values")
+    monkeypatch.setattr(
+        backend.model.model, "forward", lambda *a, **kw: seen.append(set(kw)) or real_forward(*a, **kw)
+    )
+    assert backend.generate(requests, params) == current
+    assert "past_key_values" in seen[0] and "cache" not in seen[0]  # the prompt pass used the old name
+
+
 def test_sampling_equals_generate_with_num_return_sequences(backend, requests):
     params = SamplingParams(n=3, temperature=1.0, top_k=50, max_new_tokens=12, seed=4)
     unseeded = [GenerationRequest(r.question, r.images, r.max_dynamic_patch) for r in requests]
