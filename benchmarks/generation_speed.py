@@ -32,7 +32,6 @@ import argparse
 import random
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from PIL import Image
 
 from benchmarks import write_results
 from benchmarks.mpo_speed import WORDS
+from benchmarks.phase_clock import PhaseClock
 from mpo import markdown
 from mpo.generation import TransformersBackend
 
@@ -72,52 +72,23 @@ def requests_for(root: Path, n: int, seed: int = 0, seeded: bool = True) -> list
     return out
 
 
-@contextmanager
-def phase_clock(model):
-    """Seconds spent in the vision tower, the LLM over prompts (more than one new position) and the LLM
-    over single new tokens, summed over the forward calls made inside the block."""
-    seconds = {"vision": 0.0, "prompt": 0.0, "decode": 0.0}
-    started: dict = {}
-
-    def pre(name):
-        def hook(module, args, kwargs):
-            started[name] = time.perf_counter()
-
-        return hook
-
-    def post(name):
-        def hook(module, args, kwargs, output):
-            part = name
-            if name == "llm":
-                part = "prompt" if kwargs["inputs_embeds"].shape[1] > 1 else "decode"
-            seconds[part] += time.perf_counter() - started.pop(name)
-
-        return hook
-
-    parts = {"vision": model.model.vision_tower, "llm": model.model.language_model}
-    handles = [
-        h
-        for name, module in parts.items()
-        for h in (
-            module.register_forward_pre_hook(pre(name), with_kwargs=True),
-            module.register_forward_hook(post(name), with_kwargs=True),
-        )
-    ]
-    try:
-        yield seconds
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def measure(backend, requests: list, samples: int, max_new_tokens: int) -> dict:
     from mpo.generation import SamplingParams
 
     params = SamplingParams(n=samples, temperature=1.0, top_k=50, max_new_tokens=max_new_tokens, seed=0)
-    with phase_clock(backend.model) as phases:
+    vision, llm = backend.model.model.vision_tower, backend.model.model.language_model
+
+    def phase(module, kwargs) -> str:
+        if module is vision:
+            return "vision"
+        return "prompt" if kwargs["inputs_embeds"].shape[1] > 1 else "decode"  # more than one new position
+
+    clock = PhaseClock()
+    with clock.time_modules([vision, llm], phase):
         start = time.perf_counter()
         outputs = backend.generate(requests, params)
         seconds = time.perf_counter() - start
+    phases = {name: clock.seconds[clock.label][name] for name in ("vision", "prompt", "decode")}
     responses = sum(len(o) for o in outputs)
     # every response runs to max_new_tokens (random weights; re-tokenising the decoded text would not count them)
     return {

@@ -24,10 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from benchmarks import write_results
+from benchmarks.phase_clock import PhaseClock
 from mpo import markdown
 
 # module class name -> phase (InternVL2.5-1B: InternViT, the MLP projector, the Qwen2 decoder)
@@ -37,49 +37,6 @@ TIMED_MODULES = {
     "Qwen2Model": "language model",
 }
 TOP_OPS = 12
-
-
-class PhaseClock:
-    """Seconds per (label, phase); ``label`` is the part of the run being measured."""
-
-    def __init__(self) -> None:
-        self.label = "setup"
-        self.seconds: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self._starts: dict[int, float] = {}
-
-    def add(self, phase: str, seconds: float) -> None:
-        self.seconds[self.label][phase] += seconds
-
-    def install_module_hooks(self) -> None:
-        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-
-        def pre(module, args):
-            if type(module).__name__ in TIMED_MODULES:
-                self._starts[id(module)] = time.perf_counter()
-
-        def post(module, args, output):
-            name = TIMED_MODULES.get(type(module).__name__)
-            if name is not None:
-                import torch
-
-                grad = "" if torch.is_grad_enabled() else " (no grad)"
-                self.add(f"{name} forward{grad}", time.perf_counter() - self._starts.pop(id(module)))
-
-        register_module_forward_pre_hook(pre)
-        register_module_forward_hook(post)
-
-    def wrap(self, obj, method: str, phase: str) -> None:
-        """Time every call of ``obj.method`` under ``phase``."""
-        inner = getattr(obj, method)
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                self.add(phase, time.perf_counter() - start)
-
-        setattr(obj, method, timed)
 
 
 def memory_at_peak(profiler) -> dict[str, float]:
@@ -108,8 +65,14 @@ def child(kind: str, model: str, data: str) -> dict:
     from benchmarks.mpo_speed import build_trainer
     from mpo.fused_head import compact_lm_head
 
-    clock = PhaseClock()
-    clock.install_module_hooks()
+    def phase(module, kwargs) -> str | None:
+        name = TIMED_MODULES.get(type(module).__name__)
+        if name is None:
+            return None
+        return f"{name} forward{'' if torch.is_grad_enabled() else ' (no grad)'}"
+
+    clock = PhaseClock("setup")
+    clock.time_every_module(phase)
     clock.label = "reference pass"  # MPOTrainer runs it while it is built
     trainer = build_trainer(kind, model, data, steps=2, batch=1)
     reference_s = getattr(trainer, "precompute_seconds", 0.0)
