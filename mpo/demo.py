@@ -6,7 +6,8 @@
 
 Every step is a plain `mpo` command, printed before it runs, so the demo doubles as a transcript of
 how to run the recipe by hand. Each runs in a process of its own, forked from a server that has imported the
-commands' modules once. A step whose output already exists is skipped (``--fresh`` redoes all).
+commands' modules once; as in any program that starts processes this way, a script that calls :func:`run` or
+:func:`ablation` does so under ``if __name__ == "__main__":`` (each step's process imports the script). A step whose output already exists is skipped (``--fresh`` redoes all).
 """
 
 from __future__ import annotations
