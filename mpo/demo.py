@@ -78,7 +78,8 @@ FULL = Scale(
     tts_samples=TTS_SAMPLES,
     tts_items=TTS_ITEMS,
     cot_fraction=FULL_COT_FRACTION,
-    pair_args=("--max-pairs-per-question", "3"),
+    # 32 questions per generation call: the same pairs, byte for byte, as 8, in 56 s instead of 76
+    pair_args=("--max-pairs-per-question", "3", "--batch-size", "32"),
     mpo_args=("--learning_rate", "2e-4"),
 )
 SCALES = {
@@ -279,8 +280,14 @@ def sample(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: S
     )
 
 
+# Greedy evaluation, prompts per generate call: the same predictions as `mpo eval`'s 16, in 12 s instead of 20
+# (500 items on 2 cores). Sampled evaluation keeps 16 prompts (128 rows with 8 samples): 48 is no faster.
+EVAL_BATCH_SIZE = 64
+
+
 def evaluate(p: Pipeline, name: str, model: str, target: Path, out: Path, scale: Scale) -> None:
-    p.step(name, target / "results.json", *eval_args(model, target, out, scale.eval_items))
+    batch = ["--batch-size", str(EVAL_BATCH_SIZE)]
+    p.step(name, target / "results.json", *eval_args(model, target, out, scale.eval_items), *batch)
 
 
 def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
