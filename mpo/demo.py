@@ -55,8 +55,8 @@ class Scale:
 
 
 # `full` (make demo): three of the seven skills, which the tiny model learns in its SFT budget
-# (recipes/tiny/sft_stage2.yaml has the measurements); about 600 s end to end on 2 CPU cores, of which stage
-# 2 of SFT is 334 s (README). `long` is the whole task with a 7000-step stage 2 (about 20 minutes of SFT).
+# (recipes/tiny/sft_stage2.yaml has the measurements); 591-678 s end to end on 2 CPU cores, of which stage
+# 2 of SFT is 334-409 s (README). `long` is the whole task with a 7000-step stage 2 (about 20 minutes of SFT).
 # `smoke` checks the plumbing in seconds.
 DEMO_SKILLS = ("colour", "count", "position")
 # Test-time scaling in `full`: 8 samples on the first 200 eval items add 23 s (2 x 10-11 s of sampling, 1 s of
