@@ -5,9 +5,11 @@
     -> test-time scaling: N sampled CoT responses per item, majority vote (both checkpoints) -> REPORT.md
 
 Every step is a plain `mpo` command, printed before it runs, so the demo doubles as a transcript of
-how to run the recipe by hand. Each runs in a process of its own, forked from a server that has imported the
-commands' modules once; as in any program that starts processes this way, a script that calls :func:`run` or
-:func:`ablation` does so under ``if __name__ == "__main__":`` (each step's process imports the script). A step whose output already exists is skipped (``--fresh`` redoes all).
+how to run the recipe by hand. A step whose output already exists is skipped (``--fresh`` redoes all).
+
+Each step runs in a process of its own, forked from a server that has imported the commands' modules once.
+As in any program that starts processes this way, a script that calls :func:`run` or :func:`ablation` does
+so under ``if __name__ == "__main__":`` (each step's process imports the script).
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ class Scale:
 
 # `full` (make demo): three of the seven skills, which the tiny model learns in its SFT budget
 # (recipes/tiny/sft_stage2.yaml has the measurements); 591-678 s end to end on 2 CPU cores, of which stage
-# 2 of SFT is 334-409 s (README). `long` is the whole task with a 7000-step stage 2 (about 20 minutes of SFT).
-# `smoke` checks the plumbing in seconds.
+# 2 of SFT is 334-409 s (README). `long` is the whole task with a 7000-step stage 2: 1827 s end to end, 1473 s
+# of it stage 2 (benchmarks/results/demo_long.md). `smoke` checks the plumbing in seconds.
 DEMO_SKILLS = ("colour", "count", "position")
 # Test-time scaling in `full`: 8 samples on the first 200 eval items add 23 s (2 x 10-11 s of sampling, 1 s of
 # compare; measured on 2 cores); all 500 items would take 2.5 times as long.
