@@ -4,9 +4,9 @@ InternVL2.5-1B widths, and padding-free varlen flash-attention vs padded rows.
     python -m benchmarks.gpu_check          # CUDA, bf16: fits in 8 minutes on one H100 (also: mpo gpu-check)
     python -m benchmarks.gpu_check --dry    # CPU, fp32, tiny shapes: the same code, CUDA-only parts skipped
 
-1. Exactness. For each kernel that runs here (eager, sdpa, flex_attention with triton, flash_attention_2
-   with flash-attn, torch_varlen with torch >= 2.9) and each layout (plain, vision once, prefix sharing, packing, prefix sharing +
-   packing), the summed response log-probs and the gradient of their sum are compared with the plain
+1. Exactness. For each kernel that runs here (eager, sdpa, sdpa_varlen, flex_attention with triton,
+   flash_attention_2 with flash-attn, torch_varlen with torch >= 2.9) and each layout (plain, vision once,
+   prefix sharing, packing, prefix sharing + packing), the summed response log-probs and the gradient of their sum are compared with the plain
    two-row layout under sdpa, in the same dtype. Tolerances: fp32 1e-4; bf16 2 % of the largest
    |log-prob| and 5 % relative gradient error (bf16 keeps 8 bits of mantissa; a leaking mask is off
    by far more: the "leaky" control row packs the pairs into one attention group and must FAIL).
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from mpo import markdown
-from mpo.attention import TORCH_VARLEN, Platform
+from mpo.attention import SDPA_VARLEN, TORCH_VARLEN, Platform
 
 LAYOUTS = {
     "plain": dict(prefix_sharing=False, vision_once=False),
@@ -68,7 +68,10 @@ def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:
     """The kernels that run here, and why each other one does not."""
 
     platform = Platform.detect()
-    kernels, skipped = ["sdpa", "eager"], {}
+    kernels, skipped = (
+        ["sdpa", "eager", SDPA_VARLEN],
+        {},
+    )  # sdpa_varlen: sdpa per sequence, wherever sdpa runs
     if platform.flex_backward and cuda:
         kernels.append("flex_attention")
     else:  # (its CPU forward is checked by tests/test_mpo_trainer.py)

@@ -36,6 +36,14 @@ def test_gpu_check_dry_run_writes_its_results(tmp_path):
                 and row["logp_err"] <= 1e-4
                 and row["grad_err"] <= 1e-4
             )
+    for (
+        layout
+    ) in layouts:  # sdpa per sequence: exact where it takes flattened rows, refused with prefix sharing
+        row = rows[("sdpa_varlen", layout)]
+        if "prefix sharing" in layout:
+            assert row["refused"]
+        else:
+            assert row["exact"] and row["logp_err"] <= 1e-4 and row["grad_err"] <= 1e-4
     control = rows[("sdpa", "packing (leaky control)")]
     assert not control["exact"] and control["grad_err"] > 1e-2  # the check can fail
     assert "CUDA" in report["skipped"]["flash_attention_2"] and "flex_attention" in report["skipped"]
