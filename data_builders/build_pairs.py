@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=COT_INSTRUCTION,
         help=f"CoT instruction that replaces the answer-format one (default: {COT_INSTRUCTION!r})",
     )
+    p.add_argument(
+        "--check-reasoning",
+        action="store_true",
+        help="each row's `reasoning` (a reference chain of thought) must be stated step by step too: a right "
+        "answer without it is `unsound` and rejected against the sound ones (subset `reasoning`)",
+    )
     p = sub.add_parser(
         "dropout-ntp", help="chosen = full answer, rejected = its first half continued without the image"
     )
@@ -219,6 +225,7 @@ def settings_of(args: argparse.Namespace, backend_name: str) -> dict:
             max_pairs_per_question=args.max_pairs_per_question,
             answer_style=args.answer_style,
             instruction=args.instruction,
+            check_reasoning=args.check_reasoning,
         )
     else:
         settings.update(keep_ratio=args.keep_ratio, chosen_from=args.chosen_from)
@@ -256,6 +263,7 @@ def make_builder(args: argparse.Namespace, backend: GenerationBackend):
             scorer=scorer,
             answer_style=args.answer_style,
             instruction=args.instruction,
+            check_reasoning=args.check_reasoning,
         )
     return DropoutNTPBuilder(
         backend,

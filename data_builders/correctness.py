@@ -7,11 +7,14 @@ Per question:
    "Final answer: ..", and sample ``n`` responses (seeded per question);
 2. extract the final answer (:func:`mpo.answers.extract_answer`) and check it
    (:func:`mpo.answers.is_correct`): each response is ``correct``, ``incorrect`` or ``format``
-   (no parsable answer);
+   (no parsable answer). A question with a reference chain of thought (its ``reasoning`` field) has
+   each response marked ``sound`` when it states every step of it (:func:`states_steps`), and the
+   report counts the right answers that do; with ``check_reasoning`` a right answer that does not is
+   ``unsound``, right by luck and not for the right reason;
 3. questions where no response is correct (``none_correct``) or every response is
    (``all_correct``) are counted, not paired;
-4. otherwise every correct response is paired with every incorrect one (subset ``correctness``)
-   and with every unparsable one (subset ``format``). A candidate is dropped, with the first
+4. otherwise every correct response is paired with every incorrect one (subset ``correctness``),
+   with every unparsable one (subset ``format``) and with every unsound one (subset ``reasoning``). A candidate is dropped, with the first
    reason that applies: ``contains_answer`` (correctness pairs whose incorrect answer contains the
    correct one as a whole word, e.g. "3 or 4" against "4": the checker may be wrong there),
    the rule filters of :mod:`data_builders.filters` (``empty``, ``identical``, ``too_long``,
@@ -33,21 +36,47 @@ from mpo.answers import extract_answer, infer_kind, is_correct
 from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams, question_seed
 from mpo.prompts import parse_choices
 
-SUBSETS = ("correctness", "format")
-VERDICTS = ("correct", "incorrect", "format")
+SUBSETS = ("correctness", "format", "reasoning")
+VERDICTS = ("correct", "incorrect", "format", "unsound")
+REJECTED_SUBSET = {"incorrect": "correctness", "format": "format", "unsound": "reasoning"}
 STATUSES = ("mixed", "all_correct", "none_correct", "bad_row")
 
 
+def reasoning_steps(reasoning: str) -> list[str]:
+    """The steps of a reference chain of thought: its sentences, whitespace collapsed."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(reasoning.split())) if s]
+
+
+def states_steps(text: str, steps: list[str]) -> bool:
+    """Whether ``text`` states every step, each as written (case and whitespace aside)."""
+    said = " ".join(text.split()).casefold()
+    return all(step.casefold() in said for step in steps)
+
+
 def judge(
-    text: str, gt: str, *, kind: str | None = None, choices: dict[str, str] | None = None, style: str = "auto"
+    text: str,
+    gt: str,
+    *,
+    kind: str | None = None,
+    choices: dict[str, str] | None = None,
+    style: str = "auto",
+    steps: list[str] | None = None,
+    check_steps: bool = False,
 ) -> dict:
-    """``{"text", "answer", "verdict"}`` for one response."""
+    """``{"text", "answer", "verdict"}`` for one response; with ``steps`` (a reference chain of thought's)
+    also ``sound``, whether it states them all, and with ``check_steps`` a right answer that is not sound
+    is ``unsound``."""
     answer = extract_answer(text, style)
     if answer is None:
         verdict = "format"
     else:
         verdict = "correct" if is_correct(answer, gt, kind, choices=choices) else "incorrect"
-    return {"text": text, "answer": answer, "verdict": verdict}
+    judged = {"text": text, "answer": answer, "verdict": verdict}
+    if steps is not None:
+        judged["sound"] = states_steps(text, steps)
+        if check_steps and verdict == "correct" and not judged["sound"]:
+            judged["verdict"] = "unsound"
+    return judged
 
 
 def contains_answer(correct: str, incorrect: str) -> bool:
@@ -78,16 +107,11 @@ def plan_pairs(judged: list[dict], filters: FilterConfig) -> list[dict]:
         return []
     correct = [i for i, j in enumerate(judged) if j["verdict"] == "correct"]
     candidates = [
-        {"subset": "correctness", "c": c, "r": r, "drop": None}
+        {"subset": subset, "c": c, "r": r, "drop": None}
+        for verdict, subset in REJECTED_SUBSET.items()
         for c in correct
         for r, j in enumerate(judged)
-        if j["verdict"] == "incorrect"
-    ]
-    candidates += [
-        {"subset": "format", "c": c, "r": r, "drop": None}
-        for c in correct
-        for r, j in enumerate(judged)
-        if j["verdict"] == "format"
+        if j["verdict"] == verdict
     ]
     seen: set[tuple[str, str]] = set()
     for cand in candidates:
@@ -127,6 +151,7 @@ class CorrectnessBuilder:
     scorer: QualityScorer | None = None
     answer_style: str = "auto"
     instruction: str = COT_INSTRUCTION
+    check_reasoning: bool = False  # also check each question's reference chain of thought (``reasoning``)
 
     pipeline = "correctness"
     subsets = SUBSETS
@@ -140,7 +165,9 @@ class CorrectnessBuilder:
         records: dict[str, dict] = {}
         good: list[Question] = []
         for q in questions:
-            reason = check_question(q, ("question", "answer"))
+            reason = check_question(
+                q, ("question", "answer", *(("reasoning",) if self.check_reasoning else ()))
+            )
             if reason is None:
                 good.append(q)
             else:
@@ -151,7 +178,20 @@ class CorrectnessBuilder:
             row = q.row
             gt, choices = str(row["answer"]), parse_choices(row.get("choices"))
             kind = row.get("answer_kind") or infer_kind(gt, choices)
-            judged = [judge(t, gt, kind=kind, choices=choices, style=self.answer_style) for t in texts]
+            reasoning = row.get("reasoning")
+            steps = reasoning_steps(reasoning) if isinstance(reasoning, str) and reasoning.strip() else None
+            judged = [
+                judge(
+                    t,
+                    gt,
+                    kind=kind,
+                    choices=choices,
+                    style=self.answer_style,
+                    steps=steps,
+                    check_steps=self.check_reasoning,
+                )
+                for t in texts
+            ]
             record = {
                 "key": q.key,
                 "index": q.index,

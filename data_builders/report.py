@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from data_builders.correctness import VERDICTS
 from mpo.atomic import atomic_write
 from mpo.data.meta import skip_summary
 
@@ -89,7 +90,16 @@ def build_report(records: list[dict], build: dict) -> dict:
     if pipeline == "correctness":
         answered = [r for r in records if r["status"] != "bad_row"]
         verdicts = Counter(resp["verdict"] for r in answered for resp in r["responses"])
-        report["responses"] = {v: verdicts.get(v, 0) for v in ("correct", "incorrect", "format")}
+        checked = build["settings"].get("check_reasoning", False)
+        report["responses"] = {v: verdicts.get(v, 0) for v in VERDICTS if checked or v != "unsound"}
+        right = [
+            resp["sound"]
+            for r in answered
+            for resp in r["responses"]
+            if "sound" in resp and resp["verdict"] in ("correct", "unsound")
+        ]
+        if right:
+            report["right_answers"] = {"total": len(right), "stating_the_reference_reasoning": sum(right)}
         n = build["settings"]["n"]
         hist = Counter(r["n_correct"] for r in answered)
         report["accuracy_histogram"] = {f"{k}/{n}": hist.get(k, 0) for k in range(n + 1)}
@@ -118,6 +128,13 @@ def render_markdown(report: dict) -> str:
     if "responses" in report:
         lines += ["", "## Responses", ""]
         lines += _table(["verdict", "responses"], [[v, n] for v, n in report["responses"].items()])
+    if "right_answers" in report:
+        right = report["right_answers"]
+        lines += [
+            "",
+            f"Right final answers that state every step of the question's reference reasoning: "
+            f"{right['stating_the_reference_reasoning']} of {right['total']}.",
+        ]
     reasons = sorted({r for e in report["subsets"].values() for r in e["dropped"]})
     lines += ["", "## Pairs", ""]
     rows = [

@@ -18,8 +18,8 @@ arithmetic      text-only "What is 3 + 4?" (so every input shape exists)
 Each question is asked either as multiple choice (options in the question, the ground truth is the
 letter) or as a short answer (a word or a number). ``mpo synthetic OUT`` writes three disjoint
 splits: ``OUT/sft`` (InternVL meta.json + conversations, 30 % of them chain-of-thought answers
-ending in ``Final answer: X``), ``OUT/qa`` (questions with ground truth for the correctness-based
-preference pipeline) and ``OUT/eval/eval.tsv`` (VLMEvalKit TSV). Splits never share a scene: every
+ending in ``Final answer: X``), ``OUT/qa`` (questions with ground truth and the true
+chain of thought, ``reasoning``, for the correctness-based preference pipeline) and ``OUT/eval/eval.tsv`` (VLMEvalKit TSV). Splits never share a scene: every
 scene (or text-only question) is hashed into one of ten buckets and each split only takes its own
 buckets. Everything is deterministic for a seed.
 """
@@ -789,7 +789,7 @@ def generate(
     _write_split(out, "sft", "train.jsonl", rows)
     samples, names = made["qa"][:2]
     rows = [
-        _record("qa", i, s, files, question=s.prompt)
+        _record("qa", i, s, files, question=s.prompt, reasoning=s.item.reasoning)
         for i, (s, files) in enumerate(zip(samples, names, strict=True))
     ]
     _write_split(out, "qa", "qa.jsonl", rows)

@@ -18,7 +18,15 @@ from pair_backends import Recording, ScriptedBackend, run_tagged
 from PIL import Image
 
 from data_builders.build_pairs import build_parser, merge, run
-from data_builders.correctness import apply_cap, contains_answer, judge, plan_pairs, question_status
+from data_builders.correctness import (
+    apply_cap,
+    contains_answer,
+    judge,
+    plan_pairs,
+    question_status,
+    reasoning_steps,
+    states_steps,
+)
 from data_builders.dropout_ntp import join_continuation, truncate_words
 from data_builders.filters import FilterConfig, rule_drop
 from data_builders.prompts import (
@@ -185,6 +193,81 @@ def test_all_or_none_correct_is_counted_not_paired():
     # only unparsable besides the correct ones: format pairs only
     cands = plan_pairs(_judged(["Final answer: 4", "no answer"]), FilterConfig())
     assert [(c["subset"], c["c"], c["r"], c["drop"]) for c in cands] == [("format", 0, 1, None)]
+
+
+def test_reasoning_check_turns_a_lucky_right_answer_into_an_unsound_rejected():
+    reference = "I see a red circle,  a blue square and a red square.  That is 3 shapes."
+    steps = reasoning_steps(reference)
+    assert steps == ["I see a red circle, a blue square and a red square.", "That is 3 shapes."]
+    texts = [
+        "I see a red circle, a blue square and a red square. That is 3 shapes. Final answer: 3",  # 0 sound
+        "i see a red circle, a blue square and a red  square.\nThat is 3 shapes. Final answer: 3",  # 1 sound
+        "I see a red circle and a blue square. That is 2 shapes. Final answer: 3",  # 2 lucky
+        "I see a red circle, a blue square and a red square. Final answer: 3",  # 3 a step left out
+        "I see a red circle, a blue square and a red square. That is 3 shapes. Final answer: 2",  # 4 incorrect
+        "That is 3 shapes.",  # 5 format
+    ]
+    judged = [judge(t, "3", steps=steps, check_steps=True) for t in texts]
+    assert [j["verdict"] for j in judged] == [
+        "correct",
+        "correct",
+        "unsound",
+        "unsound",
+        "incorrect",
+        "format",
+    ]
+    assert [j["sound"] for j in judged] == [True, True, False, False, True, False]
+    # not checked, the same answers are all correct and only marked: the check is what tells them apart
+    marked = [judge(t, "3", steps=steps) for t in texts[:4]]
+    assert [(j["verdict"], j["sound"]) for j in marked] == [("correct", True)] * 2 + [("correct", False)] * 2
+    assert not states_steps("That is 3 shapes. I see a red circle.", ["I see a red circle, a blue square."])
+    got = {(c["subset"], c["c"], c["r"]): c["drop"] for c in plan_pairs(judged, FilterConfig())}
+    # an unsound response has the right answer, so containment does not drop its pairs
+    assert got == {
+        ("correctness", 0, 4): None,
+        ("correctness", 1, 4): None,
+        ("format", 0, 5): None,
+        ("format", 1, 5): None,
+        ("reasoning", 0, 2): None,
+        ("reasoning", 0, 3): None,
+        ("reasoning", 1, 2): None,
+        ("reasoning", 1, 3): None,
+    }
+    # only unsound right answers: nothing is correct, nothing is paired
+    assert question_status(judged[2:4]) == "none_correct" and plan_pairs(judged[2:4], FilterConfig()) == []
+
+
+def test_check_reasoning_build_counts_unsound_and_needs_the_field(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    rows = [
+        {"id": "a", "question": "Qa What is 2 + 3?", "answer": "5", "reasoning": "2 plus 3 is 5."},
+        {"id": "b", "question": "Qb What is 1 + 1?", "answer": "2"},
+    ]
+    (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "meta.json").write_text(json.dumps({"toy": {"root": ".", "annotation": "qa.jsonl"}}))
+    script = {
+        "Qa": ["2 plus 3 is 5. Final answer: 5", "It is 5. Final answer: 5", "Final answer: 6", "unsure"],
+        "Qb": ["1 plus 1 is 2. Final answer: 2", "Final answer: 3"],
+    }
+    out = tmp_path / "out"
+    args = ("correctness", "scripted", root / "meta.json", out, "--n", "4", "--check-reasoning")
+    report = run(_args(*args), backend=ScriptedBackend(script))
+    assert report["responses"] == {"correct": 1, "incorrect": 1, "format": 1, "unsound": 1}
+    assert report["right_answers"] == {"total": 2, "stating_the_reference_reasoning": 1}
+    assert (
+        "state every step of the question's reference reasoning: 1 of 2." in (out / "report.md").read_text()
+    )
+    assert report["bad_rows"]["by_field"] == {"reasoning": 1}
+    # unchecked, a row without the field is used, the unsound answer is correct, and the count stays
+    report = run(_args(*args[:3], tmp_path / "unchecked", *args[4:-1]), backend=ScriptedBackend(script))
+    assert report["responses"] == {"correct": 3, "incorrect": 2, "format": 1}
+    assert report["right_answers"] == {"total": 2, "stating_the_reference_reasoning": 1}
+    pairs = _pairs(out)
+    assert [(p["chosen"], p["rejected"]) for p in pairs["toy_reasoning"]] == [
+        ("2 plus 3 is 5. Final answer: 5", "It is 5. Final answer: 5")
+    ]
+    assert json.loads((out / "build.json").read_text())["settings"]["check_reasoning"] is True
 
 
 def test_rule_filters():

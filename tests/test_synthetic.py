@@ -264,6 +264,11 @@ def test_qa_records_match_the_images(data):
         assert options == row.get("choices", {})
         assert instruction == (MC_INSTRUCTION if options else SHORT_INSTRUCTION)
         check_answer(row["skill"], core, images, row["answer"], options)
+        # the reference chain of thought the pair builder can check: what it lists is what the pixels show
+        assert row["reasoning"].strip() and "Final answer" not in row["reasoning"]
+        if len(images) == 1 and (listing := re.search(r"I see ([^.]+)\.", row["reasoning"])):
+            said = re.findall(r"an? (\w+) (circle|square|triangle|diamond)", listing[1])
+            assert Counter(said) == Counter((b["colour"], b["kind"]) for b in blobs(images[0])), row
 
 
 def test_eval_tsv_matches_the_images(data):
