@@ -115,11 +115,13 @@ def step_env(environ: dict[str, str]) -> dict[str, str]:
     over more threads rounds differently: 1 and 2 threads give other weights after 60 steps), so the demo
     runs with the 2 threads its README numbers were measured with, on any machine.
     """
-    return {
+    env = {
         **environ,
         "OMP_WAIT_POLICY": environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS", "2"),
     }
+    omp_threads(env["OMP_NUM_THREADS"])  # a value the steps cannot use stops the demo before it starts
+    return env
 
 
 # The `mpo` commands the demo runs: their modules are imported once, by the server its steps fork from.
@@ -139,8 +141,19 @@ def step_process(args: list[str], env: dict[str, str]) -> None:
     from mpo import cli
 
     os.environ.update(env)
-    torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    torch.set_num_threads(omp_threads(env["OMP_NUM_THREADS"]))
     sys.exit(cli.main(args))
+
+
+def omp_threads(value: str) -> int:
+    """The thread count an ``OMP_NUM_THREADS`` value gives the outermost parallel level (OpenMP takes a
+    list, one count per nesting level: "4,2" is 4)."""
+    first = value.split(",")[0].strip()
+    if not first.isdigit() or int(first) < 1:
+        raise UserError(
+            f"OMP_NUM_THREADS={value!r}: expected a positive thread count (or a list, e.g. '4,2')"
+        )
+    return int(first)
 
 
 def step_context() -> multiprocessing.context.BaseContext:

@@ -166,14 +166,18 @@ def test_steps_run_with_passive_openmp_threads_unless_told(tmp_path, monkeypatch
     probe = tmp_path / "seen.json"
     monkeypatch.setenv("MPO_DEMO_PROBE", str(probe))
     seen = []
-    for policy, threads in ((None, None), ("ACTIVE", "3")):
+    for policy, threads in ((None, None), ("ACTIVE", "3"), ("PASSIVE", "4,2")):
         if policy:
             monkeypatch.setenv("OMP_WAIT_POLICY", policy)
             monkeypatch.setenv("OMP_NUM_THREADS", threads)
         demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "eval", "--help")
         seen.append(json.loads(probe.read_text()))
-    assert [e["args"] for e in seen] == [["eval", "--help"]] * 2
-    assert [e["OMP_WAIT_POLICY"] for e in seen] == ["PASSIVE", "ACTIVE"]
-    assert [(e["OMP_NUM_THREADS"], e["threads"]) for e in seen] == [("2", 2), ("3", 3)]  # README: 2
+    assert [e["args"] for e in seen] == [["eval", "--help"]] * 3
+    assert [e["OMP_WAIT_POLICY"] for e in seen] == ["PASSIVE", "ACTIVE", "PASSIVE"]
+    # README: 2; a list (one count per nesting level) gives the outer level its first count
+    assert [(e["OMP_NUM_THREADS"], e["threads"]) for e in seen] == [("2", 2), ("3", 3), ("4,2", 4)]
+    for bad in ("", "two", "0"):
+        with pytest.raises(UserError, match=rf"OMP_NUM_THREADS={bad!r}: expected a positive thread count"):
+            demo.step_env({"OMP_NUM_THREADS": bad})
     with pytest.raises(UserError, match=r"step 'a step' failed \(exit status 3\): mpo fail --now"):
         demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "fail", "--now")
