@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from data_builders.filters import FilterConfig, QualityScorer, rule_drop
 from data_builders.inputs import Question, bad_row_record, check_question
 from data_builders.prompts import COT_INSTRUCTION, cot_question
-from mpo.answers import extract_answer, infer_kind, is_correct
+from mpo.answers import extract_answer, infer_kind, is_correct, reasoning_steps, states_steps
 from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams, question_seed
 from mpo.prompts import parse_choices
 
@@ -40,17 +40,6 @@ SUBSETS = ("correctness", "format", "reasoning")
 VERDICTS = ("correct", "incorrect", "format", "unsound")
 REJECTED_SUBSET = {"incorrect": "correctness", "format": "format", "unsound": "reasoning"}
 STATUSES = ("mixed", "all_correct", "none_correct", "bad_row")
-
-
-def reasoning_steps(reasoning: str) -> list[str]:
-    """The steps of a reference chain of thought: its sentences, whitespace collapsed."""
-    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(reasoning.split())) if s]
-
-
-def states_steps(text: str, steps: list[str]) -> bool:
-    """Whether ``text`` states every step, each as written (case and whitespace aside)."""
-    said = " ".join(text.split()).casefold()
-    return all(step.casefold() in said for step in steps)
 
 
 def judge(

@@ -724,7 +724,10 @@ def _write_split(out: Path, split: str, annotation: str, rows: list[dict]) -> No
     )
 
 
-EVAL_COLUMNS = ["index", "image_path", "question", "A", "B", "C", "D", "answer", "category", "difficulty"]
+EVAL_COLUMNS = [
+    *("index", "image_path", "question", "A", "B", "C", "D", "answer", "category", "difficulty"),
+    "reasoning",  # the true chain of thought: `mpo eval --cot` counts the right answers that state it
+]
 
 
 def generate(
@@ -805,7 +808,16 @@ def generate(
             choices = s.choices or {}
             options = [choices.get(letter, "") for letter in LETTERS]
             writer.writerow(
-                [i, image_path, s.item.question, *options, s.answer, s.item.skill, s.item.difficulty]
+                [
+                    i,
+                    image_path,
+                    s.item.question,
+                    *options,
+                    s.answer,
+                    s.item.skill,
+                    s.item.difficulty,
+                    s.item.reasoning,
+                ]
             )
 
     counts: dict = {split: sizes[split] for split in SPLITS}

@@ -330,6 +330,7 @@ def _jsonl_item(
         raise DataError(path, line, "expected a file name or a list of file names", "image")
     index = row.get("index", row.get("id", position))
     category = row.get("category", row.get("skill"))
+    reasoning = row.get("reasoning")
     return EvalItem(
         benchmark=name,
         index=str(index),
@@ -344,6 +345,7 @@ def _jsonl_item(
         max_dynamic_patch=max_dynamic_patch,
         frames=video.frames if video else [],
         video=video is not None,
+        fields={"reasoning": reasoning.strip()} if isinstance(reasoning, str) and reasoning.strip() else {},
     )
 
 

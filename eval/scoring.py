@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from eval.benchmarks import EvalItem
 from eval.rules import CIRCULAR_OFFSET, GENERIC, RULES
-from mpo.answers import extract_answer, infer_kind
+from mpo.answers import extract_answer, infer_kind, reasoning_steps, states_steps
 
 UNPARSABLE = "unparsable"
 
@@ -31,7 +31,8 @@ def answer_kind(item: EvalItem) -> str:
 def score(item: EvalItem, response: str, cot: bool) -> dict:
     """``{"kind", "prediction", "correct", "reason", "rule"}`` for one response (``reason``: None or
     "unparsable"; ``rule``: the name of the benchmark rule that scored it), plus ``group`` (circular
-    benchmarks) and ``l2_category`` where the row has one."""
+    benchmarks), ``l2_category`` where the row has one, and ``sound`` for a chain of thought whose row
+    has a reference one (a ``reasoning`` column): whether the response states every step of it."""
     prediction = extract_answer(response, "auto") if cot else response.strip()
     correct = prediction is not None and item.rule.hit(item, prediction)
     record = {
@@ -45,6 +46,8 @@ def score(item: EvalItem, response: str, cot: bool) -> dict:
         record["group"] = str(int(item.index) % CIRCULAR_OFFSET)
     if "l2-category" in item.fields:
         record["l2_category"] = item.fields["l2-category"]
+    if cot and item.fields.get("reasoning", "").strip():
+        record["sound"] = states_steps(response, reasoning_steps(item.fields["reasoning"]))
     return record
 
 
@@ -72,14 +75,19 @@ def circular_items(records: list[dict]) -> list[dict]:
 
 
 def _counts(records: list[dict]) -> dict:
+    """``{"accuracy", "correct", "total", "unparsable"}``, and ``correct_and_sound`` (right answers that
+    state their reference reasoning) where the records were checked for it."""
     total = len(records)
     correct = sum(bool(r["correct"]) for r in records)
-    return {
+    counts = {
         "accuracy": correct / total if total else 0.0,
         "correct": correct,
         "total": total,
         "unparsable": sum(r.get("reason") == UNPARSABLE for r in records),
     }
+    if any("sound" in r for r in records):
+        counts["correct_and_sound"] = sum(bool(r["correct"] and r.get("sound")) for r in records)
+    return counts
 
 
 def _grouped(records: list[dict], field: str) -> dict[str, dict]:

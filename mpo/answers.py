@@ -10,6 +10,9 @@ Two steps:
   ``choice``, ``yesno``, ``number``, ``relaxed``, ``anls`` and ``text`` (see :data:`KINDS`).
   :func:`infer_kind` picks the kind from the ground truth when none is given.
 
+Where the data hold a reference chain of thought, :func:`states_steps` checks that a response states
+each of its steps (:func:`reasoning_steps`): a right final answer without them is right by luck.
+
 Every rule errs towards "incorrect" when the prediction is ambiguous (two different option letters,
 two numbers, both "yes" and "no"): a wrong "correct" label poisons a preference pair, while a
 missed one only loses it.
@@ -428,3 +431,14 @@ def is_correct(
     if kind == "anls":
         return anls_score(pred, gt) >= anls_threshold
     return _text_equal(pred, gt)
+
+
+def reasoning_steps(reasoning: str) -> list[str]:
+    """The steps of a reference chain of thought: its sentences, whitespace collapsed."""
+    return [s for s in re.split(r"(?<=[.!?])\s+", " ".join(reasoning.split())) if s]
+
+
+def states_steps(text: str, steps: list[str]) -> bool:
+    """Whether ``text`` states every step, each as written (case and whitespace aside)."""
+    said = " ".join(text.split()).casefold()
+    return all(step.casefold() in said for step in steps)

@@ -546,6 +546,7 @@ def write_report(out: Path, timings: dict[str, float]) -> Path:
         "",
         *paired_section(out),
         "",
+        *soundness(results),
         *scaling_section(out),
         "",
         "## Training curves",
@@ -599,6 +600,25 @@ def paired_section(out: Path) -> list[str]:
         f"Of {n} items, {t.only_second} are right only after MPO and {t.only_first} only before it. Exact McNemar "
         f"test (two-sided; under 'equally accurate' each of the {t.only_first + t.only_second} discordant items "
         f"falls either way with probability 1/2): p = {t.p_value:.2g}.",
+    ]
+
+
+def soundness(results: dict[str, dict]) -> list[str]:
+    """REPORT.md lines: of each model's right answers, how many state the true chain of thought (the
+    synthetic eval split carries it; `mpo eval --cot` counts them), or none where it was not counted."""
+    overall = {name: r["overall"] for name, r in results.items()}
+    if any("correct_and_sound" not in o for o in overall.values()):
+        return []
+    parts = [
+        f"{name.upper()} {o['correct_and_sound']} of its {o['correct']} right answers "
+        f"({100 * o['correct_and_sound'] / o['total']:.1f} % of the items)"
+        for name, o in overall.items()
+    ]
+    return [
+        "Right answers that also state every step of the item's true chain of thought: "
+        + ", ".join(parts)
+        + ".",
+        "",
     ]
 
 

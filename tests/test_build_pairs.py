@@ -24,8 +24,6 @@ from data_builders.correctness import (
     judge,
     plan_pairs,
     question_status,
-    reasoning_steps,
-    states_steps,
 )
 from data_builders.dropout_ntp import join_continuation, truncate_words
 from data_builders.filters import FilterConfig, rule_drop
@@ -38,6 +36,7 @@ from data_builders.prompts import (
 )
 from data_builders.store import parse_shard
 from data_builders.synthetic import generate
+from mpo.answers import reasoning_steps, states_steps
 from mpo.cli import main as cli_main
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError

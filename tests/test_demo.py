@@ -109,6 +109,15 @@ def test_report_sections_from_written_files(tmp_path):
         json.dumps({"pipeline": "correctness", "questions": {"in": 10, "by_status": by_status}})
     )
     split = "\n".join(demo.pair_split(tmp_path))
+    checked = {
+        "sft": {"overall": {"correct": 40, "correct_and_sound": 4, "total": 100}},
+        "mpo": {"overall": {"correct": 50, "correct_and_sound": 25, "total": 100}},
+    }
+    assert demo.soundness(checked)[0] == (
+        "Right answers that also state every step of the item's true chain of thought: SFT 4 of its 40 right "
+        "answers (4.0 % of the items), MPO 25 of its 50 right answers (25.0 % of the items)."
+    )
+    assert demo.soundness({"sft": {"overall": {"correct": 40, "total": 100}}}) == []
     assert "| both correct and incorrect responses (pairs) | 7 | 70.0 % |" in split
     assert (
         "| all responses correct | 2 | 20.0 % |" in split and "| no response correct | 1 | 10.0 % |" in split

@@ -231,6 +231,54 @@ def test_cot_extracts_final_answer_and_counts_unparsable(bench, tmp_path):
     assert "unparsable" in (tmp_path / "cot" / "results.md").read_text()
 
 
+def test_cot_counts_right_answers_that_state_the_reference_reasoning(tmp_path):
+    rows = [
+        dict(
+            index=0,
+            question="How many shapes?",
+            answer="2",
+            category="count",
+            reasoning="I see a red circle and a blue square.  That is 2 shapes.",
+        ),
+        dict(
+            index=1,
+            question="How many circles?",
+            answer="1",
+            category="count",
+            reasoning="I see a red circle. That is 1 circle.",
+        ),
+        dict(
+            index=2,
+            question="Which colour?",
+            answer="red",
+            category="colour",
+            reasoning="I see a red circle.",
+        ),
+        dict(index=3, question="What is 1 + 1?", answer="2", category="sum"),  # no reference: not checked
+    ]
+    tsv = write_tsv(
+        tmp_path / "r.tsv", rows, ["index", "image_path", "question", "answer", "category", "reasoning"]
+    )
+    cot = {
+        "How many shapes?": "I see a red circle and a blue square. That is 2 shapes. Final answer: 2",  # sound
+        "How many circles?": "I see a blue square. That is 1 circle. Final answer: 1",  # right, unsound
+        "Which colour?": "I see a red circle. Final answer: blue",  # sound steps, wrong answer
+        "What is 1 + 1?": "Final answer: 2",
+    }
+    res = evaluate("fake-model", [str(tsv)], tmp_path / "out", cot=True, backend=FakeBackend(cot))
+    recs = lines(tmp_path / "out" / "predictions.jsonl")
+    assert [r.get("sound") for r in recs] == [True, False, True, None]
+    assert res["overall"]["correct"] == 3 and res["overall"]["correct_and_sound"] == 1
+    categories = res["benchmarks"]["r"]["categories"]
+    assert categories["count"]["correct_and_sound"] == 1 and categories["colour"]["correct_and_sound"] == 0
+    assert "correct_and_sound" not in categories["sum"]
+    # direct answers have no chain of thought to check
+    direct = evaluate(
+        "fake-model", [str(tsv)], tmp_path / "direct", backend=FakeBackend({q: "2" for q in cot})
+    )
+    assert "correct_and_sound" not in direct["overall"]
+
+
 # -------------------------------------------------------------------------------------- resume
 
 

@@ -24,7 +24,19 @@ N = 60
 SKILLS = {"colour", "count", "position", "shape", "compare", "multi_image", "arithmetic"}
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 SHORT_INSTRUCTION = "Answer the question using a single word or phrase."
-TSV_COLUMNS = ["index", "image_path", "question", "A", "B", "C", "D", "answer", "category", "difficulty"]
+TSV_COLUMNS = [
+    "index",
+    "image_path",
+    "question",
+    "A",
+    "B",
+    "C",
+    "D",
+    "answer",
+    "category",
+    "difficulty",
+    "reasoning",
+]
 BACKGROUND = (255, 255, 255)
 NAME_OF_RGB = {rgb: name for name, rgb in COLOURS.items()}
 
@@ -171,6 +183,15 @@ def check_answer(skill: str, core: str, images: list[Path], answer: str, options
         assert answer == expected, (core, images, answer, expected)
 
 
+def check_reasoning(reasoning: str, images: list[Path]) -> None:
+    """A reference chain of thought (what the pair builder and `mpo eval` check responses against): no final
+    answer in it, and the shapes it lists are the ones the pixels show."""
+    assert reasoning.strip() and "Final answer" not in reasoning
+    if len(images) == 1 and (listing := re.search(r"I see ([^.]+)\.", reasoning)):
+        said = re.findall(r"an? (\w+) (circle|square|triangle|diamond)", listing[1])
+        assert Counter(said) == Counter((b["colour"], b["kind"]) for b in blobs(images[0])), reasoning
+
+
 def image_list(value) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
@@ -264,11 +285,7 @@ def test_qa_records_match_the_images(data):
         assert options == row.get("choices", {})
         assert instruction == (MC_INSTRUCTION if options else SHORT_INSTRUCTION)
         check_answer(row["skill"], core, images, row["answer"], options)
-        # the reference chain of thought the pair builder can check: what it lists is what the pixels show
-        assert row["reasoning"].strip() and "Final answer" not in row["reasoning"]
-        if len(images) == 1 and (listing := re.search(r"I see ([^.]+)\.", row["reasoning"])):
-            said = re.findall(r"an? (\w+) (circle|square|triangle|diamond)", listing[1])
-            assert Counter(said) == Counter((b["colour"], b["kind"]) for b in blobs(images[0])), row
+        check_reasoning(row["reasoning"], images)
 
 
 def test_eval_tsv_matches_the_images(data):
@@ -295,6 +312,7 @@ def test_eval_tsv_matches_the_images(data):
         assert n_placeholders == len(images) and parsed == options
         assert 1 <= int(row["difficulty"]) <= 3 and row["category"] in SKILLS
         check_answer(row["category"], core, images, row["answer"], options)
+        check_reasoning(row["reasoning"], images)
     assert multi > 0
 
 
