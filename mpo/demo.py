@@ -635,21 +635,11 @@ def pair_split(out: Path) -> list[str]:
         ("all responses correct", status["all_correct"]),
         ("no response correct", status["none_correct"]),
     )
-    lines = [
+    return [
         "| sampled questions with | questions | share |",
         "|---|---:|---:|",
         *[f"| {name} | {k} | {100 * k / max(n, 1):.1f} % |" for name, k in rows],
     ]
-    if right := report.get("right_answers"):
-        sound = right["stating_the_reference_reasoning"]
-        lines += [
-            "",
-            f"Of the {right['total']} sampled responses with the right final answer, {sound} "
-            f"({100 * sound / max(right['total'], 1):.1f} %) state every step of the generator's true chain of "
-            "thought (`mpo build-pairs correctness` marks each response `sound` or not); the others are right "
-            "without the reasoning.",
-        ]
-    return lines
 
 
 def scaling_section(out: Path) -> list[str]:

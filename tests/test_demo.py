@@ -122,18 +122,6 @@ def test_report_sections_from_written_files(tmp_path):
     assert (
         "| all responses correct | 2 | 20.0 % |" in split and "| no response correct | 1 | 10.0 % |" in split
     )
-    assert "state every step" not in split  # data without reference reasoning: no soundness line
-    right = {"total": 40, "stating_the_reference_reasoning": 3}
-    (tmp_path / "pairs" / "report.json").write_text(
-        json.dumps(
-            {
-                "pipeline": "correctness",
-                "questions": {"in": 10, "by_status": by_status},
-                "right_answers": right,
-            }
-        )
-    )
-    assert "right final answer, 3 (7.5 %) state every step" in "\n".join(demo.pair_split(tmp_path))
     # SFT right on items 0-3, MPO right on items 2-9: 2 both, 2 SFT only, 6 MPO only, 0 neither
     for name, right in (("sft", range(0, 4)), ("mpo", range(2, 10))):
         (tmp_path / "eval" / name).mkdir(parents=True)
