@@ -18,10 +18,12 @@ arithmetic      text-only "What is 3 + 4?" (so every input shape exists)
 Each question is asked either as multiple choice (options in the question, the ground truth is the
 letter) or as a short answer (a word or a number). ``mpo synthetic OUT`` writes three disjoint
 splits: ``OUT/sft`` (InternVL meta.json + conversations, 30 % of them chain-of-thought answers
-ending in ``Final answer: X``), ``OUT/qa`` (questions with ground truth and the true
-chain of thought, ``reasoning``, for the correctness-based preference pipeline) and ``OUT/eval/eval.tsv`` (VLMEvalKit TSV). Splits never share a scene: every
-scene (or text-only question) is hashed into one of ten buckets and each split only takes its own
-buckets. Everything is deterministic for a seed.
+ending in ``Final answer: X``), ``OUT/qa`` (questions with ground truth and the true chain of thought,
+``reasoning``, for the correctness-based preference pipeline) and ``OUT/eval/eval.tsv`` (VLMEvalKit
+TSV, with the same ``reasoning``). A chain of thought lists the shapes it reads by colour ("I see a red
+shape and a blue shape."), names a kind where the question asks for one, and ends in its conclusion.
+Splits never share a scene: every scene (or text-only question) is hashed into one of ten buckets and
+each split only takes its own buckets. Everything is deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ class Shape:
     def area(self) -> int:
         return shape_area(self.kind, self.size)
 
-    def phrase(self) -> str:
-        return f"{_a(self.colour)} {self.colour} {self.kind}"
+    def phrase(self, kind: bool = False) -> str:
+        """How a chain of thought names the shape: "a red shape", or with ``kind`` "a red circle"."""
+        return f"{_a(self.colour)} {self.colour} {self.kind if kind else 'shape'}"
 
 
 @dataclass(frozen=True)
@@ -229,8 +232,12 @@ def _join(parts: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _describe(shapes) -> str:
-    return _join([s.phrase() for s in shapes])
+def _describe(shapes, kinds: bool = False) -> str:
+    """The shapes as a chain of thought lists them: by colour, and by kind only where the question turns on
+    every shape's kind (``kinds``). The tiny model tells colours apart far better than kinds: when every
+    listing named the kinds, 5 % of its right answers stated the listing right, and MPO gained 6 points;
+    by colour, 23 % and 14 points (README, benchmarks/results/demo_sweep_notes.md)."""
+    return _join([s.phrase(kinds) for s in shapes])
 
 
 def _left_to_right(shapes) -> list[Shape]:
@@ -419,7 +426,7 @@ def _compare_item(rng: Random, d: int, sizes: Sizes = IMAGE_SIZES) -> Item | Non
             f"Is there {_a(colour)} {colour} {kind} in the image?",
             answer,
             YES_NO,
-            f"I see {_describe(_left_to_right(scene.shapes))}. {fact}",
+            f"I see {_describe(_left_to_right(scene.shapes), kinds=True)}. {fact}",
         )
     if d == 2:
         n = rng.randint(3, 5)

@@ -183,13 +183,20 @@ def check_answer(skill: str, core: str, images: list[Path], answer: str, options
         assert answer == expected, (core, images, answer, expected)
 
 
-def check_reasoning(reasoning: str, images: list[Path]) -> None:
+def check_reasoning(reasoning: str, images: list[Path]) -> bool | None:
     """A reference chain of thought (what the pair builder and `mpo eval` check responses against): no final
-    answer in it, and the shapes it lists are the ones the pixels show."""
+    answer in it, and the shapes it lists are the ones the pixels show, by colour, and by kind where it names
+    kinds (all of them or none)."""
     assert reasoning.strip() and "Final answer" not in reasoning
     if len(images) == 1 and (listing := re.search(r"I see ([^.]+)\.", reasoning)):
-        said = re.findall(r"an? (\w+) (circle|square|triangle|diamond)", listing[1])
-        assert Counter(said) == Counter((b["colour"], b["kind"]) for b in blobs(images[0])), reasoning
+        said = re.findall(r"an? (\w+) (shape|circle|square|triangle|diamond)\b", listing[1])
+        shapes = blobs(images[0])
+        if all(kind == "shape" for _, kind in said):
+            assert Counter(c for c, _ in said) == Counter(b["colour"] for b in shapes), reasoning
+        else:
+            assert Counter(said) == Counter((b["colour"], b["kind"]) for b in shapes), reasoning
+        return "shape" not in {kind for _, kind in said}
+    return None
 
 
 def image_list(value) -> list[str]:
@@ -277,6 +284,7 @@ def test_sft_records_match_the_images(data):
 def test_qa_records_match_the_images(data):
     out, _ = data
     root = out / "images" / "qa"
+    listings = Counter()
     for row in read_jsonl(out / "qa" / "qa.jsonl"):
         assert set(row) >= {"id", "question", "answer", "skill", "difficulty"}
         images = [root / p for p in image_list(row.get("image"))]
@@ -285,7 +293,28 @@ def test_qa_records_match_the_images(data):
         assert options == row.get("choices", {})
         assert instruction == (MC_INSTRUCTION if options else SHORT_INSTRUCTION)
         check_answer(row["skill"], core, images, row["answer"], options)
-        check_reasoning(row["reasoning"], images)
+        kinds = check_reasoning(row["reasoning"], images)
+        assert kinds is None or kinds == core.startswith("Is there"), (core, row["reasoning"])
+        listings[kinds] += 1
+    assert listings[False] > 0
+
+
+def test_a_listing_names_the_kinds_only_where_the_question_turns_on_them(tmp_path):
+    """Every skill and difficulty: its chain of thought lists what its scene holds (checked on the rendered
+    image), by kind only for "Is there a red circle?"."""
+    rng, listings = Random(7), Counter()
+    for skill in synthetic.SKILLS:
+        for d in (1, 2, 3):
+            for k in range(3):
+                item = synthetic.make_item(rng, skill, d, "eval")
+                images = []
+                for i, scene in enumerate(item.scenes):
+                    synthetic.render(scene).save(path := tmp_path / f"{skill}-{d}-{k}-{i}.png")
+                    images.append(path)
+                kinds = check_reasoning(item.reasoning, images)
+                assert kinds is None or kinds == item.question.startswith("Is there"), item
+                listings[kinds] += 1
+    assert listings[True] > 0 and listings[False] > 0
 
 
 def test_eval_tsv_matches_the_images(data):
@@ -294,7 +323,7 @@ def test_eval_tsv_matches_the_images(data):
     assert columns == TSV_COLUMNS
     assert len(rows) == N // 4
     assert [int(r["index"]) for r in rows] == list(range(len(rows)))
-    multi = 0
+    multi, listings = 0, Counter()
     for row in rows:
         value = row["image_path"]
         paths = json.loads(value) if value.startswith("[") else [value] if value else []
@@ -312,8 +341,11 @@ def test_eval_tsv_matches_the_images(data):
         assert n_placeholders == len(images) and parsed == options
         assert 1 <= int(row["difficulty"]) <= 3 and row["category"] in SKILLS
         check_answer(row["category"], core, images, row["answer"], options)
-        check_reasoning(row["reasoning"], images)
-    assert multi > 0
+        kinds = check_reasoning(row["reasoning"], images)
+        # a listing names the kinds only where the question turns on every shape's kind
+        assert kinds is None or kinds == core.startswith("Is there"), (core, row["reasoning"])
+        listings[kinds] += 1
+    assert multi > 0 and listings[False] > 0
 
 
 def test_every_skill_format_and_input_shape_present(data):
