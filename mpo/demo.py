@@ -66,8 +66,8 @@ DEMO_SKILLS = ("colour", "count", "position")
 TTS_SAMPLES, TTS_ITEMS = 8, 200
 TTS_TEMPERATURE = 0.7
 # The MPO paper's premise in `full`: SFT data are mostly direct answers (2 % chain of thought: 160 of 8000), so
-# after SFT the chain of thought trails the direct answer (50.8 % against 64.2 % held-out), and MPO on CoT pairs
-# from 1000 questions (at most 3 pairs each; lr 2e-4) closes part of that gap: benchmarks/results/demo_sweep.md.
+# after SFT the chain of thought trails the direct answer (47.2 % against 63.2 % held-out), and MPO on CoT pairs
+# from 1000 questions (at most 3 pairs each; lr 2e-4) closes most of that gap: benchmarks/results/demo_sweep.md.
 FULL_COT_FRACTION = 0.02
 FULL = Scale(
     n_sft=8000,
