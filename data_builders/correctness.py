@@ -14,13 +14,13 @@ Per question:
 3. questions where no response is correct (``none_correct``) or every response is
    (``all_correct``) are counted, not paired;
 4. otherwise every correct response is paired with every incorrect one (subset ``correctness``),
-   with every unparsable one (subset ``format``) and with every unsound one (subset ``reasoning``). A candidate is dropped, with the first
-   reason that applies: ``contains_answer`` (correctness pairs whose incorrect answer contains the
-   correct one as a whole word, e.g. "3 or 4" against "4": the checker may be wrong there),
-   the rule filters of :mod:`data_builders.filters` (``empty``, ``identical``, ``too_long``,
-   ``repetition``), ``duplicate`` (same chosen and rejected text as an earlier candidate),
-   ``quality`` (optional judge), and ``over_cap``: at most ``max_pairs`` per question and subset
-   are kept, a seeded random choice.
+   with every unparsable one (subset ``format``) and with every unsound one (subset ``reasoning``).
+   A candidate is dropped, with the first reason that applies: ``contains_answer`` (correctness
+   pairs whose incorrect answer contains the correct one as a whole word, e.g. "3 or 4" against "4":
+   the checker may be wrong there), the rule filters of :mod:`data_builders.filters` (``empty``,
+   ``identical``, ``too_long``, ``repetition``), ``duplicate`` (same chosen and rejected text as an
+   earlier candidate), ``quality`` (optional judge), and ``over_cap``: at most ``max_pairs`` per
+   question and subset are kept, a seeded random choice.
 """
 
 from __future__ import annotations
