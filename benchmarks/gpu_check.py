@@ -6,8 +6,8 @@ InternVL2.5-1B widths, and padding-free varlen flash-attention vs padded rows.
 
 1. Exactness. For each kernel that runs here (eager, sdpa, sdpa_varlen, flex_attention with triton,
    flash_attention_2 with flash-attn, torch_varlen with torch >= 2.9) and each layout (plain, vision once,
-   prefix sharing, packing, prefix sharing + packing), the summed response log-probs and the gradient of their sum are compared with the plain
-   two-row layout under sdpa, in the same dtype. Tolerances: fp32 1e-4; bf16 2 % of the largest
+   prefix sharing, packing, prefix sharing + packing), the summed response log-probs and the gradient of
+   their sum are compared with the plain two-row layout under sdpa, in the same dtype. Tolerances: fp32 1e-4; bf16 2 % of the largest
    |log-prob| and 5 % relative gradient error (bf16 keeps 8 bits of mantissa; a leaking mask is off
    by far more: the "leaky" control row packs the pairs into one attention group and must FAIL).
    Model: InternVL2.5-1B widths (InternViT 1024 wide, Qwen2.5-0.5B 896 wide), 2 layers each, 448 px tiles
@@ -68,10 +68,8 @@ def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:
     """The kernels that run here, and why each other one does not."""
 
     platform = Platform.detect()
-    kernels, skipped = (
-        ["sdpa", "eager", SDPA_VARLEN],
-        {},
-    )  # sdpa_varlen: sdpa per sequence, wherever sdpa runs
+    # sdpa_varlen is sdpa once per sequence: it runs wherever sdpa does
+    kernels, skipped = ["sdpa", "eager", SDPA_VARLEN], {}
     if platform.flex_backward and cuda:
         kernels.append("flex_attention")
     else:  # (its CPU forward is checked by tests/test_mpo_trainer.py)

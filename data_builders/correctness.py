@@ -154,9 +154,8 @@ class CorrectnessBuilder:
         records: dict[str, dict] = {}
         good: list[Question] = []
         for q in questions:
-            reason = check_question(
-                q, ("question", "answer", *(("reasoning",) if self.check_reasoning else ()))
-            )
+            need = ("question", "answer", "reasoning") if self.check_reasoning else ("question", "answer")
+            reason = check_question(q, need)
             if reason is None:
                 good.append(q)
             else:

@@ -234,9 +234,9 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
     - otherwise ``sdpa`` (the CPU: flex has no CPU backward, flash-attn needs CUDA).
 
     ``sdpa_varlen`` is faster than ``sdpa`` for packed rows on the CPU but is not picked by ``auto``: its
-    other float rounding alone moved `make demo` (before 0997ae3) from +6.2 points of MPO gain (McNemar p = 0.0013) to
-    +3.0 (p = 0.13), so switching the CPU default changes every packed CPU run's numbers and is a recipe
-    decision, not a kernel choice.
+    other float rounding alone moved `make demo` (before 0997ae3) from +6.2 points of MPO gain (McNemar
+    p = 0.0013) to +3.0 (p = 0.13), so switching the CPU default changes every packed CPU run's numbers and
+    is a recipe decision, not a kernel choice.
 
     The vision tower has no mask: flash-attn when it runs here, else sdpa (or eager when asked).
     """

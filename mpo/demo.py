@@ -59,7 +59,8 @@ class Scale:
 # `full` (make demo): three of the seven skills, which the tiny model learns in its SFT budget
 # (recipes/tiny/sft_stage2.yaml has the measurements); 544-678 s end to end on 2 CPU cores, of which stage
 # 2 of SFT is 330-409 s (README). `long` is the whole task with a 7000-step stage 2: 1840 s end to end, 1555 s
-# of it stage 2, with other work beside it (benchmarks/results/demo_long.md). `smoke` checks the plumbing in seconds.
+# of it stage 2, with other work beside it (benchmarks/results/demo_long.md). `smoke` checks the plumbing in
+# seconds.
 DEMO_SKILLS = ("colour", "count", "position")
 # Test-time scaling in `full`: 8 samples on the first 200 eval items add 23 s (2 x 10-11 s of sampling, 1 s of
 # compare; measured on 2 cores); all 500 items would take 2.5 times as long.

@@ -277,6 +277,17 @@ def test_cot_counts_right_answers_that_state_the_reference_reasoning(tmp_path):
         "fake-model", [str(tsv)], tmp_path / "direct", backend=FakeBackend({q: "2" for q in cot})
     )
     assert "correct_and_sound" not in direct["overall"]
+    # an MMPR-style jsonl carries it as a key
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n" for r in rows))
+    res = evaluate("fake-model", [str(jsonl)], tmp_path / "jsonl", cot=True, backend=FakeBackend(cot))
+    assert [r.get("sound") for r in lines(tmp_path / "jsonl" / "predictions.jsonl")] == [
+        True,
+        False,
+        True,
+        None,
+    ]
+    assert res["overall"]["correct_and_sound"] == 1
 
 
 # -------------------------------------------------------------------------------------- resume

@@ -36,9 +36,8 @@ def test_gpu_check_dry_run_writes_its_results(tmp_path):
                 and row["logp_err"] <= 1e-4
                 and row["grad_err"] <= 1e-4
             )
-    for (
-        layout
-    ) in layouts:  # sdpa per sequence: exact where it takes flattened rows, refused with prefix sharing
+    # sdpa per sequence: exact where it takes flattened rows, refused with prefix sharing
+    for layout in layouts:
         row = rows[("sdpa_varlen", layout)]
         if "prefix sharing" in layout:
             assert row["refused"]
