@@ -216,15 +216,7 @@ class SFTModelConfig:
             "choices": ["auto", "bfloat16", "float16", "float32"],
         },
     )
-    attn_implementation: str = field(
-        default="auto",
-        metadata={
-            "help": "'auto' = the fastest kernel exact for the layout (mpo.attention.choose_kernels): "
-            "flash_attention_2 (padding-free varlen) on a GPU with flash-attn, flex_attention for packing on "
-            "a GPU without it, sdpa on the CPU. Or one of eager, sdpa, sdpa_varlen (sdpa once per sequence: "
-            "faster for packing on the CPU, other float rounding), flex_attention, flash_attention_2."
-        },
-    )
+    attn_implementation: str = field(default="auto", metadata={"help": attention.kernel_help()})
     vision_drop_path_rate: float = vision_drop_path_field()
 
 

@@ -20,6 +20,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 from mpo.attention import layout_of
 from mpo.checkpointing import resolve_resume
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
+from mpo import attention
 from mpo.data.meta import DataConfig, skip_summary
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
@@ -42,15 +43,7 @@ class InternVLModelConfig(ModelConfig):
             "choices": ["auto", "bfloat16", "float16", "float32"],
         },
     )
-    attn_implementation: str | None = field(
-        default="auto",
-        metadata={
-            "help": "'auto' = the fastest kernel exact for the token layout (mpo.attention.choose_kernels): "
-            "flash_attention_2 (varlen) for plain/packed rows on a GPU with flash-attn, flex_attention for "
-            "prefix sharing on a GPU, sdpa on the CPU. Or one of eager, sdpa, sdpa_varlen (sdpa once per "
-            "sequence), flex_attention, flash_attention_2; a kernel that cannot compute the layout exactly is an error."
-        },
-    )
+    attn_implementation: str | None = field(default="auto", metadata={"help": attention.kernel_help()})
     freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (InternViT)."})
     freeze_projector: bool = field(default=False, metadata={"help": "Freeze the MLP projector."})
     freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model (and lm_head)."})

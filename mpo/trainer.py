@@ -299,6 +299,8 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         logger.warning(reference_note(self.precompute_ref_logps, held, self.args.num_train_epochs))
         self.reward_shift = RewardShift()
         self.add_callback(_RewardShiftStep(self))
+        # flex attention compiles per row-length bucket: its count of compilations is logged
+        self._counts_compilations = attention.text_kernel(unwrapped) == "flex_attention"
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo train adds "model" and "data")
         if wandb_enabled(self.args.report_to):
             self.add_callback(PreferenceSamplesCallback(self))
@@ -570,6 +572,8 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             metrics[f"loss/{TERMS[name].metric}"].append(value)
         metrics["bco/delta"].append(delta)
         r_c, r_r = gather(out.chosen_rewards), gather(out.rejected_rewards)
+        if self._counts_compilations:
+            metrics["attention/compilations"].append(attention.compilations())
         metrics["rewards/chosen"].append(r_c.mean().item())
         metrics["rewards/rejected"].append(r_r.mean().item())
         metrics["rewards/margins"].append((r_c - r_r).mean().item())

@@ -121,39 +121,53 @@ def offline_wandb(tmp_path, monkeypatch):
     wandb.teardown()
 
 
+# Where a varlen sequence with fewer queries than keys puts its causal diagonal: flash-attention's
+# bottom-right rule (query i of n sees key j of m when j <= i + m - n). A test sets "top-left" to show
+# that the exactness tests catch the other alignment.
+VARLEN_ALIGNMENT = {"causal": "bottom-right"}
+
+
 def _varlen_reference_attention(
     module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
 ):
-    """A CPU stand-in for varlen flash-attention, written from its definition: each sequence of the
-    flattened row ([1, H, N, D]; boundaries in ``cu_seq_lens_q``) attends causally to itself alone."""
+    """A CPU stand-in for varlen flash-attention, written out from its definition: the flattened row's
+    sequence s has queries cu_seq_lens_q[s]:cu_seq_lens_q[s+1] of ``query`` [1, H, N, D] and keys / values
+    cu_seq_lens_k[s]:cu_seq_lens_k[s+1] of ``key`` / ``value`` [1, H_kv, K, D] (query head h reads key
+    head h // (H / H_kv)); softmax(q k^T * scale) over the keys its causal diagonal allows, times v."""
     import torch
-    import torch.nn.functional as F
 
     assert attention_mask is None and query.shape[0] == 1, "varlen kernels take flattened rows and no mask"
-    cu = kwargs["cu_seq_lens_q"].tolist()
+    assert "kv_index" not in kwargs, "keys reach the kernel already gathered"
+    cu_q, cu_k = kwargs["cu_seq_lens_q"].tolist(), kwargs["cu_seq_lens_k"].tolist()
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     groups = query.shape[1] // key.shape[1]
-    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    pieces = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True, scale=scaling
-        )
-        for s, e in zip(cu[:-1], cu[1:], strict=True)
-    ]
-    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+    pieces = []
+    for s in range(len(cu_q) - 1):
+        q = query[0, :, cu_q[s] : cu_q[s + 1]]  # [H, n, D]
+        k = key[0, :, cu_k[s] : cu_k[s + 1]].repeat_interleave(groups, dim=0)  # [H, m, D]
+        v = value[0, :, cu_k[s] : cu_k[s + 1]].repeat_interleave(groups, dim=0)
+        n, m = q.shape[1], k.shape[1]
+        shift = m - n if VARLEN_ALIGNMENT["causal"] == "bottom-right" else 0
+        allowed = torch.arange(m)[None, :] <= torch.arange(n)[:, None] + shift  # [n, m]
+        scores = (q @ k.transpose(1, 2)) * scale
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        pieces.append(probs @ v)  # [H, n, D]
+    return torch.cat(pieces, dim=1).transpose(0, 1)[None].contiguous(), None
 
 
 @pytest.fixture
 def varlen_kernel(monkeypatch) -> str:
-    """The name of a registered CPU varlen kernel that mpo.attention treats like flash_attention_2."""
+    """The name of a registered CPU varlen kernel that mpo.attention treats like flash_attention_2: the
+    hand-written stand-in above behind mpo's prefix-key gather, as flash_attention_2 is on a GPU."""
     from transformers import AttentionInterface
 
     from mpo import attention
 
     name = "varlen_reference"
-    AttentionInterface.register(name, _varlen_reference_attention)
+    AttentionInterface.register(name, attention.with_prefix_keys(_varlen_reference_attention))
     monkeypatch.setattr(attention, "KERNELS", (*attention.KERNELS, name))
     monkeypatch.setattr(attention, "VARLEN_KERNELS", {*attention.VARLEN_KERNELS, name})
-    monkeypatch.setattr(attention, "EXPRESSES", {**attention.EXPRESSES, name: {"plain", "packed"}})
+    monkeypatch.setattr(attention, "EXPRESSES", {**attention.EXPRESSES, name: set(attention.LAYOUTS)})
     return name
 
 

@@ -97,7 +97,7 @@ def test_flatten_splits_rows_even_when_groups_repeat_across_them():
     assert varlen["cu_seq_lens_q"].tolist() == [0, 3, 5]
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "eager", "flex_attention"])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
 def test_plain_rows_keep_the_padding_mask(kernel):
     rows = [[plain_segment([1, 2], [3], 0, group=0)], [plain_segment([4], [5], 1, group=1)]]
     batch = assemble(rows, pad_id=0, layout="plain")
@@ -105,26 +105,87 @@ def test_plain_rows_keep_the_padding_mask(kernel):
     assert same is batch and torch.equal(kwargs["attention_mask"], batch["attention_mask"])
 
 
-def test_varlen_kernel_refuses_prefix_sharing_saying_what_to_change():
-    with pytest.raises(
-        UserError, match="flash_attention_2 cannot compute the 'shared' layout.*prefix_sharing: false"
-    ):
-        attention.model_inputs(_batch(), "flash_attention_2", torch.bfloat16)
+def test_flex_rows_are_padded_to_a_few_lengths_that_score_nothing():
+    """Under flex every row length is rounded up to one of 4 lengths per doubling (so a run compiles
+    a bounded number of times), by padding that no real token sees and nothing scores."""
+    lengths = {attention.flex_length(n) for n in range(1, 4097)}
+    assert sorted(lengths)[:6] == [128, 160, 192, 224, 256, 320] and len(lengths) == 1 + 4 * 5
+    assert all(
+        attention.flex_length(n) >= n and attention.flex_length(n) <= max(128, 1.25 * n)
+        for n in range(1, 5000)
+    )
+    batch = _batch()
+    padded, kwargs = attention.model_inputs(batch, "flex_attention", torch.float32)
+    assert padded["input_ids"].shape == (2, 128) and kwargs["attention_mask"].shape[-2:] == (128, 128)
+    n = batch["input_ids"].shape[1]
+    for key, fill in (("shift_labels", -100), ("logp_index", -1), ("attn_group", -1), ("attention_mask", 0)):
+        assert torch.equal(padded[key][:, :n], batch[key]) and (padded[key][:, n:] == fill).all(), key
+    q = torch.arange(128)
+    mask = kwargs["attention_mask"].mask_mod(torch.tensor(0), torch.tensor(0), q[:, None], q[None, :])
+    assert torch.equal(mask[:n, :n], _expected_visibility()[0, 0]) and not mask[:n, n:].any()
+
+
+def test_flatten_of_prefix_sharing_gives_each_branch_its_prompt_keys():
+    """_batch() flattened, written out from the layout: row 0 is s0 = [1 2 | 3 4 5 | 3 6 7] (prompt head
+    [1, 2], each branch led by the prompt's last token 3) then the plain s9 = [8 9 10 11]; row 1 is s1 =
+    [1 | 2 3 | 2 4 5 6]. Query sequences: s0's prompt and chosen (0-5), s0's rejected (5-8), s9 (8-12),
+    s1's prompt and chosen (12-15), s1's rejected (15-19). A rejected branch's keys are its prompt's then
+    its own."""
+    flat, varlen = attention.flatten(_batch())
+    assert flat["input_ids"].tolist() == [[1, 2, 3, 4, 5, 3, 6, 7, 8, 9, 10, 11, 1, 2, 3, 2, 4, 5, 6]]
+    assert varlen["cu_seq_lens_q"].tolist() == [0, 5, 8, 12, 15, 19]
+    keys = [[0, 1, 2, 3, 4], [0, 1, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14], [12, 15, 16, 17, 18]]
+    assert varlen["kv_index"].tolist() == [k for seq in keys for k in seq]
+    assert varlen["cu_seq_lens_k"].tolist() == [0, 5, 10, 14, 17, 22]
+    assert varlen["cu_seq_lens_k"].dtype == varlen["cu_seq_lens_q"].dtype == torch.int32
+    assert (varlen["max_length_q"], varlen["max_length_k"]) == (5, 5)
+
+
+def test_flatten_without_prefix_sharing_gathers_nothing():
+    rows = [[plain_segment([1, 2], [3], 0, group=0), plain_segment([4], [5, 6], 1, group=1)]]
+    _, varlen = attention.flatten(assemble(rows, pad_id=0, layout="packed"))
+    assert "kv_index" not in varlen and varlen["cu_seq_lens_k"] is varlen["cu_seq_lens_q"]
+
+
+def test_a_branch_whose_prompt_is_missing_is_an_error():
+    with pytest.raises(ValueError, match="names prefix group 7, which no earlier run of its row has"):
+        attention.varlen_sequences([(0, 3, 3, 0), (4, 8, 7, 0)], 6)
+
+
+def test_the_prefix_gather_sums_both_branches_gradients():
+    """with_prefix_keys hands the kernel [1, H, K, D] keys gathered by kv_index; the prompt's key and
+    value gradients are the sums over every sequence that read them (here, key 0 read twice)."""
+    seen = {}
+
+    def kernel(module, query, key, value, attention_mask, **kwargs):
+        seen.update(key=key, kwargs=kwargs)
+        return (key * value).sum(), None
+
+    key = torch.arange(12.0).reshape(1, 1, 3, 4).requires_grad_()
+    value = torch.ones(1, 1, 3, 4, requires_grad=True)
+    index = torch.tensor([0, 1, 0, 2])
+    out, _ = attention.with_prefix_keys(kernel)(None, None, key, value, None, kv_index=index, scaling=0.5)
+    out.backward()
+    assert torch.equal(seen["key"], key.detach()[:, :, index]) and seen["kwargs"] == {"scaling": 0.5}
+    assert value.grad[0, 0].sum(dim=1).tolist() == [2 * (0 + 1 + 2 + 3), 4 + 5 + 6 + 7, 8 + 9 + 10 + 11]
+    assert key.grad[0, 0, :, 0].tolist() == [2.0, 1.0, 1.0]
 
 
 # ------------------------------------------------------------------------------------ the choice
 
-# What each kernel can express, from the kernels' definitions (not mpo.attention's table): varlen
-# flash-attention runs every sequence causally on its own, so branches that share a prompt without
-# seeing each other are beyond it; masks (dense or block) express anything.
+# What each kernel can express, from the kernels' definitions (not mpo.attention's table): masks (dense
+# or block) express anything; varlen kernels run each sequence causally on its own, and with separate
+# key boundaries a prefix-shared branch is a sequence whose keys are [its prompt ; itself].
 CAN_EXPRESS = {
     "sdpa": {"plain", "packed", "shared"},
     "eager": {"plain", "packed", "shared"},
     "flex_attention": {"plain", "packed", "shared"},
-    "flash_attention_2": {"plain", "packed"},
-    "torch_varlen": {"plain", "packed"},
-    "sdpa_varlen": {"plain", "packed"},
+    # separate query and key boundaries: a shared branch's queries against [its prompt ; itself]
+    "flash_attention_2": {"plain", "packed", "shared"},
+    "torch_varlen": {"plain", "packed", "shared"},
+    "sdpa_varlen": {"plain", "packed", "shared"},
 }
+COMPILES = {"flex_attention"}  # a kernel compiled per shape: never auto
 PLATFORMS = [
     Platform(cuda=c, flash_attn=c and f, flex_backward=c and x, torch_varlen=c and v)
     for c, f, x, v in itertools.product([False, True], repeat=4)
@@ -133,45 +194,31 @@ PLATFORMS = [
 
 @pytest.mark.parametrize("platform", PLATFORMS, ids=str)
 @pytest.mark.parametrize("layout", ["plain", "packed", "shared"])
-def test_auto_picks_an_exact_kernel_that_runs_and_trains_there(platform, layout):
+def test_auto_picks_an_exact_compile_free_kernel_that_runs_there(platform, layout):
     choice = choose_kernels("auto", layout, platform)
-    assert layout in CAN_EXPRESS[choice.text]
-    if not platform.cuda:  # flex cannot train, flash cannot run (sdpa_varlen: by name only)
+    assert layout in CAN_EXPRESS[choice.text] and choice.text not in COMPILES
+    if not platform.cuda:  # flash cannot run (sdpa_varlen: by name only on the CPU)
         assert choice == KernelChoice("sdpa", "sdpa", choice.reason)
-    assert choice.text != "sdpa_varlen"
-    if choice.text == "flash_attention_2" or choice.vision == "flash_attention_2":
-        assert platform.cuda and platform.flash_attn
-    if choice.text == "flex_attention":
-        assert platform.flex_backward
-    if choice.text == "torch_varlen":
-        assert (
-            platform.cuda and platform.torch_varlen and not platform.flash_attn
-        )  # flash-attn's own kernel first
-    if platform.flash_attn and layout != "shared":
-        assert choice.text == "flash_attention_2"  # padding-free varlen when it is exact
-    elif platform.torch_varlen and layout != "shared":
-        assert choice.text == "torch_varlen"  # PyTorch's varlen FlashAttention-2 without the package
-    if platform.cuda and layout == "shared":
-        assert choice.text == ("flex_attention" if platform.flex_backward else "sdpa")
+    elif platform.flash_attn:  # padding-free varlen in every layout, flash-attn's own kernel first
+        assert choice == KernelChoice("flash_attention_2", "flash_attention_2", choice.reason)
+    elif platform.torch_varlen:  # PyTorch's varlen FlashAttention-2 without the package
+        assert choice == KernelChoice("torch_varlen", "sdpa", choice.reason)
+    else:  # no varlen flash kernel: sdpa once per sequence where a mask would be L x L
+        assert choice.text == ("sdpa" if layout == "plain" else "sdpa_varlen")
     assert choice.reason.startswith("auto: ")
 
 
-def test_explicit_kernels_that_cannot_be_exact_or_cannot_run_are_refused():
+def test_explicit_kernels_that_cannot_run_are_refused():
     gpu = Platform(cuda=True, flash_attn=True, flex_backward=True)
     cpu = Platform(cuda=False, flash_attn=False, flex_backward=False)
-    with pytest.raises(UserError, match="cannot compute the 'shared' layout exactly"):
-        choose_kernels("flash_attention_2", "shared", gpu)
     with pytest.raises(UserError, match="needs a CUDA GPU and the flash-attn package"):
         choose_kernels("flash_attention_2", "plain", cpu)
     with pytest.raises(UserError, match="flex_attention cannot train here"):
         choose_kernels("flex_attention", "shared", cpu)
     with pytest.raises(UserError, match="torch_varlen needs a CUDA GPU and torch >= 2.9"):
-        choose_kernels("torch_varlen", "plain", cpu)
-    with pytest.raises(UserError, match="torch_varlen cannot compute the 'shared' layout exactly"):
-        choose_kernels("torch_varlen", "shared", Platform(True, False, True, torch_varlen=True))
-    with pytest.raises(UserError, match="sdpa_varlen cannot compute the 'shared' layout exactly"):
-        choose_kernels("sdpa_varlen", "shared", cpu)
-    assert choose_kernels("sdpa_varlen", "packed", cpu).text == "sdpa_varlen"  # by name, on the CPU
+        choose_kernels("torch_varlen", "shared", cpu)
+    assert choose_kernels("sdpa_varlen", "shared", cpu).text == "sdpa_varlen"  # by name, on the CPU
+    assert choose_kernels("flash_attention_2", "shared", gpu).text == "flash_attention_2"
     with pytest.raises(
         UserError, match="must be 'auto' or one of eager, sdpa, flex_attention, flash_attention_2"
     ):
@@ -187,6 +234,14 @@ def test_explicit_kernels_that_cannot_be_exact_or_cannot_run_are_refused():
         "text_config": "eager",
         "vision_config": "eager",
     }
+
+
+def test_a_kernel_the_table_says_cannot_express_a_layout_is_refused_naming_the_others(monkeypatch):
+    monkeypatch.setitem(attention.EXPRESSES, "sdpa_varlen", {"plain", "packed"})
+    with pytest.raises(
+        UserError, match="sdpa_varlen cannot compute the 'shared' layout exactly; choose one of eager, sdpa"
+    ):
+        choose_kernels("sdpa_varlen", "shared", Platform(False, False, False))
 
 
 @pytest.mark.parametrize(
@@ -208,7 +263,7 @@ def test_platform_detection_fakes_device_and_packages(monkeypatch, cuda, package
 
 
 def test_load_model_logs_its_choice_and_the_trainer_refuses_an_inexact_model(
-    tiny_model, mixed_meta, tmp_path, caplog
+    tiny_model, mixed_meta, tmp_path, caplog, monkeypatch
 ):
     from mpo.data.mmpr import load_mmpr
     from mpo.models.loading import load_model, load_processor
@@ -222,114 +277,85 @@ def test_load_model_logs_its_choice_and_the_trainer_refuses_an_inexact_model(
         "sdpa takes the layout's mask; flex has no CPU backward, flash-attn needs CUDA"
     ]
     assert attention.text_kernel(model) == "sdpa"
-    # a model whose language model runs varlen flash-attention cannot take prefix sharing
-    model.config.text_config._attn_implementation = "flash_attention_2"
+    # a model whose kernel (here, by the table) cannot compute prefix sharing is refused by the trainer
+    monkeypatch.setitem(attention.EXPRESSES, "sdpa", {"plain", "packed"})
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
     args = MPOConfig(
         output_dir=str(tmp_path), report_to=[], precompute_ref_log_probs=False, prefix_sharing=True
     )
-    with pytest.raises(UserError, match="prefix_sharing: false"):
+    with pytest.raises(
+        UserError, match="sdpa cannot compute the 'shared' layout exactly; choose one of eager"
+    ):
         MPOTrainer(model, args=args, train_dataset=data, processing_class=processor)
 
 
-def test_torch_varlen_runs_each_sequence_causally_on_its_own(monkeypatch):
-    """The adapter around PyTorch's varlen FlashAttention-2 (CUDA only) with a CPU stand-in of that
-    kernel's definition (each cu_seq_lens span causal alone, keys and values already grouped per head):
-    layouts, head grouping and scale agree with per-sequence sdpa over the repeated key heads."""
+# Three sequences of a flattened row: 3 queries on their own 3 keys, 1 query on 4 keys (a prefix-shared
+# branch led by 3 prompt keys), 7 queries on 7 keys. 4 query heads read 2 key heads.
+CU_Q = torch.tensor([0, 3, 4, 11], dtype=torch.int32)
+CU_K = torch.tensor([0, 3, 7, 14], dtype=torch.int32)
+
+
+def _qkv():
+    torch.manual_seed(0)
+    return torch.randn(1, 4, 11, 8), torch.randn(1, 2, 14, 8), torch.randn(1, 2, 14, 8)
+
+
+def _varlen(**kw) -> dict:
+    return dict(cu_seq_lens_q=CU_Q, cu_seq_lens_k=CU_K, max_length_q=7, max_length_k=7, **kw)
+
+
+def test_torch_varlen_passes_pytorchs_kernel_the_sequences_and_grouped_heads(monkeypatch):
+    """The adapter around PyTorch's varlen FlashAttention-2 (CUDA only), with a CPU stand-in of that kernel:
+    [N, H, D] tensors, int32 boundaries, the causal window (-1, 0), grouped key heads and the scale reach
+    it; its output comes back as [1, N, H, D]. The stand-in computes the hand-written attention of the
+    conftest (bottom-right causal, FlashAttention's rule)."""
     import torch.nn.attention.varlen as varlen
-    import torch.nn.functional as F
+    from conftest import _varlen_reference_attention
 
     from mpo.attention import torch_varlen_attention
 
-    def stand_in(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None, **kw):  # [N, H, D]
-        assert window_size == (-1, 0) and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k)
-        spans = zip(cu_q.tolist()[:-1], cu_q.tolist()[1:], strict=True)
-        return torch.cat(
-            [
-                F.scaled_dot_product_attention(
-                    q[s:e].transpose(0, 1),
-                    k[s:e].transpose(0, 1),
-                    v[s:e].transpose(0, 1),
-                    is_causal=True,
-                    scale=scale,
-                ).transpose(0, 1)
-                for s, e in spans
-            ]
+    def stand_in(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), scale=None, enable_gqa=False):
+        assert window_size == (-1, 0) and enable_gqa and cu_q.dtype == cu_k.dtype == torch.int32
+        assert (max_q, max_k) == (7, 7)
+        out, _ = _varlen_reference_attention(
+            None,
+            *(x.transpose(0, 1)[None] for x in (q, k, v)),
+            None,
+            scaling=scale,
+            cu_seq_lens_q=cu_q,
+            cu_seq_lens_k=cu_k,
         )
+        return out[0]
 
     monkeypatch.setattr(varlen, "varlen_attn", stand_in)
-    torch.manual_seed(0)
-    q, k, v = (
-        torch.randn(1, 4, 10, 8),
-        torch.randn(1, 2, 10, 8),
-        torch.randn(1, 2, 10, 8),
-    )  # 4 query heads, 2 kv
-    cu = torch.tensor([0, 3, 10])
-    out, weights = torch_varlen_attention(
-        None, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=7, max_length_k=7
-    )
-    kk, vv = (
-        k.repeat_interleave(2, dim=1),
-        v.repeat_interleave(2, dim=1),
-    )  # query head h reads key head h // 2
-    want = torch.cat(
-        [
-            F.scaled_dot_product_attention(
-                q[:, :, s:e], kk[:, :, s:e], vv[:, :, s:e], is_causal=True, scale=0.3
-            )
-            for s, e in ((0, 3), (3, 10))
-        ],
-        dim=2,
-    )
-    assert weights is None and out.shape == (1, 10, 4, 8)
-    torch.testing.assert_close(out, want.transpose(1, 2))
+    q, k, v = _qkv()
+    out, weights = torch_varlen_attention(None, q, k, v, None, scaling=0.3, **_varlen())
+    want, _ = _varlen_reference_attention(None, q, k, v, None, scaling=0.3, **_varlen())
+    assert weights is None and out.shape == (1, 11, 4, 8)
+    torch.testing.assert_close(out, want)
     with pytest.raises(ValueError, match="one flattened row and no mask"):
-        torch_varlen_attention(
-            None,
-            q,
-            k,
-            v,
-            torch.ones(1, 1, 10, 10),
-            cu_seq_lens_q=cu,
-            cu_seq_lens_k=cu,
-            max_length_q=7,
-            max_length_k=7,
-        )
+        torch_varlen_attention(None, q, k, v, torch.ones(1, 1, 11, 14), **_varlen())
 
 
-def test_sdpa_varlen_is_softmax_attention_within_each_sequence():
-    """sdpa_varlen against attention written out: scores q.k * scale, causal and within the sequence
-    (cu_seq_lens) only, softmax, times v; 4 query heads reading 2 key heads (query head h: key head h // 2)."""
+def test_sdpa_varlen_is_softmax_attention_within_each_sequence_bottom_right():
+    """sdpa_varlen against attention written out token by token: query t of sequence s sees key j of s
+    when j <= t's place among the queries + (keys - queries of s); softmax(q.k * scale) times v; query head
+    h reads key head h // 2."""
     from mpo.attention import sdpa_varlen_attention
 
-    torch.manual_seed(0)
-    n, scale = 11, 0.3
-    q, k, v = torch.randn(1, 4, n, 8), torch.randn(1, 2, n, 8), torch.randn(1, 2, n, 8)
-    cu = torch.tensor([0, 3, 4, 11], dtype=torch.int32)
-    out, weights = sdpa_varlen_attention(
-        None, q, k, v, None, scaling=scale, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=7, max_length_k=7
-    )
-    sequence = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2])
-    allowed = (sequence[:, None] == sequence[None, :]) & (
-        torch.arange(n)[None, :] <= torch.arange(n)[:, None]
-    )
-    want = torch.empty(1, n, 4, 8)
-    for h in range(4):
-        scores = (q[0, h] @ k[0, h // 2].T) * scale
-        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-        want[0, :, h] = probs @ v[0, h // 2]
-    assert weights is None and out.shape == (1, n, 4, 8)
+    q, k, v = _qkv()
+    out, weights = sdpa_varlen_attention(None, q, k, v, None, scaling=0.3, **_varlen())
+    want = torch.empty(1, 11, 4, 8)
+    for s in range(3):
+        qs, ks = range(int(CU_Q[s]), int(CU_Q[s + 1])), range(int(CU_K[s]), int(CU_K[s + 1]))
+        shift = len(ks) - len(qs)
+        for i, t in enumerate(qs):
+            seen = list(ks)[: i + shift + 1]
+            for h in range(4):
+                probs = torch.softmax(torch.stack([q[0, h, t] @ k[0, h // 2, j] * 0.3 for j in seen]), 0)
+                want[0, t, h] = sum(p * v[0, h // 2, j] for p, j in zip(probs, seen, strict=True))
+    assert weights is None and out.shape == (1, 11, 4, 8)
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one flattened row and no mask"):
-        sdpa_varlen_attention(
-            None,
-            q,
-            k,
-            v,
-            torch.ones(1, 1, n, n),
-            cu_seq_lens_q=cu,
-            cu_seq_lens_k=cu,
-            max_length_q=7,
-            max_length_k=7,
-        )
+        sdpa_varlen_attention(None, q, k, v, torch.ones(1, 1, 11, 14), **_varlen())

@@ -137,13 +137,14 @@ def layout_name(switches: dict) -> str:
     )
 
 
-# Every layout under every kernel that trains on the CPU; the varlen stand-in (conftest) runs the
-# padding-free flattened rows that flash_attention_2 gets on a GPU, for the layouts it can express.
+# Every layout under every kernel that trains on the CPU; the varlen stand-in (conftest, attention
+# written out by hand) runs the padding-free flattened rows that flash_attention_2 gets on a GPU, and
+# sdpa_varlen is mpo's own kernel over the same rows.
 CASES = [("sequence", "plain", "sdpa"), ("token", "plain", "sdpa")] + [
     ("sequence", name, kernel)
-    for kernel in ("sdpa", "eager", "varlen")
+    for kernel in ("sdpa", "eager", "varlen", "sdpa_varlen")
     for name in LAYOUTS
-    if (kernel, name) != ("sdpa", "plain") and (kernel != "varlen" or layout_name(LAYOUTS[name]) != "shared")
+    if (kernel, name) != ("sdpa", "plain")
 ]
 
 
@@ -229,7 +230,7 @@ def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, 
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("kernel", ["sdpa", "eager", "varlen"])
+@pytest.mark.parametrize("kernel", ["sdpa", "eager", "varlen", "sdpa_varlen"])
 def test_text_only_batch_scores_as_if_the_blank_tile_were_not_there(
     tiny_model, tmp_path, layout, kernel, request
 ):
@@ -242,8 +243,6 @@ def test_text_only_batch_scores_as_if_the_blank_tile_were_not_there(
     data, _ = load_mmpr(write_mmpr(tmp_path / "text", rows), processor)
     records = [data[0], data[1]]
     switches = LAYOUTS[layout]
-    if kernel == "varlen" and layout_name(switches) == "shared":
-        pytest.skip("varlen kernels cannot express prefix sharing (refused, see test_attention)")
     kernel = request.getfixturevalue("varlen_kernel") if kernel == "varlen" else kernel
     model = load_model(tiny_model, attn_implementation=kernel, layout=layout_name(switches))
     trainer = MPOTrainer(
@@ -674,3 +673,32 @@ def test_the_lm_head_projects_only_labelled_positions_on_the_cpu(
     labelled = int((batch["shift_labels"] != -100).sum())
     assert labelled < batch["input_ids"].numel() // 2  # a prefix-shared row is mostly prompt and image
     assert projected == [labelled]
+
+
+def test_top_left_alignment_of_a_shared_branch_is_caught(
+    tiny_model, perturbed_policy, mixed_meta, tmp_path, varlen_kernel, monkeypatch
+):
+    """The exactness check above is not blind to the causal alignment: the same varlen stand-in aligned
+    to the top left (a rejected branch's query i seeing keys 0..i of [prompt ; rejected], i.e. only the
+    prompt's first tokens) gives other rejected log-probs, while plain rows (as many keys as queries)
+    do not move."""
+    import conftest
+
+    processor = load_processor(tiny_model)
+    data, _ = load_mmpr(mixed_meta, processor)
+    records = [data[i] for i in range(4)]
+    model = load_model(tiny_model, attn_implementation=varlen_kernel, layout="shared")
+    trainer = MPOTrainer(
+        model,
+        args=_config(tmp_path, precompute_ref_log_probs=False, prefix_sharing=True),
+        train_dataset=data,
+        processing_class=processor,
+    )
+    with torch.no_grad():
+        expected = independent_logps(load_model(tiny_model), oracle_batch(processor, mixed_meta, range(4)))
+        right, _ = trainer._sequence_logps(trainer.model, trainer.data_collator(records))
+        monkeypatch.setitem(conftest.VARLEN_ALIGNMENT, "causal", "top-left")
+        wrong, _ = trainer._sequence_logps(trainer.model, trainer.data_collator(records))
+    torch.testing.assert_close(right[1::2], expected[4:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wrong[0::2], expected[:4], rtol=1e-5, atol=1e-5)  # prompt + chosen: causal
+    assert (wrong[1::2] - expected[4:]).abs().min() > 1e-3  # every rejected row, far outside 1e-5

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, InternVLForConditionalGeneration, PreTrainedModel, ProcessorMixin
 
-from mpo.attention import Platform, choose_kernels, register_kernels
+from mpo.attention import Platform, bound_flex_compilations, choose_kernels, register_kernels
 from mpo.errors import UserError
 from mpo.models import families
 from mpo.models.convert import is_original_layout
@@ -154,6 +154,8 @@ def load_model(
     family = checkpoint_family(path)
     kernels = choose_kernels(attn_implementation, layout, Platform.detect(), training=training)
     register_kernels()
+    if kernels.text == "flex_attention":
+        bound_flex_compilations()
     logger.warning(kernels.describe(layout))
     model = InternVLForConditionalGeneration.from_pretrained(
         str(path),
