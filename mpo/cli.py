@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "benchmarks.gpu_check",
         "on a GPU: every attention kernel exact in every layout (bf16), speed vs TRL at the 1B widths (--dry: CPU)",
     ),
+    "env": (
+        "mpo.environment",
+        "this machine's packages and device, and the attention kernel auto picks per layout",
+    ),
     "plan": (
         "mpo.plan",
         "per-GPU memory of a recipe on a cluster (model states at its ZeRO stage, activations): does it fit?",
