@@ -12,13 +12,14 @@ InternVL2.5-1B widths, and padding-free varlen flash-attention vs padded rows.
    by far more: the "leaky" control row packs the pairs into one attention group and must FAIL).
    Model: InternVL2.5-1B widths (InternViT 1024 wide, Qwen2.5-0.5B 896 wide), 2 layers each, 448 px tiles
    (256 tokens each); --dry: the tiny model.
-2. Speed. MPOTrainer (defaults) against trl.DPOTrainer with the MPO losses, each run in a fresh
-   process: pairs/s in training and end to end (reference pass included), peak GPU memory. Model: the
-   InternVL2.5-1B widths at full depth (24 + 24 layers, 0.94B parameters, random weights). Pairs: one
-   3:2 image each (3 x 2 tiles + thumbnail = 1792 image tokens), a 20-40 word question and
-   chain-of-thought chosen / rejected answers of 60-200 words.
-3. Varlen vs padding. MPOTrainer without prefix sharing (vision once) on the same pairs: padding-free
-   flattened rows under flash_attention_2 against padded rows under sdpa.
+2. The stream (:mod:`benchmarks.stream`). MPOTrainer (defaults: ``auto``, i.e. prefix sharing on a varlen
+   kernel) and MPOTrainer with prefix sharing under flex_attention (by name, where triton runs) against
+   trl.DPOTrainer with the MPO losses, each in a fresh process, over a stream of MMPR-like pairs (one image of
+   5-13 tiles, 20-80 word question, 100-400 word answers), one pair per step and no two steps of one shape:
+   pairs/s in training and end to end (reference pass included), peak GPU memory, torch.compile's
+   compilations (all, and after the first step), first step against the median step. Model: the
+   InternVL2.5-1B widths at full depth (24 + 24 layers, 0.94B parameters, random weights).
+3. Which kernel ``auto`` picks here for each layout (also: ``mpo env``).
 
 Writes gpu_check.json and gpu_check.md into --out (default ./mpo_gpu_check).
 """
@@ -27,10 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,8 +36,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.stream import render as render_stream
+from benchmarks.stream import run_stream
 from mpo import markdown
-from mpo.attention import SDPA_VARLEN, TORCH_VARLEN, Platform
+from mpo.attention import FLASH_4, SDPA_VARLEN, TORCH_VARLEN, Platform
 
 LAYOUTS = {
     "plain": dict(prefix_sharing=False, vision_once=False),
@@ -80,6 +80,12 @@ def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:
         skipped["flash_attention_2"] = "needs CUDA and flash-attn" + (
             "" if not cuda else " (pip install flash-attn)"
         )
+    if platform.flash_attn_4:
+        kernels.append(FLASH_4)
+    else:
+        skipped[FLASH_4] = "needs a Hopper or newer GPU and flash-attn-4" + (
+            "" if not cuda else " (pip install --pre flash-attn-4)"
+        )
     if platform.torch_varlen:
         kernels.append(TORCH_VARLEN)
     else:
@@ -87,16 +93,10 @@ def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:
     return kernels, skipped
 
 
-def varlen_kernel(kernels: list[str]) -> str | None:
-    """The padding-free kernel the speed runs compare with padded rows, if one runs here."""
-    return next((k for k in ("flash_attention_2", TORCH_VARLEN) if k in kernels), None)
-
-
 def exactness(model_dir: Path, data: Path, device: str, dtype: torch.dtype) -> list[dict]:
     """Log-probs and gradients of every (kernel, layout) against plain rows under sdpa."""
     from trl.trainer.utils import add_fused_lm_head
 
-    from mpo import attention
     from mpo.attention import layout_of
     from mpo.data.collator import PreferenceCollator
     from mpo.data.mmpr import load_mmpr
@@ -156,16 +156,6 @@ def exactness(model_dir: Path, data: Path, device: str, dtype: torch.dtype) -> l
     rows = []
     cases = [(k, name, False) for k in kernels for name in LAYOUTS] + [("sdpa", "packing", True)]
     for kernel, name, leaky in cases:
-        switches = LAYOUTS[name]
-        layout = layout_of(
-            prefix_sharing=switches.get("prefix_sharing", False), packed="max_packed_tokens" in switches
-        )
-        if (
-            layout not in attention.EXPRESSES[kernel]
-        ):  # refused by design (mpo.attention.check_layout), not run
-            rows.append({"kernel": kernel, "layout": name, "dtype": dtype_name, "refused": True})
-            print(f"  {kernel:17s} {name:28s} refused: cannot be exact (as designed)", flush=True)
-            continue
         start = time.perf_counter()
         logps, grad = run(kernel, LAYOUTS[name], leaky)
         logp_err = float((logps - ref_logps).abs().max() / ref_logps.abs().max().clamp_min(1.0))
@@ -191,83 +181,61 @@ def exactness(model_dir: Path, data: Path, device: str, dtype: torch.dtype) -> l
     return rows
 
 
-def speed(model_dir: Path, data: Path, steps: int, batch: int, varlen: str | None) -> dict:
-    """MPOTrainer vs trl.DPOTrainer, and varlen vs padded rows, each run in a fresh process."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
-
-    def measure(kind: str, switches: dict) -> dict:
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.mpo_speed",
-            "--child",
-            kind,
-            "real",
-            str(model_dir),
-            str(data),
-            str(steps),
-            str(batch),
-            json.dumps(switches),
-        ]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode or not line:
-            return {"error": out.stderr[-2000:]}
-        result = json.loads(line[0][7:])
-        print(
-            f"  {kind} {json.dumps(switches)}: {result['train_pairs_per_s']:.2f} pairs/s train, "
-            f"{result['e2e_pairs_per_s']:.2f} e2e, peak +{result['peak_mb']:.0f} MB",
-            flush=True,
-        )
-        return result
-
-    runs = {"trl.DPOTrainer (MPO losses)": measure("trl", {}), "MPOTrainer (defaults)": measure("mpo", {})}
-    no_sharing = {"prefix_sharing": False, "vision_once": True}
-    if varlen:
-        runs[f"MPOTrainer, no prefix sharing, {varlen} (padding-free)"] = measure(
-            "mpo", {**no_sharing, "attn_implementation": varlen}
-        )
-        runs["MPOTrainer, no prefix sharing, sdpa padded rows"] = measure(
-            "mpo", {**no_sharing, "attn_implementation": "sdpa"}
+def stream_runs(kernels: list[str]) -> dict[str, tuple[str, dict]]:
+    """The stream's configurations on this machine."""
+    runs = {"trl.DPOTrainer (MPO losses)": ("trl", {}), "MPOTrainer (defaults)": ("mpo", {})}
+    if "flex_attention" in kernels:
+        runs["MPOTrainer, prefix sharing, flex_attention (by name)"] = (
+            "mpo",
+            {"attn_implementation": "flex_attention"},
         )
     return runs
 
 
+def targets(stream: dict) -> list[str]:
+    """The GPU targets of the defaults against TRL over the stream, each with its measured value."""
+    base, ours = stream.get("trl.DPOTrainer (MPO losses)", {}), stream.get("MPOTrainer (defaults)", {})
+    if "train_pairs_per_s" not in base or "train_pairs_per_s" not in ours:
+        return ["targets: not measured (a run failed)"]
+    checks = [
+        (
+            "training pairs/s >= 3x TRL",
+            ours["train_pairs_per_s"] / base["train_pairs_per_s"],
+            lambda x: x >= 3,
+        ),
+        ("end to end >= 2.5x TRL", ours["e2e_pairs_per_s"] / base["e2e_pairs_per_s"], lambda x: x >= 2.5),
+        ("peak memory <= 0.5x TRL", ours["peak_mb"] / base["peak_mb"], lambda x: x <= 0.5),
+    ]
+    lines = [f"- {name}: {value:.2f}x, {'met' if ok(value) else 'NOT met'}" for name, value, ok in checks]
+    after = ours["compilations_after_first_step"]
+    lines.append(f"- no compilation after the first step: {after}, {'met' if after == 0 else 'NOT met'}")
+    return lines
+
+
 def render(report: dict) -> str:
     env = report["environment"]
+    versions = env["packages"]
     lines = [
         f"# GPU check ({'dry run on the CPU' if report['dry'] else env['device']})",
         "",
-        f"torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}, flash-attn "
-        f"{env['flash_attn']}, triton {env['triton']}",
+        ", ".join(f"{k} {v}" for k, v in versions.items()),
         "",
     ]
     lines += [f"- skipped: {k}: {why}" for k, why in report["skipped"].items()]
-    if any(r["kernel"] == TORCH_VARLEN for r in report["exactness"]):
-        lines.append(
-            f"- {TORCH_VARLEN}: PyTorch's own varlen FlashAttention-2 (mpo.attention), the same flattened "
-            "rows and cu_seq_lens as flash_attention_2"
-        )
     lines += ["", report["runs"]] if "runs" in report else []
+    lines += ["", "## What auto picks here", ""]
+    lines += markdown.table(
+        ["layout", "language model", "vision tower", "why"],
+        [[layout, c["text"], c["vision"], c["reason"]] for layout, c in report["auto"].items()],
+    )
     lines += ["", f"## Exactness against plain rows under sdpa ({report['exactness_model']})", ""]
     rows = []
     for r in report["exactness"]:
-        if r.get("refused"):
-            rows.append(
-                [r["kernel"], r["layout"], r["dtype"], "refused (cannot be exact)", "", "as designed"]
-            )
-            continue
         grad = "no backward here" if r["grad_err"] is None else f"{r['grad_err']:.1e}"
-        rows.append(
-            [
-                r["kernel"],
-                r["layout"],
-                r["dtype"],
-                f"{r['logp_err']:.1e}",
-                grad,
-                f"{'yes' if r['exact'] else 'no'}{'' if r['exact'] == r['expected_exact'] else ' (UNEXPECTED)'}",
-            ]
+        verdict = (
+            f"{'yes' if r['exact'] else 'no'}{'' if r['exact'] == r['expected_exact'] else ' (UNEXPECTED)'}"
         )
+        rows.append([r["kernel"], r["layout"], r["dtype"], f"{r['logp_err']:.1e}", grad, verdict])
     lines += markdown.table(
         [
             "kernel",
@@ -279,80 +247,45 @@ def render(report: dict) -> str:
         ],
         rows,
     )
+    title = f"## The stream ({report['speed_model']}, {report['steps']} steps of one pair, every step a new shape)"
     lines += [
         "",
-        f"## Speed ({report['speed_model']}, {report['steps']} steps x {report['batch']} pairs)",
+        *render_stream(report["stream"], title),
         "",
-        "Steps 2 to N are timed (the first warms up). End to end adds each pair's share of the reference "
-        "pass, which here covers a small set and includes its one-time kernel compilation.",
+        "Targets of the defaults:",
         "",
+        *targets(report["stream"]),
     ]
-    rows = [
-        [name, "failed: see gpu_check.json"]
-        if "error" in r
-        else [
-            name,
-            f"{r['train_pairs_per_s']:.2f}",
-            f"{r['e2e_pairs_per_s']:.2f}",
-            f"{r['precompute_s']:.1f}",
-            f"{r['peak_mb']:.0f}",
-        ]
-        for name, r in report["speed"].items()
-    ]
-    lines += markdown.table(
-        ["trainer", "pairs/s (train)", "pairs/s (end to end)", "reference pass s", "peak memory MB"], rows
-    )
-    base, ours = (
-        report["speed"].get("trl.DPOTrainer (MPO losses)", {}),
-        report["speed"].get("MPOTrainer (defaults)", {}),
-    )
-    if "train_pairs_per_s" in base and "train_pairs_per_s" in ours:
-        lines += [
-            "",
-            f"MPOTrainer / TRL: {ours['train_pairs_per_s'] / base['train_pairs_per_s']:.2f}x training, "
-            f"{ours['e2e_pairs_per_s'] / base['e2e_pairs_per_s']:.2f}x end to end, "
-            f"{ours['peak_mb'] / base['peak_mb']:.2f}x peak memory.",
-        ]
     return "\n".join(lines) + "\n"
 
 
 def environment(cuda: bool) -> dict:
-    import transformers
-    import trl
+    from mpo.environment import device, versions
 
-    def version(name: str) -> str:
-        if importlib.util.find_spec(name) is None:
-            return "not installed"
-        return getattr(__import__(name), "__version__", "installed")
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "flash_attn": version("flash_attn"),
-        "triton": version("triton"),
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-    }
+    return {"packages": versions(), "device": device() if cuda else "cpu"}
 
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.mpo_speed import make_pairs
+    from mpo.environment import auto_choices
 
     parser = argparse.ArgumentParser(prog="mpo gpu-check", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--dry", action="store_true", help="CPU dry run: tiny shapes, CUDA-only parts skipped"
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="training steps per speed run (default 10, dry 2)"
+        "--steps",
+        type=int,
+        default=None,
+        help="steps (= pairs) of the stream per configuration (default 200, dry 3)",
     )
-    parser.add_argument("--batch", type=int, default=4, help="pairs per step in the speed runs")
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("mpo_gpu_check"),
         help="folder for the results, in the working directory (make: benchmarks/results)",
     )
-    parser.add_argument("--skip-exactness", action="store_true", help="the speed runs alone")
+    parser.add_argument("--skip-exactness", action="store_true", help="the stream alone")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry:
@@ -360,23 +293,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     device = "cuda" if cuda and not args.dry else "cpu"
     real = device == "cuda"
-    steps = args.steps or (10 if real else 2)
+    steps = args.steps or (200 if real else 3)
     work = Path(tempfile.mkdtemp(prefix="mpo-gpu-check-"))
     kernels, skipped = installed_kernels(real)
     if not real:
-        skipped["bf16, flash-attn, speed at the InternVL2.5-1B widths"] = (
+        skipped["bf16, flash-attn, the stream at the InternVL2.5-1B widths"] = (
             "dry run on the CPU (fp32, tiny model)"
         )
     report = {
         "dry": not real,
         "environment": environment(real),
+        "auto": auto_choices(),
         "skipped": skipped,
         "steps": steps,
-        "batch": args.batch,
         "exactness_model": "InternVL2.5-1B widths, 2 + 2 layers" if real else "tiny",
         "speed_model": "InternVL2.5-1B widths, 24 + 24 layers" if real else "tiny",
     }
-    make_pairs(work / "pairs", "cot_image", n=max(8, steps * args.batch))
+    for layout, choice in report["auto"].items():
+        print(f"auto, {layout} rows: {choice['text']} ({choice['reason']})", flush=True)
+    make_pairs(work / "pairs", "cot_image", n=8)
     report["exactness"] = []
     if not args.skip_exactness:
         print("exactness:", flush=True)
@@ -386,26 +321,20 @@ def main(argv: list[str] | None = None) -> int:
             device,
             torch.bfloat16 if real else torch.float32,
         )
-    if real:  # the speed runs are other processes: hand this one's cached blocks back to the GPU
+    if real:  # the stream runs are other processes: hand this one's cached blocks back to the GPU
         gc.collect()
         torch.cuda.empty_cache()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))  # kept if the speed runs fail
-    print("speed:", flush=True)
-    report["speed"] = speed(
-        build_model(work / "full", real=real),
-        work / "pairs",
-        steps,
-        args.batch,
-        varlen=varlen_kernel(kernels),
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))  # kept if the stream fails
+    print("stream:", flush=True)
+    report["stream"] = run_stream(
+        build_model(work / "full", real=real), work, steps, stream_runs(kernels), None
     )
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     (args.out / "gpu_check.md").write_text(render(report))
     print(render(report))
-    unexpected = [
-        r for r in report["exactness"] if not r.get("refused") and r["exact"] != r["expected_exact"]
-    ]
-    failed = [name for name, r in report["speed"].items() if "error" in r]
+    unexpected = [r for r in report["exactness"] if r["exact"] != r["expected_exact"]]
+    failed = [name for name, r in report["stream"].items() if "error" in r]
     return 1 if unexpected or failed else 0
 
 

@@ -227,31 +227,56 @@ def build_trainer(kind: str, model: str, data: str, steps: int, batch: int, swit
     return trainer
 
 
+class _ShapeRecorder:
+    """A collator that notes the tensor shapes of every batch it makes while ``active`` (training steps)."""
+
+    def __init__(self, collate) -> None:
+        self.collate, self.active, self.shapes = collate, False, []
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        if self.active:
+            self.shapes.append(
+                tuple(sorted((k, tuple(v.shape)) for k, v in batch.items() if hasattr(v, "shape")))
+            )
+        return batch
+
+
 def child(
     kind: str, shape: str, model: str, data: str, steps: int, batch: int, switches: dict | None = None
 ) -> dict:
-    """One measured run (in its own process): timings, and the peak RSS growth during training."""
+    """One measured run (in its own process): timings, the peak memory growth during training, each
+    step's time, torch.compile's compilations, and the distinct batch shapes the steps saw."""
     import torch
     from transformers import TrainerCallback
 
+    from mpo.attention import compilations
     from mpo.fused_head import compact_lm_head
 
     cuda = torch.cuda.is_available()
     start = time.perf_counter()
     trainer = build_trainer(kind, model, data, steps, batch, switches)
     setup = time.perf_counter() - start
+    recorder = _ShapeRecorder(trainer.data_collator)
+    trainer.data_collator = recorder
 
     class Clock(TrainerCallback):  # the ends of the training steps (on a GPU after a synchronize)
         def __init__(self) -> None:
-            self.ends: list[float] = []
+            self.begin, self.ends, self.compiled = 0.0, [], []
+
+        def on_train_begin(self, args, state, control, **kw):
+            recorder.active = True
+            self.begin = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             if cuda:
                 torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
+            self.compiled.append(compilations())
 
     clock = Clock()
     trainer.add_callback(clock)
+    compiled_before = compilations()
     if cuda:  # peak GPU memory allocated during training, above what was held before it
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -267,6 +292,7 @@ def child(
     pairs = (steps - 1) * batch
     precompute_s = getattr(trainer, "precompute_seconds", 0.0)
     precomputed = len(trainer.train_dataset) if precompute_s else 1  # the reference pass covers the data set
+    step_s = [b - a for a, b in zip([clock.begin, *clock.ends[:-1]], clock.ends, strict=True)]
     return {
         "kind": kind,
         "shape": shape,
@@ -278,6 +304,13 @@ def child(
         "train_pairs_per_s": pairs / train_s,
         # one epoch: each pair costs its training time plus its share of the reference pass
         "e2e_pairs_per_s": 1 / (train_s / pairs + precompute_s / precomputed),
+        "step_s": step_s,
+        "first_step_s": step_s[0],
+        "median_step_s": statistics.median(step_s[1:] or step_s),
+        "compilations": clock.compiled[-1] - compiled_before,  # the reference pass's and training's
+        "compilations_after_first_step": clock.compiled[-1] - clock.compiled[0],
+        "distinct_shapes": len(set(recorder.shapes)),
+        "steps": len(recorder.shapes),
     }
 
 

@@ -34,6 +34,9 @@ What each kernel takes (transformers 5.24; :func:`model_inputs` builds it, in on
                        and chosen branch are one causal sequence; the rejected branch's queries see
                        the keys [prompt ; rejected], gathered by ``kv_index``
                        (:func:`with_prefix_keys`), causal aligned to the bottom right
+``flash_attention_4``  the same flattened rows through FlashAttention-4 (the flash-attn-4 package:
+                       pure Python, kernels built at first use, no compiler; backward on Hopper or
+                       newer), transformers' own name, behind the same gather
 ``torch_varlen``       the same flattened rows through PyTorch's own varlen FlashAttention-2
                        (``torch.nn.attention.varlen``, torch >= 2.9, CUDA): padding-free training
                        on a GPU without the flash-attn package, registered with transformers here
@@ -56,6 +59,7 @@ flattened here rather than left to that detection.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -68,10 +72,12 @@ logger = logging.getLogger(__name__)
 
 TORCH_VARLEN = "torch_varlen"
 SDPA_VARLEN = "sdpa_varlen"
-KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", TORCH_VARLEN, SDPA_VARLEN)
+FLASH_4 = "flash_attention_4"  # transformers' name for FlashAttention-4 (the flash-attn-4 package, CuTe DSL)
+KERNELS = ("eager", "sdpa", "flex_attention", "flash_attention_2", FLASH_4, TORCH_VARLEN, SDPA_VARLEN)
 LAYOUTS = ("plain", "packed", "shared")
 VARLEN_KERNELS = {
     "flash_attention_2",
+    FLASH_4,
     TORCH_VARLEN,
     SDPA_VARLEN,
 }  # padding-free kernels that take cu_seq_lens instead of a mask
@@ -312,9 +318,10 @@ class Platform:
     """What the kernels need from the machine."""
 
     cuda: bool
-    flash_attn: bool  # the flash-attn package imports
+    flash_attn: bool  # the flash-attn package (FlashAttention-2) is installed
     flex_backward: bool  # flex attention trains here (CUDA with triton; torch has no CPU backward for it)
     torch_varlen: bool = False  # torch ships varlen FlashAttention-2 (torch >= 2.9) and CUDA is here
+    flash_attn_4: bool = False  # flash-attn-4 is installed and the GPU is Hopper or newer (its backward)
 
     @classmethod
     def detect(cls) -> Platform:
@@ -322,10 +329,22 @@ class Platform:
         found = importlib.util.find_spec
         return cls(
             cuda=cuda,
-            flash_attn=cuda and found("flash_attn") is not None,
+            # by distribution, as transformers does: flash-attn-4 installs flash_attn/cute/ alone, which
+            # makes a bare `flash_attn` namespace package importable without FlashAttention-2
+            flash_attn=cuda and installed("flash-attn"),
             flex_backward=cuda and found("triton") is not None,
             torch_varlen=cuda and found("torch.nn.attention.varlen") is not None,
+            flash_attn_4=cuda and installed("flash-attn-4") and torch.cuda.get_device_capability()[0] >= 9,
         )
+
+
+def installed(distribution: str) -> bool:
+    """Whether the Python distribution ``distribution`` (its PyPI name) is installed."""
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -355,8 +374,9 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
 
     - CUDA + flash-attn: ``flash_attention_2``, padding-free varlen, every layout (prefix sharing
       through separate query and key boundaries, :func:`flatten`);
-    - CUDA without flash-attn: ``torch_varlen`` (PyTorch's varlen FlashAttention-2, torch >= 2.9);
-    - CUDA without either: ``sdpa_varlen`` for packed and shared rows (sdpa once per sequence, no L x L
+    - Hopper or newer + flash-attn-4 (no flash-attn): ``flash_attention_4``, the same rows;
+    - CUDA without either: ``torch_varlen`` (PyTorch's varlen FlashAttention-2, torch >= 2.9);
+    - CUDA without any of them: ``sdpa_varlen`` for packed and shared rows (sdpa once per sequence, no L x L
       mask), ``sdpa`` for plain rows;
     - the CPU: ``sdpa``.
 
@@ -382,6 +402,11 @@ def choose_kernels(requested: str, layout: str, platform: Platform, *, training:
             "attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package "
             "(pip install 'internvl-mpo[flash]'); use auto or sdpa here"
         )
+    if requested == FLASH_4 and not platform.flash_attn_4:
+        raise UserError(
+            f"attn_implementation {FLASH_4} needs a Hopper or newer CUDA GPU (its backward) and the flash-attn-4 "
+            "package (pip install --pre flash-attn-4; no compiler needed); use auto here"
+        )
     if requested == TORCH_VARLEN and not platform.torch_varlen:
         raise UserError(
             f"attn_implementation {TORCH_VARLEN} needs a CUDA GPU and torch >= 2.9 "
@@ -401,7 +426,8 @@ def kernel_help() -> str:
     """The ``attn_implementation`` help of every config that takes one, from :func:`choose_kernels`."""
     return (
         "'auto' = the fastest exact kernel that compiles nothing (mpo.attention.choose_kernels): "
-        "flash_attention_2 on a GPU with flash-attn, else torch_varlen (PyTorch's varlen FlashAttention-2), "
+        "flash_attention_2 on a GPU with flash-attn, else flash_attention_4 with flash-attn-4 on Hopper or newer, "
+        "else torch_varlen (PyTorch's varlen FlashAttention-2), "
         "padding-free in every layout, prefix sharing included; sdpa on the CPU. Or one of "
         f"{', '.join(KERNELS)} (sdpa_varlen: sdpa once per sequence, any device; flex_attention compiles once "
         "per bucket of row lengths). A kernel that cannot compute the layout exactly or cannot run here is an error."
@@ -415,6 +441,12 @@ def _auto(layout: str, platform: Platform, vision: str) -> KernelChoice:
             "flash_attention_2",
             vision,
             f"auto: CUDA with flash-attn, padding-free varlen, exact for {layout} rows",
+        )
+    if platform.flash_attn_4:
+        return KernelChoice(
+            FLASH_4,
+            vision,
+            f"auto: Hopper or newer with flash-attn-4, padding-free varlen, exact for {layout} rows",
         )
     if platform.torch_varlen:
         return KernelChoice(
@@ -526,7 +558,7 @@ def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=Non
 
 def register_kernels() -> None:
     """Make ``torch_varlen`` and ``sdpa_varlen`` ``attn_implementation``s transformers knows, and put
-    ``flash_attention_2`` behind the prefix-key gather (idempotent). transformers 5.24's own
+    ``flash_attention_2`` and ``flash_attention_4`` behind the prefix-key gather (idempotent). transformers 5.24's own
     ``flash_attention_forward`` takes separate ``cu_seq_lens_k`` but has no way to gather keys; without
     ``kv_index`` it runs unchanged."""
     from transformers import AttentionInterface
@@ -536,5 +568,6 @@ def register_kernels() -> None:
         (TORCH_VARLEN, torch_varlen_attention),
         (SDPA_VARLEN, sdpa_varlen_attention),
         ("flash_attention_2", flash_attention_forward),
+        (FLASH_4, flash_attention_forward),
     ):
         AttentionInterface.register(name, with_prefix_keys(kernel))

@@ -2,8 +2,9 @@
 
     mpo env
 
-Read it before a launch: on a GPU ``auto`` is flash_attention_2 with flash-attn, else torch_varlen
-(torch >= 2.9), in every layout; on the CPU it is sdpa (:func:`mpo.attention.choose_kernels`).
+Read it before a launch: on a GPU ``auto`` is flash_attention_2 with flash-attn, else flash_attention_4
+with flash-attn-4 on Hopper or newer, else torch_varlen (torch >= 2.9), in every layout; on the CPU it
+is sdpa (:func:`mpo.attention.choose_kernels`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import torch
 
 from mpo.attention import LAYOUTS, Platform, choose_kernels
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "flash-attn", "triton", "vllm")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "flash-attn",
+    "flash-attn-4",
+    "triton",
+    "vllm",
+)
 
 
 def versions() -> dict[str, str]:
@@ -50,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device()}")
     print("packages: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
     print(
-        f"kernels here: flash-attn {'yes' if platform.flash_attn else 'no'}, torch varlen "
+        f"kernels here: flash-attn {'yes' if platform.flash_attn else 'no'}, flash-attn-4 (Hopper+) "
+        f"{'yes' if platform.flash_attn_4 else 'no'}, torch varlen "
         f"{'yes' if platform.torch_varlen else 'no'}, flex backward {'yes' if platform.flex_backward else 'no'}"
     )
     for layout, choice in auto_choices(platform).items():

@@ -182,13 +182,14 @@ CAN_EXPRESS = {
     "flex_attention": {"plain", "packed", "shared"},
     # separate query and key boundaries: a shared branch's queries against [its prompt ; itself]
     "flash_attention_2": {"plain", "packed", "shared"},
+    "flash_attention_4": {"plain", "packed", "shared"},
     "torch_varlen": {"plain", "packed", "shared"},
     "sdpa_varlen": {"plain", "packed", "shared"},
 }
 COMPILES = {"flex_attention"}  # a kernel compiled per shape: never auto
 PLATFORMS = [
-    Platform(cuda=c, flash_attn=c and f, flex_backward=c and x, torch_varlen=c and v)
-    for c, f, x, v in itertools.product([False, True], repeat=4)
+    Platform(cuda=c, flash_attn=c and f, flex_backward=c and x, torch_varlen=c and v, flash_attn_4=c and f4)
+    for c, f, x, v, f4 in itertools.product([False, True], repeat=5)
 ]
 
 
@@ -201,7 +202,9 @@ def test_auto_picks_an_exact_compile_free_kernel_that_runs_there(platform, layou
         assert choice == KernelChoice("sdpa", "sdpa", choice.reason)
     elif platform.flash_attn:  # padding-free varlen in every layout, flash-attn's own kernel first
         assert choice == KernelChoice("flash_attention_2", "flash_attention_2", choice.reason)
-    elif platform.torch_varlen:  # PyTorch's varlen FlashAttention-2 without the package
+    elif platform.flash_attn_4:  # FlashAttention-4, installed without a compiler, on Hopper or newer
+        assert choice == KernelChoice("flash_attention_4", "sdpa", choice.reason)
+    elif platform.torch_varlen:  # PyTorch's varlen FlashAttention-2 without the packages
         assert choice == KernelChoice("torch_varlen", "sdpa", choice.reason)
     else:  # no varlen flash kernel: sdpa once per sequence where a mask would be L x L
         assert choice.text == ("sdpa" if layout == "plain" else "sdpa_varlen")
@@ -217,6 +220,8 @@ def test_explicit_kernels_that_cannot_run_are_refused():
         choose_kernels("flex_attention", "shared", cpu)
     with pytest.raises(UserError, match="torch_varlen needs a CUDA GPU and torch >= 2.9"):
         choose_kernels("torch_varlen", "shared", cpu)
+    with pytest.raises(UserError, match="flash_attention_4 needs a Hopper or newer CUDA GPU .* flash-attn-4"):
+        choose_kernels("flash_attention_4", "shared", gpu)
     assert choose_kernels("sdpa_varlen", "shared", cpu).text == "sdpa_varlen"  # by name, on the CPU
     assert choose_kernels("flash_attention_2", "shared", gpu).text == "flash_attention_2"
     with pytest.raises(
@@ -245,20 +250,37 @@ def test_a_kernel_the_table_says_cannot_express_a_layout_is_refused_naming_the_o
 
 
 @pytest.mark.parametrize(
-    "cuda, packages, expected",
+    "cuda, major, packages, expected",
     [
-        (False, {"flash_attn", "triton", "torch.nn.attention.varlen"}, Platform(False, False, False)),
-        (True, set(), Platform(True, False, False)),
-        (True, {"flash_attn"}, Platform(True, True, False)),
-        (True, {"flash_attn", "triton"}, Platform(True, True, True)),
-        (True, {"torch.nn.attention.varlen"}, Platform(True, False, False, torch_varlen=True)),
+        (
+            False,
+            0,
+            {"flash-attn", "flash-attn-4", "triton", "torch.nn.attention.varlen"},
+            Platform(False, False, False),
+        ),
+        (True, 8, set(), Platform(True, False, False)),
+        (True, 8, {"flash-attn"}, Platform(True, True, False)),
+        (True, 8, {"flash-attn", "triton"}, Platform(True, True, True)),
+        (True, 8, {"torch.nn.attention.varlen"}, Platform(True, False, False, torch_varlen=True)),
+        # flash-attn-4 alone (its flash_attn/cute/ makes `flash_attn` importable): no FlashAttention-2;
+        # FlashAttention-4 trains from Hopper (9.x) on
+        (True, 8, {"flash-attn-4", "flash_attn"}, Platform(True, False, False)),
+        (True, 9, {"flash-attn-4", "flash_attn"}, Platform(True, False, False, flash_attn_4=True)),
     ],
 )
-def test_platform_detection_fakes_device_and_packages(monkeypatch, cuda, packages, expected):
+def test_platform_detection_fakes_device_and_packages(monkeypatch, cuda, major, packages, expected):
+    import importlib.metadata
     import importlib.util
 
+    def version(name):
+        if name not in packages:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return "1.0"
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (major, 0))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in packages else None)
+    monkeypatch.setattr(importlib.metadata, "version", version)
     assert Platform.detect() == expected
 
 

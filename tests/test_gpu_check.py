@@ -36,18 +36,24 @@ def test_gpu_check_dry_run_writes_its_results(tmp_path):
                 and row["logp_err"] <= 1e-4
                 and row["grad_err"] <= 1e-4
             )
-    # sdpa per sequence: exact where it takes flattened rows, refused with prefix sharing
+    # sdpa per sequence, the varlen kernel that runs on the CPU: exact in every layout, prefix sharing too
     for layout in layouts:
         row = rows[("sdpa_varlen", layout)]
-        if "prefix sharing" in layout:
-            assert row["refused"]
-        else:
-            assert row["exact"] and row["logp_err"] <= 1e-4 and row["grad_err"] <= 1e-4
+        assert row["exact"] and row["logp_err"] <= 1e-4 and row["grad_err"] <= 1e-4
+    assert not any(r.get("refused") for r in report["exactness"])
     control = rows[("sdpa", "packing (leaky control)")]
     assert not control["exact"] and control["grad_err"] > 1e-2  # the check can fail
     assert "CUDA" in report["skipped"]["flash_attention_2"] and "flex_attention" in report["skipped"]
-    speed = report["speed"]
-    assert set(speed) == {"trl.DPOTrainer (MPO losses)", "MPOTrainer (defaults)"}
-    assert all(r["train_pairs_per_s"] > 0 and r["peak_mb"] > 0 for r in speed.values())
+    assert {layout: c["text"] for layout, c in report["auto"].items()} == {
+        "plain": "sdpa",
+        "packed": "sdpa",
+        "shared": "sdpa",
+    }
+    stream = report["stream"]
+    assert set(stream) == {"trl.DPOTrainer (MPO losses)", "MPOTrainer (defaults)"}
+    for r in stream.values():  # 3 steps of one pair, each a new shape, nothing compiled on the CPU
+        assert r["train_pairs_per_s"] > 0 and r["peak_mb"] > 0 and r["first_step_s"] > 0
+        assert r["steps"] == r["distinct_shapes"] == 3 and r["compilations"] == 0
     table = (tmp_path / "gpu_check.md").read_text()
-    assert "| eager | prefix sharing | float32 |" in table and "MPOTrainer / TRL:" in table
+    assert "| eager | prefix sharing | float32 |" in table and "| shared | sdpa | sdpa |" in table
+    assert "- no compilation after the first step: 0, met" in table

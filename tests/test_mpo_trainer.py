@@ -206,7 +206,11 @@ def test_loss_terms_and_gradients_match_independent(
 
 
 def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, mixed_meta, tmp_path):
-    """flex_attention has no backward on the CPU (torch 2.14): its BlockMask path is checked for values."""
+    """flex_attention has no backward on the CPU (torch 2.14): its BlockMask path is checked for values.
+    Its rows are padded to flex_length buckets, so the layouts' several row lengths compile at most once
+    per bucket, and every compilation is counted."""
+    from mpo.attention import compilations, flex_length
+
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
     records = [data[i] for i in range(4)]  # image, multi-image, text, video
@@ -214,6 +218,7 @@ def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, 
         expected = independent_logps(load_model(tiny_model), oracle_batch(processor, mixed_meta, range(4)))
     flex = load_model(tiny_model, attn_implementation="flex_attention", layout="shared", training=False)
     add_fused_lm_head(flex, outputs=("log_probs",))
+    before, lengths = compilations(), set()
     for name, switches in LAYOUTS.items():
         # the trainer refuses to train a flex model on the CPU; its scoring routine runs one
         trainer = MPOTrainer(
@@ -223,10 +228,15 @@ def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, 
             processing_class=processor,
         )
         # static shapes: torch 2.14's CPU inductor fails to compile flex attention for dynamic ones
+        batch = trainer.data_collator(records)
+        lengths.add(batch["input_ids"].shape[1])
         with torch.no_grad(), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
-            logps, _ = trainer._sequence_logps(flex, trainer.data_collator(records))
+            logps, _ = trainer._sequence_logps(flex, batch)
         torch.testing.assert_close(logps[0::2], expected[:4], rtol=1e-5, atol=1e-5, msg=name)
         torch.testing.assert_close(logps[1::2], expected[4:], rtol=1e-5, atol=1e-5, msg=name)
+    buckets = {flex_length(n) for n in lengths}
+    assert len(buckets) < len(lengths)  # the check is not vacuous: some lengths share a bucket
+    assert 0 < compilations() - before <= len(buckets)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
