@@ -20,7 +20,7 @@ pair. What changes against the parent, and nothing else:
   then refuses the precompute; the records here name their files ``image_paths``, so that TRL's vision
   branches (its collator, its tokenisation, that refusal) stay off and this trainer's own run instead.
 Log-probs use TRL's fused LM head: only response positions, in chunks, no full logits tensor.
-DPOConfig fields this trainer does not implement are refused (:data:`IGNORED_DPO_FIELDS`).
+DPOConfig fields this trainer does not implement are refused (:data:`REFUSED_DPO_FIELDS`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ logger = get_logger(__name__)
 # trl.DPOConfig (trl 1.16) fields that MPOTrainer does not implement, and why: setting one is an error,
 # never a silent no-op. The other inherited fields (max_length, precompute_ref_batch_size,
 # disable_dropout, activation_offloading, the TrainingArguments) work as in TRL.
-IGNORED_DPO_FIELDS = {
+REFUSED_DPO_FIELDS = {
     "label_smoothing": "the objective is mpo.losses; add a term there",
     "f_divergence_type": "the preference term is DPO's sigmoid",
     "f_alpha_divergence_coef": "the preference term is DPO's sigmoid",
@@ -164,7 +164,7 @@ class MPOConfig(DPOConfig):
     weight_decay: float = field(default=0.05, metadata={"help": "Weight decay (reference: 0.05)."})
 
     def __post_init__(self) -> None:
-        for name, why in IGNORED_DPO_FIELDS.items():  # before the parent's set-up may convert them
+        for name, why in REFUSED_DPO_FIELDS.items():  # before the parent's set-up may convert them
             if getattr(self, name) != DPO_DEFAULTS[name]:
                 raise ValueError(
                     f"{name}: a trl.DPOConfig field that MPOTrainer does not use ({why}); leave it unset"
