@@ -13,6 +13,7 @@ from conftest import FakeBackend, write_tsv
 from PIL import Image
 
 from eval.benchmarks import load_benchmarks
+from eval.config import EvalConfig
 from eval.prompting import make_prompt
 from eval.reports import compare
 from eval.run import evaluate
@@ -146,7 +147,9 @@ def lines(path: Path) -> list[dict]:
 def test_direct_accuracy_per_benchmark_and_category(bench, tmp_path):
     backend = FakeBackend(DIRECT)
     out = tmp_path / "run"
-    res = evaluate("fake-model", [str(bench["tsv"]), str(bench["jsonl"])], out, backend=backend, batch_size=4)
+    res = evaluate(
+        EvalConfig("fake-model", [str(bench["tsv"]), str(bench["jsonl"])], out, backend=backend, batch_size=4)
+    )
     b, q = res["benchmarks"]["bench"], res["benchmarks"]["qa"]
     assert counts(res["overall"]) == acc(7, 10)
     assert counts(b) == acc(5, 7) and counts(q) == acc(2, 3)
@@ -217,7 +220,9 @@ def test_direct_accuracy_per_benchmark_and_category(bench, tmp_path):
 
 def test_cot_extracts_final_answer_and_counts_unparsable(bench, tmp_path):
     backend = FakeBackend(COT)
-    res = evaluate("fake-model", [str(bench["jsonl"])], tmp_path / "cot", cot=True, backend=backend)
+    res = evaluate(
+        EvalConfig("fake-model", [str(bench["jsonl"])], tmp_path / "cot", cot=True, backend=backend)
+    )
     assert counts(res["overall"]) == acc(2, 3) and res["overall"]["unparsable"] == 1
     assert {c: counts(v) for c, v in res["benchmarks"]["qa"]["categories"].items()} == {
         "colour": acc(2, 2),
@@ -265,7 +270,7 @@ def test_cot_counts_right_answers_that_state_the_reference_reasoning(tmp_path):
         "Which colour?": "I see a red circle. Final answer: blue",  # sound steps, wrong answer
         "What is 1 + 1?": "Final answer: 2",
     }
-    res = evaluate("fake-model", [str(tsv)], tmp_path / "out", cot=True, backend=FakeBackend(cot))
+    res = evaluate(EvalConfig("fake-model", [str(tsv)], tmp_path / "out", cot=True, backend=FakeBackend(cot)))
     recs = lines(tmp_path / "out" / "predictions.jsonl")
     assert [r.get("sound") for r in recs] == [True, False, True, None]
     assert res["overall"]["correct"] == 3 and res["overall"]["correct_and_sound"] == 1
@@ -274,13 +279,15 @@ def test_cot_counts_right_answers_that_state_the_reference_reasoning(tmp_path):
     assert "correct_and_sound" not in categories["sum"]
     # direct answers have no chain of thought to check
     direct = evaluate(
-        "fake-model", [str(tsv)], tmp_path / "direct", backend=FakeBackend({q: "2" for q in cot})
+        EvalConfig("fake-model", [str(tsv)], tmp_path / "direct", backend=FakeBackend({q: "2" for q in cot}))
     )
     assert "correct_and_sound" not in direct["overall"]
     # an MMPR-style jsonl carries it as a key
     jsonl = tmp_path / "r.jsonl"
     jsonl.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n" for r in rows))
-    res = evaluate("fake-model", [str(jsonl)], tmp_path / "jsonl", cot=True, backend=FakeBackend(cot))
+    res = evaluate(
+        EvalConfig("fake-model", [str(jsonl)], tmp_path / "jsonl", cot=True, backend=FakeBackend(cot))
+    )
     assert [r.get("sound") for r in lines(tmp_path / "jsonl" / "predictions.jsonl")] == [
         True,
         False,
@@ -295,17 +302,19 @@ def test_cot_counts_right_answers_that_state_the_reference_reasoning(tmp_path):
 
 def test_resume_after_crash_gives_same_results_without_duplicates(bench, tmp_path):
     data = [str(bench["tsv"]), str(bench["jsonl"])]
-    full = evaluate("fake-model", data, tmp_path / "full", backend=FakeBackend(DIRECT), batch_size=2)
+    full = evaluate(
+        EvalConfig("fake-model", data, tmp_path / "full", backend=FakeBackend(DIRECT), batch_size=2)
+    )
 
     out = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="backend died"):
-        evaluate("fake-model", data, out, backend=FakeBackend(DIRECT, fail_after=5), batch_size=2)
+        evaluate(EvalConfig("fake-model", data, out, backend=FakeBackend(DIRECT, fail_after=5), batch_size=2))
     assert len(lines(out / "predictions.jsonl")) == 4  # two whole batches of 2 were saved
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"benchmark": "bench", "ind')  # torn write at the moment of the crash
 
     second = FakeBackend(DIRECT)
-    res = evaluate("fake-model", data, out, backend=second, batch_size=2)
+    res = evaluate(EvalConfig("fake-model", data, out, backend=second, batch_size=2))
     assert len(second.requests) == 6  # only what was missing
     recs = lines(out / "predictions.jsonl")
     keys = [(r["benchmark"], r["index"]) for r in recs]
@@ -314,12 +323,14 @@ def test_resume_after_crash_gives_same_results_without_duplicates(bench, tmp_pat
     assert strip(res) == strip(full) and res["resumed"] == 4
 
     # a finished run reruns without generating anything
-    again = evaluate("fake-model", data, out, backend=FakeBackend(DIRECT, fail_after=0), batch_size=2)
+    again = evaluate(
+        EvalConfig("fake-model", data, out, backend=FakeBackend(DIRECT, fail_after=0), batch_size=2)
+    )
     assert strip(again) == strip(full) and len(lines(out / "predictions.jsonl")) == 10
 
     # other settings into the same folder are refused, not mixed
     with pytest.raises(UserError, match="other settings"):
-        evaluate("other-model", data, out, backend=FakeBackend(DIRECT))
+        evaluate(EvalConfig("other-model", data, out, backend=FakeBackend(DIRECT)))
 
 
 # -------------------------------------------------------------------------------------- errors
@@ -401,8 +412,8 @@ def test_prompts_match_the_synthetic_training_format(tmp_path):
 
 def test_compare_table_and_chart(bench, tmp_path):
     data = [str(bench["tsv"]), str(bench["jsonl"])]
-    evaluate("base", data, tmp_path / "sft", backend=FakeBackend(DIRECT))
-    evaluate("mpo", data, tmp_path / "mpo", backend=FakeBackend(PERFECT))
+    evaluate(EvalConfig("base", data, tmp_path / "sft", backend=FakeBackend(DIRECT)))
+    evaluate(EvalConfig("mpo", data, tmp_path / "mpo", backend=FakeBackend(PERFECT)))
     out = tmp_path / "cmp"
     assert (
         cli_main(["eval", "--compare", str(tmp_path / "sft"), str(tmp_path / "mpo"), "--out", str(out)]) == 0

@@ -12,6 +12,7 @@ import torch
 from conftest import FakeBackend
 from PIL import Image
 
+from eval.config import EvalConfig
 from eval.reports import compare
 from eval.run import evaluate
 from eval.scaling import best_of_n, majority, sample_counts, vote_key
@@ -101,7 +102,9 @@ def test_best_of_n_picks_highest_earliest_on_ties():
 
 def test_majority_accuracy_against_n(qa, tmp_path):
     out = tmp_path / "maj"
-    res = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=8)
+    res = evaluate(
+        EvalConfig("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=8)
+    )
     # hand-counted from SAMPLES: dots right at N=8 only; colour wrong at N=1 (unparsable), right from N=2
     # ("(B)" alone), N=4 (B 2 : A 1) and N=8 (B 2 : A 2, B voted first); raining never
     curve = {p["n"]: (p["correct"], p["total"]) for p in res["test_time_scaling"]["curve"]}
@@ -138,14 +141,16 @@ def test_best_of_n_with_fixed_scores(qa, tmp_path):
 
     scorer = FixedScores()
     res = evaluate(
-        "fake-model",
-        [str(qa)],
-        tmp_path / "bon",
-        cot=True,
-        backend=FakeBackend(SAMPLES),
-        num_samples=8,
-        aggregate="best-of-n",
-        scorer=scorer,
+        EvalConfig(
+            "fake-model",
+            [str(qa)],
+            tmp_path / "bon",
+            cot=True,
+            backend=FakeBackend(SAMPLES),
+            num_samples=8,
+            aggregate="best-of-n",
+            scorer=scorer,
+        )
     )
     recs = {r["question"]: r for r in lines(tmp_path / "bon" / "predictions.jsonl")}
     assert scorer.calls == [8, 8, 8]
@@ -167,33 +172,39 @@ def test_best_of_n_with_fixed_scores(qa, tmp_path):
 def test_sampled_run_resumes_without_resampling(qa, tmp_path):
     full_backend = FakeBackend(SAMPLES)
     full = evaluate(
-        "fake-model",
-        [str(qa)],
-        tmp_path / "full",
-        cot=True,
-        backend=full_backend,
-        num_samples=8,
-        seed=5,
-        batch_size=1,
+        EvalConfig(
+            "fake-model",
+            [str(qa)],
+            tmp_path / "full",
+            cot=True,
+            backend=full_backend,
+            num_samples=8,
+            seed=5,
+            batch_size=1,
+        )
     )
     out = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="backend died"):
         evaluate(
-            "fake-model",
-            [str(qa)],
-            out,
-            cot=True,
-            backend=FakeBackend(SAMPLES, fail_after=2),
-            num_samples=8,
-            seed=5,
-            batch_size=1,
+            EvalConfig(
+                "fake-model",
+                [str(qa)],
+                out,
+                cot=True,
+                backend=FakeBackend(SAMPLES, fail_after=2),
+                num_samples=8,
+                seed=5,
+                batch_size=1,
+            )
         )
     assert len(lines(out / "predictions.jsonl")) == 2
     with open(out / "predictions.jsonl", "a") as f:
         f.write('{"benchmark": "qa", "index": "2", "respo')  # torn line of the killed write
     second = FakeBackend(SAMPLES)
     res = evaluate(
-        "fake-model", [str(qa)], out, cot=True, backend=second, num_samples=8, seed=5, batch_size=1
+        EvalConfig(
+            "fake-model", [str(qa)], out, cot=True, backend=second, num_samples=8, seed=5, batch_size=1
+        )
     )
     assert [r.question for r in second.requests] == [
         full_backend.requests[2].question
@@ -206,35 +217,49 @@ def test_sampled_run_resumes_without_resampling(qa, tmp_path):
         k: v for k, v in full.items() if k != "resumed"
     }
     with pytest.raises(UserError, match=r"num_samples: 8 -> 4"):
-        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=4, seed=5)
+        evaluate(
+            EvalConfig(
+                "fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=4, seed=5
+            )
+        )
     with pytest.raises(UserError, match=r"seed: 5 -> 6"):
-        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=8, seed=6)
+        evaluate(
+            EvalConfig(
+                "fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=8, seed=6
+            )
+        )
 
 
 def test_bad_flags_are_refused(qa, tmp_path):
     backend = FakeBackend(SAMPLES)
     with pytest.raises(UserError, match="--temperature > 0"):
-        evaluate("m", [str(qa)], tmp_path / "a", backend=backend, num_samples=4, temperature=0.0)
+        evaluate(EvalConfig("m", [str(qa)], tmp_path / "a", backend=backend, num_samples=4, temperature=0.0))
     with pytest.raises(UserError, match="needs --reference"):
-        evaluate("m", [str(qa)], tmp_path / "b", backend=backend, num_samples=4, aggregate="best-of-n")
+        evaluate(
+            EvalConfig("m", [str(qa)], tmp_path / "b", backend=backend, num_samples=4, aggregate="best-of-n")
+        )
     with pytest.raises(UserError, match="--scorer judge needs --judge-model"):
         evaluate(
-            "m",
-            [str(qa)],
-            tmp_path / "c",
-            backend=backend,
-            num_samples=4,
-            aggregate="best-of-n",
-            scorer="judge",
+            EvalConfig(
+                "m",
+                [str(qa)],
+                tmp_path / "c",
+                backend=backend,
+                num_samples=4,
+                aggregate="best-of-n",
+                scorer="judge",
+            )
         )
     with pytest.raises(UserError, match="--num-samples must be >= 1"):
-        evaluate("m", [str(qa)], tmp_path / "d", backend=backend, num_samples=0)
+        evaluate(EvalConfig("m", [str(qa)], tmp_path / "d", backend=backend, num_samples=0))
 
 
 def test_compare_shows_both_curves(qa, tmp_path):
     worse = {q: list(reversed(v)) for q, v in SAMPLES.items()}
-    evaluate("a", [str(qa)], tmp_path / "a", cot=True, backend=FakeBackend(SAMPLES), num_samples=8)
-    evaluate("b", [str(qa)], tmp_path / "b", cot=True, backend=FakeBackend(worse), num_samples=4)
+    evaluate(
+        EvalConfig("a", [str(qa)], tmp_path / "a", cot=True, backend=FakeBackend(SAMPLES), num_samples=8)
+    )
+    evaluate(EvalConfig("b", [str(qa)], tmp_path / "b", cot=True, backend=FakeBackend(worse), num_samples=4))
     report = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "cmp", names=["A", "B"])
     # B's first 4 samples: dots 4, 4, 3, 4 (right at every N); colour three unparsable then A; raining never
     assert [p["correct"] for p in report["test_time_scaling"]["B"]["curve"]] == [1, 1, 1]
@@ -354,17 +379,19 @@ def test_best_of_n_reward_through_eval(tiny_model, perturbed_policy, tmp_path):
     data.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
     out = tmp_path / "bon"
     res = evaluate(
-        str(perturbed_policy),
-        [str(data)],
-        out,
-        cot=True,
-        backend="transformers",
-        num_samples=4,
-        temperature=1.0,
-        max_new_tokens=6,
-        aggregate="best-of-n",
-        reference=str(tiny_model),
-        beta=0.1,
+        EvalConfig(
+            str(perturbed_policy),
+            [str(data)],
+            out,
+            cot=True,
+            backend="transformers",
+            num_samples=4,
+            temperature=1.0,
+            max_new_tokens=6,
+            aggregate="best-of-n",
+            reference=str(tiny_model),
+            beta=0.1,
+        )
     )
     [rec] = lines(out / "predictions.jsonl")
     assert len(rec["scores"]) == 4 and rec["pick"] == max(range(4), key=lambda i: (rec["scores"][i], -i))
@@ -376,20 +403,24 @@ def test_demo_report_section_reads_both_curves(qa, tmp_path):
 
     worse = {q: list(reversed(v)) for q, v in SAMPLES.items()}
     evaluate(
-        "sft",
-        [str(qa)],
-        tmp_path / "eval" / "sft_majority",
-        cot=True,
-        backend=FakeBackend(worse),
-        num_samples=8,
+        EvalConfig(
+            "sft",
+            [str(qa)],
+            tmp_path / "eval" / "sft_majority",
+            cot=True,
+            backend=FakeBackend(worse),
+            num_samples=8,
+        )
     )
     evaluate(
-        "mpo",
-        [str(qa)],
-        tmp_path / "eval" / "mpo_majority",
-        cot=True,
-        backend=FakeBackend(SAMPLES),
-        num_samples=8,
+        EvalConfig(
+            "mpo",
+            [str(qa)],
+            tmp_path / "eval" / "mpo_majority",
+            cot=True,
+            backend=FakeBackend(SAMPLES),
+            num_samples=8,
+        )
     )
     compare(
         [tmp_path / "eval" / "sft_majority", tmp_path / "eval" / "mpo_majority"],
@@ -406,18 +437,20 @@ def test_demo_report_section_reads_both_curves(qa, tmp_path):
 
 def test_greedy_folders_from_before_sampling_still_resume(qa, tmp_path):
     out = tmp_path / "greedy"
-    first = evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES))
+    first = evaluate(EvalConfig("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES)))
     assert "test_time_scaling" not in first and not (out / "scaling.png").exists()
     run = json.loads((out / "run.json").read_text())
     for key in ("num_samples", "temperature", "seed", "aggregate", "scorer", "reference", "beta"):
         del run[key]  # run.json as written before these settings existed
     (out / "run.json").write_text(json.dumps(run))
     again = evaluate(
-        "fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES, fail_after=0), seed=9
+        EvalConfig("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES, fail_after=0), seed=9)
     )
     assert again["resumed"] == 3 and again["overall"] == first["overall"]
     with pytest.raises(UserError, match=r"temperature: 0.0 -> 0.7"):
-        evaluate("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=2)
+        evaluate(
+            EvalConfig("fake-model", [str(qa)], out, cot=True, backend=FakeBackend(SAMPLES), num_samples=2)
+        )
 
 
 def test_best_of_n_by_a_judge(qa, tmp_path):
@@ -441,15 +474,17 @@ def test_best_of_n_by_a_judge(qa, tmp_path):
 
     judge = FakeJudge()
     res = evaluate(
-        "fake-model",
-        [str(qa)],
-        tmp_path / "judge",
-        cot=True,
-        backend=FakeBackend(SAMPLES),
-        num_samples=8,
-        aggregate="best-of-n",
-        scorer="judge",
-        judge_backend=judge,
+        EvalConfig(
+            "fake-model",
+            [str(qa)],
+            tmp_path / "judge",
+            cot=True,
+            backend=FakeBackend(SAMPLES),
+            num_samples=8,
+            aggregate="best-of-n",
+            scorer="judge",
+            judge_backend=judge,
+        )
     )
     recs = {r["question"]: r for r in lines(tmp_path / "judge" / "predictions.jsonl")}
     assert recs["How many dots?"]["scores"] == [0.0, 0.0, 0.9, 0.0, 0.9, 0.0, 0.0, 0.9]

@@ -189,6 +189,7 @@ class RecordingBackend:
 
 def test_video_file_row_builds_pairs_and_evaluates(tmp_path):
     from data_builders.build_pairs import build_parser, run
+    from eval.config import EvalConfig
     from eval.run import evaluate
 
     write_video(tmp_path / "d" / "img" / "clip.mp4", 12)
@@ -210,7 +211,7 @@ def test_video_file_row_builds_pairs_and_evaluates(tmp_path):
     assert line["video"] == "clip.mp4"
 
     backend = RecordingBackend()
-    results = evaluate("m", [str(meta)], tmp_path / "eval", backend=backend)
+    results = evaluate(EvalConfig("m", [str(meta)], tmp_path / "eval", backend=backend))
     assert results["overall"]["total"] == 1
     (req,) = backend.requests
     assert req.frames == internvl_middle(4, 12) and req.video

@@ -22,6 +22,7 @@ from conftest import write_tsv
 from PIL import Image
 
 from eval.benchmarks import load_benchmarks
+from eval.config import EvalConfig
 from eval.run import evaluate
 from mpo.errors import DataError
 from mpo.prompts import MC_INSTRUCTION, SHORT_INSTRUCTION
@@ -63,7 +64,7 @@ class Model:
 def run(tmp_path: Path, name: str, columns: list[str], rows: list[dict], responses: dict[str, str], **kw):
     tsv = write_tsv(tmp_path / f"{name}.tsv", rows, columns)
     model = Model(responses)
-    res = evaluate("fake-model", [str(tsv)], tmp_path / f"out-{name}", backend=model, **kw)
+    res = evaluate(EvalConfig("fake-model", [str(tsv)], tmp_path / f"out-{name}", backend=model, **kw))
     return res, res["benchmarks"][name], model
 
 
@@ -620,11 +621,13 @@ def test_mathvista_judge_is_opt_in_and_reported_separately(tmp_path):
     # a rerun judges nothing again
     again = Judge({})
     evaluate(
-        "fake-model",
-        [str(tmp_path / "MathVista_MINI.tsv")],
-        tmp_path / "out-MathVista_MINI",
-        backend=Model(MATHVISTA_RESPONSES),
-        judge_backend=again,
+        EvalConfig(
+            "fake-model",
+            [str(tmp_path / "MathVista_MINI.tsv")],
+            tmp_path / "out-MathVista_MINI",
+            backend=Model(MATHVISTA_RESPONSES),
+            judge_backend=again,
+        )
     )
     assert again.prompts == []
 
@@ -722,14 +725,16 @@ def test_on_bad_row_skip_lists_and_counts_bad_rows(tmp_path):
     ]
     tsv = write_tsv(tmp_path / "bench.tsv", rows, columns)
     with pytest.raises(DataError, match=rf"{tsv}:3: image: corrupt base64 image"):
-        evaluate("m", [str(tsv)], tmp_path / "err", backend=Model({}))
+        evaluate(EvalConfig("m", [str(tsv)], tmp_path / "err", backend=Model({})))
 
     res = evaluate(
-        "m",
-        [str(tsv)],
-        tmp_path / "skip",
-        backend=Model({"Good one?": "A", "Also good?": "no"}),
-        on_bad_row="skip",
+        EvalConfig(
+            "m",
+            [str(tsv)],
+            tmp_path / "skip",
+            backend=Model({"Good one?": "A", "Also good?": "no"}),
+            on_bad_row="skip",
+        )
     )
     assert (res["overall"]["correct"], res["overall"]["total"]) == (2, 2)
     report = json.loads((tmp_path / "skip" / "bad_rows.json").read_text())
@@ -759,7 +764,9 @@ def test_truncated_image_file_is_a_bad_row(tmp_path):
     tsv = write_tsv(tmp_path / "bench.tsv", rows, ["index", "image_path", "question", "answer"])
     with pytest.raises(DataError, match=rf"{tsv}:2: image_path: .*image file is truncated"):
         load_benchmarks([str(tsv)], tmp_path / "images")
-    res = evaluate("m", [str(tsv)], tmp_path / "skip", backend=Model({"Fine?": "yes"}), on_bad_row="skip")
+    res = evaluate(
+        EvalConfig("m", [str(tsv)], tmp_path / "skip", backend=Model({"Fine?": "yes"}), on_bad_row="skip")
+    )
     assert res["overall"]["total"] == 1 and res["bad_rows"] == {"skipped": 1, "by_field": {"image_path": 1}}
 
 

@@ -1,0 +1,171 @@
+"""`mpo eval`'s flags, and the :class:`~eval.config.EvalConfig` they make."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eval.config import (
+    BAD_ROWS,
+    DEFAULT_MAX_DYNAMIC_PATCH,
+    DEFAULT_SAMPLE_TEMPERATURE,
+    ON_BAD_ROW,
+    SCORERS,
+    EvalConfig,
+    bad_row_policy,
+)
+from eval.scaling import AGGREGATES
+from mpo.generation import add_vllm_arguments, vllm_options
+
+
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="checkpoint folder (native InternVL)")
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="[NAME=]FILE",
+        help="benchmark: .tsv (VLMEvalKit), .jsonl (MMPR-style with answer) or meta.json; repeatable",
+    )
+    parser.add_argument(
+        "--cot",
+        action="store_true",
+        help='chain-of-thought prompt, answer read after "Final answer:" (default: direct answer)',
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+
+
+def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "transformers", "vllm"],
+        default="auto",
+        help="generation backend (auto: vLLM when it imports and a GPU is present)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="prompts per generate call; predictions are saved after each (default 16, vLLM 512)",
+    )
+    add_vllm_arguments(parser)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 64, or 1024 with --cot")
+    parser.add_argument(
+        "--max-dynamic-patch",
+        type=int,
+        default=DEFAULT_MAX_DYNAMIC_PATCH,
+        help=f"tiles per sample, split across its images (default {DEFAULT_MAX_DYNAMIC_PATCH})",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="only the first N items of each benchmark")
+    parser.add_argument("--overwrite", action="store_true", help="discard earlier predictions in --out")
+    parser.add_argument(
+        "--on-bad-row",
+        type=bad_row_policy,  # `error`, the older spelling, is `fail`
+        choices=list(ON_BAD_ROW),
+        default="fail",
+        help="fail: stop at the first bad row (file:line: field); skip: leave bad rows out, "
+        f"listed in --out/{BAD_ROWS}",
+    )
+    parser.add_argument(
+        "--judge-model",
+        default=None,
+        metavar="M",
+        help="checkpoint that judges MathVista answer extraction and MMVet grading (opt-in; "
+        "without it those benchmarks report exact match only)",
+    )
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="sample N responses per item and keep one by --aggregate; results add the accuracy "
+        "at N = 1, 2, 4, ..., N (default 1)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"sampling temperature (default 0: greedy with one sample, {DEFAULT_SAMPLE_TEMPERATURE} "
+        "with --num-samples > 1)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="sampling seed (each item's samples: this and its index)"
+    )
+    parser.add_argument(
+        "--aggregate",
+        choices=list(AGGREGATES),
+        default="majority",
+        help="majority: vote on the extracted final answers (ties: the answer voted first); "
+        "best-of-n: the response with the highest --scorer score",
+    )
+    parser.add_argument(
+        "--scorer",
+        choices=list(SCORERS),
+        default=None,
+        help="best-of-n scorer: reward (default), the DPO implicit reward "
+        "beta*(log pi - log pi_ref) against --reference; judge: --judge-model's grade",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="M",
+        help="reference checkpoint of --scorer reward (the SFT model the evaluated one was trained from)",
+    )
+    parser.add_argument("--beta", type=float, default=None, help="beta of --scorer reward (default 0.1)")
+
+
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report-to",
+        choices=["none", "wandb"],
+        default="none",
+        help="also log the results (or the comparison) as a wandb artifact",
+    )
+    parser.add_argument(
+        "--compare", nargs="+", type=Path, metavar="DIR", help="finished evaluation folders to compare"
+    )
+    parser.add_argument(
+        "--names", nargs="+", help="with --compare: a name per folder (default: folder names)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `mpo eval`: inputs, generation, sampling, reports and --compare."""
+    parser = argparse.ArgumentParser(
+        prog="mpo eval",
+        description="Evaluate a checkpoint on VLMEvalKit TSV / MMPR-style jsonl benchmarks, "
+        "or compare finished evaluations (--compare).",
+    )
+    _add_input_arguments(parser)
+    _add_generation_arguments(parser)
+    _add_sampling_arguments(parser)
+    _add_report_arguments(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The evaluation the parsed flags ask for (checked: a bad value stops with a one-line error)."""
+    return EvalConfig(
+        args.model,
+        args.data,
+        args.out,
+        cot=args.cot,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_dynamic_patch=args.max_dynamic_patch,
+        limit=args.limit,
+        overwrite=args.overwrite,
+        on_bad_row=args.on_bad_row,
+        judge_model=args.judge_model,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        seed=args.seed,
+        aggregate=args.aggregate,
+        scorer=args.scorer,
+        reference=args.reference,
+        beta=args.beta,
+        vllm_options=vllm_options(args),
+    )
