@@ -21,34 +21,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_builders.correctness import CorrectnessBuilder
-from data_builders.dropout_ntp import CHOSEN_FROM, DropoutNTPBuilder
+from data_builders.builders import BUILDERS, BuildContext, QuestionBuilder
 from data_builders.filters import FilterConfig, QualityScorer
 from data_builders.inputs import load_questions, read_subsets
 from data_builders.output import IMAGE_ROOTS, write_mmpr
-from data_builders.prompts import COT_INSTRUCTION
 from data_builders.report import build_report, write_report
 from data_builders.store import BuildDir, parse_shard
-from mpo.answers import ANSWER_STYLES
 from mpo.dashboards import log_report_artifact
 from mpo.errors import UserError
 from mpo.generation import GenerationBackend, SamplingParams, add_vllm_arguments
 from mpo.journal import Journal
 
-PIPELINES = {"correctness": CorrectnessBuilder, "dropout-ntp": DropoutNTPBuilder}
-# Seconds to sleep after each finished batch: lets crash tests kill a run in the middle.
-
-
 # ----------------------------------------------------------------------------------------- cli
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--report-to",
-        choices=["none", "wandb"],
-        default="none",
-        help="also log report.json, report.md and the histogram as a wandb artifact",
-    )
+def _add_io_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input and output")
     g.add_argument("--model", required=True, help="checkpoint (native InternVL folder) that generates")
     g.add_argument("--data", required=True, type=Path, help="meta.json (all subsets) or one .jsonl file")
@@ -69,6 +56,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="OLD=NEW",
         help="rewrite meta.json path prefixes written on another machine, e.g. /mnt/petrelfs/x=/data/x",
     )
+    # the recipes' spellings (data_root, path_map: `mpo train --data_root ...`), accepted, not listed
+    g.add_argument("--data_root", dest="data_root", type=Path, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--path_map", dest="path_map", nargs="+", default=[], help=argparse.SUPPRESS)
     g.add_argument("--limit", type=int, default=None, help="use only the first LIMIT questions")
     g.add_argument(
         "--max-dynamic-patch", type=int, default=None, help="tiles per image (default: the subset's)"
@@ -84,6 +74,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default="relative",
         help="write subset roots relative to OUT (default) or absolute",
     )
+
+
+def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument(
         "--backend",
@@ -102,6 +95,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--shard", default=None, metavar="I/N", help="do shard I of N (default: RANK/WORLD_SIZE, else 0/1)"
     )
     g.add_argument("--no-merge", action="store_true", help="do not merge the shards when this one finishes")
+
+
+def _add_filter_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("filters")
     g.add_argument(
         "--max-words", type=int, default=1000, help="drop pairs with a longer response (0: no limit)"
@@ -130,48 +126,31 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """The flags every pipeline shares: reports, input and output, generation, filters."""
+    p.add_argument(
+        "--report-to",
+        choices=["none", "wandb"],
+        default="none",
+        help="also log report.json, report.md and the histogram as a wandb artifact",
+    )
+    _add_io_arguments(p)
+    _add_generation_arguments(p)
+    _add_filter_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """One subcommand per pipeline of :data:`data_builders.builders.BUILDERS`, and ``merge``."""
     parser = argparse.ArgumentParser(
         prog="mpo build-pairs",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="pipeline", required=True)
-    p = sub.add_parser(
-        "correctness", help="sample N CoT answers, pair correct with incorrect (needs ground truth)"
-    )
-    _add_common(p)
-    p.add_argument("--n", type=int, default=8, help="responses sampled per question (reference: 32)")
-    p.add_argument(
-        "--max-pairs-per-question", type=int, default=15, help="K: pairs kept per question and subset"
-    )
-    p.add_argument(
-        "--answer-style", choices=ANSWER_STYLES, default="auto", help="how final answers are extracted"
-    )
-    p.add_argument(
-        "--instruction",
-        default=COT_INSTRUCTION,
-        help=f"CoT instruction that replaces the answer-format one (default: {COT_INSTRUCTION!r})",
-    )
-    p.add_argument(
-        "--check-reasoning",
-        action="store_true",
-        help="each row's `reasoning` (a reference chain of thought) must be stated step by step too: a right "
-        "answer without it is `unsound` and rejected against the sound ones (subset `reasoning`)",
-    )
-    p = sub.add_parser(
-        "dropout-ntp", help="chosen = full answer, rejected = its first half continued without the image"
-    )
-    _add_common(p)
-    p.add_argument(
-        "--keep-ratio", type=float, default=0.5, help="fraction of the chosen's words kept as prefix"
-    )
-    p.add_argument(
-        "--chosen-from",
-        choices=CHOSEN_FROM,
-        default="model",
-        help="model: the model's own answer (default); data: the row's chosen, assistant turn or answer",
-    )
+    for name, builder in BUILDERS.items():
+        p = sub.add_parser(name, help=builder.help)
+        _add_common(p)
+        builder.add_arguments(p)
     p = sub.add_parser("merge", help="combine finished shards into the MMPR layout and the report")
     p.add_argument("out", type=Path, metavar="DIR")
     p.add_argument("--copy-images", action="store_true")
@@ -219,30 +198,22 @@ def settings_of(args: argparse.Namespace, backend_name: str) -> dict:
         "quality_threshold": args.quality_threshold if args.quality_prompt else None,
         "quality_prompt_sha256": _sha256_files([args.quality_prompt]) if args.quality_prompt else None,
     }
-    if args.pipeline == "correctness":
-        settings.update(
-            n=args.n,
-            max_pairs_per_question=args.max_pairs_per_question,
-            answer_style=args.answer_style,
-            instruction=args.instruction,
-            check_reasoning=args.check_reasoning,
-        )
-    else:
-        settings.update(keep_ratio=args.keep_ratio, chosen_from=args.chosen_from)
+    settings.update(BUILDERS[args.pipeline].settings(args))
     return settings
 
 
-def make_builder(args: argparse.Namespace, backend: GenerationBackend):
+def make_builder(args: argparse.Namespace, backend: GenerationBackend) -> QuestionBuilder:
+    """The builder of ``args.pipeline`` (:data:`data_builders.builders.BUILDERS`), generating with ``backend``."""
+    pipeline = BUILDERS[args.pipeline]
     filters = FilterConfig(args.max_words, args.repetition_n, args.repetition_threshold, args.repetition_in)
     scorer = (
         QualityScorer.from_file(backend, args.quality_prompt, args.quality_threshold)
         if args.quality_prompt
         else None
     )
-    n = args.n if args.pipeline == "correctness" else 1
     try:
         params = SamplingParams(
-            n=n,
+            n=pipeline.responses(args),
             temperature=args.temperature,
             top_k=args.top_k,
             top_p=args.top_p,
@@ -251,29 +222,7 @@ def make_builder(args: argparse.Namespace, backend: GenerationBackend):
         )
     except ValueError as err:
         raise UserError(str(err)) from None
-    if args.pipeline == "correctness":
-        if args.max_pairs_per_question < 1:
-            raise UserError(f"--max-pairs-per-question must be >= 1, got {args.max_pairs_per_question}")
-        return CorrectnessBuilder(
-            backend,
-            params,
-            seed=args.seed,
-            max_pairs=args.max_pairs_per_question,
-            filters=filters,
-            scorer=scorer,
-            answer_style=args.answer_style,
-            instruction=args.instruction,
-            check_reasoning=args.check_reasoning,
-        )
-    return DropoutNTPBuilder(
-        backend,
-        params,
-        seed=args.seed,
-        keep_ratio=args.keep_ratio,
-        chosen_from=args.chosen_from,
-        filters=filters,
-        scorer=scorer,
-    )
+    return pipeline.make(args, BuildContext(backend, params, args.seed, filters, scorer))
 
 
 def _load_backend(args: argparse.Namespace) -> GenerationBackend:
