@@ -11,18 +11,29 @@ full-model weights through ``from_pretrained`` instead.
 (:func:`checkpoint_problem`) when it holds its weights and a readable ``trainer_state.json``: the
 Trainer writes that file last, so a save killed before the end leaves it missing, empty or cut
 short. Anything else is one line naming what is missing, never a hub look-up or a traceback.
+
+Checkpoints are written atomically (:meth:`NativeResumeMixin.staged_checkpoint`): into
+``output_dir/.staging/checkpoint-N``, moved into ``output_dir`` by one rename once every rank has written
+its part (weights, ZeRO shards, RNG state). A save cut short by a kill, a signal or a lost rank leaves no
+``checkpoint-N`` at all. Each checkpoint records its run's shape (:class:`mpo.cluster.RunShape`) for a
+resume on another number of ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 from peft import PeftModel
+from transformers.trainer_utils import rotate_checkpoints
 
 from mpo.atomic import atomic_write
+from mpo.cluster import RUN_SHAPE_KEY, RunShape
 from mpo.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +42,7 @@ TRAINER_STATE = "trainer_state.json"
 RUN_CONFIG_NAME = "mpo_config.json"  # the run record, written with every save (read by `mpo push`)
 REWARD_SHIFT_KEY = "MPORewardShift"  # δ's entry in trainer_state.json's stateful_callbacks
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+STAGING_DIR = ".staging"  # output_dir/.staging/checkpoint-N: a checkpoint being written
 # A saved model's weights: full model (safetensors, sharded or not, or torch pickles) or a PEFT adapter.
 MODEL_WEIGHT_FILES = (
     "model.safetensors",
@@ -134,6 +146,49 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | No
 class NativeResumeMixin:
     """Mix into a ``transformers.Trainer`` subclass (before the Trainer in the bases)."""
 
+    _staging_root: Path | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        """Where ``Trainer._save_checkpoint`` puts ``checkpoint-N``: the staging folder while one is written."""
+        return str(self._staging_root) if self._staging_root is not None else super()._get_output_dir(trial)
+
+    @contextlib.contextmanager
+    def staged_checkpoint(self):
+        """Wrap ``Trainer._save_checkpoint``: write ``checkpoint-N`` under ``output_dir/.staging`` and, once
+        every rank has written its part, rename it into ``output_dir`` (replacing an older save of the same
+        step), then apply ``save_total_limit`` there. An exception or a kill before the rename leaves the
+        previous checkpoints as they were."""
+        root = Path(self.args.output_dir)
+        name = f"checkpoint-{self.state.global_step}"
+        staged = root / STAGING_DIR / name
+        if self.args.should_save:
+            shutil.rmtree(staged, ignore_errors=True)  # a save cut short earlier
+        self.accelerator.wait_for_everyone()
+        self.state.stateful_callbacks[RUN_SHAPE_KEY] = RunShape.of(self.args).state_entry()
+        self._staging_root = staged.parent
+        try:
+            yield
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()  # every rank's shards and RNG state are on disk
+        if self.args.should_save:
+            _commit(staged, root / name)
+            rotate_checkpoints(  # as transformers (5.24) does after a save, in output_dir
+                output_dir=str(root),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _save_checkpoint(self, model, trial) -> None:
+        with self.staged_checkpoint():
+            super()._save_checkpoint(model, trial)
+
+    def _load_callback_state(self) -> None:
+        self.state.stateful_callbacks.pop(RUN_SHAPE_KEY, None)  # read before the trainer exists (mpo.cluster)
+        super()._load_callback_state()
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         """``Trainer.train`` from the checkpoint :func:`resolve_resume` picks (a one-line error, not a
         traceback, when there is none to resume from)."""
@@ -152,3 +207,16 @@ class NativeResumeMixin:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         saved = type(target).from_pretrained(resume_from_checkpoint, dtype=target.dtype)
         target.load_state_dict(saved.state_dict(), strict=True)
+
+
+def _commit(staged: Path, final: Path) -> None:
+    """Rename ``staged`` to ``final``; an existing ``final`` (the same step saved before) is moved aside
+    first and deleted after, so ``final`` is always either the old checkpoint or the new one."""
+    old = staged.with_name(f"{staged.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the staging folder, once empty
+        staged.parent.rmdir()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import weakref
+from datetime import timedelta
 
 import torch
+from accelerate.state import PartialState
 
 _UNWRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -17,7 +19,7 @@ def cpu_training_defaults(args) -> None:
     - several processes on the CPU (``WORLD_SIZE`` > 1, e.g. ``torchrun`` or ``accelerate launch``):
       accelerate treats the ranks as one job (MULTI_CPU) only with ``use_cpu``, and nccl needs GPUs,
       so ``use_cpu=True`` and ``ddp_backend="gloo"`` unless another backend is named. Without this,
-      each rank would train alone.
+      each rank would train alone. The process group is set up here, with ``ddp_timeout``.
     """
     if getattr(args, "bf16", None) is None and not torch.cuda.is_available():
         args.bf16 = False
@@ -25,6 +27,10 @@ def cpu_training_defaults(args) -> None:
     if distributed and not torch.cuda.is_available():
         args.use_cpu = True
         args.ddp_backend = args.ddp_backend or "gloo"
+        # transformers 5.24 gives the process group ddp_timeout only off the CPU (TrainingArguments.
+        # _setup_devices), so gloo ranks waited 30 minutes for a lost one: set the group up first, with it
+        # (accelerate's PartialState is set up once per process, and the Trainer's then reuses it).
+        PartialState(cpu=True, backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout))
 
 
 def unwrapped(accelerator, model: torch.nn.Module) -> torch.nn.Module:

@@ -36,6 +36,7 @@ from transformers import Trainer, TrainingArguments
 from mpo import attention, runtime
 from mpo.attention import layout_of
 from mpo.checkpointing import NativeResumeMixin, resolve_resume
+from mpo.cluster import PreemptionCallback, finish_preempted, plan_resume, train_with_faults
 from mpo.data.collator import SkipBadRecords, take_skips
 from mpo.data.meta import BadRows, DataConfig, skip_summary
 from mpo.data.packing import pack_samples
@@ -424,9 +425,20 @@ def build_trainer(
 
 def main(argv: list[str]) -> int:
     model_args, data_args, args = parse_sft_args(argv)
-    resolve_resume(args.resume_from_checkpoint, args.output_dir)  # a bad checkpoint fails before any loading
+    with PreemptionCallback() as preemption:  # SIGTERM / SIGUSR1 from here on: save after the next step, stop
+        return _train(model_args, data_args, args, preemption)
+
+
+def _train(
+    model_args: SFTModelConfig, data_args: SFTDataConfig, args: SFTStageConfig, preemption: PreemptionCallback
+) -> int:
+    checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)  # fails before any loading
+    # on another number of ranks: the same global batch (one line says how), ZeRO shards made universal
+    resume = plan_resume(checkpoint, args)
     trainer = build_trainer(model_args, data_args, args)
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    resume.apply(trainer)
+    if train_with_faults(trainer, checkpoint, preemption, "mpo sft"):  # stopped on SIGTERM / SIGUSR1
+        return finish_preempted(trainer, preemption, "mpo sft")
     trainer.save_model(args.output_dir)
     trainer.save_state()
     if trainer.accelerator.is_main_process:

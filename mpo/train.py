@@ -4,6 +4,9 @@
     accelerate launch [--use_deepspeed --deepspeed_config_file recipes/deepspeed/zero3.json] \\
         --num_processes N -m mpo.cli train --config ...
 
+On SIGTERM or SIGUSR1 it saves a checkpoint after the step under way and exits 75 (mpo.cluster);
+``--resume_from_checkpoint True`` continues it, on this or another number of ranks.
+
 The YAML holds the fields of three dataclasses: :class:`InternVLModelConfig` (the checkpoint, its
 freeze policy, LoRA), :class:`PreferenceDataConfig` (the MMPR meta.json) and
 :class:`mpo.trainer.MPOConfig` (the trainer). Unknown keys are errors.
@@ -19,6 +22,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from mpo.attention import layout_of
 from mpo.checkpointing import resolve_resume
+from mpo.cluster import PreemptionCallback, finish_preempted, plan_resume, train_with_faults
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
 from mpo import attention
 from mpo.data.meta import DataConfig, skip_summary
@@ -119,7 +123,20 @@ def build_trainer(
 
 def main(argv: list[str]) -> int:
     model_args, data_args, args = parse_train_args(argv)
-    resolve_resume(args.resume_from_checkpoint, args.output_dir)  # a bad checkpoint fails before any loading
+    with PreemptionCallback() as preemption:  # SIGTERM / SIGUSR1 from here on: save after the next step, stop
+        return _train(model_args, data_args, args, argv, preemption)
+
+
+def _train(
+    model_args: InternVLModelConfig,
+    data_args: PreferenceDataConfig,
+    args: MPOConfig,
+    argv: list[str],
+    preemption: PreemptionCallback,
+) -> int:
+    checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)  # fails before any loading
+    # on another number of ranks: the same global batch (one line says how), ZeRO shards made universal
+    resume = plan_resume(checkpoint, args)
     # The Trainer would push at every save with TRL's card; mpo pushes once, at the end, with the MPO card.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     recipe = argv[argv.index("--config") + 1] if "--config" in argv else None
@@ -128,7 +145,9 @@ def main(argv: list[str]) -> int:
     trainer.run_config = {"model": asdict(model_args), "data": asdict(data_args)}  # into mpo_config.json
     if wandb_enabled(args.report_to):
         trainer.add_callback(FullConfigCallback(model_args, data_args))
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    resume.apply(trainer)
+    if train_with_faults(trainer, checkpoint, preemption, "mpo train"):  # stopped on SIGTERM / SIGUSR1
+        return finish_preempted(trainer, preemption, "mpo train")
     trainer.save_model(args.output_dir)
     trainer.save_state()
     if trainer.accelerator.is_main_process:

@@ -325,8 +325,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         }
         # TRL 1.16's DPOTrainer._save_checkpoint writes its DPO model card into output_dir, then calls
         # transformers'. We call transformers' directly: the MPO card is written by _save, into each
-        # saved folder.
-        Trainer._save_checkpoint(self, model, trial)
+        # saved folder. Staged and renamed into place when complete (mpo.checkpointing).
+        with self.staged_checkpoint():
+            Trainer._save_checkpoint(self, model, trial)
 
     def save_state(self) -> None:
         self.state.stateful_callbacks[REWARD_SHIFT_KEY] = {
