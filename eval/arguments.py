@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 from eval.config import (
@@ -146,26 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
-    """The evaluation the parsed flags ask for (checked: a bad value stops with a one-line error)."""
-    return EvalConfig(
-        args.model,
-        args.data,
-        args.out,
-        cot=args.cot,
-        backend=args.backend,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        max_dynamic_patch=args.max_dynamic_patch,
-        limit=args.limit,
-        overwrite=args.overwrite,
-        on_bad_row=args.on_bad_row,
-        judge_model=args.judge_model,
-        num_samples=args.num_samples,
-        temperature=args.temperature,
-        seed=args.seed,
-        aggregate=args.aggregate,
-        scorer=args.scorer,
-        reference=args.reference,
-        beta=args.beta,
-        vllm_options=vllm_options(args),
-    )
+    """The evaluation the parsed flags ask for (checked: a bad value stops with a one-line error): each
+    flag goes to the field of its name, the vLLM flags to ``vllm_options``."""
+    given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if f.init and hasattr(args, f.name)}
+    return EvalConfig(**given, vllm_options=vllm_options(args))
