@@ -37,7 +37,7 @@ def bad_row_policy(value: str) -> str:
     return ON_BAD_ROW_ALIASES.get(value, value)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """One evaluation of ``model`` on ``data`` into ``out`` (:func:`eval.run.evaluate`).
 
@@ -82,8 +82,8 @@ class EvalConfig:
     sampling: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.data = list(self.data or [])
+        object.__setattr__(self, "out", Path(self.out))  # frozen: checked once, read only after
+        object.__setattr__(self, "data", list(self.data or []))
         for flag, value in (
             ("--limit", self.limit),
             ("--batch-size", self.batch_size),
@@ -95,7 +95,7 @@ class EvalConfig:
             raise UserError(f"--max-dynamic-patch must be >= 1, got {self.max_dynamic_patch}")
         if not self.data:
             raise UserError("no benchmark given: --data FILE")
-        self.sampling = sampling_settings(self)
+        object.__setattr__(self, "sampling", sampling_settings(self))
         if bad_row_policy(self.on_bad_row) not in ON_BAD_ROW:
             raise UserError(f"--on-bad-row must be one of {', '.join(ON_BAD_ROW)}, got {self.on_bad_row!r}")
 

@@ -3,6 +3,7 @@ make the same config; `--on-bad-row` takes the recipes' `fail` and the older `er
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,9 @@ def test_the_flags_make_the_config():
     assert set(config.vllm_options) == {"tensor_parallel_size", "data_parallel_size", "max_images_per_prompt"}
     with pytest.raises(UserError, match="--limit must be >= 1, got 0"):
         config_from_args(build_parser().parse_args([*argv, "--limit", "0"]))
+
+
+def test_a_checked_config_stays_checked():
+    config = EvalConfig(**GOOD)
+    with pytest.raises(FrozenInstanceError):
+        config.limit = 0
