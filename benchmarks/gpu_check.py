@@ -95,12 +95,11 @@ def installed_kernels(cuda: bool) -> tuple[list[str], dict[str, str]]:
 
 def exactness(model_dir: Path, data: Path, device: str, dtype: torch.dtype) -> list[dict]:
     """Log-probs and gradients of every (kernel, layout) against plain rows under sdpa."""
-    from trl.trainer.utils import add_fused_lm_head
-
     from mpo.attention import layout_of
     from mpo.data.collator import PreferenceCollator
     from mpo.data.mmpr import load_mmpr
     from mpo.models.loading import load_model, load_processor
+    from mpo.scoring import with_fused_head
     from mpo.trainer import MPOConfig, MPOTrainer
 
     processor = load_processor(model_dir)
@@ -132,7 +131,7 @@ def exactness(model_dir: Path, data: Path, device: str, dtype: torch.dtype) -> l
         model = load_model(
             model_dir, attn_implementation=kernel, layout=layout, training=grads, dtype=dtype_name
         ).to(device)
-        add_fused_lm_head(model, outputs=("log_probs",))
+        with_fused_head(model)
         collate = PreferenceCollator(
             processor,
             prefix_sharing=switches.get("prefix_sharing", False),
@@ -144,7 +143,7 @@ def exactness(model_dir: Path, data: Path, device: str, dtype: torch.dtype) -> l
             one = torch.where(batch["attn_group"] >= 0, 0, -1)
             batch = {**batch, "attn_group": one, "attn_prefix": one}
         with torch.set_grad_enabled(grads), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
-            logps, _ = scorer._sequence_logps(model, batch)
+            logps, _ = scorer.sequence_logps(model, batch)
             if not grads:
                 return logps.float().detach().cpu(), None
             logps.sum().backward()

@@ -50,8 +50,9 @@ What each kernel takes (transformers 5.24; :func:`model_inputs` builds it, in on
                        for by name only (see :func:`choose_kernels`)
 =====================  ==========================================================================
 
-Plain rows keep the 2-D padding mask under sdpa / eager / flex (right padding plus the causal mask is
-exact, and sdpa may then take its fused causal path). transformers' flash path detects packing from
+Plain rows keep the 2-D padding mask under sdpa and eager (right padding plus the causal mask is exact,
+and sdpa may then take its fused causal path); under flex they get the block mask of the rule too, since
+transformers (5.24) compiles the block mask it would build from the 2-D mask. transformers' flash path detects packing from
 position ids only when the batch has ONE row (``_is_packed_sequence``, transformers 5.24): with
 several rows it silently attends across the packed samples of a row, which is why flash batches are
 flattened here rather than left to that detection.
@@ -226,13 +227,13 @@ def model_inputs(batch: dict, kernel: str, dtype: torch.dtype) -> tuple[dict, di
     if kernel in VARLEN_KERNELS:
         batch, varlen = flatten(batch)
         return batch, {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], **varlen}
-    if kernel == "flex_attention":
-        batch = pad_to(batch, flex_length(batch["input_ids"].shape[1]))
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-    if layout == "plain":
-        kwargs["attention_mask"] = batch["attention_mask"]
-    elif kernel == "flex_attention":
+    if kernel == "flex_attention":  # every layout: transformers' own block mask for plain rows compiles too
+        batch = pad_to(batch, flex_length(batch["input_ids"].shape[1]))
+        kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         kwargs["attention_mask"] = flex_block_mask(batch["attn_group"], batch["attn_prefix"])
+    elif layout == "plain":
+        kwargs["attention_mask"] = batch["attention_mask"]
     elif kernel == "eager":
         kwargs["attention_mask"] = additive_mask(batch["attn_group"], batch["attn_prefix"], dtype)
     else:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from mpo.losses import implicit_rewards
+
 
 def wandb_enabled(report_to) -> bool:
     return report_to is not None and "wandb" in (report_to if isinstance(report_to, list) else [report_to])
@@ -37,12 +39,14 @@ class PreferenceSamplesCallback(TrainerCallback):
         batch = trainer._prepare_inputs(trainer.data_collator(records))
         model = trainer.model_wrapped if trainer.is_deepspeed_enabled else trainer.model
         with torch.no_grad():
-            logps, _ = trainer._sequence_logps(model, batch)
-            ref_c, ref_r = trainer._reference_logps(model, batch)
+            logps, _ = trainer.sequence_logps(model, batch)
+            ref_c, ref_r = trainer.reference_logps(model, batch)
         if not trainer.accelerator.is_main_process or wandb.run is None:
             return
         chosen, rejected = logps[0::2].float().cpu(), logps[1::2].float().cpu()
-        reward_margin = trainer.beta * ((chosen - ref_c.float().cpu()) - (rejected - ref_r.float().cpu()))
+        reward_margin = implicit_rewards(chosen, ref_c.float().cpu(), trainer.beta) - implicit_rewards(
+            rejected, ref_r.float().cpu(), trainer.beta
+        )
         table = wandb.Table(
             columns=["step", "image", "question", "chosen", "rejected", "logp_margin", "reward_margin"]
         )

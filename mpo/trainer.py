@@ -19,7 +19,8 @@ pair. What changes against the parent, and nothing else:
   cached on disk. TRL (1.16) takes a dataset with an ``image`` / ``images`` column for vision data and
   then refuses the precompute; the records here name their files ``image_paths``, so that TRL's vision
   branches (its collator, its tokenisation, that refusal) stay off and this trainer's own run instead.
-Log-probs use TRL's fused LM head: only response positions, in chunks, no full logits tensor.
+Log-probs are :func:`mpo.scoring.sequence_logps` (TRL's fused LM head: only response positions, in chunks,
+no full logits tensor), public as :meth:`MPOTrainer.sequence_logps` and :meth:`MPOTrainer.reference_logps`.
 DPOConfig fields this trainer does not implement are refused (:data:`REFUSED_DPO_FIELDS`).
 """
 
@@ -40,14 +41,13 @@ from tqdm import tqdm
 from transformers import Trainer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from trl.models import prepare_deepspeed
-from trl.trainer.utils import add_fused_lm_head, use_adapter
+from trl.trainer.utils import use_adapter
 
-from mpo import attention, ref_cache, runtime
+from mpo import attention, ref_cache, runtime, scoring
 from mpo.checkpointing import REWARD_SHIFT_KEY, NativeResumeMixin, write_run_config
 from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import DROPPED_SOURCES, PreferenceCollator, SkipBadRecords, take_skips
 from mpo.data.meta import BadRows
-from mpo.fused_head import compact_lm_head
 from mpo.losses import MPO_TERMS, MPO_WEIGHTS, TERMS, RewardShift, objective
 from mpo.models import families
 from mpo.runtime import cpu_training_defaults
@@ -287,10 +287,8 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             processing_class=processing_class,
             **kwargs,
         )
-        # TRL's fused head also computes entropy, mean logits and top-1 hits at every position for its own
-        # metrics; the MPO loss and metrics need only the log-probs.
+        scoring.with_fused_head(self.model)  # the MPO loss and metrics need only the log-probs
         unwrapped = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-        add_fused_lm_head(unwrapped, outputs=("log_probs",))
         held = (
             sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.ref_model.parameters())
             if self.ref_model is not None
@@ -384,41 +382,19 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         return super()._prepare_inputs(take_skips(inputs, self.bad_rows))
 
     # ---- log-probs -----------------------------------------------------------------------------
-    def _sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response log-probs ([2B]: chosen of pair i at 2i, rejected at 2i+1) and lengths ([2B]).
+    def sequence_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response log-probs ([2B]: chosen of pair i at 2i, rejected at 2i+1) and lengths ([2B]) of
+        ``model`` (the policy, its wrapper, or the reference) on a collated batch: :func:`mpo.scoring.sequence_logps`
+        with the InternVL model inside ``model``'s wrapper."""
+        return scoring.sequence_logps(model, inputs, runtime.unwrapped(self.accelerator, model))
 
-        Works for every layout of :mod:`mpo.data.layout` under every attention kernel
-        (:func:`mpo.attention.model_inputs` gives the kernel its mask, or flattens the rows for varlen):
-        TRL's fused head scores only the positions with a label, in chunks, and a scatter-add sums them
-        per sequence.
-        """
-        internvl = runtime.unwrapped(self.accelerator, model)
-        internvl = internvl.get_base_model() if isinstance(internvl, PeftModel) else internvl
-        inputs, kwargs = attention.model_inputs(inputs, attention.text_kernel(internvl), internvl.dtype)
-        pixel_values = inputs["pixel_values"]
-        if int(inputs["feature_repeats"]) > 1:  # vision tower once, features for both rows of a pair
-            features = internvl.model.get_image_features(pixel_values=pixel_values, return_dict=True)
-            features.pooler_output = features.pooler_output.repeat(int(inputs["feature_repeats"]), 1, 1)
-            kwargs["mm_encoder_outputs"] = {"image": features}
-        else:
-            kwargs["pixel_values"] = pixel_values
-        with compact_lm_head():
-            out = model(**kwargs, shift_labels=inputs["shift_labels"], use_cache=False, fused_lm_head=True)
-        index = inputs["logp_index"]
-        scored = index >= 0
-        n = 2 * int(inputs["num_pairs"])
-        log_probs = out.log_probs[:, -index.size(1) :]
-        logps = log_probs.new_zeros(n).index_add(0, index[scored], log_probs[scored])
-        lengths = torch.bincount(index[scored], minlength=n)
-        return logps, lengths
-
-    def _reference_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference_logps(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """From the batch when precomputed, else a no-grad pass of the reference (the adapter-disabled
         model under LoRA)."""
         if "ref_chosen_logps" in inputs:
             return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         with torch.no_grad(), self._as_reference(model) as ref, _eval_mode(ref):
-            logps, _ = self._sequence_logps(ref, inputs)
+            logps, _ = self.sequence_logps(ref, inputs)
         return logps[0::2], logps[1::2]
 
     @contextlib.contextmanager
@@ -513,7 +489,7 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             dropped = set(batch.get(DROPPED_SOURCES, ()))
             batch = self._prepare_inputs(batch)
             with self._as_reference(model) as ref, acc.autocast():  # the precision training runs in, as TRL's
-                logps, _ = self._sequence_logps(ref, batch)
+                logps, _ = self.sequence_logps(ref, batch)
             rows.append(self._reference_rows(idx, [sources[i] for i in idx], logps, dropped))
         gathered = acc.gather(torch.cat(rows)).cpu()
         gathered = gathered[gathered[:, 0] >= 0]
@@ -543,9 +519,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        logps, lengths = self._sequence_logps(model, inputs)
+        logps, lengths = self.sequence_logps(model, inputs)
         chosen_logps, rejected_logps = logps[0::2], logps[1::2]
-        ref_chosen, ref_rejected = self._reference_logps(model, inputs)
+        ref_chosen, ref_rejected = self.reference_logps(model, inputs)
         delta = self.reward_shift.value
         out = objective(
             chosen_logps,
@@ -572,9 +548,9 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         for name, value in zip(out.terms, gather(values.unsqueeze(0)).mean(dim=0).tolist(), strict=True):
             metrics[f"loss/{TERMS[name].metric}"].append(value)
         metrics["bco/delta"].append(delta)
-        r_c, r_r = gather(out.chosen_rewards), gather(out.rejected_rewards)
         if self._counts_compilations:
             metrics["attention/compilations"].append(attention.compilations())
+        r_c, r_r = gather(out.chosen_rewards), gather(out.rejected_rewards)
         metrics["rewards/chosen"].append(r_c.mean().item())
         metrics["rewards/rejected"].append(r_r.mean().item())
         metrics["rewards/margins"].append((r_c - r_r).mean().item())

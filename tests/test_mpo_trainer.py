@@ -208,7 +208,7 @@ def test_loss_terms_and_gradients_match_independent(
 def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, mixed_meta, tmp_path):
     """flex_attention has no backward on the CPU (torch 2.14): its BlockMask path is checked for values.
     Its rows are padded to flex_length buckets, so the layouts' several row lengths compile at most once
-    per bucket, and every compilation is counted."""
+    per bucket (and, with the static shapes here, per row count), and every compilation is counted."""
     from mpo.attention import compilations, flex_length
 
     processor = load_processor(tiny_model)
@@ -229,14 +229,13 @@ def test_flex_attention_log_probs_match_independent_in_every_layout(tiny_model, 
         )
         # static shapes: torch 2.14's CPU inductor fails to compile flex attention for dynamic ones
         batch = trainer.data_collator(records)
-        lengths.add(batch["input_ids"].shape[1])
+        lengths.add(tuple(batch["input_ids"].shape))
         with torch.no_grad(), torch._dynamo.config.patch(automatic_dynamic_shapes=False):
-            logps, _ = trainer._sequence_logps(flex, batch)
+            logps, _ = trainer.sequence_logps(flex, batch)
         torch.testing.assert_close(logps[0::2], expected[:4], rtol=1e-5, atol=1e-5, msg=name)
         torch.testing.assert_close(logps[1::2], expected[4:], rtol=1e-5, atol=1e-5, msg=name)
-    buckets = {flex_length(n) for n in lengths}
-    assert len(buckets) < len(lengths)  # the check is not vacuous: some lengths share a bucket
-    assert 0 < compilations() - before <= len(buckets)
+    assert len({flex_length(n) for _, n in lengths}) < len({n for _, n in lengths})  # some share a bucket
+    assert 0 < compilations() - before <= len({(rows, flex_length(n)) for rows, n in lengths})
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -264,7 +263,7 @@ def test_text_only_batch_scores_as_if_the_blank_tile_were_not_there(
     batch = trainer.data_collator(records)
     assert batch["pixel_values"].shape[0] == 1  # the blank tile is there
     with torch.no_grad():
-        logps, _ = trainer._sequence_logps(trainer.model, batch)
+        logps, _ = trainer.sequence_logps(trainer.model, batch)
         base = load_model(tiny_model).eval()
         expected = []
         for record in records:
@@ -562,8 +561,8 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(
     data, _ = load_mmpr(mixed_meta, load_processor(tiny_model))
     batch = trainer._prepare_inputs(trainer.data_collator([data[0], data[2]]))
     with torch.no_grad():
-        ref_c, ref_r = trainer._reference_logps(trainer.model, batch)
-        policy, _ = trainer._sequence_logps(trainer.model, batch)
+        ref_c, ref_r = trainer.reference_logps(trainer.model, batch)
+        policy, _ = trainer.sequence_logps(trainer.model, batch)
     plain = oracle_batch(load_processor(tiny_model), mixed_meta, [0, 2])
     with torch.no_grad():
         base = independent_logps(load_model(tiny_model), plain)
@@ -624,8 +623,8 @@ def test_in_step_reference_is_deterministic_under_lora_and_vision_drop_path(tiny
     )  # images: the vision tower runs
     trainer.model.train()
     torch.manual_seed(0)
-    first = trainer._reference_logps(trainer.model, batch)
-    second = trainer._reference_logps(trainer.model, batch)
+    first = trainer.reference_logps(trainer.model, batch)
+    second = trainer.reference_logps(trainer.model, batch)
     assert trainer.model.training  # back in training mode after the reference pass
     with torch.no_grad():
         base = independent_logps(
@@ -679,7 +678,7 @@ def test_the_lm_head_projects_only_labelled_positions_on_the_cpu(
     )
     batch = trainer.data_collator([data[0], data[1]])
     with torch.no_grad():
-        trainer._sequence_logps(trainer.model, batch)
+        trainer.sequence_logps(trainer.model, batch)
     labelled = int((batch["shift_labels"] != -100).sum())
     assert labelled < batch["input_ids"].numel() // 2  # a prefix-shared row is mostly prompt and image
     assert projected == [labelled]
@@ -706,9 +705,9 @@ def test_top_left_alignment_of_a_shared_branch_is_caught(
     )
     with torch.no_grad():
         expected = independent_logps(load_model(tiny_model), oracle_batch(processor, mixed_meta, range(4)))
-        right, _ = trainer._sequence_logps(trainer.model, trainer.data_collator(records))
+        right, _ = trainer.sequence_logps(trainer.model, trainer.data_collator(records))
         monkeypatch.setitem(conftest.VARLEN_ALIGNMENT, "causal", "top-left")
-        wrong, _ = trainer._sequence_logps(trainer.model, trainer.data_collator(records))
+        wrong, _ = trainer.sequence_logps(trainer.model, trainer.data_collator(records))
     torch.testing.assert_close(right[1::2], expected[4:], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(wrong[0::2], expected[:4], rtol=1e-5, atol=1e-5)  # prompt + chosen: causal
     assert (wrong[1::2] - expected[4:]).abs().min() > 1e-3  # every rejected row, far outside 1e-5
