@@ -20,13 +20,14 @@ tiny or small checkpoint is not.
 from __future__ import annotations
 
 import torch
-from trl.trainer.utils import add_fused_lm_head
 
 from mpo.data.collator import PreferenceCollator
 from mpo.data.images import tile_budget
+from mpo.data.layout import assemble, plain_segment
 from mpo.data.template import normalize_question
-from mpo.fused_head import compact_lm_head
 from mpo.generation import GenerationRequest
+from mpo.losses import implicit_rewards
+from mpo.scoring import sequence_logps, with_fused_head
 
 DEFAULT_BETA = 0.1
 
@@ -51,49 +52,32 @@ def encode(
 
 @torch.no_grad()
 def response_logps(model, processor, request: GenerationRequest, responses: list[str]) -> list[float]:
-    """Summed log π(response | prompt) of every response, in one right-padded batch.
-
-    The N rows show the same image(s): the vision tower runs once and its features serve every row (as
-    the trainer's vision once), and the LM head runs only at response positions, in chunks (TRL's
-    fused head, added by :class:`RewardScorer`): no [N, length, vocabulary] logits tensor.
-    """
+    """Summed log π(response | prompt) of every response: one row each, scored by
+    :func:`mpo.scoring.sequence_logps` (the trainer's routine). The N rows show the same image(s): the vision
+    tower runs once and its features serve every row (as the trainer's vision once), and the LM head runs
+    only at response positions, in chunks: no [N, length, vocabulary] logits tensor."""
     encoded = [encode(processor, request, r) for r in responses]
-    width = max(len(p) + len(c) for p, c, _ in encoded)
-    ids = torch.full((len(encoded), width), processor.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    shift_labels = torch.full_like(ids, -100)  # token t + 1 is scored at position t
-    for row, (prompt, chosen, _) in enumerate(encoded):
-        ids[row, : len(prompt) + len(chosen)] = torch.tensor(prompt + chosen)
-        mask[row, : len(prompt) + len(chosen)] = 1
-        shift_labels[row, len(prompt) - 1 : len(prompt) + len(chosen) - 1] = torch.tensor(chosen)
-    kwargs = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
+    rows = [
+        [plain_segment(prompt, chosen, score=i, group=i)] for i, (prompt, chosen, _) in enumerate(encoded)
+    ]
+    batch = assemble(rows, processor.tokenizer.pad_token_id, "plain")
     tiles = encoded[0][2]  # every row shows the request's images
-    if tiles is not None:
-        features = model.model.get_image_features(
-            pixel_values=tiles.to(model.device, model.dtype), return_dict=True
-        )
-        features.pooler_output = features.pooler_output.repeat(len(encoded), 1, 1)
-        kwargs["mm_encoder_outputs"] = {"image": features}
-    with compact_lm_head():
-        out = model(**kwargs, shift_labels=shift_labels.to(model.device), use_cache=False, fused_lm_head=True)
-    scored = shift_labels.to(out.log_probs.device) != -100
-    return (out.log_probs.float() * scored).sum(dim=1).tolist()
+    batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch["pixel_values"] = None if tiles is None else tiles.to(model.device, model.dtype)
+    batch["feature_repeats"] = len(encoded) if tiles is not None else 1
+    batch["num_sequences"] = len(encoded)
+    logps, _ = sequence_logps(model, batch)
+    return logps.float().tolist()
 
 
 class RewardScorer:
     """Scores responses by β · (log π − log π_ref) (see the module docstring)."""
 
     def __init__(self, policy, reference, processor, beta: float = DEFAULT_BETA) -> None:
-        for model in (policy, reference):
-            add_fused_lm_head(model, outputs=("log_probs",))
-        self.policy, self.reference, self.processor, self.beta = (
-            policy.eval(),
-            reference.eval(),
-            processor,
-            beta,
-        )
+        self.policy, self.reference = with_fused_head(policy).eval(), with_fused_head(reference).eval()
+        self.processor, self.beta = processor, beta
 
     def score(self, request: GenerationRequest, responses: list[str]) -> list[float]:
-        policy = response_logps(self.policy, self.processor, request, responses)
-        reference = response_logps(self.reference, self.processor, request, responses)
-        return [self.beta * (p - r) for p, r in zip(policy, reference, strict=True)]
+        policy = torch.tensor(response_logps(self.policy, self.processor, request, responses))
+        reference = torch.tensor(response_logps(self.reference, self.processor, request, responses))
+        return implicit_rewards(policy, reference, self.beta).tolist()
