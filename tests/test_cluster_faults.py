@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,13 +16,24 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
+from test_sft import SFT_ROWS, write_sft
 
 from mpo.checkpointing import checkpoint_problem, checkpoints
-from mpo.cluster import PREEMPTED_EXIT_CODE, PREEMPTED_FILE
+from mpo.cluster import (
+    PREEMPTED_EXIT_CODE,
+    PREEMPTED_FILE,
+    RUN_SHAPE_KEY,
+    RunShape,
+    plan_resume,
+    split_global_batch,
+)
+from mpo.errors import UserError
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 BIN = Path(sys.executable).parent
@@ -33,7 +45,7 @@ ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 STEPS = 8  # global batch 2 over 18 pairs: 9 steps an epoch
-LOSS_LINE = re.compile(r"'loss/dpo'")
+LOSS_LINE = re.compile(r"\{'loss': ")  # the Trainer's log line of a training step
 # Losses after a resume on another rank count against the uninterrupted run: the sums may run in another
 # order (one rank accumulating two micro-batches instead of two ranks reducing one each); measured equal.
 REL_TOL = 1e-6
@@ -44,7 +56,7 @@ def meta(tmp_path_factory) -> Path:
     return write_mmpr(tmp_path_factory.mktemp("faults") / "data", MIXED_ROWS * 3)
 
 
-def _train(tiny_model, meta, out, *extra) -> list[str]:
+def _train(tiny_model, meta, out, *extra, save=("--save_steps", "2")) -> list[str]:
     return [
         "train",
         "--config",
@@ -65,8 +77,7 @@ def _train(tiny_model, meta, out, *extra) -> list[str]:
         "1e-3",
         "--logging_steps",
         "1",
-        "--save_steps",
-        "2",
+        *save,
         "--report_to",
         "none",
         *extra,
@@ -108,7 +119,7 @@ def _state(out: Path) -> dict:
 
 
 def _losses(state: dict) -> dict[int, float]:
-    return {h["step"]: h["loss"] for h in state["log_history"] if "loss/dpo" in h}
+    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
 
 
 def _delta(state: dict) -> dict:
@@ -226,15 +237,51 @@ def test_preempted_zero3_job_resumes_on_one_rank_then_on_two_machines(tiny_model
     assert _delta(resumed)["total"] == pytest.approx(_delta(reference)["total"], rel=REL_TOL)
 
 
-def test_sigterm_saves_exits_75_and_resumes_exactly(tiny_model, meta, tmp_path):
-    """One process, no launcher: SIGTERM mid-run -> checkpoint of the step it stopped at, exit 75; the
-    resubmitted run ends with the losses and δ of an uninterrupted run, bit for bit."""
+def _sft(tiny_model, meta, out, *extra) -> list[str]:
+    return [
+        "sft",
+        "--config",
+        "recipes/tiny/sft_stage2.yaml",
+        "--model_name_or_path",
+        str(tiny_model),
+        "--meta_path",
+        str(meta),
+        "--output_dir",
+        str(out),
+        "--packing",
+        "false",
+        "--max_steps",
+        str(STEPS),
+        "--per_device_train_batch_size",
+        "1",
+        "--warmup_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("command", ["train", "sft"])
+def test_sigterm_saves_exits_75_and_resumes_exactly(tiny_model, meta, tmp_path, command):
+    """One process, no launcher: SIGTERM mid-run -> checkpoint of the step it stopped at, exit 75, one
+    line; the resubmitted run ends with the losses (and δ) of an uninterrupted run, bit for bit."""
+    if command == "sft":
+        data, argv = write_sft(tmp_path / "sft_data", SFT_ROWS * 3), _sft
+    else:
+        data, argv = meta, partial(_train, save=("--save_strategy", "no"))
     full, cut = tmp_path / "full", tmp_path / "cut"
     mpo = [sys.executable, "-m", "mpo.cli"]  # every run with the same threads, hence the same rounding
-    _run([*mpo, *_train(tiny_model, meta, full, "--save_strategy", "no")], tmp_path / "full.log")
-    cmd = [*mpo, *_train(tiny_model, meta, cut, "--save_strategy", "no")]
+    _run([*mpo, *argv(tiny_model, data, full)], tmp_path / "full.log")
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*mpo, *argv(tiny_model, data, cut)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     _until_logged(proc, 1)
     proc.send_signal(signal.SIGTERM)
@@ -243,12 +290,15 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(tiny_model, meta, tmp_path):
     [saved] = checkpoints(cut)  # save_strategy "no": the signal's checkpoint only
     stopped = int(saved.name.split("-")[1])
     assert 1 <= stopped < STEPS and checkpoint_problem(saved) is None
+    assert f"mpo {command}: SIGTERM: stopped after step {stopped}, saved {saved}; exit 75" in output
     assert json.loads((cut / PREEMPTED_FILE).read_text())["step"] == stopped
     assert not (cut / ".staging").exists()
-    _run([*mpo, *_train(tiny_model, meta, cut, "--resume_from_checkpoint", "True")], tmp_path / "resumed.log")
+    _run([*mpo, *argv(tiny_model, data, cut, "--resume_from_checkpoint", "True")], tmp_path / "resumed.log")
     assert not (cut / PREEMPTED_FILE).exists()
+    assert _state(cut)["global_step"] == STEPS
     assert _losses(_state(cut)) == _losses(_state(full))  # bit for bit
-    assert _delta(_state(cut)) == _delta(_state(full))
+    if command == "train":
+        assert _delta(_state(cut)) == _delta(_state(full))
 
 
 def test_ranks_agree_on_a_signal_only_one_of_them_got(tmp_path):
@@ -337,3 +387,59 @@ def test_a_hung_rank_is_named_after_the_collective_timeout(tiny_model, meta, tmp
     assert "rank(s) 1 did not answer within 10 s: lost or hung" in said[0]
     assert 10 <= took < 40, took  # the collective timeout, then the probe's
     assert proc.returncode == 1
+
+
+def _checkpoint(path: Path, files: dict[str, str], shape: RunShape | None = None) -> Path:
+    """A checkpoint folder with ``files`` and a trainer state recording ``shape``."""
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    callbacks = {RUN_SHAPE_KEY: shape.state_entry()} if shape else {}
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 4, "stateful_callbacks": callbacks}))
+    return path
+
+
+def test_the_global_batch_is_kept_where_it_can_be_and_said_where_not(tmp_path, caplog):
+    assert split_global_batch(8, 2, 4) == (4, 1)
+    assert split_global_batch(8, 1, 4) == (4, 2)  # 2 ranks -> 1: twice the accumulation
+    assert split_global_batch(8, 4, 1) == (1, 2)
+    assert split_global_batch(8, 3, 4) is None
+    saved = RunShape(world_size=2, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    ckpt = _checkpoint(tmp_path / "checkpoint-4", {"model.safetensors": "x"}, saved)
+    args = SimpleNamespace(world_size=1, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    with caplog.at_level(logging.WARNING, logger="mpo.cluster"):
+        assert plan_resume(str(ckpt), args).universal is False  # no ZeRO shards to convert
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
+    assert "4 per device x 2 accumulation keeps the global batch 8" in caplog.text
+    caplog.clear()
+    args = SimpleNamespace(world_size=3, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    with caplog.at_level(logging.WARNING, logger="mpo.cluster"):
+        plan_resume(str(ckpt), args)
+    [line] = caplog.messages
+    assert line == (
+        f"resume_from_checkpoint: {ckpt} was saved by 2 rank(s) x 4 per device x 1 accumulation = 8; this run "
+        "has 3 rank(s): the global batch 8 cannot be split over 3 ranks; continuing with 3 rank(s) x 4 per "
+        "device x 1 accumulation = 12: the schedule goes on by step, and 4 pairs per completed step of this "
+        "epoch are skipped"
+    )
+
+
+def test_a_checkpoint_of_the_other_kind_is_one_line_naming_it(tmp_path, monkeypatch):
+    shards = {f"global_step4/zero_pp_rank_{r}_mp_rank_00_optim_states.pt": "x" for r in (0, 1)}
+    zero = _checkpoint(tmp_path / "zero" / "checkpoint-4", {"latest": "global_step4", **shards})
+    plain = _checkpoint(tmp_path / "plain" / "checkpoint-4", {"model.safetensors": "x"})
+    args = SimpleNamespace(world_size=1, per_device_train_batch_size=1, gradient_accumulation_steps=1)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    with pytest.raises(UserError) as err:
+        plan_resume(str(zero), args)
+    assert str(err.value) == (
+        f"resume_from_checkpoint: {zero}: DeepSpeed ZeRO shards (2 ranks) hold its optimizer state; resume "
+        "it under DeepSpeed (accelerate launch --use_deepspeed ...)"
+    )
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserError) as err:
+        plan_resume(str(plain), args)
+    assert str(err.value) == (
+        f"resume_from_checkpoint: {plain}: saved without DeepSpeed (no 'latest' tag, no ZeRO shards); "
+        "resume it without DeepSpeed"
+    )
