@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # on the machine made tiny-model training 3-26x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo demo-ablation test test-fast bench bench-real profile-real bench-progressive lint clean
+.PHONY: setup demo demo-ablation test test-fast test-unit bench bench-real profile-real bench-progressive lint clean
 
 setup: $(STAMP)
 
@@ -47,9 +47,13 @@ demo-ablation: setup
 test: setup
 	$(PY) -m pytest -q tests
 
-# Unit tests only (no multi-process or end-to-end runs): under 5 minutes on 2 cores.
+# No multi-process or end-to-end runs: under 5 minutes on 2 cores.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
+
+# Unit tests that need no model (tests/conftest.py marks the others): under a minute on 2 cores.
+test-unit: setup
+	$(PY) -m pytest -q -m "not slow and not model" tests
 
 lint: setup
 	.venv/bin/ruff format --check mpo data_builders eval tests benchmarks recipes

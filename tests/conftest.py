@@ -16,6 +16,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPO_CACHE", tempfile.mkdtemp(prefix="mpo-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
+MODEL_FIXTURES = {"tiny_model", "perturbed_policy"}  # a test that takes one needs a model: not a unit test
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test that takes a model fixture ``model``: ``make test-unit`` runs the others."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")
