@@ -15,7 +15,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from mpo.data.images import count_tiles, tile_budget
+from mpo.data.images import count_tiles
 from mpo.data.meta import (
     BadRows,
     Subset,
@@ -26,6 +26,7 @@ from mpo.data.meta import (
     row_images,
     too_long,
 )
+from mpo.data.records import PreferenceRecord, visual_fields
 from mpo.data.template import leading_special_ids, normalize_question, tokenize_with_images
 from mpo.errors import DataError, UserError
 from mpo.models import families
@@ -34,7 +35,7 @@ from mpo.models.families.base import Family
 REQUIRED_FIELDS = ("question", "chosen", "rejected")
 
 
-def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
+def parse_row(row: dict, subset: Subset, path: Path, line: int) -> PreferenceRecord:
     """Validate one preference row and return the dataset record; raises :class:`DataError`."""
     for name in REQUIRED_FIELDS:
         if name not in row:
@@ -49,24 +50,20 @@ def parse_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
     except ValueError as err:
         raise DataError(path, line, str(err), field="question") from None
     extra = {k: v for k, v in row.items() if k not in (*REQUIRED_FIELDS, "image", "video")}
-    return {
-        "image_paths": [str(p) for p in visuals.paths],
-        "image_sizes": visuals.sizes,
-        "is_video": visuals.is_video,
-        "video_frames": visuals.frames,
-        "question": question,
-        "chosen": row["chosen"],
-        "rejected": row["rejected"],
-        "max_dynamic_patch": 1
-        if visuals.is_video
-        else tile_budget(subset.max_dynamic_patch, len(visuals.sizes)),
-        "subset": subset.name,
-        "source": f"{path}:{line}",
-        "metadata": json.dumps(extra, ensure_ascii=False),
-    }
+    return PreferenceRecord(
+        **visual_fields(visuals, subset),
+        question=question,
+        chosen=row["chosen"],
+        rejected=row["rejected"],
+        subset=subset.name,
+        source=f"{path}:{line}",
+        metadata=json.dumps(extra, ensure_ascii=False),
+    )
 
 
-def sequence_length(record: dict, tokenizer, tile_size: int, tokens_per_tile: int, family: Family) -> int:
+def sequence_length(
+    record: PreferenceRecord, tokenizer, tile_size: int, tokens_per_tile: int, family: Family
+) -> int:
     """Tokens of [prompt | longer response], image tokens included, as the collator will build it
     (``family``: the checkpoint's template and image tokens)."""
     tiles = [count_tiles(w, h, tile_size, record["max_dynamic_patch"]) for w, h in record["image_sizes"]]

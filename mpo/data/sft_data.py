@@ -43,7 +43,6 @@ from mpo.data.images import (
     count_tiles,
     jpeg_compress,
     load_visuals,
-    tile_budget,
     tiles_for,
 )
 from mpo.data.layout import IGNORE_INDEX
@@ -57,6 +56,7 @@ from mpo.data.meta import (
     row_images,
     too_long,
 )
+from mpo.data.records import SFTRecord, visual_fields
 from mpo.data.repetition import ngram_repetition_ratio
 from mpo.data.template import IMAGE_PLACEHOLDER, leading_special_ids, normalize_question, tokenize_with_images
 from mpo.data.video import frame_indices
@@ -115,7 +115,7 @@ def _place_images(turns: list[list[str]], num_images: int, is_video: bool) -> li
     raise ValueError(f"{found} {IMAGE_PLACEHOLDER} placeholders but {num_images} images")
 
 
-def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
+def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> SFTRecord:
     """Validate one SFT row and return its record (no pixels, no tokens yet); raises DataError."""
     if "conversations" not in row:
         raise DataError(path, line, "missing field", field="conversations")
@@ -125,28 +125,22 @@ def parse_sft_row(row: dict, subset: Subset, path: Path, line: int) -> dict:
         turns = _place_images(turns, len(visuals.sizes), visuals.is_video)
     except ValueError as err:
         raise DataError(path, line, str(err), field="conversations") from None
-    return {
-        "images": [str(p) for p in visuals.paths],
-        "image_sizes": visuals.sizes,
-        "is_video": visuals.is_video,
-        "video_frames": visuals.frames,
-        "video_length": visuals.video_length,
-        "system": system,
-        "turns": turns,
-        "max_dynamic_patch": 1
-        if visuals.is_video
-        else tile_budget(subset.max_dynamic_patch, len(visuals.sizes)),
-        "data_augment": subset.data_augment,
-        "subset": subset.name,
-        "source": f"{path}:{line}",
-    }
+    return SFTRecord(
+        **visual_fields(visuals, subset),
+        video_length=visuals.video_length,
+        system=system,
+        turns=turns,
+        data_augment=subset.data_augment,
+        subset=subset.name,
+        source=f"{path}:{line}",
+    )
 
 
 # -------------------------------------------------------------------------------------- encoding
 
 
 def encode_turns(
-    record: dict, tokenizer, tiles_per_image: Sequence[int], tokens_per_tile: int, family: Family
+    record: SFTRecord, tokenizer, tiles_per_image: Sequence[int], tokens_per_tile: int, family: Family
 ) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one sample: the family's template (the record's own system message, else
     the template's) with each ``<image>`` expanded to its tiles' tokens; labels are the ids on supervised
@@ -165,12 +159,12 @@ def encode_turns(
     return ids, labels
 
 
-def planned_tiles(record: dict, tile_size: int) -> list[int]:
+def planned_tiles(record: SFTRecord, tile_size: int) -> list[int]:
     """Tiles per image as the collator will make them, from the image headers alone."""
     return [count_tiles(w, h, tile_size, record["max_dynamic_patch"]) for w, h in record["image_sizes"]]
 
 
-def assistant_text(record: dict) -> str:
+def assistant_text(record: SFTRecord) -> str:
     return "\n".join(text for role, text in record["turns"] if role == "assistant")
 
 
@@ -244,7 +238,7 @@ def load_sft(
     report_path: str | Path | None = None,
     data_root: str | Path | None = None,
     path_map: list[str] | None = None,
-) -> tuple[list[dict], SFTDataReport]:
+) -> tuple[list[SFTRecord], SFTDataReport]:
     """Read every subset of an SFT meta.json into records with their exact ``length`` (tokens,
     image tokens included) and ``supervised_tokens``.
 
@@ -260,7 +254,7 @@ def load_sft(
     tile_size = processor.image_processor.size["height"]
     tokens_per_tile = processor.image_seq_length
     family = families.of_processor(processor)
-    records: list[dict] = []
+    records: list[SFTRecord] = []
     accepted = 0
     for subset in read_meta(meta_path, data_root, path_map):
         rows = []
@@ -361,7 +355,7 @@ class SFTCollator:
 
     def _images(self, record: dict) -> list:
         try:
-            images = load_visuals(record["images"], self.frames(record))
+            images = load_visuals(record["image_paths"], self.frames(record))
         except ValueError as err:
             path, _, line = record["source"].rpartition(":")
             raise DataError(
@@ -374,7 +368,7 @@ class SFTCollator:
     def encode(self, record: dict) -> tuple[list[int], list[int], torch.Tensor | None]:
         """(input ids, labels, tiles) of one sample."""
         pixel_values, tiles = None, []
-        if record["images"]:
+        if record["image_paths"]:
             pixel_values, tiles = tiles_for(
                 self.processor.image_processor, self._images(record), record["max_dynamic_patch"]
             )
