@@ -157,7 +157,7 @@ def test_steps_run_with_passive_openmp_threads_unless_told(tmp_path, monkeypatch
         return int(args[0] == "fail") * 3
 
     monkeypatch.setattr(cli, "main", record)
-    monkeypatch.setattr(demo, "step_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(demo.steps, "step_context", lambda: multiprocessing.get_context("fork"))
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     probe = tmp_path / "seen.json"
