@@ -39,7 +39,8 @@ import torch
 from benchmarks.stream import render as render_stream
 from benchmarks.stream import run_stream
 from mpo import markdown
-from mpo.attention import FLASH_4, SDPA_VARLEN, TORCH_VARLEN, Platform
+from mpo.attention import EXPRESSES, FLASH_4, KERNELS, SDPA_VARLEN, TORCH_VARLEN, Platform
+from mpo.attention import LAYOUTS as LAYOUT_NAMES
 
 LAYOUTS = {
     "plain": dict(prefix_sharing=False, vision_once=False),
@@ -227,6 +228,14 @@ def render(report: dict) -> str:
         ["layout", "language model", "vision tower", "why"],
         [[layout, c["text"], c["vision"], c["reason"]] for layout, c in report["auto"].items()],
     )
+    lines += ["", "## Kernels and the layouts they compute exactly (mpo.attention.EXPRESSES)", ""]
+    lines += markdown.table(
+        ["kernel", "layouts", "checked below"],
+        [
+            [k, ", ".join(layouts), "yes" if k not in report["skipped"] else f"no: {report['skipped'][k]}"]
+            for k, layouts in report["expresses"].items()
+        ],
+    )
     lines += ["", f"## Exactness against plain rows under sdpa ({report['exactness_model']})", ""]
     rows = []
     for r in report["exactness"]:
@@ -303,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         "dry": not real,
         "environment": environment(real),
         "auto": auto_choices(),
+        "expresses": {k: [layout for layout in LAYOUT_NAMES if layout in EXPRESSES[k]] for k in KERNELS},
         "skipped": skipped,
         "steps": steps,
         "exactness_model": "InternVL2.5-1B widths, 2 + 2 layers" if real else "tiny",

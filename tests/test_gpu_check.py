@@ -41,6 +41,13 @@ def test_gpu_check_dry_run_writes_its_results(tmp_path):
         row = rows[("sdpa_varlen", layout)]
         assert row["exact"] and row["logp_err"] <= 1e-4 and row["grad_err"] <= 1e-4
     assert not any(r.get("refused") for r in report["exactness"])
+    for kernel in (
+        "flash_attention_2",
+        "flash_attention_4",
+        "torch_varlen",
+        "sdpa_varlen",
+    ):  # every varlen kernel
+        assert report["expresses"][kernel] == ["plain", "packed", "shared"]
     control = rows[("sdpa", "packing (leaky control)")]
     assert not control["exact"] and control["grad_err"] > 1e-2  # the check can fail
     assert "CUDA" in report["skipped"]["flash_attention_2"] and "flex_attention" in report["skipped"]
@@ -57,3 +64,4 @@ def test_gpu_check_dry_run_writes_its_results(tmp_path):
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| eager | prefix sharing | float32 |" in table and "| shared | sdpa | sdpa |" in table
     assert "- no compilation after the first step: 0, met" in table
+    assert "| torch_varlen | plain, packed, shared | no: needs CUDA and torch >= 2.9 |" in table
