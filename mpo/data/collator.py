@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import torch
 
 from mpo.attention import layout_of
-from mpo.data.images import blank_tile, load_visuals, tiles_for
-from mpo.data.layout import IGNORE_INDEX, Segment, assemble, pack, plain_segment, shared_segment
+from mpo.data.images import load_visuals, tiles_for
+from mpo.data.layout import assemble, pack, plain_segment, shared_segment, tiles_or_blank
 from mpo.data.meta import BadRows
+from mpo.data.records import PreferenceRecord
 from mpo.data.template import leading_special_ids, tokenize_with_images
 from mpo.errors import DataError, UserError
 from mpo.models import families
@@ -36,10 +37,7 @@ class PreferenceCollator:
     Besides the layout tensors, the batch holds ``pixel_values`` [T, 3, H, W], ``num_pairs``,
     ``feature_repeats`` and, when the records carry them, ``ref_chosen_logps`` / ``ref_rejected_logps``.
 
-    A batch without any image still runs the vision tower on one blank tile whose image tokens form
-    their own segment after row 0's tokens (never seen by, and never scoring, any real token). Every
-    rank then runs the same modules in the same order, which DeepSpeed ZeRO-3 needs: a rank that
-    skipped the vision tower would hang the others' parameter all-gathers.
+    A batch without any image runs the vision tower on one blank tile (:func:`mpo.data.layout.tiles_or_blank`).
     """
 
     processor: object
@@ -47,7 +45,7 @@ class PreferenceCollator:
     max_packed_tokens: int | None = None
     vision_once: bool = False
 
-    def encode(self, record: dict) -> tuple[list[int], list[int], list[int], torch.Tensor | None]:
+    def encode(self, record: PreferenceRecord) -> tuple[list[int], list[int], list[int], torch.Tensor | None]:
         """(prompt ids, chosen ids, rejected ids, tiles) of one record."""
         tokenizer = self.processor.tokenizer
         pixel_values, tiles = None, []
@@ -75,18 +73,7 @@ class PreferenceCollator:
         )
         return leading_special_ids(tokenizer) + prompt, chosen, rejected, pixel_values
 
-    def _dummy_image_segment(self, group: int) -> Segment:
-        n = self.processor.image_seq_length
-        return Segment(
-            [self.processor.image_token_id] * n,
-            list(range(n)),
-            [IGNORE_INDEX] * n,
-            [-1] * n,
-            [group] * n,
-            group,
-        )
-
-    def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, records: list[PreferenceRecord]) -> dict[str, torch.Tensor]:
         encoded = [self.encode(r) for r in records]
         tiles = [t for *_, t in encoded if t is not None]
         shared = self.prefix_sharing
@@ -98,16 +85,15 @@ class PreferenceCollator:
         rows = [
             [segments[i] for i in row] for row in pack([len(s) for s in segments], self.max_packed_tokens)
         ]
-        if not tiles:
-            tiles = [blank_tile(self.processor.image_processor)]
-            rows[0].append(self._dummy_image_segment(group=10 * len(segments) + 1))
+        tiles, blank = tiles_or_blank(self.processor, tiles, group=10 * len(segments) + 1)
+        if blank is not None:
             repeats = 1
         elif shared or self.vision_once:
             repeats = 1 if shared else 2
         else:
             tiles, repeats = tiles + tiles, 1
         layout = layout_of(prefix_sharing=shared, packed=self.max_packed_tokens is not None)
-        batch = assemble(rows, self.processor.tokenizer.pad_token_id, layout)
+        batch = assemble(rows, self.processor.tokenizer.pad_token_id, layout, blank=blank)
         batch["pixel_values"] = torch.cat(tiles)
         batch["num_pairs"] = torch.tensor(len(records))
         batch["feature_repeats"] = torch.tensor(repeats)

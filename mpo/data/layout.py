@@ -19,6 +19,11 @@ token from its own copy of t. Both branches take positions P-1, P, ...; the reje
 the shared prefix and to itself, never to the chosen branch. Each sequence is then scored exactly as
 if it were [prompt | response] on its own, while the prompt (and its image tokens) runs once.
 Packing puts several segments in one row; a segment never attends across its boundary.
+
+SFT rows are built by the same functions: one :func:`sample_segment` per sample (positions from 0,
+labels unshifted, a loss weight per token), packed upstream by :func:`mpo.data.packing.pack_samples`,
+stacked by :func:`assemble` under the :data:`SFT_BATCH` keys. Both collators send a batch without
+images through one rule, :func:`tiles_or_blank`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from mpo.data.images import blank_tile
 
 IGNORE_INDEX = -100  # label of a position that is not scored (transformers' and PyTorch's ignore_index)
 
@@ -44,6 +51,7 @@ class Segment:
     index: list[int]
     groups: list[int]  # per token: its branch group (prefix tokens carry the prefix group)
     prefix_group: int
+    weights: list[float] | None = None  # per token: its loss weight (SFT), else none
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,6 +91,49 @@ def shared_segment(
     return Segment(ids, pos, lab, idx, grp, prefix_group=group0)
 
 
+def sample_segment(ids: list[int], labels: list[int], sample: int, weight: float) -> Segment:
+    """One SFT sample on its own: positions from 0, group and index ``sample``, labels as given (the ids
+    on supervised tokens, -100 elsewhere), ``weight`` on every supervised token and 0 elsewhere."""
+    n = len(ids)
+    weights = [weight if t != IGNORE_INDEX else 0.0 for t in labels]
+    return Segment(ids, list(range(n)), labels, [sample] * n, [sample] * n, sample, weights)
+
+
+def tiles_or_blank(
+    processor, tiles: list[torch.Tensor], group: int
+) -> tuple[list[torch.Tensor], Segment | None]:
+    """The blank-tile rule of every collator: a batch without any image still runs the vision tower, on one
+    blank tile whose image tokens form a segment of their own (group ``group``, which no real token uses)
+    after row 0's tokens (:func:`assemble`'s ``blank``): seen by no real token, scoring nothing. Every rank
+    then runs the same modules in the same order, which DDP and DeepSpeed ZeRO-3 need: a rank that skipped
+    the vision tower would hang the others' parameter all-gathers.
+
+    Returns the tiles to send and that segment (``None`` when the batch has images)."""
+    if tiles:
+        return tiles, None
+    n = processor.image_seq_length
+    ids, labels, index = [processor.image_token_id] * n, [IGNORE_INDEX] * n, [-1] * n
+    return [blank_tile(processor.image_processor)], Segment(
+        ids, list(range(n)), labels, index, [group] * n, group
+    )
+
+
+@dataclass(frozen=True)
+class BatchKeys:
+    """The batch keys that a segment's ``labels``, ``index`` and ``weights`` fill, and where padding sits:
+    at position 0 (preference batches), or (``padding_block``) in a block of its own, its positions from 0
+    after the row's segments, which a blank tile's tokens open (SFT batches)."""
+
+    labels: str
+    index: str
+    weights: str | None = None
+    padding_block: bool = False
+
+
+PREFERENCE_BATCH = BatchKeys("shift_labels", "logp_index")
+SFT_BATCH = BatchKeys("labels", "sample_ids", "loss_weights", padding_block=True)
+
+
 def pack(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
     """Group item indices into rows of at most ``max_tokens`` tokens, in order (next-fit).
 
@@ -102,30 +153,45 @@ def pack(lengths: list[int], max_tokens: int | None) -> list[list[int]]:
     return rows
 
 
-def assemble(rows: list[list[Segment]], pad_id: int, layout: str) -> dict:
-    """Stack rows of segments into the batch tensors of :mod:`mpo.attention` (right padding)."""
-    length = max(sum(len(s) for s in row) for row in rows)
+def assemble(
+    rows: list[list[Segment]],
+    pad_id: int,
+    layout: str,
+    *,
+    blank: Segment | None = None,
+    keys: BatchKeys = PREFERENCE_BATCH,
+) -> dict:
+    """Stack rows of segments into the batch tensors of :mod:`mpo.attention` (right padding), under
+    ``keys``; ``blank`` (:func:`tiles_or_blank`), when given, follows row 0's segments."""
+    ends = [sum(len(s) for s in row) for row in rows]
+    length = max(ends[0] + (len(blank) if blank else 0), *ends)
     shape = (len(rows), length)
     out = {
         "input_ids": torch.full(shape, pad_id, dtype=torch.long),
         "position_ids": torch.zeros(shape, dtype=torch.long),
-        "shift_labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),
-        "logp_index": torch.full(shape, -1, dtype=torch.long),
+        keys.labels: torch.full(shape, IGNORE_INDEX, dtype=torch.long),
+        keys.index: torch.full(shape, -1, dtype=torch.long),
         "attention_mask": torch.zeros(shape, dtype=torch.long),
         "attn_group": torch.full(shape, -1, dtype=torch.long),
         "attn_prefix": torch.full(shape, -1, dtype=torch.long),
     }
+    if keys.weights:
+        out[keys.weights] = torch.zeros(shape, dtype=torch.float32)
     for i, row in enumerate(rows):
         start = 0
-        for seg in row:
+        for seg in row + ([blank] if blank and i == 0 else []):
             end = start + len(seg)
             out["input_ids"][i, start:end] = torch.tensor(seg.ids)
             out["position_ids"][i, start:end] = torch.tensor(seg.positions)
-            out["shift_labels"][i, start:end] = torch.tensor(seg.labels)
-            out["logp_index"][i, start:end] = torch.tensor(seg.index)
+            out[keys.labels][i, start:end] = torch.tensor(seg.labels)
+            out[keys.index][i, start:end] = torch.tensor(seg.index)
             out["attn_group"][i, start:end] = torch.tensor(seg.groups)
             out["attn_prefix"][i, start:end] = seg.prefix_group
             out["attention_mask"][i, start:end] = 1
+            if keys.weights and seg.weights is not None:
+                out[keys.weights][i, start:end] = torch.tensor(seg.weights)
             start = end
+        if keys.padding_block:
+            out["position_ids"][i, ends[i] :] = torch.arange(length - ends[i])
     out["layout"] = layout
     return out
