@@ -21,7 +21,8 @@ import torch
 
 from data_builders.synthetic import generate
 from mpo.data.packing import pack_samples
-from mpo.data.sft_data import SFTCollator, load_sft
+from mpo.data.sft_collator import SFTCollator
+from mpo.data.sft_data import load_sft
 from mpo.models.loading import load_model, load_processor
 from mpo.models.tiny import build_tiny_model
 from mpo.sft import SFTStageConfig, SFTStageTrainer

@@ -40,7 +40,8 @@ from mpo.cluster import PreemptionCallback, finish_preempted, plan_resume, train
 from mpo.data.collator import SkipBadRecords, take_skips
 from mpo.data.meta import BadRows, DataConfig, skip_summary
 from mpo.data.packing import pack_samples
-from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataReport, SFTDataset, load_sft
+from mpo.data.sft_collator import SFTCollator
+from mpo.data.sft_data import IGNORE_INDEX, SFTDataReport, SFTDataset, load_sft
 from mpo.errors import UserError
 from mpo.models.loading import FreezePolicy, load_model, load_processor, vision_drop_path_field
 from mpo.recipe import parse_recipe

@@ -17,7 +17,8 @@ import pytest
 
 from mpo.data.collator import PreferenceCollator
 from mpo.data.mmpr import load_mmpr
-from mpo.data.sft_data import SFTCollator, load_sft
+from mpo.data.sft_collator import SFTCollator
+from mpo.data.sft_data import load_sft
 from mpo.generation import GenerationRequest, TransformersBackend
 from mpo.models import convert as conv
 from mpo.models.loading import load_model, load_processor

@@ -15,9 +15,10 @@ import torch
 from conftest import REPO, free_port, write_mmpr
 from PIL import Image
 
-from mpo.data import sft_data
+from mpo.data import sft_collator
 from mpo.data.packing import pack_samples
-from mpo.data.sft_data import IGNORE_INDEX, SFTCollator, SFTDataset, load_sft
+from mpo.data.sft_collator import SFTCollator
+from mpo.data.sft_data import IGNORE_INDEX, SFTDataset, load_sft
 from mpo.errors import DataError, UserError
 from mpo.models.families.internvl2_5 import FAMILY as INTERNVL2_5
 from mpo.models.loading import load_model, load_processor
@@ -265,13 +266,13 @@ def test_jpeg_only_with_data_augment_and_in_training(
     Image.fromarray(noise).save(root / "img" / "red.png")
     records, _ = load_sft(meta, processor)
     qualities: list[int] = []
-    real = sft_data.jpeg_compress
+    real = sft_collator.jpeg_compress
 
     def spy(image, quality):
         qualities.append(quality)
         return real(image, quality)
 
-    monkeypatch.setattr(sft_data, "jpeg_compress", spy)
+    monkeypatch.setattr(sft_collator, "jpeg_compress", spy)
     out = SFTCollator(processor, train=train)([records[0], records[1]])
     clean = SFTCollator(processor, train=False)([records[0], records[1]])
     assert len(qualities) == (3 if expect else 0)  # one draw per image: 1 + 2 images

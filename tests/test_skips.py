@@ -271,7 +271,7 @@ def test_build_pairs_reports_name_file_and_line_and_summarise_per_reason(tmp_pat
 
 
 def test_sft_packed_rows_lose_only_the_sample_that_fails_to_decode(processor, tmp_path):
-    from mpo.data.sft_data import SFTCollator
+    from mpo.data.sft_collator import SFTCollator
 
     rows = [
         {

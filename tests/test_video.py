@@ -17,7 +17,8 @@ from video_files import frame_number, write_video
 from mpo.data.collator import PreferenceCollator
 from mpo.data.images import load_visuals
 from mpo.data.mmpr import load_mmpr
-from mpo.data.sft_data import SFTCollator, load_sft
+from mpo.data.sft_collator import SFTCollator
+from mpo.data.sft_data import load_sft
 from mpo.errors import DataError
 from mpo.models.loading import load_processor
 

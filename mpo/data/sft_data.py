@@ -20,10 +20,7 @@ a sample longer than ``max_length`` is a bad row like the others (``fail``: an e
 file and line, as in ``mpo train``; ``skip``: dropped and counted). Samples whose replies loop
 (n-gram repetition ratio above a threshold) are dropped and counted whatever the policy.
 
-Collation (:class:`SFTCollator`) decodes the images, applies random JPEG compression (quality
-uniform in 75..100) to subsets with ``data_augment: true`` when ``train`` is set, tiles them
-(per-subset ``max_dynamic_patch``, split across the images of a sample, thumbnail included) and
-builds rows of one sample or of several packed samples.
+Collation: :class:`mpo.data.sft_collator.SFTCollator`.
 """
 
 from __future__ import annotations
@@ -37,14 +34,7 @@ from pathlib import Path
 import torch
 
 from mpo.atomic import atomic_write
-from mpo.data.images import (
-    JPEG_QUALITY_RANGE,
-    blank_tile,
-    count_tiles,
-    jpeg_compress,
-    load_visuals,
-    tiles_for,
-)
+from mpo.data.images import count_tiles
 from mpo.data.layout import IGNORE_INDEX
 from mpo.data.meta import (
     BadRows,
@@ -59,11 +49,9 @@ from mpo.data.meta import (
 from mpo.data.records import SFTRecord, visual_fields
 from mpo.data.repetition import ngram_repetition_ratio
 from mpo.data.template import IMAGE_PLACEHOLDER, leading_special_ids, normalize_question, tokenize_with_images
-from mpo.data.video import frame_indices
 from mpo.errors import DataError, UserError
 from mpo.models import families
 from mpo.models.families.base import Family
-from mpo.sft_loss import sample_weight
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -293,146 +281,3 @@ def load_sft(
     if not records:
         raise UserError(f"{meta_path}: no usable rows ({report.rows_read} read; see the data report)")
     return records, report
-
-
-# -------------------------------------------------------------------------------------- collator
-
-
-@dataclass
-class SFTCollator:
-    """Build SFT batches from rows of records (:class:`SFTDataset` items; a bare record is a row of one).
-
-    Output for R rows right-padded to length L, N samples in all, T tiles::
-
-        input_ids      [R, L]
-        attention_mask [R, L]      1 on real tokens
-        position_ids   [R, L]      restart at 0 at every sample
-        attn_group, attn_prefix, layout   the attention description of :mod:`mpo.attention`
-        sample_ids     [R, L]      index 0..N-1 of the sample each token belongs to, -1 elsewhere
-        labels         [R, L]      token ids on supervised tokens, -100 elsewhere
-        loss_weights   [R, L]      w_i of the token's sample (mpo.sft_loss) on supervised tokens, else 0
-        pixel_values   [T, 3, H, W]
-        supervised_tokens [N]      x_i of every sample
-        sources        list[str]   ``file:line`` of every sample, in sample-id order
-
-    A batch without any image still runs the vision tower on one blank tile whose image tokens form a
-    sequence of their own after row 0's samples (seen by no sample, no loss), as in the preference collator: all
-    ranks then run the same modules (DDP, ZeRO-3) and nothing of the samples changes.
-    """
-
-    processor: object
-    loss_reduction: str = "square"
-    train: bool = True
-    seed: int = 0
-    _rng: random.Random = field(init=False, repr=False)
-    _worker: int | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
-
-    @property
-    def rng(self) -> random.Random:
-        """The stream of JPEG qualities and video frames: seeded with ``seed`` in the training process and in
-        a single DataLoader worker (so one worker draws what no worker would), and with ``seed`` and the
-        worker's id in each of several workers. Every worker holds a copy of the collator: without their own
-        seeds, all would draw the same qualities and frames for the different batches they build."""
-        info = torch.utils.data.get_worker_info()
-        if info is not None and info.num_workers > 1 and self._worker != info.id:
-            self._rng, self._worker = random.Random(f"{self.seed}/worker {info.id}"), info.id
-        return self._rng
-
-    def draw_jpeg_quality(self) -> int:
-        """JPEG quality for one image, uniform over the integers of ``JPEG_QUALITY_RANGE`` (75..100)."""
-        return self.rng.randint(*JPEG_QUALITY_RANGE)
-
-    def frames(self, record: dict) -> list[int]:
-        """The frames of a video-file record to show: ``rand`` positions drawn anew in training, the
-        load-time ``middle`` ones otherwise (:mod:`mpo.data.video`); empty for other records."""
-        chosen = list(record.get("video_frames") or [])
-        if chosen and self.train:
-            return frame_indices(len(chosen), record["video_length"], "rand", self.rng)
-        return chosen
-
-    def _images(self, record: dict) -> list:
-        try:
-            images = load_visuals(record["image_paths"], self.frames(record))
-        except ValueError as err:
-            path, _, line = record["source"].rpartition(":")
-            raise DataError(
-                path, int(line), str(err), field="video" if record["is_video"] else "image"
-            ) from None
-        if self.train and record.get("data_augment"):
-            images = [jpeg_compress(img, self.draw_jpeg_quality()) for img in images]
-        return images
-
-    def encode(self, record: dict) -> tuple[list[int], list[int], torch.Tensor | None]:
-        """(input ids, labels, tiles) of one sample."""
-        pixel_values, tiles = None, []
-        if record["image_paths"]:
-            pixel_values, tiles = tiles_for(
-                self.processor.image_processor, self._images(record), record["max_dynamic_patch"]
-            )
-        family = families.of_processor(self.processor)
-        ids, labels = encode_turns(
-            record, self.processor.tokenizer, tiles, self.processor.image_seq_length, family
-        )
-        return ids, labels, pixel_values
-
-    def __call__(self, rows: list) -> dict[str, torch.Tensor]:
-        rows = [row if isinstance(row, list) else [row] for row in rows]
-        encoded = [[self.encode(r) for r in row] for row in rows]
-        lengths = [sum(len(ids) for ids, _, _ in row) for row in encoded]
-        tiles = [t for row in encoded for _, _, t in row if t is not None]
-        n_img = self.processor.image_seq_length
-        length = max(lengths)
-        if not tiles:
-            length = max(length, lengths[0] + n_img)
-        shape = (len(rows), length)
-        pad_id = self.processor.tokenizer.pad_token_id
-        input_ids = torch.full(shape, pad_id, dtype=torch.long)
-        attention_mask = torch.zeros(shape, dtype=torch.long)
-        position_ids = torch.zeros(shape, dtype=torch.long)
-        sample_ids = torch.full(shape, -1, dtype=torch.long)
-        labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
-        loss_weights = torch.zeros(shape, dtype=torch.float32)
-        supervised: list[int] = []
-        sources = [record["source"] for row in rows for record in row]
-        for r, row in enumerate(encoded):
-            pos = 0
-            for ids, labs, _ in row:
-                n = len(ids)
-                x = sum(1 for t in labs if t != IGNORE_INDEX)
-                input_ids[r, pos : pos + n] = torch.tensor(ids)
-                labels[r, pos : pos + n] = torch.tensor(labs)
-                loss_weights[r, pos : pos + n] = torch.tensor(labs).ne(IGNORE_INDEX) * sample_weight(
-                    x, self.loss_reduction
-                )
-                position_ids[r, pos : pos + n] = torch.arange(n)
-                sample_ids[r, pos : pos + n] = len(supervised)
-                attention_mask[r, pos : pos + n] = 1
-                supervised.append(x)
-                pos += n
-            position_ids[r, pos:] = torch.arange(length - pos)  # padding: its own block
-        attn_group = sample_ids.clone()
-        if not tiles:
-            tiles = [blank_tile(self.processor.image_processor)]
-            blank = slice(lengths[0], lengths[0] + n_img)
-            input_ids[0, blank] = self.processor.image_token_id
-            attention_mask[0, blank] = (
-                1  # a sequence of its own: kept by padding-free kernels, seen by no sample
-            )
-            attn_group[0, blank] = len(supervised)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "position_ids": position_ids,
-            "attn_group": attn_group,
-            "attn_prefix": attn_group,
-            "layout": "packed" if any(len(row) > 1 for row in rows) else "plain",
-            "sample_ids": sample_ids,
-            "labels": labels,
-            "loss_weights": loss_weights,
-            "pixel_values": torch.cat(tiles),
-            "supervised_tokens": torch.tensor(supervised, dtype=torch.long),
-            "sources": sources,
-        }
