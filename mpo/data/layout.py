@@ -164,7 +164,7 @@ def assemble(
     """Stack rows of segments into the batch tensors of :mod:`mpo.attention` (right padding), under
     ``keys``; ``blank`` (:func:`tiles_or_blank`), when given, follows row 0's segments."""
     ends = [sum(len(s) for s in row) for row in rows]
-    length = max(ends[0] + (len(blank) if blank else 0), *ends)
+    length = max(ends[0] + (0 if blank is None else len(blank)), *ends)
     shape = (len(rows), length)
     out = {
         "input_ids": torch.full(shape, pad_id, dtype=torch.long),
@@ -179,7 +179,7 @@ def assemble(
         out[keys.weights] = torch.zeros(shape, dtype=torch.float32)
     for i, row in enumerate(rows):
         start = 0
-        for seg in row + ([blank] if blank and i == 0 else []):
+        for seg in row + ([blank] if blank is not None and i == 0 else []):
             end = start + len(seg)
             out["input_ids"][i, start:end] = torch.tensor(seg.ids)
             out["position_ids"][i, start:end] = torch.tensor(seg.positions)
