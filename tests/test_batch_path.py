@@ -81,3 +81,7 @@ def test_text_only_sft_and_preference_batches_get_the_same_blank_tile(processor,
         labels = batch["shift_labels" if index == "logp_index" else "labels"]
         assert bool((labels[0, blank] == IGNORE_INDEX).all())
         assert blank.start == int(batch["attention_mask"][0, : blank.start].sum())  # after row 0's tokens
+    # SFT padding is a block of its own, positions from 0 after a row's samples; the blank tile opens row 0's
+    length, ends = batch["input_ids"].shape[1], [blank.start, int(batch["attention_mask"][1].sum())]
+    for row, end in enumerate(ends):
+        assert torch.equal(batch["position_ids"][row, end:], torch.arange(length - end))
