@@ -116,8 +116,15 @@ class LostRankProbe:
 
     def __init__(self, timeout_s: float = 30.0) -> None:
         self.timeout_s = timeout_s
-        alone = not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
-        self.group = None if alone else dist.new_group(backend="gloo")
+        self.group = None
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        try:
+            self.group = dist.new_group(backend="gloo")
+        except RuntimeError as err:  # e.g. no network interface gloo can use (GLOO_SOCKET_IFNAME)
+            logger.warning(
+                f"no lost-rank probe (a gloo group could not be made: {err}); the launcher still names a dead rank"
+            )
 
     def report(self, err: BaseException, command: str) -> str | None:
         """The line printed for ``err`` when it is a failed collective (None for any other error)."""
@@ -303,13 +310,12 @@ def plan_resume(checkpoint: str | None, args) -> ResumePlan:
             f"resume_from_checkpoint: {checkpoint}: saved without DeepSpeed (no 'latest' tag, no ZeRO shards); "
             "resume it without DeepSpeed"
         )
-    saved = RunShape.saved_in(path)
-    saved_world = saved.world_size if saved else shards[1] if shards else now.world_size
-    if saved_world == now.world_size:
-        return ResumePlan()
-    if saved is not None:
+    saved = RunShape.saved_in(path)  # None: saved before shapes were recorded (kept as the recipe says)
+    # the saved global batch, also when the recipe's accumulation alone differs from the checkpoint's (a
+    # job resumed on other ranks before, resubmitted with the same command line)
+    if saved is not None and saved.global_batch != now.global_batch:
         _keep_global_batch(checkpoint, saved, now, args)
-    if shards is None:
+    if shards is None or shards[1] == now.world_size:
         return ResumePlan()
     convert_to_universal(path, shards[0], shards[1])
     return ResumePlan(universal=True)
@@ -318,13 +324,15 @@ def plan_resume(checkpoint: str | None, args) -> ResumePlan:
 def _keep_global_batch(checkpoint: str, saved: RunShape, now: RunShape, args) -> None:
     """Set the per-device batch and accumulation that keep the saved global batch, or say why not."""
     split = split_global_batch(saved.global_batch, now.world_size, now.per_device_train_batch_size)
-    where = f"resume_from_checkpoint: {checkpoint} was saved by {saved.describe()}; this run has {now.world_size} rank(s)"
+    where = (
+        f"resume_from_checkpoint: {checkpoint} was saved by {saved.describe()}; this run is {now.describe()}"
+    )
     if split is None:
         seen = "skipped" if now.global_batch > saved.global_batch else "seen twice"
         _main_warning(
             f"{where}: the global batch {saved.global_batch} cannot be split over {now.world_size} ranks; "
             f"continuing with {now.describe()}: the schedule goes on by step, and "
-            f"{abs(now.global_batch - saved.global_batch)} pairs per completed step of this epoch are {seen}"
+            f"{abs(now.global_batch - saved.global_batch)} samples per completed step of this epoch are {seen}"
         )
         return
     args.per_device_train_batch_size, args.gradient_accumulation_steps = split

@@ -39,6 +39,7 @@ from mpo.errors import UserError
 # Left out of the upload; huggingface_hub adds its own (.git/, .cache/huggingface/).
 DEFAULT_IGNORE = [
     "checkpoint-*/",  # intermediate checkpoints (each a full model + optimizer state)
+    ".staging/",  # a checkpoint being written, or one whose save was cut short (mpo.checkpointing)
     "global_step*/",  # DeepSpeed optimizer shards
     "optimizer.pt",
     "scheduler.pt",

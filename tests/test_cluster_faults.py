@@ -228,7 +228,10 @@ def test_preempted_zero3_job_resumes_on_one_rank_then_on_two_machines(tiny_model
     logs = [m.communicate(timeout=600)[0] for m in machines]
     (tmp_path / "two_machines.log").write_text("\n".join(logs))
     assert [m.returncode for m in machines] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    assert "1 per device x 1 accumulation keeps the global batch 2" in logs[0]
+    assert (
+        "keeps the global batch" not in logs[0]
+    )  # 2 ranks x 1 x 1 is the saved 1 x 1 x 2: nothing to change
+    assert f"(global_step{stopped}, ZeRO shards of 1 ranks) converted to DeepSpeed's universal" in logs[0]
     assert not (one / PREEMPTED_FILE).exists()
     resumed = _state(one)
     assert resumed["global_step"] == STEPS
@@ -412,15 +415,20 @@ def test_the_global_batch_is_kept_where_it_can_be_and_said_where_not(tmp_path, c
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
     assert "4 per device x 2 accumulation keeps the global batch 8" in caplog.text
     caplog.clear()
+    resumed = _checkpoint(tmp_path / "checkpoint-6", {"model.safetensors": "x"}, RunShape.of(args))
+    args = SimpleNamespace(world_size=1, per_device_train_batch_size=4, gradient_accumulation_steps=1)
+    plan_resume(str(resumed), args)  # the same command line again, on the same single rank
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 2)
+    caplog.clear()
     args = SimpleNamespace(world_size=3, per_device_train_batch_size=4, gradient_accumulation_steps=1)
     with caplog.at_level(logging.WARNING, logger="mpo.cluster"):
         plan_resume(str(ckpt), args)
     [line] = caplog.messages
     assert line == (
         f"resume_from_checkpoint: {ckpt} was saved by 2 rank(s) x 4 per device x 1 accumulation = 8; this run "
-        "has 3 rank(s): the global batch 8 cannot be split over 3 ranks; continuing with 3 rank(s) x 4 per "
-        "device x 1 accumulation = 12: the schedule goes on by step, and 4 pairs per completed step of this "
-        "epoch are skipped"
+        "is 3 rank(s) x 4 per device x 1 accumulation = 12: the global batch 8 cannot be split over 3 ranks; "
+        "continuing with 3 rank(s) x 4 per device x 1 accumulation = 12: the schedule goes on by step, and 4 "
+        "samples per completed step of this epoch are skipped"
     )
 
 

@@ -110,6 +110,8 @@ def run(tmp_path, tiny_model) -> Path:
     (out / "checkpoint-1").mkdir()
     (out / "checkpoint-1" / "model.safetensors").write_bytes(b"x" * 100)
     (out / "checkpoint-1" / "optimizer.pt").write_bytes(b"x" * 100)
+    (out / ".staging" / "checkpoint-2").mkdir(parents=True)  # a save cut short
+    (out / ".staging" / "checkpoint-2" / "model.safetensors").write_bytes(b"x" * 100)
     (out / "runs").mkdir()
     (out / "runs" / "events.out.tfevents").write_bytes(b"x")
     (out / "README.md").write_text("---\nlibrary_name: transformers\n---\nTRL's card, to be replaced\n")
@@ -233,7 +235,10 @@ def test_dry_run_writes_a_valid_card_and_lists_files(run, capsys):
     assert sorted(listed) == sorted(
         p.relative_to(run).as_posix()
         for p in run.rglob("*")
-        if p.is_file() and not p.name == "training_args.bin" and p.parts[-2] not in ("checkpoint-1", "runs")
+        if p.is_file()
+        and not p.name == "training_args.bin"
+        and p.parts[-2] not in ("checkpoint-1", "runs")
+        and ".staging" not in p.parts
     )
     assert {"README.md", "model.safetensors", "config.json", "trainer_state.json", "mpo_config.json"} <= set(
         listed
@@ -347,13 +352,18 @@ def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
             (),
             {
                 "is_main_process": True,
+                "device": "cpu",
                 "wait_for_everyone": lambda self: None,
                 "end_training": lambda self: None,
             },
         )()
+        args = type("Args", (), {"output_dir": str(tmp_path / "o"), "ddp_timeout": 1800})()
         state = type("S", (), {"log_history": [{"loss": 1.0}], "global_step": 1})()
         reward_shift = type("R", (), {"value": 0.5})()
         bad_rows = None  # nothing skipped
+
+        def add_callback(self, callback):
+            seen["callbacks"] = [type(callback).__name__]
 
         def train(self, resume_from_checkpoint=None):
             seen["order"] = ["train"]
@@ -391,6 +401,7 @@ def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
     assert mpo.train.main(argv) == 0
     assert seen["push_to_hub_at_build"] is False
     assert seen["order"] == ["train", "save", "state", "push"]
+    assert seen["callbacks"] == ["PreemptionCallback"]  # a signal would have saved and stopped it
     assert seen["pushed"] == (str(tmp_path / "o"), "org/x")
 
 
