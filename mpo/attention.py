@@ -1,6 +1,6 @@
 """Attention kernels: which one runs, and what each needs so that it computes the token layout exactly.
 
-Every collated batch, preference (:mod:`mpo.data.layout`) or SFT (:mod:`mpo.data.sft_data`), describes
+Every collated batch, preference (:mod:`mpo.data.layout`) or SFT (:mod:`mpo.data.sft_collator`), describes
 its tokens with the same per-token tensors::
 
     input_ids      [R, L]

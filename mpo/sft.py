@@ -18,7 +18,7 @@ All stages: cosine schedule, weight decay 0.05, dynamic tiles + thumbnail, packi
 :class:`SFTDataConfig` and :class:`SFTStageConfig`; any of them can be overridden as ``--key value``.
 
 :class:`SFTStageTrainer` is a ``transformers.Trainer`` that changes only: the batches
-(:class:`~mpo.data.sft_data.SFTCollator`; JPEG augmentation in training only), the loss
+(:class:`~mpo.data.sft_collator.SFTCollator`; JPEG augmentation in training only), the loss
 (:mod:`mpo.sft_loss`, normalised over the whole optimizer step on all ranks), packed attention and
 resume (:class:`~mpo.checkpointing.NativeResumeMixin`).
 """
