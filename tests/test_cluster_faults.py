@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -451,3 +452,29 @@ def test_a_checkpoint_of_the_other_kind_is_one_line_naming_it(tmp_path, monkeypa
         f"resume_from_checkpoint: {plain}: saved without DeepSpeed (no 'latest' tag, no ZeRO shards); "
         "resume it without DeepSpeed"
     )
+
+
+def test_a_signal_to_every_process_of_a_launched_job_as_slurm_sends_it(tiny_model, meta, tmp_path):
+    """recipes/slurm/train_multinode.sbatch starts each node's launcher ignoring SIGTERM and SIGUSR1, and
+    SLURM signals every process of the job step: both ranks save one checkpoint, write preempted.json, exit
+    75, and the launcher (which exits 1 whatever) outlives the signal to report them."""
+    sbatch = (REPO / "recipes" / "slurm" / "train_multinode.sbatch").read_text()
+    guard = """trap "" TERM USR1; exec accelerate launch"""
+    assert guard in sbatch
+    out = tmp_path / "out"
+    launch = [*_zero3(2), *_train(tiny_model, meta, out, "--save_strategy", "no")]
+    script = guard.replace("accelerate launch", shlex.join(launch))  # exec .../accelerate launch ...
+    proc = subprocess.Popen(
+        ["bash", "-c", script], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = _until_logged(proc, 1)
+    for pid in [proc.pid, *_workers(proc).values()]:  # SLURM: every process of the step's cgroup
+        os.kill(pid, signal.SIGUSR1)
+    output = "".join(lines) + proc.communicate(timeout=300)[0]
+    (tmp_path / "log.txt").write_text(output)
+    assert proc.returncode == 1, output[-3000:]  # the launcher lived to report its ranks
+    record = json.loads((out / PREEMPTED_FILE).read_text())
+    assert record["signal"] == "SIGUSR1" and record["exit_code"] == PREEMPTED_EXIT_CODE
+    assert [c.name for c in checkpoints(out)] == [f"checkpoint-{record['step']}"]
+    assert checkpoint_problem(out / f"checkpoint-{record['step']}") is None
+    assert f"exitcode  : {PREEMPTED_EXIT_CODE}" in output
