@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import signal
 import sys
 import time
@@ -345,7 +346,10 @@ def convert_to_universal(checkpoint: Path, tag: str, ranks: int) -> Path:
     """``checkpoint/<tag>_universal`` by DeepSpeed's ``ds_to_universal`` (main process; the others wait).
 
     Converted once: ``latest_universal`` (written last by the converter) marks a finished conversion,
-    and a later resume from the same checkpoint reuses it.
+    and a later resume from the same checkpoint reuses it, as it does a conversion made ahead of time
+    with DeepSpeed's own command into the same folder (``python -m deepspeed.checkpoint.ds_to_universal
+    --input_folder CKPT/<tag> --output_folder CKPT/<tag>_universal --inject_missing_state``, with more
+    workers: here one process converts, while the other ranks wait up to ``ddp_timeout``).
     """
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
@@ -354,6 +358,7 @@ def convert_to_universal(checkpoint: Path, tag: str, ranks: int) -> Path:
     latest = checkpoint / UNIVERSAL_LATEST
     done = latest.is_file() and latest.read_text().strip() == out.name
     if state.is_main_process and not done:
+        shutil.rmtree(out, ignore_errors=True)  # a conversion cut short
         start = time.perf_counter()
         options = dict(num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True)
         ds_to_universal(
