@@ -157,7 +157,8 @@ class NativeResumeMixin:
         """Wrap ``Trainer._save_checkpoint``: write ``checkpoint-N`` under ``output_dir/.staging`` and, once
         every rank has written its part, rename it into ``output_dir`` (replacing an older save of the same
         step), then apply ``save_total_limit`` there. An exception or a kill before the rename leaves the
-        previous checkpoints as they were."""
+        previous checkpoints as they were. Not handled: ``load_best_model_at_end`` (no recipe sets it), whose
+        ``best_model_checkpoint`` transformers looks up in the folder being saved to, here the staging one."""
         root = Path(self.args.output_dir)
         name = f"checkpoint-{self.state.global_step}"
         staged = root / STAGING_DIR / name
