@@ -20,11 +20,11 @@ from pathlib import Path
 
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from mpo import attention
 from mpo.attention import layout_of
 from mpo.checkpointing import resolve_resume
 from mpo.cluster import PreemptionCallback, finish_preempted, plan_resume, train_with_faults
 from mpo.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
-from mpo import attention
 from mpo.data.meta import DataConfig, skip_summary
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
