@@ -193,6 +193,30 @@ def write_tsv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
     return path
 
 
+def accelerate_launch(processes: int, *options: str, zero: str | None = None) -> list[str]:
+    """``accelerate launch`` of ``mpo.cli`` on ``processes`` CPU ranks of one machine (a fresh rendezvous port,
+    no mixed precision, no dynamo), under DeepSpeed ``zero`` when named ("zero2", "zero3": recipes/deepspeed/;
+    or a config file's path); ``options`` go to accelerate before ``-m mpo.cli``. The mpo command follows."""
+    import sys
+
+    config = zero if zero is None or zero.endswith(".json") else f"recipes/deepspeed/{zero}.json"
+    deepspeed = ["--use_deepspeed", "--deepspeed_config_file", config] if config else []
+    return [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        *deepspeed,
+        "--num_processes",
+        str(processes),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *options,
+        "-m",
+        "mpo.cli",
+    ]
+
+
 def free_port() -> int:
     """A TCP port free on this machine now: the rendezvous of a multi-process test."""
     import socket

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
+from conftest import MIXED_ROWS, REPO, accelerate_launch, free_port, write_mmpr
 from test_sft import SFT_ROWS, write_sft
 
 from mpo.checkpointing import checkpoint_problem, checkpoints
@@ -86,24 +86,13 @@ def _train(tiny_model, meta, out, *extra, save=("--save_steps", "2")) -> list[st
 
 
 def _accelerate(nproc: int, *launch: str) -> list[str]:
-    return [
-        str(BIN / "accelerate"),
-        "launch",
-        "--num_processes",
-        str(nproc),
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        *launch,
-        "-m",
-        "mpo.cli",
-    ]
+    return accelerate_launch(nproc, *launch)
 
 
 def _zero3(nproc: int) -> list[str]:
-    deepspeed = ["--use_deepspeed", "--deepspeed_config_file", "recipes/deepspeed/zero3.json"]
-    return _accelerate(nproc, *deepspeed, "--num_machines", "1", "--main_process_port", str(free_port()))
+    return accelerate_launch(
+        nproc, "--num_machines", "1", "--main_process_port", str(free_port()), zero="zero3"
+    )
 
 
 def _run(cmd: list[str], log: Path) -> str:

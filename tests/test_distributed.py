@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
+from conftest import MIXED_ROWS, REPO, accelerate_launch, free_port, write_mmpr
 from transformers import InternVLForConditionalGeneration
 
 pytestmark = pytest.mark.slow  # every test here starts 2 processes
@@ -69,23 +69,7 @@ def test_deepspeed_two_ranks_mixed_shapes(tiny_model, tmp_path, zero):
     out = tmp_path / "out"
     _run(
         [
-            str(BIN / "accelerate"),
-            "launch",
-            "--use_deepspeed",
-            "--deepspeed_config_file",
-            f"recipes/deepspeed/{zero}.json",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--main_process_port",
-            str(free_port()),
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "mpo.cli",
+            *accelerate_launch(2, "--num_machines", "1", "--main_process_port", str(free_port()), zero=zero),
             "train",
             "--config",
             "recipes/tiny/mpo.yaml",
@@ -137,23 +121,14 @@ def test_wandb_samples_table_under_zero3_is_collective_safe(tiny_model, tmp_path
     env = {**ENV, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path)}
     proc = subprocess.run(
         [
-            str(BIN / "accelerate"),
-            "launch",
-            "--use_deepspeed",
-            "--deepspeed_config_file",
-            str(tmp_path / "zero3.json"),
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--main_process_port",
-            str(free_port()),
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "mpo.cli",
+            *accelerate_launch(
+                2,
+                "--num_machines",
+                "1",
+                "--main_process_port",
+                str(free_port()),
+                zero=str(tmp_path / "zero3.json"),
+            ),
             "train",
             "--config",
             "recipes/tiny/mpo.yaml",

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
+from conftest import MIXED_ROWS, REPO, accelerate_launch, free_port, write_mmpr
 from safetensors.torch import load_file
 
 from mpo import ref_cache
@@ -130,28 +128,13 @@ def test_precompute_scores_the_given_reference_model_not_the_policy(tiny_model, 
 def test_two_rank_deepspeed_builds_then_reuses_the_cache(tiny_model, tmp_path):
     meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
     cache = tmp_path / "cache"
-    bin_dir = Path(sys.executable).parent
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
     def run(out: str) -> str:
         cmd = [
-            str(bin_dir / "accelerate"),
-            "launch",
-            "--use_deepspeed",
-            "--deepspeed_config_file",
-            "recipes/deepspeed/zero3.json",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--main_process_port",
-            str(free_port()),
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "mpo.cli",
+            *accelerate_launch(
+                2, "--num_machines", "1", "--main_process_port", str(free_port()), zero="zero3"
+            ),
             "train",
             "--config",
             "recipes/tiny/mpo.yaml",
