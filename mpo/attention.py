@@ -52,10 +52,10 @@ What each kernel takes (transformers 5.24; :func:`model_inputs` builds it, in on
 
 Plain rows keep the 2-D padding mask under sdpa and eager (right padding plus the causal mask is exact,
 and sdpa may then take its fused causal path); under flex they get the block mask of the rule too, since
-transformers (5.24) compiles the block mask it would build from the 2-D mask. transformers' flash path detects packing from
-position ids only when the batch has ONE row (``_is_packed_sequence``, transformers 5.24): with
-several rows it silently attends across the packed samples of a row, which is why flash batches are
-flattened here rather than left to that detection.
+transformers (5.24) compiles the block mask it would build from the 2-D mask. transformers' flash path
+detects packing from position ids only when the batch has ONE row (``_is_packed_sequence``, transformers
+5.24): with several rows it silently attends across the packed samples of a row, which is why flash
+batches are flattened here rather than left to that detection.
 """
 
 from __future__ import annotations
@@ -246,7 +246,9 @@ def model_inputs(batch: dict, kernel: str, dtype: torch.dtype) -> tuple[dict, di
 # transformers (5.24) runs flex attention through one torch.compile of ``flex_attention``: every new
 # row length may compile again, and past dynamo's recompile limit torch would run it uncompiled, building
 # the L x L scores. Rows under flex are therefore padded to a few lengths, the limit covers all of them,
-# and hitting it anyway is an error rather than a silent fallback (:func:`bound_flex_compilations`).
+# and hitting it anyway is an error rather than a silent fallback (:func:`bound_flex_compilations`). The
+# row count is a shape too: dynamo (torch 2.14, automatic dynamic shapes on by default) makes it dynamic
+# after its first change; with static shapes each (rows, length) pair compiles once.
 
 FLEX_MIN_LENGTH = 128  # flex's block size
 FLEX_RECOMPILE_LIMIT = 64  # > the number of flex_length buckets up to 2^20 tokens (4 per doubling)
