@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from mpo import demo
-from mpo.paired import mcnemar
+from mpo.grading.statistics import mcnemar
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOG = RESULTS / "demo_sweep.jsonl"

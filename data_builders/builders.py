@@ -18,9 +18,9 @@ from data_builders.dropout_ntp import CHOSEN_FROM, DropoutNTPBuilder
 from data_builders.filters import FilterConfig, QualityScorer
 from data_builders.inputs import Question
 from data_builders.prompts import COT_INSTRUCTION
-from mpo.answers import ANSWER_STYLES
 from mpo.errors import UserError
 from mpo.generation import GenerationBackend, SamplingParams
+from mpo.grading.answers import ANSWER_STYLES
 
 
 class QuestionBuilder(Protocol):

@@ -5,8 +5,8 @@ Per question:
 
 1. ask the question without its answer-format instruction, with the CoT instruction that ends in
    "Final answer: ..", and sample ``n`` responses (seeded per question);
-2. extract the final answer (:func:`mpo.answers.extract_answer`) and check it
-   (:func:`mpo.answers.is_correct`): each response is ``correct``, ``incorrect`` or ``format``
+2. extract the final answer (:func:`mpo.grading.answers.extract_answer`) and check it
+   (:func:`mpo.grading.answers.is_correct`): each response is ``correct``, ``incorrect`` or ``format``
    (no parsable answer). A question with a reference chain of thought (its ``reasoning`` field) has
    each response marked ``sound`` when it states every step of it (:func:`states_steps`), and the
    report counts the right answers that do; with ``check_reasoning`` a right answer that does not is
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from data_builders.filters import FilterConfig, QualityScorer, rule_drop
 from data_builders.inputs import Question, bad_row_record, check_question
 from data_builders.prompts import COT_INSTRUCTION, cot_question
-from mpo.answers import extract_answer, infer_kind, is_correct, reasoning_steps, states_steps
 from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams, question_seed
+from mpo.grading.answers import extract_answer, infer_kind, is_correct, reasoning_steps, states_steps
 from mpo.prompts import parse_choices
 
 SUBSETS = ("correctness", "format", "reasoning")

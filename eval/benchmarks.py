@@ -7,7 +7,7 @@ Three inputs (one benchmark per file, or per subset of a meta.json):
   of at most 64 characters names another row's ``index`` and reuses that row's image, as VLMEvalKit
   does) and/or ``image_path`` (relative to the TSV; a list literal for several images). Optional:
   option columns ``A``, ``B``, ... (a row with any non-empty option is multiple choice),
-  ``category``, ``hint``, ``kind`` (an answer kind of :mod:`mpo.answers`); every other column is
+  ``category``, ``hint``, ``kind`` (an answer kind of :mod:`mpo.grading.answers`); every other column is
   kept in :attr:`EvalItem.fields` for the benchmark's rule (:mod:`eval.rules`: MathVista's
   ``question_type`` / ``answer_option`` / ``choices``, HallusionBench's ``l2-category``, ...). A row
   without any image is dropped for the VLMEvalKit benchmarks (as VLMEvalKit drops it, and counted)
@@ -41,10 +41,10 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from eval.rules import GENERIC, Rule, check_answer, check_image_refs, literal_list, rule_for
-from mpo.answers import KINDS
 from mpo.data.images import check_image, load_image
 from mpo.data.meta import BadRows, Subset, iter_jsonl, read_meta, row_images
 from mpo.errors import DataError, UserError
+from mpo.grading.answers import KINDS
 from mpo.prompts import parse_choices
 
 DEFAULT_CATEGORY = "uncategorized"

@@ -30,7 +30,7 @@ MathVista       VQA          MC: ``can_infer`` == ``answer_option``; integer/flo
                              of the whole response equals the answer (``precision`` is only in the
                              question's hint: VLMEvalKit's check ignores it, and so does this one)
 MMVet           VQA          judge grade in [0, 1]; exact match here is this project's heuristic
-(generic)       MCQ/YN/VQA   options: ``can_infer``; yes/no: ``YOrN_Extraction``; else mpo.answers
+(generic)       MCQ/YN/VQA   options: ``can_infer``; yes/no: ``YOrN_Extraction``; else mpo.grading.answers
 =============== ============ =====================================================================
 """
 
@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from eval.matching import infer_option, mathvista_hit, ocrbench_hit, yes_no
-from mpo.answers import infer_kind, is_correct, normalize_text
 from mpo.errors import DataError
+from mpo.grading.answers import infer_kind, is_correct, normalize_text
 from mpo.prompts import MC_INSTRUCTION, SHORT_INSTRUCTION
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ def _mathvista_hit(item: EvalItem, prediction: str) -> bool:
 def open_answer_hit(item: EvalItem, prediction: str) -> bool:
     """This project's exact-match for MMVet-style answers (VLMEvalKit only has a judge): right when,
     for some ``<OR>`` alternative of the ground truth, every ``<AND>`` part occurs in the prediction
-    as whole words (both sides :func:`mpo.answers.normalize_text`)."""
+    as whole words (both sides :func:`mpo.grading.answers.normalize_text`)."""
     pred = f" {normalize_text(prediction)} "
     for alternative in item.answer.split("<OR>"):
         parts = [normalize_text(p) for p in alternative.split("<AND>")]
@@ -193,7 +193,7 @@ def open_answer_hit(item: EvalItem, prediction: str) -> bool:
 
 def _generic_hit(item: EvalItem, prediction: str) -> bool:
     """Options: ``can_infer``; a yes/no ground truth: ``YOrN_Extraction``; else (or with a ``kind``
-    column) :func:`mpo.answers.is_correct` of that kind."""
+    column) :func:`mpo.grading.answers.is_correct` of that kind."""
     kind = item.kind or ("choice" if item.choices else infer_kind(item.answer))
     if item.kind is None and kind == "choice" and item.choices:
         return _mcq_hit(item, prediction)

@@ -4,10 +4,10 @@ accuracy against N.
 Two ways to pick (``--aggregate``):
 
 * ``majority``: every response's final answer is extracted as the pair builders extract it
-  (:func:`mpo.answers.extract_answer` with ``--cot``; the whole response in direct mode) and votes
+  (:func:`mpo.grading.answers.extract_answer` with ``--cot``; the whole response in direct mode) and votes
   for its *vote key*: for an item with options, the option letter VLMEvalKit's ``can_infer``
   reads from it (so "B", "(B)" and "B. blue" agree); otherwise the answer after
-  :func:`mpo.answers.normalize_text` (case, punctuation, articles, number words: "Three." and "3"
+  :func:`mpo.grading.answers.normalize_text` (case, punctuation, articles, number words: "Three." and "3"
   agree). An unparsable response, or one whose key is empty, votes for nothing. The answer with
   the most votes wins; a tie goes to the tied answer whose first vote came earliest (sample order
   is the order the backend returned them, fixed by the seed). The item is then scored on the
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from eval.benchmarks import EvalItem
 from eval.matching import infer_option
 from eval.scoring import score
-from mpo.answers import extract_answer, normalize_text
+from mpo.grading.answers import extract_answer, normalize_text
 
 AGGREGATES = ("majority", "best-of-n")
 

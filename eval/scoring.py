@@ -4,8 +4,8 @@ Direct mode takes the whole response as the prediction; ``--cot`` extracts it af
 ``Final answer:`` (or from the last ``\\boxed{}``), and a response without one counts as wrong and as
 ``unparsable``. The prediction is checked by the benchmark's rule (:mod:`eval.rules`: VLMEvalKit's
 exact-matching rules for the benchmarks it knows; for other files, option letters and yes/no as
-VLMEvalKit matches them, anything else by :func:`mpo.answers.is_correct` of the item's ``kind`` or
-the kind :func:`mpo.answers.infer_kind` gives the ground truth).
+VLMEvalKit matches them, anything else by :func:`mpo.grading.answers.is_correct` of the item's ``kind`` or
+the kind :func:`mpo.grading.answers.infer_kind` gives the ground truth).
 
 MMBench is scored circularly: its rows are grouped by ``index % 1e6`` and a group (one item)
 counts as right only if every row of it is; counts are of items, not rows. A benchmark whose
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from eval.benchmarks import EvalItem
 from eval.rules import CIRCULAR_OFFSET, GENERIC, RULES
-from mpo.answers import extract_answer, infer_kind, reasoning_steps, states_steps
+from mpo.grading.answers import extract_answer, infer_kind, reasoning_steps, states_steps
 
 UNPARSABLE = "unparsable"
 

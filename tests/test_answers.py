@@ -1,4 +1,4 @@
-"""Answer extraction and checking (mpo/answers.py): a table of real-looking cases per kind."""
+"""Answer extraction and checking (mpo/grading/answers.py): a table of real-looking cases per kind."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from functools import cache
 
 import pytest
 
-from mpo.answers import anls_score, extract_answer, infer_kind, is_correct, normalize_text
+from mpo.grading.answers import anls_score, extract_answer, infer_kind, is_correct, normalize_text
 
 ANIMALS = {"A": "dog", "B": "cat", "C": "bird", "D": "fish"}
 

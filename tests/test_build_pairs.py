@@ -36,11 +36,11 @@ from data_builders.prompts import (
 )
 from data_builders.store import parse_shard
 from data_builders.synthetic import generate
-from mpo.answers import reasoning_steps, states_steps
 from mpo.cli import main as cli_main
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
 from mpo.generation import question_seed
+from mpo.grading.answers import reasoning_steps, states_steps
 from mpo.journal import Journal, read_records
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from mpo.paired import mcnemar, mcnemar_exact_p
+from mpo.grading.statistics import mcnemar, mcnemar_exact_p
 
 
 def enumerated_p(b: int, c: int) -> float:

@@ -695,7 +695,7 @@ def test_generic_tsv_uses_vlmevalkit_matching_for_options_and_yes_no(tmp_path):
         "Which colour is the circle?": "A, B",  # two option letters, no "answer is": no option -> miss
         "Is the image red?": "Yes, it is red.",  # Yes: hit
         "Is the image blue?": "Not sure, no.",  # "not" is not "no"; "no" present -> No: hit
-        "What is 2 + 2?": "four",  # number words (mpo.answers): hit
+        "What is 2 + 2?": "four",  # number words (mpo.grading.answers): hit
     }
     res, bench, model = run(tmp_path, "custom", columns, rows, responses)
     assert (bench["correct"], bench["total"]) == (4, 5)

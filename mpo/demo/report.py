@@ -131,7 +131,7 @@ def correctness(run: Path) -> dict[str, bool]:
 
 def paired_section(out: Path) -> list[str]:
     """REPORT.md lines of the exact McNemar test of SFT against MPO on the same held-out items."""
-    from mpo.paired import mcnemar
+    from mpo.grading.statistics import mcnemar
 
     t = mcnemar(correctness(out / "eval" / "sft"), correctness(out / "eval" / "mpo"))
     n = t.both + t.only_first + t.only_second + t.neither
