@@ -18,9 +18,9 @@ from datasets import Dataset
 from safetensors.torch import load_file, save_file
 
 from mpo.data.images import count_tiles
-from mpo.data.records import PreferenceRecord, model_inputs
+from mpo.data.records import PreferenceRecord, model_input_keys
 
-RECORD_KEYS = model_inputs(PreferenceRecord)  # what the model sees of a record, hashed into the key
+RECORD_KEYS = model_input_keys(PreferenceRecord)  # what the model sees of a record, hashed into the key
 
 
 def default_cache_dir() -> Path:

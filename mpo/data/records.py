@@ -55,7 +55,7 @@ class SFTRecord(TypedDict):
     supervised_tokens: NotRequired[int]
 
 
-def model_inputs(record_type: type) -> tuple[str, ...]:
+def model_input_keys(record_type: type) -> tuple[str, ...]:
     """The keys of ``record_type`` marked ``MODEL_INPUT``, in the order they are declared."""
     hints = get_type_hints(record_type, include_extras=True)
     return tuple(k for k, hint in hints.items() if MODEL_INPUT in getattr(hint, "__metadata__", ()))
