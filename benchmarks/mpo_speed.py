@@ -314,6 +314,24 @@ def child(
     }
 
 
+def run_child(kind: str, shape: str, model, data, steps: int, batch: int, switches: dict, env: dict) -> dict:
+    """:func:`child` in a fresh process (``--child``): its result, one line printed, or ``{"error": stderr}``."""
+    cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", kind, shape, str(model), str(data)]
+    cmd += [str(steps), str(batch), json.dumps(switches)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    if out.returncode or not line:
+        return {"error": out.stderr[-3000:]}
+    r = json.loads(line[0][7:])
+    print(
+        f"  {shape:11s} {kind} {json.dumps(switches)}: {r['train_pairs_per_s']:.3g} pairs/s train, "
+        f"{r['e2e_pairs_per_s']:.3g} e2e, peak +{r['peak_mb']:.0f} MB, {r['compilations']} compilations, "
+        f"{r['distinct_shapes']}/{r['steps']} shapes",
+        flush=True,
+    )
+    return r
+
+
 def ideal_speedup(model: str, data: str, batch: int) -> dict:
     """Work counted, not timed, in forward-equivalents of one LLM token (backward = 2 forwards): LLM tokens,
     vision tiles and the LM head's labelled positions per step, plain (policy: 2 rows fwd+bwd, reference: 2
@@ -409,29 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
 
     def measure(kind: str, shape: str, data: Path, switches: dict | None = None) -> dict:
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.mpo_speed",
-            "--child",
-            kind,
-            shape,
-            model,
-            str(data),
-            str(steps),
-            str(args.batch),
-            json.dumps(switches or {}),
-        ]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode or not line:
-            raise SystemExit(f"benchmark run failed ({kind}, {shape}, {switches}):\n{out.stderr[-3000:]}")
-        result = json.loads(line[0][7:])
-        print(
-            f"  {shape:11s} {kind} {json.dumps(switches or {})}: {result['train_pairs_per_s']:.3g} pairs/s train, "
-            f"{result['e2e_pairs_per_s']:.3g} e2e, peak +{result['peak_mb']:.0f} MB",
-            flush=True,
-        )
+        result = run_child(kind, shape, model, data, steps, args.batch, switches or {}, env)
+        if "error" in result:
+            raise SystemExit(f"benchmark run failed ({kind}, {shape}, {switches}):\n{result['error']}")
         return result
 
     results: dict = {}

@@ -11,7 +11,7 @@ word question, chosen and rejected chain-of-thought answers of 100-400 words eac
 under either trainer (TRL pads [prompt | longer answer] rows; MPO's shared row is [prompt | chosen |
 rejected]), and the run counts the distinct shapes it saw.
 
-Each configuration runs in a fresh process (``benchmarks.mpo_speed --child``): training pairs/s over
+Each configuration runs in a fresh process (:func:`benchmarks.mpo_speed.run_child`): training pairs/s over
 steps 2..N, end to end with the reference pass, peak memory (RSS on the CPU, allocated CUDA memory on
 a GPU), torch.compile's graph count in all and after the first step, and the first step's time against
 the median step. CPU configurations: TRL; MPO shared on ``sdpa_varlen`` (one sdpa call per sequence,
@@ -25,12 +25,11 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.mpo_speed import REAL_IMAGE_SIZES, WORDS
+from benchmarks.mpo_speed import REAL_IMAGE_SIZES, WORDS, run_child
 from mpo import markdown
 
 CPU_RUNS = {
@@ -68,24 +67,6 @@ def make_stream_pairs(root: Path, n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def measure(model: Path, data: Path, steps: int, kind: str, switches: dict, env: dict) -> dict:
-    """One configuration in a fresh process (``benchmarks.mpo_speed --child``)."""
-    cmd = [sys.executable, "-m", "benchmarks.mpo_speed", "--child", kind, "stream", str(model), str(data)]
-    cmd += [str(steps), "1", json.dumps(switches)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-    if out.returncode or not line:
-        return {"error": out.stderr[-3000:]}
-    result = json.loads(line[0][7:])
-    print(
-        f"  {kind} {json.dumps(switches)}: {result['train_pairs_per_s']:.3g} pairs/s train, "
-        f"{result['e2e_pairs_per_s']:.3g} e2e, peak +{result['peak_mb']:.0f} MB, "
-        f"{result['compilations']} compilations, {result['distinct_shapes']}/{result['steps']} shapes",
-        flush=True,
-    )
-    return result
-
-
 def run_stream(
     model: Path, work: Path, steps: int, runs: dict[str, tuple[str, dict]], threads: int | None
 ) -> dict:
@@ -94,7 +75,10 @@ def run_stream(
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     make_stream_pairs(work / "stream", steps)
-    return {name: measure(model, work / "stream", steps, kind, sw, env) for name, (kind, sw) in runs.items()}
+    data = work / "stream"
+    return {
+        name: run_child(kind, "stream", model, data, steps, 1, sw, env) for name, (kind, sw) in runs.items()
+    }
 
 
 def render(results: dict, title: str, baseline: str = "trl.DPOTrainer (MPO losses)") -> list[str]:
