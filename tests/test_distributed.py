@@ -169,3 +169,59 @@ def test_wandb_samples_table_under_zero3_is_collective_safe(tiny_model, tmp_path
     assert len(runs) == 1  # rank 0 logs, once
     logged = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
     assert b"preference_samples" in logged
+
+
+def test_zero3_prefix_sharing_on_sdpa_varlen_trains_as_the_dense_mask(tiny_model, tmp_path):
+    """Two ZeRO-3 ranks, prefix sharing (the default layout), once on sdpa with the dense block mask and once
+    on sdpa_varlen (the rejected branch's keys gathered, bottom-right causal): every logged loss term of
+    every step agrees, so the gather's gradient reaches the sharded parameters as the mask's does."""
+    meta = write_mmpr(tmp_path / "data", MIXED_ROWS * 2)
+    logged = {}
+    for kernel in ("sdpa", "sdpa_varlen"):
+        out = tmp_path / kernel
+        _run(
+            [
+                *accelerate_launch(
+                    2, "--num_machines", "1", "--main_process_port", str(free_port()), zero="zero3"
+                ),
+                "train",
+                "--config",
+                "recipes/tiny/mpo.yaml",
+                "--model_name_or_path",
+                str(tiny_model),
+                "--meta_path",
+                str(meta),
+                "--output_dir",
+                str(out),
+                "--attn_implementation",
+                kernel,
+                "--max_steps",
+                "3",
+                "--per_device_train_batch_size",
+                "2",
+                "--learning_rate",
+                "1e-3",
+                "--logging_steps",
+                "1",
+                "--save_strategy",
+                "no",
+                "--ref_cache_dir",
+                str(tmp_path / f"cache_{kernel}"),
+            ],
+            tmp_path / f"log_{kernel}.txt",
+        )
+        state = json.loads((out / "trainer_state.json").read_text())
+        logged[kernel] = [h for h in state["log_history"] if "loss/dpo" in h]
+    assert [h["step"] for h in logged["sdpa_varlen"]] == [1, 2, 3]
+    for dense, varlen in zip(logged["sdpa"], logged["sdpa_varlen"], strict=True):
+        for key in (
+            "loss",
+            "loss/dpo",
+            "loss/bco",
+            "loss/sft",
+            "logps/chosen",
+            "logps/rejected",
+            "bco/delta",
+        ):
+            assert varlen[key] == pytest.approx(dense[key], rel=1e-4, abs=1e-6), (dense["step"], key)
+    assert logged["sdpa"][-1]["logps/chosen"] != logged["sdpa"][0]["logps/chosen"]  # it trained
