@@ -6,7 +6,8 @@ Per question:
 1. ask the question without its answer-format instruction, with the CoT instruction that ends in
    "Final answer: ..", and sample ``n`` responses (seeded per question);
 2. extract the final answer (:func:`mpo.grading.answers.extract_answer`) and check it
-   (:func:`mpo.grading.answers.is_correct`): each response is ``correct``, ``incorrect`` or ``format``
+   (:func:`mpo.grading.answers.is_correct`), both through :func:`mpo.grading.verdicts.judge`, the one
+   verdict `mpo rl`'s rewards use too: each response is ``correct``, ``incorrect`` or ``format``
    (no parsable answer). A question with a reference chain of thought (its ``reasoning`` field) has
    each response marked ``sound`` when it states every step of it (:func:`states_steps`), and the
    report counts the right answers that do; with ``check_reasoning`` a right answer that does not is
@@ -33,39 +34,22 @@ from data_builders.filters import FilterConfig, QualityScorer, rule_drop
 from data_builders.inputs import Question, bad_row_record, check_question
 from data_builders.prompts import COT_INSTRUCTION, cot_question
 from mpo.generation import GenerationBackend, GenerationRequest, SamplingParams, question_seed
-from mpo.grading.answers import extract_answer, infer_kind, is_correct, reasoning_steps, states_steps
+from mpo.grading.verdicts import VERDICTS, Truth, judge, judge_against
 from mpo.prompts import parse_choices
 
+__all__ = [
+    "VERDICTS",
+    "CorrectnessBuilder",
+    "apply_cap",
+    "contains_answer",
+    "judge",
+    "plan_pairs",
+    "question_status",
+]
+
 SUBSETS = ("correctness", "format", "reasoning")
-VERDICTS = ("correct", "incorrect", "format", "unsound")
 REJECTED_SUBSET = {"incorrect": "correctness", "format": "format", "unsound": "reasoning"}
 STATUSES = ("mixed", "all_correct", "none_correct", "bad_row")
-
-
-def judge(
-    text: str,
-    gt: str,
-    *,
-    kind: str | None = None,
-    choices: dict[str, str] | None = None,
-    style: str = "auto",
-    steps: list[str] | None = None,
-    check_steps: bool = False,
-) -> dict:
-    """``{"text", "answer", "verdict"}`` for one response; with ``steps`` (a reference chain of thought's)
-    also ``sound``, whether it states them all, and with ``check_steps`` a right answer that is not sound
-    is ``unsound``."""
-    answer = extract_answer(text, style)
-    if answer is None:
-        verdict = "format"
-    else:
-        verdict = "correct" if is_correct(answer, gt, kind, choices=choices) else "incorrect"
-    judged = {"text": text, "answer": answer, "verdict": verdict}
-    if steps is not None:
-        judged["sound"] = states_steps(text, steps)
-        if check_steps and verdict == "correct" and not judged["sound"]:
-            judged["verdict"] = "unsound"
-    return judged
 
 
 def contains_answer(correct: str, incorrect: str) -> bool:
@@ -163,21 +147,9 @@ class CorrectnessBuilder:
         requests = [self.request(q) for q in good]
         outputs = self.backend.generate(requests, self.params) if requests else []
         for q, req, texts in zip(good, requests, outputs, strict=True):
-            row = q.row
-            gt, choices = str(row["answer"]), parse_choices(row.get("choices"))
-            kind = row.get("answer_kind") or infer_kind(gt, choices)
-            reasoning = row.get("reasoning")
-            steps = reasoning_steps(reasoning) if isinstance(reasoning, str) and reasoning.strip() else None
+            truth = Truth.of_row(q.row)
             judged = [
-                judge(
-                    t,
-                    gt,
-                    kind=kind,
-                    choices=choices,
-                    style=self.answer_style,
-                    steps=steps,
-                    check_steps=self.check_reasoning,
-                )
+                judge_against(t, truth, style=self.answer_style, check_steps=self.check_reasoning)
                 for t in texts
             ]
             record = {
@@ -187,8 +159,8 @@ class CorrectnessBuilder:
                 "line": q.line,
                 "status": question_status(judged),
                 "question": req.question,
-                "answer": gt,
-                "answer_kind": kind,
+                "answer": truth.answer,
+                "answer_kind": truth.kind,
                 "n_correct": sum(j["verdict"] == "correct" for j in judged),
                 "responses": judged,
                 "pairs": plan_pairs(judged, self.filters),

@@ -1,8 +1,9 @@
-"""Prompts of the preference-data builders: the chain-of-thought question, the image-free question of
-DropoutNTP, and the quality-scoring prompt.
+"""Prompts of the preference-data builders: the image-free question of DropoutNTP and the
+quality-scoring prompt.
 
-The answer-format instructions themselves live in :mod:`mpo.prompts` (shared with SFT and
-evaluation); this module only adds what the builders need on top.
+The answer-format instructions and the chain-of-thought question (:func:`mpo.prompts.cot_question`)
+live in :mod:`mpo.prompts` (shared with SFT, evaluation and `mpo rl`); this module only adds what the
+builders need on top.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 
 from mpo.data.template import IMAGE_PLACEHOLDER
 from mpo.errors import UserError
-from mpo.prompts import COT_INSTRUCTION, build_question, strip_instruction
+from mpo.prompts import COT_INSTRUCTION, cot_question, strip_answer_format
 
 __all__ = [
     "COT_INSTRUCTION",
@@ -23,44 +24,10 @@ __all__ = [
     "text_only_question",
 ]
 
-# A last line (not the first, and not a question: no "?") that only tells how to format the answer,
-# in the wording of public benchmarks that :data:`mpo.prompts.KNOWN_INSTRUCTIONS` doesn't list: it
-# starts with answer/respond/reply (or "please ...") and names a format (a letter, a word or phrase,
-# yes or no, a number, directly, ...).
-_FORMAT_LINE = re.compile(
-    r"\n[ \t]*(?:please[ \t]+)?(?:answer|respond|reply)\b[^\n?]*"
-    r"\b(?:letter|single word|phrase|yes or no|directly|number|integer|format|option|step by step)\b[^\n?]*$",
-    re.IGNORECASE,
-)
 # A line that only shows an image, labelled or not: "<image>", "Image-1: <image>", "Frame3: <image>".
 _IMAGE_LINE = re.compile(
     r"^[ \t]*(?:(?:Image|Frame)[-_ ]?\d+[ \t]*:[ \t]*)?<image>[ \t]*(?:\n|$)", re.IGNORECASE | re.MULTILINE
 )
-
-
-def strip_answer_format(question: str) -> str:
-    """``question`` without its trailing answer-format instructions.
-
-    The known instructions of :func:`mpo.prompts.strip_instruction` first, then any last line that
-    only says how to format the answer ("Please answer with the letter of the correct option.").
-    The first line is never removed, so a question is never emptied.
-    """
-    text = strip_instruction(question)
-    while True:
-        match = _FORMAT_LINE.search(text)
-        if match is None or not text[: match.start()].strip():
-            return text
-        text = strip_instruction(text[: match.start()].rstrip())
-
-
-def cot_question(
-    question: str, instruction: str = COT_INSTRUCTION, choices: dict[str, str] | None = None
-) -> str:
-    """The chain-of-thought prompt: the question without its answer-format instruction, the options
-    of ``choices`` unless the question lists them already, then ``instruction`` (by default the one
-    the synthetic SFT data teaches, ending in "Final answer: .."). Built by
-    :func:`mpo.prompts.build_question`, as evaluation builds its prompts."""
-    return build_question(strip_answer_format(question), None, choices, cot=True, instruction=instruction)
 
 
 def text_only_question(question: str) -> str:

@@ -8,6 +8,8 @@ format: reasoning, then ``Final answer: ..``).
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "COT_INSTRUCTION",
     "KNOWN_INSTRUCTIONS",
@@ -15,8 +17,10 @@ __all__ = [
     "SHORT_INSTRUCTION",
     "answer_instruction",
     "build_question",
+    "cot_question",
     "options_listed",
     "parse_choices",
+    "strip_answer_format",
     "strip_instruction",
 ]
 
@@ -123,3 +127,39 @@ def strip_instruction(question: str) -> str:
                 text, changed = head.rstrip(), True
                 break
     return text
+
+
+# A last line (not the first, and not a question: no "?") that only tells how to format the answer,
+# in the wording of public benchmarks that :data:`mpo.prompts.KNOWN_INSTRUCTIONS` doesn't list: it
+# starts with answer/respond/reply (or "please ...") and names a format (a letter, a word or phrase,
+# yes or no, a number, directly, ...).
+_FORMAT_LINE = re.compile(
+    r"\n[ \t]*(?:please[ \t]+)?(?:answer|respond|reply)\b[^\n?]*"
+    r"\b(?:letter|single word|phrase|yes or no|directly|number|integer|format|option|step by step)\b[^\n?]*$",
+    re.IGNORECASE,
+)
+
+
+def strip_answer_format(question: str) -> str:
+    """``question`` without its trailing answer-format instructions.
+
+    The known instructions of :func:`mpo.prompts.strip_instruction` first, then any last line that
+    only says how to format the answer ("Please answer with the letter of the correct option.").
+    The first line is never removed, so a question is never emptied.
+    """
+    text = strip_instruction(question)
+    while True:
+        match = _FORMAT_LINE.search(text)
+        if match is None or not text[: match.start()].strip():
+            return text
+        text = strip_instruction(text[: match.start()].rstrip())
+
+
+def cot_question(
+    question: str, instruction: str = COT_INSTRUCTION, choices: dict[str, str] | None = None
+) -> str:
+    """The chain-of-thought prompt: the question without its answer-format instruction, the options
+    of ``choices`` unless the question lists them already, then ``instruction`` (by default the one
+    the synthetic SFT data teaches, ending in "Final answer: .."). Built by
+    :func:`mpo.prompts.build_question`, as evaluation builds its prompts."""
+    return build_question(strip_answer_format(question), None, choices, cot=True, instruction=instruction)

@@ -47,6 +47,18 @@ class PreferenceCollator:
 
     def encode(self, record: PreferenceRecord) -> tuple[list[int], list[int], list[int], torch.Tensor | None]:
         """(prompt ids, chosen ids, rejected ids, tiles) of one record."""
+        prompt, pixel_values = self.encode_prompt(record)
+        template, tokenizer = families.of_processor(self.processor).template, self.processor.tokenizer
+        chosen, rejected = (
+            tokenizer(template.response_text(record[k]), add_special_tokens=False)["input_ids"]
+            for k in ("chosen", "rejected")
+        )
+        return prompt, chosen, rejected, pixel_values
+
+    def encode_prompt(self, record: dict) -> tuple[list[int], torch.Tensor | None]:
+        """(prompt ids, tiles) of one record: its images tiled, its question in the family's template, each
+        ``<image>`` expanded to its tiles' context tokens, led by the tokenizer's leading special ids. Also
+        the prompt of `mpo rl` (:mod:`mpo.rl.data`), so a question is asked byte for byte alike in both."""
         tokenizer = self.processor.tokenizer
         pixel_values, tiles = None, []
         if record["image_paths"]:
@@ -67,11 +79,7 @@ class PreferenceCollator:
             )
         except ValueError as err:
             raise DataError(*_source(record), str(err), field="question") from None
-        chosen, rejected = (
-            tokenizer(template.response_text(record[k]), add_special_tokens=False)["input_ids"]
-            for k in ("chosen", "rejected")
-        )
-        return leading_special_ids(tokenizer) + prompt, chosen, rejected, pixel_values
+        return leading_special_ids(tokenizer) + prompt, pixel_values
 
     def __call__(self, records: list[PreferenceRecord]) -> dict[str, torch.Tensor]:
         encoded = [self.encode(r) for r in records]
