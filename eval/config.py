@@ -2,7 +2,7 @@
 
 Every bad value stops with one line that names the flag (and so the field: ``--max-new-tokens`` is
 ``max_new_tokens``). :func:`eval.run.evaluate` takes the checked config; `mpo eval`'s flags build it
-(:mod:`eval.arguments`).
+(:mod:`mpo.cli.eval`).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ grade). The journal line of an item holds all N responses, so a killed run resum
 sampling finished items again. results.json / results.md add the accuracy at N = 1, 2, 4, ..., N
 (the rule applied to the first k samples) and ``DIR/scaling.png`` draws it.
 
-The parts: :mod:`eval.arguments` (the flags) -> :class:`eval.config.EvalConfig` (checked) ->
+The parts: :mod:`mpo.cli.eval` (the flags) -> :class:`eval.config.EvalConfig` (checked) ->
 :func:`evaluate` here (items, resume, results) with :mod:`eval.predict` (generation and the journal).
 """
 
@@ -35,15 +35,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from eval.arguments import build_parser, config_from_args
 from eval.benchmarks import EvalItem, load_benchmarks
 from eval.config import BAD_ROWS, DEFAULT_BATCH_SIZE, EvalConfig
 from eval.judge import judge_records
 from eval.predict import build_requests, item_key, predict, prediction_key
-from eval.reports import COMPARE_SCALING_PLOT, SCALING_PLOT, compare, results_markdown, scaling_chart
+from eval.reports import SCALING_PLOT, results_markdown, scaling_chart
 from eval.scaling import records_at, sample_counts
 from eval.scoring import summarize
-from mpo.dashboards import log_report_artifact
 from mpo.data.meta import BadRows
 from mpo.errors import UserError
 from mpo.journal import Journal
@@ -232,37 +230,3 @@ def summary_line(results: dict, out: Path) -> str:
         reasons = ", ".join(f"{field} {n}" for field, n in bad["by_field"].items())
         line += f"\nmpo eval: skipped {bad['skipped']} bad rows ({reasons}) -> {out}/{BAD_ROWS}"
     return line
-
-
-def _log_files(out: Path, names: tuple[str, ...], artifact: str) -> None:
-    """Log the files of ``names`` that exist under ``out`` as a wandb artifact."""
-    files = [out / name for name in names if (out / name).is_file()]
-    log_report_artifact(f"{artifact}-{out.name}", "evaluation-report", files)
-
-
-def _compare(args) -> int:
-    """`mpo eval --compare DIR ...`: the comparison report of finished evaluations."""
-    if args.model or args.data:
-        raise UserError("--compare takes finished evaluation folders; it does not run --model / --data")
-    report = compare(args.compare, args.out, args.names)
-    print((args.out / "compare.md").read_text(encoding="utf-8"))
-    plots = "compare.png" + (f", {COMPARE_SCALING_PLOT}" if "test_time_scaling" in report else "")
-    print(f"mpo eval: compared {len(report['runs'])} runs -> {args.out}/compare.md, {plots}")
-    if args.report_to == "wandb":
-        names = ("compare.md", "compare.json", "compare.png", COMPARE_SCALING_PLOT)
-        _log_files(args.out, names, "eval-compare")
-    return 0
-
-
-def main(argv: list[str]) -> int:
-    """`mpo eval`: flags -> :class:`EvalConfig` -> :func:`evaluate` (or ``--compare``)."""
-    args = build_parser().parse_args(argv)
-    if args.compare:
-        return _compare(args)
-    if not args.model or not args.data:
-        raise UserError("give --model and at least one --data (or --compare DIR ...)")
-    results = evaluate(config_from_args(args))
-    print(summary_line(results, args.out))
-    if args.report_to == "wandb":
-        _log_files(args.out, ("results.json", "results.md", SCALING_PLOT), "eval")
-    return 0

@@ -9,7 +9,6 @@ is sdpa (:func:`mpo.attention.choose_kernels`).
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import importlib.util
 
@@ -54,20 +53,3 @@ def auto_choices(platform: Platform | None = None) -> dict[str, dict[str, str]]:
         choice = choose_kernels("auto", layout, platform)
         choices[layout] = {"text": choice.text, "vision": choice.vision, "reason": choice.reason}
     return choices
-
-
-def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="mpo env", description=__doc__.splitlines()[0]).parse_args(argv)
-    platform = Platform.detect()
-    print(f"device: {device()}")
-    print("packages: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
-    print(
-        f"kernels here: flash-attn {'yes' if platform.flash_attn else 'no'}, flash-attn-4 (Hopper+) "
-        f"{'yes' if platform.flash_attn_4 else 'no'}, torch varlen "
-        f"{'yes' if platform.torch_varlen else 'no'}, flex backward {'yes' if platform.flex_backward else 'no'}"
-    )
-    for layout, choice in auto_choices(platform).items():
-        print(
-            f"auto, {layout} rows: {choice['text']} (language model), {choice['vision']} (vision): {choice['reason']}"
-        )
-    return 0

@@ -313,25 +313,6 @@ class VLLMBackend:
         return [[o.text.strip() for o in res.outputs] for res in results]
 
 
-def add_vllm_arguments(parser) -> None:
-    """The vLLM engine flags of `mpo build-pairs` and `mpo eval` (used with ``--backend vllm``)."""
-    parser.add_argument(
-        "--tensor-parallel-size",
-        type=int,
-        default=1,
-        help="vLLM: GPUs one model is split over (InternVL2.5-78B: 4-8)",
-    )
-    parser.add_argument(
-        "--data-parallel-size",
-        type=int,
-        default=1,
-        help="vLLM: model replicas (or one --shard per GPU group)",
-    )
-    parser.add_argument(
-        "--max-images-per-prompt", type=int, default=8, help="vLLM: limit_mm_per_prompt for images"
-    )
-
-
 def vllm_options(args) -> dict:
     """:class:`VLLMBackend`'s engine options from the flags of :func:`add_vllm_arguments`."""
     return {

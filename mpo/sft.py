@@ -26,25 +26,20 @@ resume (:class:`~mpo.checkpointing.NativeResumeMixin`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments
 
 from mpo import attention, runtime
 from mpo.attention import layout_of
-from mpo.checkpointing import NativeResumeMixin, resolve_resume
-from mpo.cluster import PreemptionCallback, finish_preempted, plan_resume, train_with_faults
+from mpo.checkpointing import NativeResumeMixin
 from mpo.data.collator import SkipBadRecords, take_skips
-from mpo.data.meta import BadRows, DataConfig, skip_summary
+from mpo.data.meta import BadRows, DataConfig
 from mpo.data.packing import pack_samples
 from mpo.data.sft_collator import SFTCollator
-from mpo.data.sft_data import IGNORE_INDEX, SFTDataReport, SFTDataset, load_sft
-from mpo.errors import UserError
-from mpo.models.loading import FreezePolicy, load_model, load_processor, vision_drop_path_field
-from mpo.recipe import parse_recipe
+from mpo.data.sft_data import IGNORE_INDEX, SFTDataset
+from mpo.models.loading import FreezePolicy, vision_drop_path_field
 from mpo.runtime import cpu_training_defaults
 from mpo.sft_loss import LOSS_REDUCTIONS, token_losses, weight_sum, weighted_loss_sum
 
@@ -366,93 +361,9 @@ class SFTStageTrainer(NativeResumeMixin, Trainer):
 # ---------------------------------------------------------------------------------------- building
 
 
-def parse_sft_args(argv: list[str]) -> tuple[SFTModelConfig, SFTDataConfig, SFTStageConfig]:
-    return parse_recipe((SFTModelConfig, SFTDataConfig, SFTStageConfig), argv, "mpo sft")
-
-
 def make_dataset(records: list[dict], args: SFTStageConfig) -> SFTDataset:
     """Records as rows: packed to ``max_packed_tokens`` (seeded) or one per row."""
     if not args.packing:
         return SFTDataset(records)
     rows = pack_samples([r["length"] for r in records], args.max_packed_tokens, seed=args.seed)
     return SFTDataset(records, rows)
-
-
-def build_trainer(
-    model_args: SFTModelConfig, data_args: SFTDataConfig, args: SFTStageConfig
-) -> SFTStageTrainer:
-    """Recipe -> processor, data, model (with the stage's freeze policy) -> trainer (nothing trained yet)."""
-    if not model_args.model_name_or_path:
-        raise UserError("model_name_or_path is required (a native InternVL checkpoint directory)")
-    processor = load_processor(model_args.model_name_or_path)
-    out = Path(args.output_dir)
-
-    def load(meta: str, split: str, repetition: float | None) -> tuple[SFTDataset, SFTDataReport]:
-        records, report = load_sft(
-            meta,
-            processor,
-            max_length=args.max_length,
-            seed=args.seed,
-            on_bad_row=data_args.on_bad_row,
-            repetition_ngram=data_args.repetition_ngram,
-            max_repetition_ratio=repetition,
-            report_path=out / f"sft_data_report_{split}.json" if args.process_index == 0 else None,
-            **data_args.meta_paths(),
-        )
-        return make_dataset(records, args), report
-
-    train_data, report = load(data_args.meta_path, "train", data_args.max_repetition_ratio)
-    eval_data = load(data_args.eval_meta_path, "eval", None)[0] if data_args.eval_meta_path else None
-    model = load_model(
-        model_args.model_name_or_path,
-        freeze=args.freeze_policy,
-        dtype=model_args.dtype,
-        attn_implementation=model_args.attn_implementation,
-        layout=layout_of(packed=args.packing),
-        vision_drop_path=model_args.vision_drop_path_rate,
-    )
-    args.apply_model_size(sum(p.numel() for p in model.parameters()))
-    trainer = SFTStageTrainer(
-        model,
-        args,
-        train_dataset=train_data,
-        eval_dataset=eval_data,
-        processing_class=processor,
-        bad_rows=report.bad_rows,
-    )
-    trainer.data_report = report  # what loading (and, under skip, later decoding) left out; main() prints it
-    return trainer
-
-
-def main(argv: list[str]) -> int:
-    model_args, data_args, args = parse_sft_args(argv)
-    with PreemptionCallback() as preemption:  # SIGTERM / SIGUSR1 from here on: save after the next step, stop
-        return _train(model_args, data_args, args, preemption)
-
-
-def _train(
-    model_args: SFTModelConfig, data_args: SFTDataConfig, args: SFTStageConfig, preemption: PreemptionCallback
-) -> int:
-    checkpoint = resolve_resume(args.resume_from_checkpoint, args.output_dir)  # fails before any loading
-    # on another number of ranks: the same global batch (one line says how), ZeRO shards made universal
-    resume = plan_resume(checkpoint, args)
-    trainer = build_trainer(model_args, data_args, args)
-    resume.apply(trainer)
-    if train_with_faults(trainer, checkpoint, preemption, "mpo sft"):  # stopped on SIGTERM / SIGUSR1
-        return finish_preempted(trainer, preemption, "mpo sft")
-    trainer.save_model(args.output_dir)
-    trainer.save_state()
-    if trainer.accelerator.is_main_process:
-        report = trainer.data_report  # its bad rows include those that failed to decode in a batch
-        if report.skipped_rows():
-            path = report.write(Path(args.output_dir) / "sft_data_report_train.json")
-            print("\n".join(skip_summary("mpo sft", report.skipped_rows(), path)))
-        data = trainer.train_dataset
-        last = next((h for h in reversed(trainer.state.log_history) if "train_loss" in h or "loss" in h), {})
-        print(
-            f"mpo sft: stage {args.stage}, {trainer.state.global_step} steps, {len(data.records)} samples in "
-            f"{len(data)} rows, lr {args.learning_rate:g}, saved to {args.output_dir}: {json.dumps(last)}"
-        )
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()  # the process group torn down before exit, on every rank
-    return 0

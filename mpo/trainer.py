@@ -27,8 +27,6 @@ DPOConfig fields this trainer does not implement are refused (:data:`REFUSED_DPO
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -45,7 +43,6 @@ from trl.trainer.utils import use_adapter
 
 from mpo import attention, ref_cache, runtime, scoring
 from mpo.checkpointing import REWARD_SHIFT_KEY, NativeResumeMixin, write_run_config
-from mpo.dashboards import PreferenceSamplesCallback, wandb_enabled
 from mpo.data.collator import DROPPED_SOURCES, PreferenceCollator, SkipBadRecords, take_skips
 from mpo.data.meta import BadRows
 from mpo.losses import MPO_TERMS, MPO_WEIGHTS, TERMS, RewardShift, objective
@@ -300,8 +297,6 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
         # flex attention compiles per row-length bucket: its count of compilations is logged
         self._counts_compilations = attention.text_kernel(unwrapped) == "flex_attention"
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo train adds "model" and "data")
-        if wandb_enabled(self.args.report_to):
-            self.add_callback(PreferenceSamplesCallback(self))
 
     def _set_signature_columns_if_needed(self) -> None:
         # The collator reads the MMPR record columns; keep them all.
@@ -322,8 +317,8 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
             "attributes": self.reward_shift.state_dict(),
         }
         # TRL 1.16's DPOTrainer._save_checkpoint writes its DPO model card into output_dir, then calls
-        # transformers'. We call transformers' directly: the MPO card is written by _save, into each
-        # saved folder. Staged and renamed into place when complete (mpo.checkpointing).
+        # transformers'. We call transformers' directly: the MPO card is mpo.publishing.card's, written into
+        # each checkpoint by its callback. Staged and renamed into place when complete (mpo.checkpointing).
         with self.staged_checkpoint():
             Trainer._save_checkpoint(self, model, trial)
 
@@ -343,28 +338,10 @@ class MPOTrainer(NativeResumeMixin, DPOTrainer):
                 self.args,
                 {"base_model": getattr(self.model, "name_or_path", None), **self.run_config},
             )
-            self.create_model_card(folder=output_dir or self.args.output_dir)
 
-    def create_model_card(
-        self,
-        model_name: str | None = None,
-        dataset_name: str | None = None,
-        tags: str | list[str] | None = None,
-        *,
-        folder: str | Path | None = None,
-    ) -> None:
-        """The MPO model card (:mod:`mpo.card`: objective, hyperparameters, δ, final metrics, pair report)
-        as ``README.md`` of ``folder`` (default ``output_dir``), which must hold the saved model; `mpo push`
-        rebuilds it with the evaluation. Replaces TRL's DPO card; ``dataset_name`` and ``tags`` are TRL's
-        arguments, unused (the card reads the run's data report and carries its own tags)."""
-        from mpo.card import build_card, write_card
-
-        folder = Path(folder or self.args.output_dir)
-        name = (
-            model_name or (self.args.hub_model_id or Path(self.args.output_dir).resolve().name).split("/")[-1]
-        )
-        state = json.loads(json.dumps(dataclasses.asdict(self.state)))  # as trainer_state.json will read
-        write_card(folder, build_card(folder, name, state=state))
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Writes nothing: TRL's card would call an MPO run DPO. The MPO card is :mod:`mpo.publishing.card`'s
+        (`ModelCardCallback` at every save, `mpo push` with the evaluation)."""
 
     def _load_callback_state(self) -> None:
         saved = self.state.stateful_callbacks.pop(REWARD_SHIFT_KEY, None)

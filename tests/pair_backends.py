@@ -82,8 +82,9 @@ class AnswerTagging:
 
 def run_tagged(argv: list[str], delay: float = 0.0):
     """``mpo build-pairs`` with :class:`AnswerTagging` around the transformers backend."""
-    from data_builders.build_pairs import build_parser, run
+    from data_builders.build_pairs import run
     from data_builders.inputs import read_subsets
+    from mpo.cli.build_pairs import build_parser
     from mpo.generation import make_backend
 
     args = build_parser().parse_args(argv)

@@ -17,7 +17,7 @@ import torch
 from pair_backends import Recording, ScriptedBackend, run_tagged
 from PIL import Image
 
-from data_builders.build_pairs import build_parser, merge, run
+from data_builders.build_pairs import merge, run
 from data_builders.correctness import (
     apply_cap,
     contains_answer,
@@ -37,6 +37,7 @@ from data_builders.prompts import (
 from data_builders.store import parse_shard
 from data_builders.synthetic import generate
 from mpo.cli import main as cli_main
+from mpo.cli.build_pairs import build_parser
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
 from mpo.generation import question_seed

@@ -9,8 +9,8 @@ import wandb
 from conftest import MIXED_ROWS, write_mmpr
 from wandb_records import history_keys, records, run_file
 
-from mpo.dashboards import log_report_artifact
-from mpo.train import main as train_main
+from mpo.cli.train import main as train_main
+from mpo.publishing.dashboards import log_report_artifact
 
 
 def test_mpo_run_dashboard(tiny_model, tmp_path, offline_wandb):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.arguments import build_parser, config_from_args
 from eval.config import EvalConfig
+from mpo.cli.eval import build_parser, config_from_args
 from mpo.errors import UserError
 
 GOOD = {"model": "m", "data": ["bench.tsv"], "out": "out"}

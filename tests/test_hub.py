@@ -14,9 +14,9 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
-from mpo import card, hub
 from mpo.checkpointing import write_run_config
 from mpo.cli import main as cli_main
+from mpo.publishing import card, hub
 from mpo.trainer import MPOConfig
 
 REPO_ID = "me/tiny-internvl-mpo"
@@ -342,7 +342,7 @@ def test_push_to_hub_after_training(run, fake_hub):
 
 def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
     """`push_to_hub: true`: the Trainer is built with push_to_hub off (no push at each save), then ours runs."""
-    import mpo.train
+    import mpo.cli.train
 
     seen = {}
 
@@ -382,7 +382,8 @@ def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
         seen["order"].append("push")
         seen["pushed"] = (output_dir, args.hub_model_id)
 
-    monkeypatch.setattr(mpo.train, "build_trainer", build_trainer)
+    monkeypatch.setattr(mpo.cli.train, "build_trainer", build_trainer)
+    monkeypatch.setattr(mpo.cli.train, "write_run_card", lambda folder, args: seen["order"].append("card"))
     monkeypatch.setattr(hub, "push_to_hub_after_training", push_after)
     argv = [
         "--model_name_or_path",
@@ -398,9 +399,9 @@ def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
         "--report_to",
         "none",
     ]
-    assert mpo.train.main(argv) == 0
+    assert mpo.cli.train.main(argv) == 0
     assert seen["push_to_hub_at_build"] is False
-    assert seen["order"] == ["train", "save", "state", "push"]
+    assert seen["order"] == ["train", "save", "state", "card", "push"]  # the final card, then one push
     assert seen["callbacks"] == ["PreemptionCallback"]  # a signal would have saved and stopped it
     assert seen["pushed"] == (str(tmp_path / "o"), "org/x")
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from data_builders.synthetic import generate
 from mpo.cli import main as cli_main
+from mpo.cli.train import parse_train_args
 from mpo.data.collator import PreferenceCollator
 from mpo.data.mmpr import load_mmpr
 from mpo.generation import TransformersBackend
@@ -28,7 +29,6 @@ from mpo.models import families
 from mpo.models.families import internvl3
 from mpo.models.loading import load_processor
 from mpo.models.tiny import build_tiny_model
-from mpo.train import parse_train_args
 
 SYSTEM = "You are a tiny InternVL3."
 # OpenGVLab/InternVL internvl_chat/shell/internvl3.0/mpo/internvl3_<size>_mpo.sh: global batch (BATCH_SIZE),

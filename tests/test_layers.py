@@ -1,52 +1,45 @@
-"""Imports run downward: the core never imports publishing, evaluation, the pair builders or the CLI.
+"""Imports run downward, and every command line is in one place.
 
-Layers, top to bottom (docs/design.md#layout):
-    entry points   mpo.__main__, mpo.cli, mpo.demo (and its parts), mpo.train may import anything, inside
-                   functions only
-                   (`mpo train` pushes to the hub when its recipe says so)
-    publishing     mpo.hub                      core, eval
-    applications   data_builders, eval          core (and not each other's internals: see below)
-    core           every other module of mpo/   core only
+Layers, top to bottom (docs/design.md#layout); each imports its own layer and those below it, nothing above:
+    commands       mpo.cli (every `main()` and argument parser), mpo.__main__, mpo.demo
+    publishing     mpo.publishing (model card, hub, dashboards)
+    applications   data_builders, eval (and not each other's internals: see below)
+    core           every other module of mpo/ (the library: data, models, attention, losses, trainers, grading)
 Read from the source (every import statement, module level or inside a function), not by importing.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
-ENTRY_POINTS = {"mpo.__main__", "mpo.cli", "mpo.demo", "mpo.train"}
-PUBLISHING = {"mpo.hub"}
+ORDER = ("core", "application", "publishing", "commands")
 
 
 def module_name(path: Path) -> str:
     return ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
 
 
-def imports(path: Path) -> list[tuple[str, int, bool]]:
-    """(imported module, line, at module level) of every import in ``path``."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    top = {id(node) for node in tree.body}
+def imports(path: Path) -> list[tuple[str, int]]:
+    """(imported module, line) of every import in ``path``, module level or inside a function."""
     found = []
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno, id(node) in top) for alias in node.names]
+            found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [f"{node.module}.{alias.name}" for alias in node.names]
-            found += [
-                (node.module if node.module != "mpo" else name, node.lineno, id(node) in top)
-                for name in names
-            ]
+            found += [(node.module if node.module != "mpo" else name, node.lineno) for name in names]
     return found
 
 
 def layer(module: str) -> str:
-    if module in ENTRY_POINTS or module.startswith("mpo.demo."):
-        return "entry"
-    if module in PUBLISHING:
+    if module == "mpo.__main__" or module.startswith(("mpo.cli", "mpo.demo")):
+        return "commands"
+    if module.startswith("mpo.publishing"):
         return "publishing"
     root = module.split(".")[0]
     if root in ("eval", "data_builders"):
@@ -56,36 +49,28 @@ def layer(module: str) -> str:
     return "external"
 
 
-def same_package(a: str, b: str) -> bool:
-    """Two parts of one entry-point package (mpo.demo and its modules import each other freely)."""
-    return a.split(".")[:2] == b.split(".")[:2] == ["mpo", "demo"]
-
-
-# what each layer may import (of this project's layers)
-ALLOWED = {
-    "core": {"core"},
-    "application": {"core", "application"},
-    "publishing": {"core", "application"},
-    "entry": {"core", "application", "publishing", "entry"},
-}
-
-
 def violations(root: Path) -> list[str]:
+    """``file:line: layer module imports layer target`` for every import of a higher layer."""
     out = []
     for path in sorted(root.rglob("*.py")):
         here = module_name(path)
-        for target, line, module_level in imports(path):
+        for target, line in imports(path):
             there = layer(target)
-            if there == "external":
-                continue
-            if there not in ALLOWED[layer(here)]:
+            if there != "external" and ORDER.index(there) > ORDER.index(layer(here)):
                 out.append(f"{path.relative_to(REPO)}:{line}: {layer(here)} {here} imports {there} {target}")
-            elif (
-                layer(here) == "entry" and there != "core" and module_level and not same_package(here, target)
-            ):
-                out.append(
-                    f"{path.relative_to(REPO)}:{line}: entry point {here} imports {target} at module level"
-                )
+    return out
+
+
+def command_lines(root: Path) -> list[str]:
+    """``file:line: what`` for every ``main()`` and argument parser outside the command layer (mpo/cli).
+    A pair builder adds its own flags to the parser it is given (``PairBuilder.add_arguments``)."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        if layer(module_name(path)) == "commands":
+            continue
+        for number, text in enumerate(path.read_text().splitlines(), 1):
+            if re.match(r"def main\(|if __name__ == .__main__.:", text) or "ArgumentParser(" in text:
+                out.append(f"{path.relative_to(REPO)}:{number}: {text.strip()}")
     return out
 
 
@@ -94,18 +79,26 @@ def test_imports_run_downward(package):
     assert violations(REPO / package) == []
 
 
-def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
-    """The trainer importing the hub (as it once did, for its run record) is caught."""
+@pytest.mark.parametrize("package", ["mpo", "data_builders", "eval"])
+def test_every_command_line_is_in_mpo_cli(package):
+    assert command_lines(REPO / package) == []
+
+
+def test_the_checks_catch_an_upward_import_and_a_stray_command(tmp_path, monkeypatch):
+    """The trainer importing the hub (as it once did, for its run record) and an evaluation module with its
+    own ``main()`` are caught; the command layer may import anything."""
     fake = tmp_path / "mpo"
-    fake.mkdir()
+    (fake / "cli").mkdir(parents=True)
     (fake / "trainer.py").write_text(
-        "from mpo.hub import write_run_config\n\ndef f():\n    import eval.reports\n"
+        "from mpo.publishing.hub import push\n\ndef f():\n    import eval.reports\n"
     )
-    (fake / "cli.py").write_text("import data_builders.synthetic\n")
+    (fake / "cli" / "eval.py").write_text("import data_builders.synthetic\nfrom mpo.publishing import card\n")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "run.py").write_text("import mpo.cli\n\n\ndef main(argv):\n    return 0\n")
     monkeypatch.setitem(globals(), "REPO", tmp_path)
-    found = violations(fake)
-    assert found == [
-        "mpo/cli.py:1: entry point mpo.cli imports data_builders.synthetic at module level",
-        "mpo/trainer.py:1: core mpo.trainer imports publishing mpo.hub",
+    assert violations(fake) + violations(tmp_path / "eval") == [
+        "mpo/trainer.py:1: core mpo.trainer imports publishing mpo.publishing.hub",
         "mpo/trainer.py:4: core mpo.trainer imports application eval.reports",
+        "eval/run.py:1: application eval.run imports commands mpo.cli",
     ]
+    assert command_lines(tmp_path / "eval") == ["eval/run.py:4: def main(argv):"]

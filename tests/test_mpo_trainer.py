@@ -13,6 +13,7 @@ from trl.trainer.utils import add_fused_lm_head
 from mpo.data.mmpr import load_mmpr
 from mpo.losses import RewardShift
 from mpo.models.loading import load_model, load_processor
+from mpo.publishing.card import ModelCardCallback
 from mpo.trainer import MPOConfig, MPOTrainer
 
 
@@ -299,7 +300,7 @@ def test_evaluation_does_not_feed_the_reward_shift(tiny_model, perturbed_policy,
 def test_a_new_term_is_one_entry_of_the_table(tiny_model, perturbed_policy, mixed_meta, tmp_path):
     """The SLiC hinge term, added to mpo.losses.TERMS alone, trains through loss_type and is logged and
     named on the model card; here against max(0, 1 − (r_c − r_r)) written out."""
-    from mpo.card import objective_line
+    from mpo.publishing.card import objective_line
 
     processor = load_processor(tiny_model)
     data, _ = load_mmpr(mixed_meta, processor)
@@ -414,6 +415,7 @@ def test_resume_gives_same_delta_step_order_and_losses(tiny_model, perturbed_pol
             args=args,
             train_dataset=data,
             processing_class=processor,
+            callbacks=[ModelCardCallback()],  # as `mpo train` attaches it
         )
         order: list[str] = []
         collate = trainer.data_collator
@@ -514,7 +516,7 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from mpo.train import build_trainer, parse_train_args
+    from mpo.cli.train import build_trainer, parse_train_args
 
     model_args, data_args, args = parse_train_args(
         [
@@ -584,8 +586,8 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(
     ],
 )
 def test_inherited_fields_that_would_do_nothing_are_refused(flag, value, message):
+    from mpo.cli.train import parse_train_args
     from mpo.errors import UserError
-    from mpo.train import parse_train_args
 
     with pytest.raises(UserError, match=message):
         parse_train_args(["--config", "recipes/tiny/mpo.yaml", f"--{flag}", value])
@@ -594,7 +596,7 @@ def test_inherited_fields_that_would_do_nothing_are_refused(flag, value, message
 def test_in_step_reference_is_deterministic_under_lora_and_vision_drop_path(tiny_model, mixed_meta, tmp_path):
     """With LoRA the reference is the policy with its adapter off, computed in the middle of training:
     the vision tower's drop path (active in training mode) must not reach it."""
-    from mpo.train import build_trainer, parse_train_args
+    from mpo.cli.train import build_trainer, parse_train_args
 
     model_args, data_args, args = parse_train_args(
         [

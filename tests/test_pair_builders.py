@@ -15,6 +15,7 @@ from data_builders import build_pairs
 from data_builders.builders import BUILDERS, BuildContext, PairBuilder
 from data_builders.inputs import Question, bad_row_record, check_question
 from data_builders.synthetic import generate
+from mpo.cli import build_pairs as cli_build_pairs
 
 
 class EchoBuilder:
@@ -82,7 +83,7 @@ def test_a_registered_builder_runs_through_build_pairs(qa, tmp_path, monkeypatch
     monkeypatch.setitem(BUILDERS, "echo-toy", echo)
     out = tmp_path / "pairs"
     argv = ["echo-toy", "--model", "m", "--data", str(qa), "--out", str(out), "--rejected", "No idea."]
-    args = build_pairs.build_parser().parse_args(argv)
+    args = cli_build_pairs.build_parser().parse_args(argv)
     report = build_pairs.run(args, backend=NoBackend())
 
     assert report["pipeline"] == "echo_toy"
@@ -96,12 +97,12 @@ def test_a_registered_builder_runs_through_build_pairs(qa, tmp_path, monkeypatch
     assert [x["image"] for x in lines] == [r["image"] for r in rows]
 
     with pytest.raises(SystemExit):
-        build_pairs.build_parser().parse_args(["--help"])
+        cli_build_pairs.build_parser().parse_args(["--help"])
     assert "echo-toy" in capsys.readouterr().out
 
 
 def test_the_table_gives_each_builder_its_subcommand_and_flags():
-    parser = build_pairs.build_parser()
+    parser = cli_build_pairs.build_parser()
     for name in BUILDERS:
         args = parser.parse_args([name, "--model", "m", "--data", "d.json", "--out", "o"])
         assert args.pipeline == name
@@ -112,7 +113,7 @@ def test_the_table_gives_each_builder_its_subcommand_and_flags():
 
 @pytest.mark.parametrize("flag", ["--data-root", "--data_root"])
 def test_data_root_takes_both_spellings(flag):
-    args = build_pairs.build_parser().parse_args(
+    args = cli_build_pairs.build_parser().parse_args(
         ["correctness", "--model", "m", "--data", "d", "--out", "o", flag, "/data", "--path_map", "/a=/b"]
     )
     assert args.data_root == Path("/data") and args.path_map == ["/a=/b"]
@@ -120,6 +121,6 @@ def test_data_root_takes_both_spellings(flag):
 
 def test_help_documents_the_dashed_spelling(capsys):
     with pytest.raises(SystemExit):
-        build_pairs.build_parser().parse_args(["correctness", "--help"])
+        cli_build_pairs.build_parser().parse_args(["correctness", "--help"])
     printed = capsys.readouterr().out
     assert "--data-root" in printed and "--data_root" not in printed

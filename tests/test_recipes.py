@@ -16,11 +16,11 @@ import pytest
 import yaml
 from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 
+from mpo.cli.sft import parse_sft_args
+from mpo.cli.train import parse_train_args
 from mpo.errors import UserError
 from mpo.models.sizes import SIZES as TABLE
 from mpo.models.tiny import TINY_TEXT
-from mpo.sft import parse_sft_args
-from mpo.train import parse_train_args
 
 RECIPES = REPO / "recipes"
 SIZES = list(TABLE)  # the seven published sizes

@@ -17,7 +17,7 @@ import pytest
 from conftest import MIXED_ROWS, REPO, write_mmpr
 
 from mpo.cli import main as cli_main
-from mpo.train import main as train_main
+from mpo.cli.train import main as train_main
 
 STEPS = 3
 

@@ -15,6 +15,7 @@ import torch
 from conftest import REPO, free_port, write_mmpr
 from PIL import Image
 
+from mpo.cli.sft import main as sft_main
 from mpo.data import sft_collator
 from mpo.data.packing import pack_samples
 from mpo.data.sft_collator import SFTCollator
@@ -23,7 +24,6 @@ from mpo.errors import DataError, UserError
 from mpo.models.families.internvl2_5 import FAMILY as INTERNVL2_5
 from mpo.models.loading import load_model, load_processor
 from mpo.sft import SFTStageConfig, SFTStageTrainer, make_dataset
-from mpo.sft import main as sft_main
 
 # One row of each input shape: single image, multi-image, text-only, video (frames), multi-turn, system turn.
 SFT_ROWS = [
@@ -679,7 +679,7 @@ def test_resume_restores_weights(tiny_model, processor, sft_meta, tmp_path):
 def test_sft_stage_2_gets_the_vision_drop_path_of_its_recipe(tiny_model, sft_meta, tmp_path, rate):
     """`vision_drop_path_rate` reaches the vision tower in `mpo sft` as in `mpo train`: every ViT layer's
     two residual branches hooked, the last one dropping at the full rate in training mode only."""
-    from mpo.sft import build_trainer, parse_sft_args
+    from mpo.cli.sft import build_trainer, parse_sft_args
 
     trainer = build_trainer(
         *parse_sft_args(

@@ -168,8 +168,8 @@ def _summary(out: str, prog: str) -> list[str]:
 
 
 def test_every_skip_run_prints_one_line_per_reason(tiny_model, tmp_path, capsys):
-    from mpo.sft import main as sft_main
-    from mpo.train import main as train_main
+    from mpo.cli.sft import main as sft_main
+    from mpo.cli.train import main as train_main
 
     mpo_meta, sft_meta = _cli_data(tmp_path)
     common = [
@@ -242,7 +242,8 @@ class _Echo:
 
 
 def test_build_pairs_reports_name_file_and_line_and_summarise_per_reason(tmp_path):
-    from data_builders.build_pairs import build_parser, run, summary
+    from data_builders.build_pairs import run, summary
+    from mpo.cli.build_pairs import build_parser
 
     rows = [
         {"id": f"q{k}", "image": r["image"], "question": "Colour?", "answer": r["chosen"]}

@@ -140,7 +140,7 @@ def test_frame_list_rows_still_work_and_broken_videos_name_the_row(processor, tm
 
 
 def test_video_file_row_trains_a_few_mpo_steps(tiny_model, tmp_path, capsys):
-    from mpo.train import main as train_main
+    from mpo.cli.train import main as train_main
 
     write_video(tmp_path / "d" / "img" / "clip.mp4", 16)
     rows = [
@@ -189,9 +189,10 @@ class RecordingBackend:
 
 
 def test_video_file_row_builds_pairs_and_evaluates(tmp_path):
-    from data_builders.build_pairs import build_parser, run
+    from data_builders.build_pairs import run
     from eval.config import EvalConfig
     from eval.run import evaluate
+    from mpo.cli.build_pairs import build_parser
 
     write_video(tmp_path / "d" / "img" / "clip.mp4", 12)
     row = {"id": "v1", "video": "clip.mp4", "question": "<video>\nWhich letter? A. x B. y", "answer": "B"}

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from mpo.generation import GenerationRequest, SamplingParams, VLLMBackend, add_vllm_arguments, vllm_options
+from mpo.cli.options import add_vllm_arguments
+from mpo.generation import GenerationRequest, SamplingParams, VLLMBackend, vllm_options
 
 
 @dataclass

@@ -44,7 +44,6 @@ The parts, in the order a record is made:
 from __future__ import annotations
 
 from data_builders.synthetic.chance import chance_accuracy
-from data_builders.synthetic.cli import main
 from data_builders.synthetic.item import YES_NO, Item
 from data_builders.synthetic.samples import (
     BUCKETS,
@@ -117,7 +116,6 @@ __all__ = [
     "chance_accuracy",
     "generate",
     "image_tiles",
-    "main",
     "make_item",
     "make_sample",
     "render",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
@@ -18,6 +19,7 @@ from datasets import Dataset
 from mpo.data.images import count_tiles
 from mpo.data.meta import (
     BadRows,
+    DataConfig,
     Subset,
     apply_repeat,
     check_image_tokens,
@@ -33,6 +35,11 @@ from mpo.models import families
 from mpo.models.families.base import Family
 
 REQUIRED_FIELDS = ("question", "chosen", "rejected")
+
+
+@dataclass
+class PreferenceDataConfig(DataConfig):
+    """Where the MMPR preference data is and what to do with bad rows (the data arguments of `mpo train`)."""
 
 
 def parse_row(row: dict, subset: Subset, path: Path, line: int) -> PreferenceRecord:

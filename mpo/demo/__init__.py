@@ -17,9 +17,6 @@ Parts: :mod:`mpo.demo.scales` (sizes), :mod:`mpo.demo.steps` (each step a proces
 
 from __future__ import annotations
 
-import argparse
-import os
-import time
 from pathlib import Path
 
 from mpo.demo.ablation import VARIANTS, ablation, separation
@@ -47,7 +44,6 @@ __all__ = [
     "correctness",
     "eval_args",
     "evaluate",
-    "main",
     "pair_split",
     "paired_section",
     "run",
@@ -107,27 +103,3 @@ def run(out: Path, scale: Scale, fresh: bool = False) -> Path:
         f"{o}/eval/compare_majority",
     )
     return write_report(out, p.timings)
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mpo demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    parser.add_argument(
-        "--scale",
-        choices=sorted(SCALES),
-        default="full",
-        help="full: 3 skills, < 10 min (default); long: all 7 skills, 20 min of SFT; smoke: seconds",
-    )
-    parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every step")
-    parser.add_argument(
-        "--ablation",
-        action="store_true",
-        help="instead of one MPO run: MPO, DPO-only and SFT-on-chosen over 3 seeds each",
-    )
-    args = parser.parse_args(argv)
-    # before the steps' server imports torch: OpenMP reads these once
-    os.environ.update(step_env(dict(os.environ)))
-    start = time.perf_counter()
-    (ablation if args.ablation else run)(args.out, SCALES[args.scale], fresh=args.fresh)
-    print(f"[demo] done in {time.perf_counter() - start:.0f} s")
-    return 0

@@ -20,11 +20,9 @@ template and generation config of ``mpo.models.native_files``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from functools import cache
@@ -880,31 +878,3 @@ def missing_code_note(dst: Path, needed: list[str]) -> str:
         "*.py and tokenizer files of the original checkpoint (e.g. OpenGVLab/InternVL2_5-8B) into it, "
         "or pass --code-from ORIGINAL_CHECKPOINT"
     )
-
-
-def main(argv: list[str]) -> int:
-    """``mpo convert SRC DST [--to native|original] [--max-shard-size 5GB] [--code-from ORIGINAL] [--family F]``."""
-    parser = argparse.ArgumentParser(prog="mpo convert", description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="checkpoint directory to convert")
-    parser.add_argument("dst", help="output directory (created; must be empty if it exists)")
-    parser.add_argument("--to", choices=["native", "original"], default="native", help="target layout")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
-    parser.add_argument(
-        "--family",
-        choices=list(families.FAMILIES),
-        default=None,
-        help="SRC's model family when its config.json has no mpo_family (default: internvl2_5)",
-    )
-    parser.add_argument(
-        "--code-from",
-        help="--to original: an original checkpoint whose remote code (*.py) and tokenizer files to copy",
-    )
-    args = parser.parse_args(argv)
-    if args.code_from and args.to != "original":
-        raise UserError("--code-from applies to --to original only")
-    result = convert(args.src, args.dst, args.to, args.max_shard_size, args.code_from, args.family)
-    if result:
-        print(f"{args.src} -> {args.dst} ({args.to} layout, {len(result)} weight file(s))")
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return 0

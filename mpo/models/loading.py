@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 from transformers import AutoProcessor, InternVLForConditionalGeneration, PreTrainedModel, ProcessorMixin
+from trl import ModelConfig
 
+from mpo import attention
 from mpo.attention import Platform, bound_flex_compilations, choose_kernels, register_kernels
 from mpo.errors import UserError
 from mpo.models import families
@@ -58,6 +60,37 @@ def vision_drop_path_field():
             "(reference: 0.1 for 1B-8B, 0.4 for 26B+, in SFT stage 2 and MPO)."
         },
     )
+
+
+@dataclass
+class InternVLModelConfig(ModelConfig):
+    """TRL's `ModelConfig` (checkpoint, dtype, attention, LoRA / QLoRA) plus the InternVL freeze policy: the
+    model arguments of `mpo train` and `mpo rl`."""
+
+    dtype: str | None = field(
+        default="auto",
+        metadata={
+            "help": "Weights dtype: 'auto' = bf16 on a GPU, fp32 on the CPU.",
+            "choices": ["auto", "bfloat16", "float16", "float32"],
+        },
+    )
+    attn_implementation: str | None = field(default="auto", metadata={"help": attention.kernel_help()})
+    freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (InternViT)."})
+    freeze_projector: bool = field(default=False, metadata={"help": "Freeze the MLP projector."})
+    freeze_llm: bool = field(default=False, metadata={"help": "Freeze the language model (and lm_head)."})
+    vision_drop_path_rate: float = vision_drop_path_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model_revision != "main":
+            raise ValueError(
+                "model_revision: checkpoints are local directories (nothing is downloaded); "
+                "point model_name_or_path at the revision's folder"
+            )
+
+    @property
+    def freeze(self) -> FreezePolicy:
+        return FreezePolicy.from_flags(self.freeze_vision, self.freeze_projector, self.freeze_llm)
 
 
 def add_vision_drop_path(model: torch.nn.Module, rate: float, parts: Parts) -> int:

@@ -1,24 +1,29 @@
-"""The MPO model card of a run folder: written by the trainer at every save, rebuilt by `mpo push`.
+"""The MPO model card of a run folder: written at every save (:class:`ModelCardCallback`), rebuilt by `mpo push`.
 
 The card (``README.md``, huggingface_hub's ``ModelCard`` / ``ModelCardData``) reads everything from the
 run folder: the recipe (``mpo_config.json``, written by the trainer at every save; ``training_args.bin``
 for older runs), the final δ and reward metrics (``trainer_state.json``) and the preference-data report
 of ``mpo build-pairs`` (``report.json``, next to the training ``meta.json`` or in ``../pairs/``).
-`mpo push` (:mod:`mpo.hub`) adds the evaluation section, which needs :mod:`eval`; the trainer's card
+`mpo push` (:mod:`mpo.publishing.hub`) adds the evaluation section, which needs :mod:`eval`; the trainer's card
 has none (an evaluation runs after training).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from importlib import metadata
 from pathlib import Path
 
+from transformers import TrainerCallback, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
 from mpo import markdown
 from mpo.checkpointing import MODEL_WEIGHT_FILES, REWARD_SHIFT_KEY, RUN_CONFIG_NAME
 from mpo.errors import UserError
 from mpo.losses import TERMS
+from mpo.rl import card as rl_card
 
 CARD_NAME = "README.md"
 STATE_NAME = "trainer_state.json"
@@ -233,7 +238,19 @@ def final_metrics(state: dict | None) -> dict[str, tuple[dict, dict]]:
     return out
 
 
+def stage_intro(run: dict | None) -> str:
+    """How the card's first sentence says the model was trained: MPO, or GSPO (`mpo rl`, :mod:`mpo.rl.card`)."""
+    if rl_card.is_rl_run(run):
+        return rl_card.INTRO
+    return (
+        "fine-tuned with **Mixed Preference Optimization** (DPO preference + BCO quality + SFT generation losses) "
+        "by the `internvl-mpo` toolkit (`mpo train`, derived from TRL's DPOTrainer)"
+    )
+
+
 def training_section(run: dict | None, run_source: str | None, state: dict | None) -> list[str]:
+    if rl_card.is_rl_run(run):  # a GSPO run (`mpo rl`): its own section
+        return rl_card.section(run, state)
     lines = ["## Training recipe", ""]
     lines += [
         "Mixed Preference Optimization ([MPO](https://arxiv.org/abs/2411.10442), the recipe of InternVL2.5-MPO): "
@@ -475,8 +492,7 @@ def build_card(
     lines = [f"# {name}", ""]
     origin = f"[`{base}`](https://huggingface.co/{base})" if base else "an InternVL2.5 checkpoint"
     lines += [
-        f"{name} is {origin} fine-tuned with **Mixed Preference Optimization** (DPO preference + BCO quality "
-        "+ SFT generation losses) by the `internvl-mpo` toolkit (`mpo train`, derived from TRL's DPOTrainer)."
+        f"{name} is {origin} {stage_intro(run)}."
         + (" The weights are a LoRA adapter." if adapter is not None else ""),
         "",
     ]
@@ -520,3 +536,26 @@ def write_card(model_dir: str | Path, card) -> Path:
     if missing:
         raise UserError(f"{path}: model card metadata lacks {', '.join(missing)}")
     return path
+
+
+def card_name(args) -> str:
+    """The card's title: the Hub model id's name, else the output folder's."""
+    return (args.hub_model_id or Path(args.output_dir).resolve().name).split("/")[-1]
+
+
+def write_run_card(folder: str | Path, args, state: TrainerState | None = None) -> Path:
+    """The card of a saved run ``folder`` as its ``README.md``; ``state`` stands in for its
+    ``trainer_state.json`` (a checkpoint's is written after the callbacks run)."""
+    saved = json.loads(json.dumps(dataclasses.asdict(state))) if state is not None else None
+    return write_card(folder, build_card(folder, card_name(args), state=saved))
+
+
+class ModelCardCallback(TrainerCallback):
+    """Each checkpoint gets the card of the run so far (objective, hyperparameters, δ, metrics), written by
+    the main process once the checkpoint is in place; the command writes the final one into ``output_dir``."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_run_card(
+                Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", args, state
+            )

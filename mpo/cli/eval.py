@@ -1,4 +1,7 @@
-"""`mpo eval`'s flags, and the :class:`~eval.config.EvalConfig` they make."""
+"""`mpo eval`: evaluate a checkpoint on benchmarks, or compare finished evaluations (:mod:`eval.run`).
+
+The flags -> :class:`~eval.config.EvalConfig` (checked) -> :func:`eval.run.evaluate`, or ``--compare``.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,13 @@ from eval.config import (
     EvalConfig,
     bad_row_policy,
 )
+from eval.reports import COMPARE_SCALING_PLOT, SCALING_PLOT, compare
+from eval.run import evaluate, summary_line
 from eval.scaling import AGGREGATES
-from mpo.generation import add_vllm_arguments, vllm_options
+from mpo.cli.options import add_vllm_arguments
+from mpo.errors import UserError
+from mpo.generation import vllm_options
+from mpo.publishing.dashboards import log_report_artifact
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,3 +159,37 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     flag goes to the field of its name, the vLLM flags to ``vllm_options``."""
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if f.init and hasattr(args, f.name)}
     return EvalConfig(**given, vllm_options=vllm_options(args))
+
+
+def _log_files(out: Path, names: tuple[str, ...], artifact: str) -> None:
+    """Log the files of ``names`` that exist under ``out`` as a wandb artifact."""
+    files = [out / name for name in names if (out / name).is_file()]
+    log_report_artifact(f"{artifact}-{out.name}", "evaluation-report", files)
+
+
+def _compare(args) -> int:
+    """`mpo eval --compare DIR ...`: the comparison report of finished evaluations."""
+    if args.model or args.data:
+        raise UserError("--compare takes finished evaluation folders; it does not run --model / --data")
+    report = compare(args.compare, args.out, args.names)
+    print((args.out / "compare.md").read_text(encoding="utf-8"))
+    plots = "compare.png" + (f", {COMPARE_SCALING_PLOT}" if "test_time_scaling" in report else "")
+    print(f"mpo eval: compared {len(report['runs'])} runs -> {args.out}/compare.md, {plots}")
+    if args.report_to == "wandb":
+        names = ("compare.md", "compare.json", "compare.png", COMPARE_SCALING_PLOT)
+        _log_files(args.out, names, "eval-compare")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """`mpo eval`: flags -> :class:`EvalConfig` -> :func:`evaluate` (or ``--compare``)."""
+    args = build_parser().parse_args(argv)
+    if args.compare:
+        return _compare(args)
+    if not args.model or not args.data:
+        raise UserError("give --model and at least one --data (or --compare DIR ...)")
+    results = evaluate(config_from_args(args))
+    print(summary_line(results, args.out))
+    if args.report_to == "wandb":
+        _log_files(args.out, ("results.json", "results.md", SCALING_PLOT), "eval")
+    return 0

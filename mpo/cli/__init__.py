@@ -1,8 +1,9 @@
-"""The `mpo` command.
+"""The `mpo` command: the command layer (docs/design.md#layout).
 
-Every subcommand lives in its own module exposing ``main(argv: list[str]) -> int`` and is imported
-only when it runs, so `mpo --help` is instant and `mpo.cli` imports nothing heavy. Each one also
-runs as ``python -m mpo.cli SUB ...`` (what ``accelerate launch -m mpo.cli train ...`` needs).
+Every subcommand is a module of this package exposing ``main(argv: list[str]) -> int``, the only
+place its flags are parsed; the benchmarks' commands (`mpo bench`, `mpo gpu-check`) are scripts of
+benchmarks/. A command is imported only when it runs, so `mpo --help` is instant. Each one also runs
+as ``python -m mpo.cli SUB ...`` (what ``accelerate launch -m mpo.cli train ...`` needs).
 """
 
 from __future__ import annotations
@@ -15,32 +16,35 @@ from mpo.errors import UserError
 # name -> (module with main(argv), one-line help). A command is listed here only once it works.
 COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": (
-        "mpo.models.tiny",
+        "mpo.cli.tiny_model",
         "build the embedded tiny InternVL-architecture model (--family internvl2_5 | internvl3)",
     ),
     "synthetic": (
-        "data_builders.synthetic",
+        "mpo.cli.synthetic",
         "generate the synthetic visual QA task (SFT / QA / eval splits)",
     ),
     "convert": (
-        "mpo.models.convert",
+        "mpo.cli.convert",
         "convert a checkpoint between the OpenGVLab layout and native transformers",
     ),
     "transfer-vision": (
-        "mpo.models.transfer",
+        "mpo.cli.transfer_vision",
         "progressive scaling: put the vision tower of a small-LLM run into a checkpoint with a larger LLM",
     ),
-    "train": ("mpo.train", "MPO training (DPO + BCO + SFT) from a recipe YAML, plus --key value overrides"),
+    "train": (
+        "mpo.cli.train",
+        "MPO training (DPO + BCO + SFT) from a recipe YAML, plus --key value overrides",
+    ),
     "build-pairs": (
-        "data_builders.build_pairs",
+        "mpo.cli.build_pairs",
         "preference pairs from the model itself: correctness-based or DropoutNTP (MMPR layout)",
     ),
     "sft": (
-        "mpo.sft",
+        "mpo.cli.sft",
         "one stage (1, 1.5, 2) of the InternVL2.5 SFT recipe from a recipe YAML, plus overrides",
     ),
     "eval": (
-        "eval.run",
+        "mpo.cli.eval",
         "evaluate a checkpoint on benchmarks (VLMEvalKit TSV, MMPR jsonl), or --compare runs",
     ),
     "bench": (
@@ -52,18 +56,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "on a GPU: every attention kernel exact in every layout (bf16), speed vs TRL at the 1B widths (--dry: CPU)",
     ),
     "env": (
-        "mpo.environment",
+        "mpo.cli.env",
         "this machine's packages and device, and the attention kernel auto picks per layout",
     ),
     "plan": (
-        "mpo.plan",
+        "mpo.cli.plan",
         "per-GPU memory of a recipe on a cluster (model states at its ZeRO stage, activations): does it fit?",
     ),
     "push": (
-        "mpo.hub",
+        "mpo.cli.push",
         "write the model card of a run and upload it to the Hugging Face Hub (--dry-run: list only)",
     ),
-    "demo": ("mpo.demo", "run the whole pipeline end to end on the embedded default"),
+    "demo": ("mpo.cli.demo", "run the whole pipeline end to end on the embedded default"),
 }
 
 
@@ -90,7 +94,3 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"mpo {name}: error: {err}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``mpo synthetic OUT``: generate the synthetic task's three splits (:func:`~data_builders.synthetic.generate`)."""
+"""`mpo synthetic OUT`: generate the synthetic visual QA task's three splits (:mod:`data_builders.synthetic`)."""
 
 from __future__ import annotations
 
