@@ -1,5 +1,6 @@
 """InternVL2.5-1B at its real widths on the CPU: a downloaded-style original checkpoint is converted, generates
-pairs and trains two MPO steps, within 20 GiB and 8 minutes (benchmarks/real_width_1b.py; ~3.8 GB of disk)."""
+pairs and trains two MPO steps within 20 GiB (benchmarks/real_width_1b.py, which also times it; ~3.8 GB of disk).
+`make test-real` runs it; `make test` leaves it out (marker ``real``)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def test_widened_vocabulary_encodes_as_before_and_decodes_every_id():
 
 
 @pytest.mark.slow
+@pytest.mark.real
 def test_real_1b_widths_convert_generate_and_train_on_two_cores(tmp_path):
     work = tmp_path / "work"
     results = run(work, out=tmp_path / "results")
@@ -81,4 +83,3 @@ def test_real_1b_widths_convert_generate_and_train_on_two_cores(tmp_path):
     assert tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") is not None
 
     assert results["peak_rss_gib"] < MEMORY_LIMIT_GIB, results["phases"]
-    assert results["total_seconds"] < 8 * 60, results["phases"]
