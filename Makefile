@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 # on the machine made tiny-model training 3-26x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo demo-ablation test test-fast test-unit test-real bench bench-real profile-real bench-progressive lint clean
+.PHONY: setup demo demo-ablation demo-cascade test test-fast test-unit test-real bench bench-real profile-real bench-progressive lint clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ bench-progressive: setup
 
 demo-ablation: setup
 	$(PY) -m mpo.cli demo --out demo_out --ablation
+
+# Cascade RL after the demo (reuses its checkpoints): MPO then GSPO against MPO, GSPO from SFT and a
+# second MPO round, with 3 seeds of the two leading arms: demo_out/cascade/REPORT.md
+demo-cascade: setup
+	$(PY) -m mpo.cli demo --out demo_out --cascade
 
 test: setup
 	$(PY) -m pytest -q -m "not real" tests

@@ -178,3 +178,96 @@ def test_steps_run_with_passive_openmp_threads_unless_told(tmp_path, monkeypatch
             demo.step_env({"OMP_NUM_THREADS": bad})
     with pytest.raises(UserError, match=r"step 'a step' failed \(exit status 3\): mpo fail --now"):
         demo.Pipeline(tmp_path, fresh=True).step("a step", tmp_path / "absent", "fail", "--now")
+
+
+def exact_mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p from the binomial distribution, computed here without mpo.grading."""
+    from math import comb
+
+    n = b + c
+    return 1.0 if n == 0 else min(1.0, 2 * sum(comb(n, k) for k in range(min(b, c) + 1)) / 2**n)
+
+
+def recount(run: Path) -> dict[str, bool]:
+    lines = (run / "predictions.jsonl").read_text().splitlines()
+    return {json.loads(line)["index"]: json.loads(line)["correct"] for line in lines if line.strip()}
+
+
+@pytest.mark.slow
+def test_smoke_cascade_report_recounts_every_arm(tmp_path, monkeypatch):
+    """`mpo demo --cascade` at the smoke scale: the demo first, then GSPO from MPO and from SFT (the same steps
+    and rollouts), a second MPO round on pairs from the MPO model, seeds of the two leading arms; every number
+    of the accuracy and paired tables equals a recount of the arms' predictions.jsonl."""
+    from mpo.demo.cascade import cascade
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "demo"
+    scale = demo.SCALES["smoke"]
+    text = cascade(out, scale).read_text()
+    c = out / "cascade"
+    runs = {
+        "SFT": out / "eval" / "sft",
+        "MPO": out / "eval" / "mpo",
+        "MPO -> GSPO": c / "mpo_gspo" / "eval",
+        "GSPO from SFT": c / "sft_gspo" / "eval",
+        "MPO round 2": c / "mpo2" / "eval",
+    }
+    right = {name: recount(run) for name, run in runs.items()}
+    assert (
+        all(r.keys() == right["SFT"].keys() for r in right.values()) and len(right["SFT"]) == scale.eval_items
+    )
+
+    def paired(first: str, second: str) -> tuple[int, int, int, int, float]:
+        a, b = right[first], right[second]
+        cells = [sum((a[k], b[k]) == cell for k in a) for cell in ((1, 1), (1, 0), (0, 1), (0, 0))]
+        return (*cells, exact_mcnemar_p(cells[1], cells[2]))
+
+    acc = {name: sum(r.values()) / len(r) for name, r in right.items()}
+    for name, r in right.items():
+        row = (
+            f"| {name} | {100 * acc[name]:.1f} % | {sum(r.values())} / {len(r)} | "
+            f"{100 * (acc[name] - acc['SFT']):+.1f} | {paired('SFT', name)[4]:.2g} | "
+            f"{100 * (acc[name] - acc['MPO']):+.1f} | {paired('MPO', name)[4]:.2g} |"
+        )
+        assert row in text, (row, text)
+    for first, second in (("MPO", "MPO -> GSPO"), ("GSPO from SFT", "MPO -> GSPO"), ("MPO", "MPO round 2")):
+        both, only_first, only_second, neither, p = paired(first, second)
+        row = f"| {first} | {second} | {both} | {only_first} | {only_second} | {neither} | {p:.2g} |"
+        assert row in text, (row, text)
+    # the GSPO arms: the same steps and rollouts, from MPO and from SFT; round 2 from MPO on pairs from MPO
+    states = {
+        tag: json.loads((c / tag / "trainer_state.json").read_text()) for tag in ("mpo_gspo", "sft_gspo")
+    }
+    assert [s["global_step"] for s in states.values()] == [scale.gspo_steps] * 2
+    starts = {
+        tag: Path(json.loads((c / tag / "mpo_config.json").read_text())["model"]["model_name_or_path"])
+        for tag in ("mpo_gspo", "sft_gspo", "mpo2")
+    }
+    assert starts == {"mpo_gspo": out / "mpo", "sft_gspo": out / "sft_stage2", "mpo2": out / "mpo"}
+    mpo2 = json.loads((c / "mpo2" / "mpo_config.json").read_text())
+    assert Path(mpo2["data"]["meta_path"]) == c / "pairs_mpo" / "meta.json"
+    results = json.loads((c / "results.json").read_text())
+    rl = {name: results["arms"][name]["responses"] for name in ("MPO -> GSPO", "GSPO from SFT", "MPO")}
+    assert (
+        rl["MPO -> GSPO"] - rl["MPO"] == rl["GSPO from SFT"] == scale.gspo_steps * 4
+    )  # no selection at smoke
+    # seeds: the two leading arms, each seed's accuracy recounted
+    leading = sorted((n for n in acc if n != "SFT"), key=lambda n: -acc[n])[:2]
+    assert list(results["seeds"]) == leading
+    for name in leading:
+        tag = {"MPO": "mpo", "MPO -> GSPO": "mpo_gspo", "GSPO from SFT": "sft_gspo", "MPO round 2": "mpo2"}[
+            name
+        ]
+        main = out / "mpo" if name == "MPO" else c / tag
+        extra = [
+            out / "ablation" / f"mpo_s{s}" if name == "MPO" else c / "seeds" / f"{tag}_s{s}" for s in (1, 2)
+        ]
+        dirs = [main, *extra]
+        assert [json.loads((d / "mpo_config.json").read_text())["args"]["seed"] for d in dirs] == [42, 1, 2]
+        evals = [runs[name], *(d / "eval" for d in extra)]
+        accs = [statistics.mean(recount(e).values()) for e in evals]
+        assert (
+            f"| {name} | {100 * statistics.mean(accs):.1f} % | {100 * statistics.stdev(accs):.1f} |" in text
+        )
+    with Image.open(c / "compute.png") as img:
+        img.verify()

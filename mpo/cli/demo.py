@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mpo.demo import run
 from mpo.demo.ablation import ablation
+from mpo.demo.cascade import cascade
 from mpo.demo.scales import SCALES
 from mpo.demo.steps import step_env
 
@@ -28,10 +29,19 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="instead of one MPO run: MPO, DPO-only and SFT-on-chosen over 3 seeds each",
     )
+    parser.add_argument(
+        "--cascade",
+        action="store_true",
+        help="after the demo: MPO then GSPO against MPO, GSPO from SFT and a second MPO round "
+        "(Cascade RL, mpo.demo.cascade; out/cascade/REPORT.md)",
+    )
     args = parser.parse_args(argv)
+    if args.ablation and args.cascade:
+        parser.error("--ablation and --cascade are separate runs: pass one")
     # before the steps' server imports torch: OpenMP reads these once
     os.environ.update(step_env(dict(os.environ)))
     start = time.perf_counter()
-    (ablation if args.ablation else run)(args.out, SCALES[args.scale], fresh=args.fresh)
+    command = ablation if args.ablation else cascade if args.cascade else run
+    command(args.out, SCALES[args.scale], fresh=args.fresh)
     print(f"[demo] done in {time.perf_counter() - start:.0f} s")
     return 0

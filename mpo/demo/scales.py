@@ -29,6 +29,9 @@ class Scale:
     mpo_args: tuple[
         str, ...
     ] = ()  # extra `mpo train` options of the MPO step and the ablation (beta, lr, ...)
+    # `mpo demo --cascade` (mpo.demo.cascade): RL steps of each GSPO arm, and its `mpo rl` options
+    gspo_steps: int = 100
+    gspo_args: tuple[str, ...] = ()
 
 
 # `full` (make demo): three of the seven skills, which the tiny model learns in its SFT budget
@@ -86,5 +89,7 @@ SCALES = {
         tts_samples=4,
         tts_items=8,
         cot_fraction=FULL_COT_FRACTION,
+        gspo_steps=2,
+        gspo_args=("--max_completion_length", "16"),
     ),
 }
