@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "mpo.cli.train",
         "MPO training (DPO + BCO + SFT) from a recipe YAML, plus --key value overrides",
     ),
+    "rl": ("mpo.cli.rl", "online RL after MPO: GSPO on the model's own rollouts (InternVL3.5's Cascade RL)"),
     "build-pairs": (
         "mpo.cli.build_pairs",
         "preference pairs from the model itself: correctness-based or DropoutNTP (MMPR layout)",
