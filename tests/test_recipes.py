@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import MIXED_ROWS, REPO, free_port, write_mmpr
 
+from mpo.cli.rl import parse_rl_args
 from mpo.cli.sft import parse_sft_args
 from mpo.cli.train import parse_train_args
 from mpo.errors import UserError
@@ -165,7 +166,7 @@ def test_tiny_progressive_recipes_chain(name):
     "path", sorted((RECIPES / "tiny").rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES))
 )
 def test_tiny_recipes_load(path):
-    parse = parse_train_args if path.name == "mpo.yaml" else parse_sft_args
+    parse = {"mpo.yaml": parse_train_args, "gspo.yaml": parse_rl_args}.get(path.name, parse_sft_args)
     parse(["--config", str(path)])
 
 
@@ -185,7 +186,7 @@ def test_recipes_by_name_from_any_directory(tmp_path, monkeypatch):
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "mpo").write_text(yaml.safe_dump({**shipped, "beta": 0.37}))  # a local file wins
     assert parse_train_args(["--config", "tiny/mpo"])[2].beta == 0.37
-    with pytest.raises(UserError, match=r"--config tiny/mpx: no such file.*shipped: tiny/mpo, "):
+    with pytest.raises(UserError, match=r"--config tiny/mpx: no such file.*shipped: (tiny/\S+, )?tiny/mpo, "):
         parse_train_args(["--config", "tiny/mpx"])
 
 

@@ -416,3 +416,31 @@ def test_two_zero3_ranks_reward_the_checkers_verdicts(tmp_path, tiny_model, synt
         assert line["correctness"] == float(judged["verdict"] == "correct")
         assert line["format"] == float(judged["verdict"] != "format")
         assert line["reasoning"] == float(judged["sound"])
+
+
+# ---- recipes ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["1b", "2b", "4b", "8b", "26b", "38b", "78b"])
+def test_size_recipes_carry_the_released_settings(size):
+    """InternVL3.5's released online-RL scripts: lr 1e-6, 16 rollouts per question, 512 questions per rollout batch,
+    32 questions (512 responses) per optimizer step, no KL, token-mean loss, 32768-token responses."""
+    import re
+
+    from mpo.cli.rl import parse_rl_args
+
+    path = REPO / "recipes" / "internvl2_5" / size / "gspo.yaml"
+    text = path.read_text()
+    assert (
+        text.startswith("# accelerate launch ")
+        and f"-m mpo.cli rl --config recipes/internvl2_5/{size}/gspo.yaml" in text
+    )
+    gpus = int(re.search(r"\((\d+) GPUs", text).group(1))
+    _, _, args = parse_rl_args(["--config", str(path), "--bf16", "false"])
+    assert (args.learning_rate, args.num_generations, args.beta, args.num_train_epochs) == (1e-6, 16, 0.0, 1)
+    assert (args.importance_sampling_level, args.loss_type) == ("sequence", "dapo")
+    assert args.max_completion_length == 32768 and args.query_range == (0.2, 0.8)
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * gpus
+    per_rollout_batch = args.per_device_train_batch_size * args.steps_per_generation * gpus
+    assert (per_step, per_rollout_batch) == (32 * 16, 512 * 16)
+    assert args.use_vllm and args.vllm_mode == "colocate"
