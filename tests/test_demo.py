@@ -271,3 +271,61 @@ def test_smoke_cascade_report_recounts_every_arm(tmp_path, monkeypatch):
         )
     with Image.open(c / "compute.png") as img:
         img.verify()
+
+
+def test_cascade_report_from_written_files(tmp_path, monkeypatch):
+    """The cascade's tables from hand-made predictions: accuracies, differences, paired cells and exact
+    p-values, each arm's compute summed over the steps it took from SFT, the seeds' spread."""
+    from mpo.demo import cascade
+
+    out, scale = tmp_path, demo.SCALES["full"]
+    right = {  # 20 items; the arms' right items
+        "SFT": range(0, 8),
+        "MPO": range(0, 12),
+        "MPO -> GSPO": range(2, 18),
+        "GSPO from SFT": range(0, 10),
+        "MPO round 2": range(1, 13),
+    }
+    dirs = {a.name: a.eval_dir for a in cascade.arms(out, scale)}
+    for name, items in right.items():
+        dirs[name].mkdir(parents=True)
+        lines = [
+            json.dumps({"benchmark": "synthetic", "index": str(i), "correct": i in items}) for i in range(20)
+        ]
+        (dirs[name] / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    queries = {"range": [0.2, 0.8], "source": "the pair build X", "questions": 2000, "kept": 376}
+    for tag in ("mpo_gspo", "sft_gspo", "mpo2"):
+        record = {"args": {"max_steps": 100}, **({"queries": queries} if tag != "mpo2" else {})}
+        (out / "cascade" / tag / "mpo_config.json").write_text(json.dumps(record))
+    stages = {
+        "pairs from SFT": {"seconds": 100.0, "responses": 8000},
+        "MPO": {"seconds": 150.0, "responses": 0},
+        "pairs from MPO": {"seconds": 90.0, "responses": 8000},
+        "GSPO after MPO": {"seconds": 95.0, "responses": 1600},
+        "GSPO from SFT": {"seconds": 80.0, "responses": 1600},
+        "MPO round 2": {"seconds": None, "responses": 0},
+    }
+    monkeypatch.setattr(cascade, "chance_level", lambda out, n: 0.2)
+    seeds = {"MPO -> GSPO": [0.8, 0.75, 0.7], "MPO": [0.6, 0.65, 0.55]}
+    text = cascade.write_report(out, scale, stages, seeds).read_text()
+    # MPO -> GSPO against MPO: both 2-11, MPO only 0-1, GSPO only 12-17: p = 2 * (1 + 8 + 28) / 2^8
+    assert "| MPO | MPO -> GSPO | 10 | 2 | 6 | 2 | 0.29 |" in text
+    # against SFT (right on 0-7): 2 SFT only, 10 GSPO only: p = 2 * (1 + 12 + 66) / 2^12; 100 + 150 + 90 + 95 s
+    assert "| MPO -> GSPO | 80.0 % | 16 / 20 | +40.0 | 0.039 | +20.0 | 0.29 | 435 | 17600 |" in text
+    assert "| GSPO from SFT | 50.0 % | 10 / 20 | +10.0 | 0.5 | -10.0 | 0.5 | 180 | 9600 |" in text
+    assert (
+        "| MPO round 2 | 60.0 % | 12 / 20 | +20.0 | 0.22 | +0.0 | 1 | n/a | 16000 |" in text
+    )  # one time unknown
+    assert "| SFT | 40.0 % | 8 / 20 | +0.0 | 1 | -20.0 | 0.12 | 0 | 0 |" in text
+    assert "+20.0 points, p = 0.29: **not met**" in text
+    assert "80.0 % against 50.0 % (+30.0, p = 0.11): **met**" in text  # 2 GSPO-from-SFT only, 8 the other
+    assert "GSPO after MPO: 100 steps, 376 of 2000 questions kept by rollout accuracy in [0.2, 0.8]" in text
+    assert "| MPO -> GSPO | 75.0 % | 5.0 | 70.0 | 80.0 | 80.0, 75.0, 70.0 |" in text
+    assert "Worst MPO -> GSPO seed 70.0 %, best MPO seed 65.0 %: the seed ranges do not overlap." in text
+    record = json.loads((out / "cascade" / "results.json").read_text())
+    assert record["arms"]["MPO -> GSPO"]["stages"] == [
+        "pairs from SFT",
+        "MPO",
+        "pairs from MPO",
+        "GSPO after MPO",
+    ]

@@ -70,6 +70,10 @@ FULL = Scale(
     # 32 questions per generation call: the same pairs, byte for byte, as 8, in 56 s instead of 76
     pair_args=("--max-pairs-per-question", "3", "--batch-size", "32"),
     mpo_args=("--learning_rate", "2e-4"),
+    # the cascade's GSPO arms: 100 steps of 4 questions x 4 rollouts (1600 responses), lr 5e-5 (tiny/gspo's),
+    # 48 new tokens; about 90 s each on 2 cores. lr 2e-4 lost 4 points to MPO and halved its sound answers.
+    gspo_steps=100,
+    gspo_args=("--per_device_train_batch_size", "16", "--learning_rate", "5e-5"),
 )
 
 
