@@ -257,12 +257,33 @@ def _sft(tiny_model, meta, out, *extra) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("command", ["train", "sft"])
+def _rl(tiny_model, qa_meta, out, *extra) -> list[str]:
+    """`mpo rl` of tiny/gspo: one question and its 4 rollouts a step, every step logged."""
+    return [
+        "rl", "--config", "tiny/gspo", "--model_name_or_path", str(tiny_model), "--meta_path", str(qa_meta),
+        "--output_dir", str(out), "--max_steps", str(STEPS), "--logging_steps", "1", "--save_strategy", "no",
+        *extra,
+    ]  # fmt: skip
+
+
+def _rollouts(state: dict) -> dict[int, tuple]:
+    """Per step: the rewards and the lengths of the rollouts sampled at it (RNG and data position show here)."""
+    keys = ("rewards/correctness/mean", "completions/mean_length", "completions/min_length", "entropy")
+    return {h["step"]: tuple(h[k] for k in keys) for h in state["log_history"] if "loss" in h}
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "rl"])
 def test_sigterm_saves_exits_75_and_resumes_exactly(tiny_model, meta, tmp_path, command):
     """One process, no launcher: SIGTERM mid-run -> checkpoint of the step it stopped at, exit 75, one
-    line; the resubmitted run ends with the losses (and δ) of an uninterrupted run, bit for bit."""
+    line; the resubmitted run ends with the losses (and δ; for `mpo rl` the rollouts' rewards and lengths,
+    which the restored RNG and data position decide) of an uninterrupted run, bit for bit."""
     if command == "sft":
         data, argv = write_sft(tmp_path / "sft_data", SFT_ROWS * 3), _sft
+    elif command == "rl":
+        from data_builders.synthetic import generate
+
+        generate(tmp_path / "synthetic", 8, 16, 4, seed=5)
+        data, argv = tmp_path / "synthetic" / "qa" / "meta.json", _rl
     else:
         data, argv = meta, partial(_train, save=("--save_strategy", "no"))
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -292,6 +313,8 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(tiny_model, meta, tmp_path, 
     assert _losses(_state(cut)) == _losses(_state(full))  # bit for bit
     if command == "train":
         assert _delta(_state(cut)) == _delta(_state(full))
+    if command == "rl":
+        assert _rollouts(_state(cut)) == _rollouts(_state(full)) and len(_rollouts(_state(full))) == STEPS
 
 
 def test_ranks_agree_on_a_signal_only_one_of_them_got(tmp_path):
