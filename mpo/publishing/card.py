@@ -23,7 +23,7 @@ from mpo import markdown
 from mpo.checkpointing import MODEL_WEIGHT_FILES, REWARD_SHIFT_KEY, RUN_CONFIG_NAME
 from mpo.errors import UserError
 from mpo.losses import TERMS
-from mpo.rl import card as rl_card
+from mpo.publishing import gspo_card as rl_card
 
 CARD_NAME = "README.md"
 STATE_NAME = "trainer_state.json"
@@ -239,7 +239,7 @@ def final_metrics(state: dict | None) -> dict[str, tuple[dict, dict]]:
 
 
 def stage_intro(run: dict | None) -> str:
-    """How the card's first sentence says the model was trained: MPO, or GSPO (`mpo rl`, :mod:`mpo.rl.card`)."""
+    """How the card's first sentence says the model was trained: MPO, or GSPO (`mpo rl`, :mod:`mpo.publishing.gspo_card`)."""
     if rl_card.is_rl_run(run):
         return rl_card.INTRO
     return (
