@@ -28,7 +28,7 @@ from pathlib import Path
 from mpo.demo.ablation import VARIANTS
 from mpo.demo.report import chance_level, correctness
 from mpo.demo.scales import Scale
-from mpo.demo.steps import Pipeline, evaluate, train_args
+from mpo.demo.steps import Pipeline, evaluate, pair_build_args, train_args
 
 QUERY_ACCURACY = "0.2,0.8"  # InternVL3.5's query selection
 MAIN_SEED = 42  # the recipes' seed: the demo's MPO run and the cascade's main runs
@@ -119,29 +119,6 @@ def mpo2_args(out: Path, scale: Scale, target: Path, seed: int) -> list[str]:
     return [swap.get(a, a) for a in args]
 
 
-def pair_build_args(out: Path, scale: Scale) -> list[str]:
-    """`mpo build-pairs` from the MPO checkpoint with the demo's settings (its step 6, another model)."""
-    samples = ["--n", str(scale.samples)] if scale.pairs == "correctness" else []
-    return [
-        "build-pairs",
-        scale.pairs,
-        "--model",
-        f"{out}/mpo",
-        "--data",
-        f"{out}/synthetic/qa/meta.json",
-        "--out",
-        f"{out}/cascade/pairs_mpo",
-        "--limit",
-        str(scale.pair_questions),
-        *samples,
-        "--max-new-tokens",
-        "64",
-        "--backend",
-        "transformers",
-        *scale.pair_args,
-    ]
-
-
 def train_arm(p: Pipeline, out: Path, scale: Scale, arm: str, seed: int, target: Path) -> None:
     """Train one cascade arm (seed ``seed``) into ``target``, then evaluate it into ``target/eval``."""
     selects = scale.pairs == "correctness"
@@ -189,7 +166,9 @@ def cascade(out: Path, scale: Scale, fresh: bool = False) -> Path:
         run(out, scale, fresh)  # the plain demo first: its steps are skipped where their output exists
     p = TimedPipeline(out, out / "cascade" / "timings.json")
     p.step(
-        "cascade: pairs from MPO", out / "cascade" / "pairs_mpo" / "report.json", *pair_build_args(out, scale)
+        "cascade: pairs from MPO",
+        out / "cascade" / "pairs_mpo" / "report.json",
+        *pair_build_args(out, scale, out / "mpo", out / "cascade" / "pairs_mpo"),
     )
     for arm in STEP_OF_STAGE.values():
         train_arm(p, out, scale, arm, MAIN_SEED, seed_dir(out, arm, MAIN_SEED))

@@ -205,18 +205,26 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
             *steps,
         )
         previous = target
-    samples = ["--n", str(scale.samples)] if scale.pairs == "correctness" else []
     p.step(
         f"6/10 build {scale.pairs} pairs from the SFT model",
         out / "pairs" / "report.json",
+        *pair_build_args(out, scale, previous, out / "pairs"),
+    )
+    return p
+
+
+def pair_build_args(out: Path, scale: Scale, model: str | Path, dest: Path) -> list[str]:
+    """`mpo build-pairs` with the demo's settings on its QA split: ``model``'s pairs into ``dest``."""
+    samples = ["--n", str(scale.samples)] if scale.pairs == "correctness" else []
+    return [
         "build-pairs",
         scale.pairs,
         "--model",
-        previous,
+        str(model),
         "--data",
-        f"{o}/synthetic/qa/meta.json",
+        f"{out}/synthetic/qa/meta.json",
         "--out",
-        f"{o}/pairs",
+        str(dest),
         "--limit",
         str(scale.pair_questions),
         *samples,
@@ -225,5 +233,4 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
         "--backend",
         "transformers",
         *scale.pair_args,
-    )
-    return p
+    ]
