@@ -333,16 +333,17 @@ def test_push_to_hub_after_training(run, fake_hub):
         hub_token="hf_fake",
         report_to=[],
     )
-    hub.push_to_hub_after_training(run, args)
+    hub.push_to_hub_after_training(run, args, "mpo rl")
     (_, repo_id, kw, token), (_, upload, metadata) = fake_hub
     assert (repo_id, kw["private"], token) == ("org/run-1", True, "hf_fake")
-    assert upload["repo_id"] == "org/run-1" and "End of MPO training" in upload["commit_message"]
+    assert upload["repo_id"] == "org/run-1" and upload["commit_message"] == "End of training (mpo rl)"
     assert metadata["pipeline_tag"] == "image-text-to-text" and "mpo" in metadata["tags"]
 
 
 def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
     """`push_to_hub: true`: the Trainer is built with push_to_hub off (no push at each save), then ours runs."""
     import mpo.cli.train
+    import mpo.cli.training
 
     seen = {}
 
@@ -378,12 +379,12 @@ def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
         seen["push_to_hub_at_build"] = args.push_to_hub
         return FakeTrainer()
 
-    def push_after(output_dir, args):
+    def push_after(output_dir, args, command):
         seen["order"].append("push")
-        seen["pushed"] = (output_dir, args.hub_model_id)
+        seen["pushed"] = (output_dir, args.hub_model_id, command)
 
     monkeypatch.setattr(mpo.cli.train, "build_trainer", build_trainer)
-    monkeypatch.setattr(mpo.cli.train, "write_run_card", lambda folder, args: seen["order"].append("card"))
+    monkeypatch.setattr(mpo.cli.training, "write_run_card", lambda folder, args: seen["order"].append("card"))
     monkeypatch.setattr(hub, "push_to_hub_after_training", push_after)
     argv = [
         "--model_name_or_path",
@@ -403,7 +404,7 @@ def test_mpo_train_pushes_once_at_the_end(tmp_path, monkeypatch):
     assert seen["push_to_hub_at_build"] is False
     assert seen["order"] == ["train", "save", "state", "card", "push"]  # the final card, then one push
     assert seen["callbacks"] == ["PreemptionCallback"]  # a signal would have saved and stopped it
-    assert seen["pushed"] == (str(tmp_path / "o"), "org/x")
+    assert seen["pushed"] == (str(tmp_path / "o"), "org/x", "mpo train")
 
 
 def test_errors_are_one_line(run, tmp_path, capsys, monkeypatch):

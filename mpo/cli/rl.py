@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from mpo.cli.training import run_training
+from mpo.cli.training import publishing_at_end, run_training
 from mpo.errors import UserError
 from mpo.models.loading import InternVLModelConfig, load_model, load_processor
 from mpo.recipe import parse_recipe
@@ -103,15 +103,10 @@ def build_trainer(model_args: InternVLModelConfig, data_args: QueryDataConfig, a
 
 
 def main(argv: list[str]) -> int:
-    from mpo.publishing.card import write_run_card
-    from mpo.publishing.dashboards import FullConfigCallback, name_and_group_run, wandb_enabled
+    from mpo.publishing.dashboards import FullConfigCallback, wandb_enabled
 
     model_args, data_args, args = parse_rl_args(argv)
-    push_to_hub, args.push_to_hub = (
-        args.push_to_hub,
-        False,
-    )  # pushed once, at the end, with the project's card
-    name_and_group_run(args, argv[argv.index("--config") + 1] if "--config" in argv else None)
+    publish = publishing_at_end(args, argv, COMMAND)
 
     def build():
         trainer = build_trainer(model_args, data_args, args)
@@ -120,12 +115,8 @@ def main(argv: list[str]) -> int:
         return trainer
 
     def report(trainer) -> None:
-        write_run_card(args.output_dir, args, trainer.state)
         last = next((h for h in reversed(trainer.state.log_history) if "reward" in h), {})
         print(f"{COMMAND}: {trainer.state.global_step} steps, saved to {args.output_dir}: {json.dumps(last)}")
-        if push_to_hub:
-            from mpo.publishing.hub import push_to_hub_after_training
-
-            push_to_hub_after_training(args.output_dir, args)
+        publish()
 
     return run_training(build, args, COMMAND, report)

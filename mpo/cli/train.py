@@ -21,18 +21,13 @@ from pathlib import Path
 from trl import get_peft_config, get_quantization_config
 
 from mpo.attention import layout_of
-from mpo.cli.training import run_training
+from mpo.cli.training import publishing_at_end, run_training
 from mpo.data.meta import skip_summary
 from mpo.data.mmpr import PreferenceDataConfig, load_mmpr
 from mpo.errors import UserError
 from mpo.models.loading import InternVLModelConfig, load_model, load_processor
-from mpo.publishing.card import ModelCardCallback, write_run_card
-from mpo.publishing.dashboards import (
-    FullConfigCallback,
-    PreferenceSamplesCallback,
-    name_and_group_run,
-    wandb_enabled,
-)
+from mpo.publishing.card import ModelCardCallback
+from mpo.publishing.dashboards import FullConfigCallback, PreferenceSamplesCallback, wandb_enabled
 from mpo.recipe import parse_recipe
 from mpo.trainer import MPOConfig, MPOTrainer
 
@@ -100,12 +95,9 @@ def build_trainer(
 
 def main(argv: list[str]) -> int:
     model_args, data_args, args = parse_train_args(argv)
-    # The Trainer would push at every save with TRL's card; mpo pushes once, at the end, with the MPO card.
-    push_to_hub, args.push_to_hub = args.push_to_hub, False
-    name_and_group_run(args, argv[argv.index("--config") + 1] if "--config" in argv else None)
+    publish = publishing_at_end(args, argv, "mpo train")
 
     def report(trainer: MPOTrainer) -> None:
-        write_run_card(args.output_dir, args)
         bad_rows = trainer.bad_rows  # load-time skips and those of the reference pass and batches
         if bad_rows is not None and bad_rows.skipped:
             path = bad_rows.write(skip_report_path(args.output_dir, "train"))
@@ -114,9 +106,6 @@ def main(argv: list[str]) -> int:
             f"mpo train: {trainer.state.global_step} steps, delta {trainer.reward_shift.value:.4f}, "
             f"saved to {args.output_dir}: {json.dumps(trainer.state.log_history[-1])}"
         )
-        if push_to_hub:
-            from mpo.publishing.hub import push_to_hub_after_training
-
-            push_to_hub_after_training(args.output_dir, args)
+        publish()
 
     return run_training(lambda: build_trainer(model_args, data_args, args), args, "mpo train", report)

@@ -6,7 +6,8 @@
     train_with_faults(...)                SIGTERM / SIGUSR1: save after the step under way, exit 75
     save_model, save_state, report(trainer) on the main process
 
-`mpo train`, `mpo sft` and `mpo rl` differ only in ``build`` and ``report``.
+`mpo train`, `mpo sft` and `mpo rl` differ only in ``build`` and ``report``; `mpo train` and `mpo rl` end their
+report with :func:`publishing_at_end` (the card, then one push).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from transformers import Trainer
 
 from mpo.checkpointing import resolve_resume
 from mpo.cluster import PreemptionCallback, finish_preempted, plan_resume, train_with_faults
+from mpo.publishing.card import write_run_card
+from mpo.publishing.dashboards import name_and_group_run
 
 
 def run_training(build: Callable[[], Trainer], args, command: str, report: Callable[[Trainer], None]) -> int:
@@ -37,3 +40,20 @@ def run_training(build: Callable[[], Trainer], args, command: str, report: Calla
         trainer.accelerator.wait_for_everyone()
         trainer.accelerator.end_training()  # the process group torn down before exit, on every rank
         return 0
+
+
+def publishing_at_end(args, argv: list[str], command: str) -> Callable[[], None]:
+    """Name and group the run after its recipe and turn the Trainer's push at every save off (it would push
+    TRL's card); returns what the main process runs after the final save: the project's card into
+    ``output_dir``, then one push when the recipe asked for ``push_to_hub``."""
+    push_to_hub, args.push_to_hub = args.push_to_hub, False
+    name_and_group_run(args, argv[argv.index("--config") + 1] if "--config" in argv else None)
+
+    def publish() -> None:
+        write_run_card(args.output_dir, args)
+        if push_to_hub:
+            from mpo.publishing.hub import push_to_hub_after_training
+
+            push_to_hub_after_training(args.output_dir, args, command)
+
+    return publish

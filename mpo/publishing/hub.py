@@ -14,7 +14,7 @@ where ``mpo train`` / ``mpo demo`` put them: ``report.json`` next to the trainin
 The upload is ``HfApi.create_repo(exist_ok=True)`` + ``HfApi.upload_folder`` (large files go through
 huggingface_hub's normal path), leaving out intermediate checkpoints, optimizer / scheduler / RNG
 states and ``training_args.bin`` (:data:`DEFAULT_IGNORE`). ``--dry-run`` writes the card and lists
-what would be uploaded, and sends nothing. ``mpo train`` calls :func:`push_to_hub_after_training`
+what would be uploaded, and sends nothing. ``mpo train`` and ``mpo rl`` call :func:`push_to_hub_after_training`
 at the end when the recipe says ``push_to_hub: true``.
 """
 
@@ -204,8 +204,8 @@ def push(
     return result
 
 
-def push_to_hub_after_training(output_dir: str | Path, args) -> dict:
-    """What ``mpo train`` runs at the end when the recipe says ``push_to_hub: true`` (main process only):
+def push_to_hub_after_training(output_dir: str | Path, args, command: str = "mpo train") -> dict:
+    """What ``command`` (`mpo train`, `mpo rl`) runs at the end when the recipe says ``push_to_hub: true`` (main process only):
     the card and upload of :func:`push`, to ``hub_model_id`` (default: the output folder's name in the
     token's namespace), private per ``hub_private_repo``, with ``hub_token`` / ``hub_revision``."""
     return push(
@@ -214,7 +214,7 @@ def push_to_hub_after_training(output_dir: str | Path, args) -> dict:
         private=getattr(args, "hub_private_repo", None),
         token=getattr(args, "hub_token", None),
         revision=getattr(args, "hub_revision", None),
-        commit_message="End of MPO training (mpo train)",
+        commit_message=f"End of training ({command})",
     )
 
 
