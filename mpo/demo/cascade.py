@@ -15,7 +15,7 @@ the arm's own starting model, so no arm samples twice: the demo's build (from SF
 round-2 build (from MPO) for MPO then GSPO, which iterative MPO trains on. Each arm's compute counts
 every step from the SFT checkpoint on: wall seconds of each step's process and generated responses (pair
 builds' samples, GSPO's rollouts). Steps whose output exists are skipped, as in the demo; their seconds
-come from cascade/timings.json (the demo's own from its REPORT.md).
+come from cascade/timings.json (the demo's own from its timings.json).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from mpo.demo.ablation import VARIANTS
 from mpo.demo.report import chance_level, correctness
 from mpo.demo.scales import Scale
-from mpo.demo.steps import Pipeline, evaluate, pair_build_args, train_args
+from mpo.demo.steps import TIMINGS, Pipeline, evaluate, pair_build_args, train_args
 
 QUERY_ACCURACY = "0.2,0.8"  # InternVL3.5's query selection
 MAIN_SEED = 42  # the recipes' seed: the demo's MPO run and the cascade's main runs
@@ -67,22 +67,6 @@ def arms(out: Path, scale: Scale) -> list[Arm]:
         ),
         Arm("MPO round 2", str(c / "mpo2"), c / "mpo2" / "eval", (*mpo, "pairs from MPO", "MPO round 2")),
     ]
-
-
-class TimedPipeline(Pipeline):
-    """The demo's pipeline, each step's seconds also kept in ``timings.json`` (a rerun skips the step)."""
-
-    def __init__(self, out: Path, record: Path) -> None:
-        super().__init__(out, fresh=False)
-        self.record = record
-        self.saved = json.loads(record.read_text()) if record.exists() else {}
-
-    def step(self, name: str, done: Path, *args: str) -> None:
-        super().step(name, done, *args)
-        if name in self.timings:
-            self.saved[name] = round(self.timings[name], 1)
-            self.record.parent.mkdir(parents=True, exist_ok=True)
-            self.record.write_text(json.dumps(self.saved, indent=1))
 
 
 def gspo_args(out: Path, scale: Scale, model: str, target: Path, seed: int, build: Path | None) -> list[str]:
@@ -164,7 +148,7 @@ def cascade(out: Path, scale: Scale, fresh: bool = False) -> Path:
 
     if fresh or not (out / "REPORT.md").exists():
         run(out, scale, fresh)  # the plain demo first: its steps are skipped where their output exists
-    p = TimedPipeline(out, out / "cascade" / "timings.json")
+    p = Pipeline(out, fresh=False, record=out / "cascade" / TIMINGS)
     p.step(
         "cascade: pairs from MPO",
         out / "cascade" / "pairs_mpo" / "report.json",
@@ -179,7 +163,7 @@ def cascade(out: Path, scale: Scale, fresh: bool = False) -> Path:
             if seed != MAIN_SEED:
                 train_arm(p, out, scale, arm, seed, seed_dir(out, arm, seed))
     seeds = {arm: [accuracy(seed_eval(out, arm, s)) for s in SEEDS] for arm in leading}
-    return write_report(out, scale, compute(out, p.saved), seeds, sum(p.saved.values()))
+    return write_report(out, scale, compute(out, p.recorded), seeds, sum(p.recorded.values()))
 
 
 def accuracy(eval_dir: Path) -> float:
@@ -187,12 +171,9 @@ def accuracy(eval_dir: Path) -> float:
 
 
 def demo_timings(out: Path) -> dict[str, float]:
-    """The demo's step seconds, from its REPORT.md's step table (empty when it has none)."""
-    report = out / "REPORT.md"
-    text = report.read_text() if report.exists() else ""
-    rows = text.split("## Step timings", 1)[-1].splitlines() if "## Step timings" in text else []
-    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows if row.startswith("| ")]
-    return {c[0]: float(c[1]) for c in cells if len(c) == 2 and c[1].replace(".", "", 1).isdigit()}
+    """The demo's step seconds, as its pipeline recorded them (empty for a demo run before they were kept)."""
+    record = out / TIMINGS
+    return json.loads(record.read_text()) if record.exists() else {}
 
 
 def responses(build: Path) -> int:

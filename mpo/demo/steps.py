@@ -3,6 +3,7 @@ server that has imported the commands' modules once (:class:`Pipeline`)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shlex
@@ -76,9 +77,16 @@ def step_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+TIMINGS = "timings.json"  # every step's seconds, kept across reruns (the cascade reads the demo's)
+
+
 class Pipeline:
-    def __init__(self, out: Path, fresh: bool) -> None:
-        self.out, self.fresh, self.timings = out, fresh, {}
+    def __init__(self, out: Path, fresh: bool, record: Path | None = None) -> None:
+        """``timings``: the seconds of the steps this run ran; ``record``: a json file that keeps every step's
+        seconds across runs (a rerun skips the steps already done), read back as ``recorded``."""
+        self.out, self.fresh, self.record = out, fresh, record
+        self.timings: dict[str, float] = {}
+        self.recorded = json.loads(record.read_text()) if record is not None and record.exists() else {}
 
     def step(self, name: str, done: Path, *args: str) -> None:
         """Run ``mpo ARGS`` in a process of its own unless ``done`` exists; time it."""
@@ -93,6 +101,10 @@ class Pipeline:
         if process.exitcode != 0:
             raise UserError(f"step '{name}' failed (exit status {process.exitcode}): mpo {shlex.join(args)}")
         self.timings[name] = time.perf_counter() - start
+        if self.record is not None:
+            self.recorded[name] = round(self.timings[name], 1)
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            self.record.write_text(json.dumps(self.recorded, indent=1))
 
 
 def train_args(out: Path, scale: Scale, target: Path, *extra: str) -> list[str]:
@@ -169,7 +181,7 @@ def prepare(out: Path, scale: Scale, fresh: bool) -> Pipeline:
     """Steps 1-6: tiny model, synthetic data, the three SFT stages, pairs from the SFT model."""
     if fresh and out.exists():
         shutil.rmtree(out)
-    p, o = Pipeline(out, fresh), str(out)
+    p, o = Pipeline(out, fresh, out / TIMINGS), str(out)
     p.step("1/10 build the tiny InternVL2.5 model", out / "tiny" / "config.json", "tiny-model", f"{o}/tiny")
     p.step(
         "2/10 generate the synthetic visual QA task",
