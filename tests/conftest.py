@@ -217,6 +217,23 @@ def accelerate_launch(processes: int, *options: str, zero: str | None = None) ->
     ]
 
 
+def tiny_mpo(model: Path, meta: Path, out: Path, *options: str) -> list[str]:
+    """The ``mpo train`` arguments of recipes/tiny/mpo.yaml from ``model`` on the MMPR ``meta`` into ``out``;
+    ``options`` override the recipe. Follows :func:`accelerate_launch` or ``python -m mpo.cli``."""
+    return [
+        "train",
+        "--config",
+        "recipes/tiny/mpo.yaml",
+        "--model_name_or_path",
+        str(model),
+        "--meta_path",
+        str(meta),
+        "--output_dir",
+        str(out),
+        *options,
+    ]
+
+
 def free_port() -> int:
     """A TCP port free on this machine now: the rendezvous of a multi-process test."""
     import socket

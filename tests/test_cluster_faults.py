@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import MIXED_ROWS, REPO, accelerate_launch, free_port, write_mmpr
+from conftest import MIXED_ROWS, REPO, accelerate_launch, free_port, tiny_mpo, write_mmpr
 from test_sft import SFT_ROWS, write_sft
 
 from mpo.checkpointing import checkpoint_problem, checkpoints
@@ -58,16 +58,10 @@ def meta(tmp_path_factory) -> Path:
 
 
 def _train(tiny_model, meta, out, *extra, save=("--save_steps", "2")) -> list[str]:
-    return [
-        "train",
-        "--config",
-        "recipes/tiny/mpo.yaml",
-        "--model_name_or_path",
-        str(tiny_model),
-        "--meta_path",
-        str(meta),
-        "--output_dir",
-        str(out),
+    return tiny_mpo(
+        tiny_model,
+        meta,
+        out,
         "--ref_cache_dir",
         str(Path(meta).parent / "ref_cache"),
         "--max_steps",
@@ -82,7 +76,7 @@ def _train(tiny_model, meta, out, *extra, save=("--save_steps", "2")) -> list[st
         "--report_to",
         "none",
         *extra,
-    ]
+    )
 
 
 def _accelerate(nproc: int, *launch: str) -> list[str]:
@@ -172,6 +166,7 @@ def test_preempted_zero3_job_resumes_on_one_rank_then_on_two_machines(tiny_model
     (tmp_path / "one.log").write_text(output)
     assert "1 per device x 2 accumulation keeps the global batch 2" in output, output[-4000:]
     assert "converted to DeepSpeed's universal checkpoint" in output
+    assert "reference log-probs: reusing" in output  # the cache the 2 ranks built (or an earlier test's)
     record = json.loads((one / PREEMPTED_FILE).read_text())
     stopped = record["step"]
     assert 3 <= stopped <= STEPS - 2 and record["signal"] == "SIGTERM", record

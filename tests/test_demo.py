@@ -22,12 +22,24 @@ def overall(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())["overall"]
 
 
+@pytest.fixture(scope="module")
+def smoke_demo(tmp_path_factory) -> Path:
+    """`mpo demo` at the smoke scale, run once for the module from an empty directory outside the checkout
+    (the recipes ship with the package): the ablation and the cascade reuse its finished steps, as
+    `make demo-ablation` and `make demo-cascade` do."""
+    root = tmp_path_factory.mktemp("smoke")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        demo.run(root / "demo", demo.SCALES["smoke"])
+    return root / "demo"
+
+
 @pytest.mark.slow
-def test_smoke_demo_then_ablation(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # an empty directory outside the checkout: the recipes ship with the package
-    out = tmp_path / "demo"
+def test_smoke_demo_then_ablation(smoke_demo, monkeypatch):
+    monkeypatch.chdir(smoke_demo.parent)
+    out = smoke_demo
     scale = demo.SCALES["smoke"]
-    text = demo.run(out, scale).read_text()
+    text = (out / "REPORT.md").read_text()
 
     sft, mpo = overall(out / "eval" / "sft"), overall(out / "eval" / "mpo")
     assert sft["total"] == mpo["total"] == scale.eval_items
@@ -194,14 +206,14 @@ def recount(run: Path) -> dict[str, bool]:
 
 
 @pytest.mark.slow
-def test_smoke_cascade_report_recounts_every_arm(tmp_path, monkeypatch):
+def test_smoke_cascade_report_recounts_every_arm(smoke_demo, monkeypatch):
     """`mpo demo --cascade` at the smoke scale: the demo first, then GSPO from MPO and from SFT (the same steps
     and rollouts), a second MPO round on pairs from the MPO model, seeds of the two leading arms; every number
     of the accuracy and paired tables equals a recount of the arms' predictions.jsonl."""
     from mpo.demo.cascade import cascade
 
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "demo"
+    monkeypatch.chdir(smoke_demo.parent)
+    out = smoke_demo
     scale = demo.SCALES["smoke"]
     text = cascade(out, scale).read_text()
     c = out / "cascade"
