@@ -6,7 +6,9 @@
 - a prompt under RL byte for byte the prompt of the MPO collator and of the generation backend (evaluation,
   pair building);
 - `mpo rl` end to end from another directory, then `mpo eval` and `mpo push --dry-run` on its output;
-- two ZeRO-3 ranks on the CPU, whose logged rewards are the checker's verdicts on the logged completions.
+- two ZeRO-2 / ZeRO-3 ranks on the CPU, one with an image question and one without, whose logged rewards are
+  the checker's verdicts on the logged completions; a batch without images runs the vision tower on a blank
+  tile without changing a number.
 """
 
 from __future__ import annotations
@@ -390,25 +392,49 @@ def test_mpo_rl_from_another_directory_then_eval_and_push(tmp_path, tiny_model, 
     assert "GSPO" in (out / "README.md").read_text() or "gspo" in pushed.stdout.lower()
 
 
+def image_and_text_questions(synthetic: Path, out: Path) -> Path:
+    """A QA meta.json of two questions: the synthetic task's first (one image) and a text-only one, in
+    subsets of their own. With 4 rollouts a rank and 2 ranks, every step gives one rank each."""
+    qa = synthetic / "qa"
+    meta = json.loads((qa / "meta.json").read_text())
+    [(name, subset)] = meta.items()
+    first = (qa / subset["annotation"]).read_text().splitlines()[0]
+    text = {"id": "t0", "question": "What is 2 + 2?", "answer": "4", "reasoning": "2 + 2 is 4."}
+    out.mkdir()
+    (out / "image.jsonl").write_text(first + "\n")
+    (out / "text.jsonl").write_text(json.dumps(text) + "\n")
+    root = str((qa / subset["root"]).resolve())
+    subsets = {
+        name: {**subset, "root": root, "annotation": "image.jsonl", "length": 1},
+        "text": {**subset, "root": root, "annotation": "text.jsonl", "length": 1},
+    }
+    (out / "meta.json").write_text(json.dumps(subsets))
+    return out / "meta.json"
+
+
 @pytest.mark.slow
-def test_two_zero3_ranks_reward_the_checkers_verdicts(tmp_path, tiny_model, synthetic):
-    """Two ZeRO-3 ranks on the CPU complete 2 steps; the rewards logged for step 1 are the checker's verdicts on
-    the completions logged with them (TRL's completions parquet), row by row."""
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_two_ranks_one_without_images_reward_the_checkers_verdicts(tmp_path, tiny_model, synthetic, zero):
+    """Two DeepSpeed ranks on the CPU complete 2 steps while one rank's question has an image and the other's
+    none (under ZeRO-3 the text-only rank must still run the vision tower, in the same place: DeepSpeed
+    gathers its shards collectively and checks that ranks run modules in one order). The rewards logged for
+    step 1 are the checker's verdicts on the completions logged with them (TRL's completions parquet)."""
     import pandas as pd
 
-    meta = synthetic / "qa" / "meta.json"
+    meta = image_and_text_questions(synthetic, tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
-        *accelerate_launch(2, "--main_process_port", str(free_port()), zero="zero3"),
+        *accelerate_launch(2, "--main_process_port", str(free_port()), zero=zero),
         "rl", "--config", "tiny/gspo", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
         "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--log_completions", "true",
-        "--reward_funcs", "correctness", "format", "reasoning",
+        "--reward_funcs", "correctness", "format", "reasoning", "--save_strategy", "no",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     table = pd.read_parquet(tmp_path / "out" / "completions" / "completions_00001.parquet")
     rows = {r["prompt"]: r for r in load_questions(meta)[0]}
-    assert len(table) >= 4 and set(table["prompt"]) <= set(rows)
+    assert len(table) == 8 and set(table["prompt"]) == set(rows)  # both questions, 4 rollouts each
+    assert sorted(bool(rows[p]["image_paths"]) for p in rows) == [False, True]
     for _, line in table.iterrows():
         judged = judge_against(
             line["completion"].strip(), Truth.of_row(json.loads(rows[line["prompt"]]["truth"]))
@@ -416,6 +442,29 @@ def test_two_zero3_ranks_reward_the_checkers_verdicts(tmp_path, tiny_model, synt
         assert line["correctness"] == float(judged["verdict"] == "correct")
         assert line["format"] == float(judged["verdict"] != "format")
         assert line["reasoning"] == float(judged["sound"])
+
+
+def test_a_batch_without_images_runs_the_tower_on_a_blank_tile_and_scores_the_same(tiny_model, processor):
+    """The blank tile changes no number, and the vision tower's parameters get gradients (zeros): the
+    text-only rank takes part in ZeRO's gradient reduction as the other ranks do."""
+    from mpo.models.loading import load_model
+    from mpo.rl.trainer import vision_on_a_blank_tile
+
+    model = load_model(tiny_model)
+    ids = processor.tokenizer("What is 2 + 2? 4", return_tensors="pt")["input_ids"]
+    ran = []
+    model.model.vision_tower.register_forward_hook(lambda *_: ran.append(True))
+    plain = model(input_ids=ids).logits
+    assert not ran and all(p.grad is None for p in model.model.vision_tower.parameters())
+    with vision_on_a_blank_tile(model, processor.image_processor):
+        blank = model(input_ids=ids).logits
+    assert ran == [True]
+    torch.testing.assert_close(blank, plain, rtol=0, atol=0)
+    blank.sum().backward()
+    grads = [p.grad for p in model.model.vision_tower.parameters()]
+    assert all(g is not None and not g.any() for g in grads)
+    model(input_ids=ids)  # the hook is gone after the block
+    assert ran == [True]
 
 
 # ---- recipes ---------------------------------------------------------------------------------------------

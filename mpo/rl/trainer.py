@@ -13,6 +13,8 @@ the parent, and nothing else:
   are attached to the scored batch with ``num_tiles`` (:meth:`_generate_and_score_completions`), which
   TRL 1.16 already slices per sample for InternVL's tile-indexed ``pixel_values``, and handed to the passes
   TRL makes inside its scoring (old and reference log-probs, :meth:`_get_per_token_logps_and_entropies`);
+  a batch without images runs the vision tower on a blank tile there (:func:`vision_on_a_blank_tile`, the
+  collators' blank-tile rule), so ranks with and without images run the same modules under ZeRO-3;
 - **rollouts** without vLLM (:meth:`_generate_single_turn`): the prompt-sharing prefill of the pair builder
   (:meth:`mpo.generation.TransformersBackend.prefill`): each distinct prompt, its vision tower included, runs
   once, and its ``num_generations`` samples continue from copies of its KV cache, instead of TRL's one row per
@@ -26,15 +28,20 @@ the parent, and nothing else:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from accelerate.logging import get_logger
+from peft import PeftModel
 from transformers import Trainer
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
+from mpo import runtime
 from mpo.checkpointing import NativeResumeMixin, write_run_config
 from mpo.data.collator import PreferenceCollator
-from mpo.data.images import load_visuals
+from mpo.data.images import blank_tile, load_visuals
 from mpo.data.template import IMAGE_PLACEHOLDER, leading_special_ids
 from mpo.generation import TransformersBackend
 from mpo.models import families
@@ -63,6 +70,34 @@ def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> list[list[in
         end = next((i for i, t in enumerate(row) if t in eos_ids), len(row) - 1)
         out.append(row[: end + 1])
     return out
+
+
+@contextmanager
+def vision_on_a_blank_tile(model, image_processor) -> Iterator[None]:
+    """The blank-tile rule (:func:`mpo.data.layout.tiles_or_blank`) for the batches without images that TRL
+    scores: while active, every forward of ``model`` (the unwrapped InternVL) runs the vision tower on one
+    blank tile between the token embedding and the language model, where a batch with images runs it, and
+    adds 0 x its features to the embeddings. The numbers do not change; every rank runs the same modules in
+    the same order, which ZeRO-3's collective parameter gathers need (a rank that skipped the tower would
+    leave the others waiting in it), and the tower's gradients are zeros, not missing."""
+    internvl = (model.get_base_model() if isinstance(model, PeftModel) else model).model
+    tile = blank_tile(image_processor)
+
+    def run_the_tower(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        embeds = kwargs["inputs_embeds"]
+        features = internvl.get_image_features(
+            pixel_values=tile.to(embeds.device, internvl.dtype), return_dict=True
+        ).pooler_output
+        kwargs["inputs_embeds"] = embeds + 0.0 * features.sum()
+        return args, kwargs
+
+    # first among the language model's pre-hooks: before ZeRO-3's own records the module in its trace of the
+    # step's module order, which must be the same on every rank (DeepSpeed 0.19 checks it)
+    handle = internvl.language_model.register_forward_pre_hook(run_the_tower, with_kwargs=True, prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class GSPOTrainer(NativeResumeMixin, GRPOTrainer):
@@ -126,12 +161,17 @@ class GSPOTrainer(NativeResumeMixin, GRPOTrainer):
         self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
     ):
         """TRL's per-token log-probs; inside the scoring of a rollout (old / reference log-probs) with the
-        batch's tiles, which TRL 1.16 looks for only in its own processor's output."""
+        batch's tiles, which TRL 1.16 looks for only in its own processor's output. A batch without images
+        runs the vision tower on a blank tile (:func:`vision_on_a_blank_tile`), as every rank must under
+        ZeRO-3."""
         if kwargs.get("pixel_values") is None and self._vision is not None:
             kwargs["pixel_values"], kwargs["num_tiles"], kwargs["num_images"] = self._vision
-        return super()._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-        )
+        score = super()._get_per_token_logps_and_entropies
+        if kwargs.get("pixel_values") is not None:
+            return score(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+        unwrapped = runtime.unwrapped(self.accelerator, model)
+        with vision_on_a_blank_tile(unwrapped, self.processing_class.image_processor):
+            return score(model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
 
     # ---- rollouts ---------------------------------------------------------------------------------
     def _generate_single_turn(
