@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_mpo
 from pair_backends import run_tagged
 from safetensors.torch import load_file
 
@@ -128,16 +128,10 @@ def run_pipeline(tmp_path: Path, variant, prompts: list[str]) -> None:
 
     # MPO: a few steps from the recipe of the tiny model
     out = tmp_path / "mpo"
-    argv = [
-        "train",
-        "--config",
-        "recipes/tiny/mpo.yaml",
-        "--model_name_or_path",
-        str(model),
-        "--meta_path",
-        str(pairs / "meta.json"),
-        "--output_dir",
-        str(out),
+    argv = tiny_mpo(
+        model,
+        pairs / "meta.json",
+        out,
         "--max_steps",
         "2",
         "--per_device_train_batch_size",
@@ -146,7 +140,7 @@ def run_pipeline(tmp_path: Path, variant, prompts: list[str]) -> None:
         str(tmp_path / "cache"),
         "--save_strategy",
         "no",
-    ]
+    )
     assert cli_main(argv) == 0
     assert json.loads((out / "config.json").read_text())["mpo_family"] == "internvl3"
     processor = load_processor(out)
