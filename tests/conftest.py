@@ -218,10 +218,10 @@ def accelerate_launch(processes: int, *options: str, zero: str | None = None) ->
 
 
 def tiny_mpo(model: Path, meta: Path, out: Path, *options: str) -> list[str]:
-    """The ``mpo train`` arguments of recipes/tiny/mpo.yaml from ``model`` on the MMPR ``meta`` into ``out``;
-    ``options`` override the recipe. Follows :func:`accelerate_launch` or ``python -m mpo.cli``."""
+    """The arguments of `mpo train` for recipes/tiny/mpo.yaml from ``model`` on the MMPR ``meta`` into ``out``;
+    ``options`` override the recipe. For ``mpo.cli.train.main`` as they are; on a command line after
+    ``train`` (``python -m mpo.cli`` or :func:`accelerate_launch`)."""
     return [
-        "train",
         "--config",
         "recipes/tiny/mpo.yaml",
         "--model_name_or_path",

@@ -58,25 +58,28 @@ def meta(tmp_path_factory) -> Path:
 
 
 def _train(tiny_model, meta, out, *extra, save=("--save_steps", "2")) -> list[str]:
-    return tiny_mpo(
-        tiny_model,
-        meta,
-        out,
-        "--ref_cache_dir",
-        str(Path(meta).parent / "ref_cache"),
-        "--max_steps",
-        str(STEPS),
-        "--per_device_train_batch_size",
-        "1",
-        "--learning_rate",
-        "1e-3",
-        "--logging_steps",
-        "1",
-        *save,
-        "--report_to",
-        "none",
-        *extra,
-    )
+    return [
+        "train",
+        *tiny_mpo(
+            tiny_model,
+            meta,
+            out,
+            "--ref_cache_dir",
+            str(Path(meta).parent / "ref_cache"),
+            "--max_steps",
+            str(STEPS),
+            "--per_device_train_batch_size",
+            "1",
+            "--learning_rate",
+            "1e-3",
+            "--logging_steps",
+            "1",
+            *save,
+            "--report_to",
+            "none",
+            *extra,
+        ),
+    ]
 
 
 def _accelerate(nproc: int, *launch: str) -> list[str]:

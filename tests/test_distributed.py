@@ -146,7 +146,7 @@ def zero3_runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
         launch = accelerate_launch(
             2, "--num_machines", "1", "--main_process_port", str(free_port()), zero=str(root / "zero3.json")
         )
-        train = tiny_mpo(
+        train = ["train"] + tiny_mpo(
             tiny_model, meta, out,
             "--attn_implementation", kernel, "--max_steps", str(ZERO3_STEPS),
             "--per_device_train_batch_size", str(ZERO3_PAIRS), "--learning_rate", "1e-3", "--logging_steps", "1",

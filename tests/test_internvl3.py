@@ -128,7 +128,7 @@ def run_pipeline(tmp_path: Path, variant, prompts: list[str]) -> None:
 
     # MPO: a few steps from the recipe of the tiny model
     out = tmp_path / "mpo"
-    argv = tiny_mpo(
+    argv = ["train"] + tiny_mpo(
         model,
         pairs / "meta.json",
         out,

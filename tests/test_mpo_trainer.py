@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import MIXED_ROWS
+from conftest import MIXED_ROWS, tiny_mpo
 from trl.trainer.utils import add_fused_lm_head
 
 from mpo.data.mmpr import load_mmpr
@@ -519,14 +519,9 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(
     from mpo.cli.train import build_trainer, parse_train_args
 
     model_args, data_args, args = parse_train_args(
-        [
-            "--config",
-            "recipes/tiny/mpo.yaml",
-            "--model_name_or_path",
+        tiny_mpo(
             str(tiny_model),
-            "--meta_path",
             str(mixed_meta),
-            "--output_dir",
             str(tmp_path / "lora"),
             "--max_steps",
             "3",
@@ -544,7 +539,7 @@ def test_lora_trains_only_the_adapter_against_the_adapter_disabled_reference(
             "false",
             "--per_device_train_batch_size",
             "2",
-        ]
+        )
     )
     trainer = build_trainer(model_args, data_args, args)
     assert isinstance(trainer.model, PeftModel) and trainer.ref_model is None
@@ -599,14 +594,9 @@ def test_in_step_reference_is_deterministic_under_lora_and_vision_drop_path(tiny
     from mpo.cli.train import build_trainer, parse_train_args
 
     model_args, data_args, args = parse_train_args(
-        [
-            "--config",
-            "recipes/tiny/mpo.yaml",
-            "--model_name_or_path",
+        tiny_mpo(
             str(tiny_model),
-            "--meta_path",
             str(mixed_meta),
-            "--output_dir",
             str(tmp_path / "lora"),
             "--use_peft",
             "true",
@@ -616,7 +606,7 @@ def test_in_step_reference_is_deterministic_under_lora_and_vision_drop_path(tiny
             "false",
             "--vision_drop_path_rate",
             "0.9",
-        ]
+        )
     )
     trainer = build_trainer(model_args, data_args, args)
     data, _ = load_mmpr(mixed_meta, load_processor(tiny_model))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MIXED_ROWS, REPO, write_mmpr
+from conftest import MIXED_ROWS, REPO, tiny_mpo, write_mmpr
 
 from mpo.cli import main as cli_main
 from mpo.cli.train import main as train_main
@@ -23,14 +23,9 @@ STEPS = 3
 
 
 def _argv(tiny_model, meta, out, cache, *extra) -> list[str]:
-    return [
-        "--config",
-        "recipes/tiny/mpo.yaml",
-        "--model_name_or_path",
+    return tiny_mpo(
         str(tiny_model),
-        "--meta_path",
         str(meta),
-        "--output_dir",
         str(out),
         "--ref_cache_dir",
         str(cache),
@@ -49,7 +44,7 @@ def _argv(tiny_model, meta, out, cache, *extra) -> list[str]:
         "--report_to",
         "none",
         *extra,
-    ]
+    )
 
 
 def _delta(state_file: Path) -> dict:

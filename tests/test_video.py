@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import write_mmpr
+from conftest import tiny_mpo, write_mmpr
 from video_files import frame_number, write_video
 
 from mpo.data.collator import PreferenceCollator
@@ -149,14 +149,9 @@ def test_video_file_row_trains_a_few_mpo_steps(tiny_model, tmp_path, capsys):
     ]
     meta = _video_meta(tmp_path / "d", rows, frames=(3, 3))
     out = tmp_path / "out"
-    argv = [
-        "--config",
-        "recipes/tiny/mpo.yaml",
-        "--model_name_or_path",
+    argv = tiny_mpo(
         str(tiny_model),
-        "--meta_path",
         str(meta),
-        "--output_dir",
         str(out),
         "--max_steps",
         "3",
@@ -168,7 +163,7 @@ def test_video_file_row_trains_a_few_mpo_steps(tiny_model, tmp_path, capsys):
         "1",
         "--save_strategy",
         "no",
-    ]
+    )
     assert train_main(argv) == 0
     state = json.loads((out / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]
