@@ -413,12 +413,19 @@ def image_and_text_questions(synthetic: Path, out: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_two_ranks_one_without_images_reward_the_checkers_verdicts(tmp_path, tiny_model, synthetic, zero):
+@pytest.mark.parametrize(
+    "zero, options",
+    [("zero2", []), ("zero3", []), ("zero3", ["--ds3_gather_for_generation", "false"])],
+    ids=["zero2", "zero3", "zero3-sharded-generation"],
+)
+def test_two_ranks_one_without_images_reward_the_checkers_verdicts(
+    tmp_path, tiny_model, synthetic, zero, options
+):
     """Two DeepSpeed ranks on the CPU complete 2 steps while one rank's question has an image and the other's
     none (under ZeRO-3 the text-only rank must still run the vision tower, in the same place: DeepSpeed
-    gathers its shards collectively and checks that ranks run modules in one order). The rewards logged for
-    step 1 are the checker's verdicts on the completions logged with them (TRL's completions parquet)."""
+    gathers its shards collectively and checks that ranks run modules in one order; with the rollouts on
+    the shards too, in the prefill). The rewards logged for step 1 are the checker's verdicts on the
+    completions logged with them (TRL's completions parquet)."""
     import pandas as pd
 
     meta = image_and_text_questions(synthetic, tmp_path / "data")
@@ -427,7 +434,7 @@ def test_two_ranks_one_without_images_reward_the_checkers_verdicts(tmp_path, tin
         *accelerate_launch(2, "--main_process_port", str(free_port()), zero=zero),
         "rl", "--config", "tiny/gspo", "--model_name_or_path", str(tiny_model), "--meta_path", str(meta),
         "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--log_completions", "true",
-        "--reward_funcs", "correctness", "format", "reasoning", "--save_strategy", "no",
+        "--reward_funcs", "correctness", "format", "reasoning", "--save_strategy", "no", *options,
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -442,6 +449,34 @@ def test_two_ranks_one_without_images_reward_the_checkers_verdicts(tmp_path, tin
         assert line["correctness"] == float(judged["verdict"] == "correct")
         assert line["format"] == float(judged["verdict"] != "format")
         assert line["reasoning"] == float(judged["sound"])
+
+
+def test_trls_rollouts_on_shards_with_text_only_questions_are_refused(
+    tiny_model, synthetic, processor, tmp_path, monkeypatch
+):
+    from mpo.errors import UserError
+    from mpo.models.loading import load_model
+    from mpo.rl import trainer as rl_trainer
+
+    monkeypatch.setattr(rl_trainer, "is_deepspeed_zero3_enabled", lambda: True)
+    meta = image_and_text_questions(synthetic, tmp_path / "data")
+    rows, _ = load_questions(meta)
+
+    def build(**settings):
+        args = GSPOConfig(
+            output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2, report_to=[],
+            gradient_checkpointing=False, **settings,
+        )  # fmt: skip
+        return rl_trainer.GSPOTrainer(
+            load_model(tiny_model), args=args, train_dataset=as_dataset(rows), processing_class=processor
+        )
+
+    with pytest.raises(
+        UserError, match=r"text\.jsonl:1: a question without images \(1 in all\).*shared_prefill"
+    ):
+        build(shared_prefill=False, ds3_gather_for_generation=False)
+    build(shared_prefill=True, ds3_gather_for_generation=False)  # the prefill's blank tile runs them
+    build(shared_prefill=False, ds3_gather_for_generation=True)  # gathered weights: no rank waits
 
 
 def test_a_batch_without_images_runs_the_tower_on_a_blank_tile_and_scores_the_same(tiny_model, processor):

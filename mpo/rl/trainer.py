@@ -29,12 +29,13 @@ the parent, and nothing else:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from accelerate.logging import get_logger
 from peft import PeftModel
 from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
@@ -43,6 +44,7 @@ from mpo.checkpointing import NativeResumeMixin, write_run_config
 from mpo.data.collator import PreferenceCollator
 from mpo.data.images import blank_tile, load_visuals
 from mpo.data.template import IMAGE_PLACEHOLDER, leading_special_ids
+from mpo.errors import UserError
 from mpo.generation import TransformersBackend
 from mpo.models import families
 from mpo.rl.config import GSPOConfig
@@ -73,17 +75,20 @@ def cut_at_eos(completion_ids: torch.Tensor, eos_ids: list[int]) -> list[list[in
 
 
 @contextmanager
-def vision_on_a_blank_tile(model, image_processor) -> Iterator[None]:
+def vision_on_a_blank_tile(model, image_processor, first_only: bool = False) -> Iterator[None]:
     """The blank-tile rule (:func:`mpo.data.layout.tiles_or_blank`) for the batches without images that TRL
-    scores: while active, every forward of ``model`` (the unwrapped InternVL) runs the vision tower on one
-    blank tile between the token embedding and the language model, where a batch with images runs it, and
-    adds 0 x its features to the embeddings. The numbers do not change; every rank runs the same modules in
-    the same order, which ZeRO-3's collective parameter gathers need (a rank that skipped the tower would
+    scores: while active, every forward of ``model`` (the unwrapped InternVL; with ``first_only`` the first
+    forward only: the prefill of a generation, the one forward that runs the tower) runs the vision tower on
+    one blank tile between the token embedding and the language model, where a batch with images runs it,
+    and adds 0 x its features to the embeddings. The numbers do not change; every rank runs the same modules
+    in the same order, which ZeRO-3's collective parameter gathers need (a rank that skipped the tower would
     leave the others waiting in it), and the tower's gradients are zeros, not missing."""
     internvl = (model.get_base_model() if isinstance(model, PeftModel) else model).model
     tile = blank_tile(image_processor)
 
     def run_the_tower(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if first_only:
+            handle.remove()
         embeds = kwargs["inputs_embeds"]
         features = internvl.get_image_features(
             pixel_values=tile.to(embeds.device, internvl.dtype), return_dict=True
@@ -119,6 +124,29 @@ class GSPOTrainer(NativeResumeMixin, GRPOTrainer):
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo rl adds model, data, queries)
         super().__init__(model, reward_funcs=reward_funcs, args=args, **kwargs)
         self.collator = PreferenceCollator(self.processing_class)
+        self._refuse_unsharded_generation_of_text_rows()
+
+    def _refuse_unsharded_generation_of_text_rows(self) -> None:
+        """TRL's rollouts (``shared_prefill: false``) on ZeRO-3 shards (``ds3_gather_for_generation: false``)
+        cannot take questions without images: transformers' ``generate`` gives DeepSpeed (0.19) different
+        module orders on a rank without images and one with them, and the job hangs. Refused when the data
+        have such questions, with the two settings that run them."""
+        sharded = is_deepspeed_zero3_enabled() and not self.args.ds3_gather_for_generation
+        if not sharded or self.use_vllm or self.args.shared_prefill or self.train_dataset is None:
+            return
+        text = [
+            source
+            for source, files in zip(
+                self.train_dataset["source"], self.train_dataset["image_paths"], strict=True
+            )
+            if not files
+        ]
+        if text:
+            raise UserError(
+                f"{text[0]}: a question without images ({len(text)} in all), with shared_prefill false and "
+                "ds3_gather_for_generation false under ZeRO-3: TRL's rollouts on sharded weights hang on it; "
+                "set shared_prefill true (the default) or ds3_gather_for_generation true (the default)"
+            )
 
     # ---- prompts: the MPO collator's ids and tiles --------------------------------------------------
     def _encode_rows(self, rows: list[dict]) -> tuple[list[list[int]], list[torch.Tensor | None]]:
@@ -179,10 +207,25 @@ class GSPOTrainer(NativeResumeMixin, GRPOTrainer):
     ):
         if self.use_vllm:
             return super()._generate_single_turn(*self._vllm_prompts(), {}, num_generations)
-        if not self.args.shared_prefill:  # TRL's path: one row per sample, the tiles of every row
-            fields = {"pixel_values": self._vision[0]} if self._vision is not None else {}
-            return super()._generate_single_turn(prompt_ids, None, fields, num_generations)
-        return self._shared_prefill_rollouts(prompt_ids), None
+        with self._blank_tile_on_shards():
+            if not self.args.shared_prefill:  # TRL's path: one row per sample, the tiles of every row
+                fields = {"pixel_values": self._vision[0]} if self._vision is not None else {}
+                return super()._generate_single_turn(prompt_ids, None, fields, num_generations)
+            return self._shared_prefill_rollouts(prompt_ids), None
+
+    def _blank_tile_on_shards(self) -> AbstractContextManager:
+        """Generation on ZeRO-3 shards (``ds3_gather_for_generation: false``) gathers each module's shards
+        collectively in every forward: a batch without images runs the vision tower on a blank tile in its
+        prefill, where batches with images on other ranks run it (with the weights gathered for generation,
+        the default, no rank waits on another and nothing is added)."""
+        if (
+            self._vision is not None
+            or self.args.ds3_gather_for_generation
+            or not is_deepspeed_zero3_enabled()
+        ):
+            return nullcontext()
+        unwrapped = runtime.unwrapped(self.accelerator, self.model_wrapped)
+        return vision_on_a_blank_tile(unwrapped, self.processing_class.image_processor, first_only=True)
 
     def _shared_prefill_rollouts(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         """Sample the batch's completions with the pair builder's prefill: each run of one prompt's copies
