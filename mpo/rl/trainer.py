@@ -124,9 +124,9 @@ class GSPOTrainer(NativeResumeMixin, GRPOTrainer):
         self.run_config: dict = {}  # extra sections of mpo_config.json (mpo rl adds model, data, queries)
         super().__init__(model, reward_funcs=reward_funcs, args=args, **kwargs)
         self.collator = PreferenceCollator(self.processing_class)
-        self._refuse_unsharded_generation_of_text_rows()
+        self._refuse_trl_rollouts_on_shards_for_text_rows()
 
-    def _refuse_unsharded_generation_of_text_rows(self) -> None:
+    def _refuse_trl_rollouts_on_shards_for_text_rows(self) -> None:
         """TRL's rollouts (``shared_prefill: false``) on ZeRO-3 shards (``ds3_gather_for_generation: false``)
         cannot take questions without images: transformers' ``generate`` gives DeepSpeed (0.19) different
         module orders on a rank without images and one with them, and the job hangs. Refused when the data
