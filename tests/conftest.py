@@ -33,6 +33,14 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
+@pytest.fixture(scope="module")
+def processor(tiny_model):
+    """The tiny model's processor, one per test module (a module may change it: its own copy)."""
+    from mpo.models.loading import load_processor
+
+    return load_processor(tiny_model)
+
+
 @pytest.fixture(scope="session")
 def perturbed_policy(tiny_model, tmp_path_factory) -> Path:
     """A policy that differs from the reference (the tiny model), so rewards are not all zero."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import get_type_hints
 
-import pytest
 import torch
 from conftest import MIXED_ROWS, write_mmpr
 
@@ -16,7 +15,6 @@ from mpo.data.mmpr import load_mmpr
 from mpo.data.records import PreferenceRecord, SFTRecord
 from mpo.data.sft_collator import SFTCollator
 from mpo.data.sft_data import load_sft
-from mpo.models.loading import load_processor
 
 SFT_ROWS = [
     {
@@ -25,11 +23,6 @@ SFT_ROWS = [
     },
     {"conversations": [{"from": "human", "value": "What is 2 + 2?"}, {"from": "gpt", "value": "4"}]},
 ]
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model):
-    return load_processor(tiny_model)
 
 
 def _keys(record_type: type) -> tuple[set[str], set[str]]:

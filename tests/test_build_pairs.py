@@ -64,13 +64,6 @@ def synthetic(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def processor(tiny_model):
-    from mpo.models.loading import load_processor
-
-    return load_processor(tiny_model)
-
-
 def _args(pipeline: str, model, data, out, *extra: str):
     return build_parser().parse_args(
         [pipeline, "--model", str(model), "--data", str(data), "--out", str(out), *extra]

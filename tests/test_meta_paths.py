@@ -12,14 +12,8 @@ from conftest import write_mmpr
 from mpo.data.meta import read_meta
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import UserError
-from mpo.models.loading import load_processor
 
 ROW = {"image": "red.png", "question": "Colour?", "chosen": "red", "rejected": "blue"}
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model):
-    return load_processor(tiny_model)
 
 
 def _internvl_layout(base: Path) -> Path:

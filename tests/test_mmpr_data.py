@@ -11,12 +11,6 @@ from conftest import MIXED_ROWS, write_mmpr
 from mpo.data.collator import PreferenceCollator
 from mpo.data.mmpr import load_mmpr
 from mpo.errors import DataError
-from mpo.models.loading import load_processor
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model):
-    return load_processor(tiny_model)
 
 
 def test_every_input_shape_is_loaded_and_collated(processor, mixed_meta):

@@ -44,13 +44,6 @@ def synthetic(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_model):
-    from mpo.models.loading import load_processor
-
-    return load_processor(tiny_model)
-
-
-@pytest.fixture(scope="module")
 def trainer(tiny_model, synthetic, processor, tmp_path_factory):
     """A GSPOTrainer on the tiny model (nothing trained)."""
     from mpo.models.loading import load_model

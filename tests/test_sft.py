@@ -22,7 +22,7 @@ from mpo.data.sft_collator import SFTCollator
 from mpo.data.sft_data import IGNORE_INDEX, SFTDataset, load_sft
 from mpo.errors import DataError, UserError
 from mpo.models.families.internvl2_5 import FAMILY as INTERNVL2_5
-from mpo.models.loading import load_model, load_processor
+from mpo.models.loading import load_model
 from mpo.sft import SFTStageConfig, SFTStageTrainer, make_dataset
 
 # One row of each input shape: single image, multi-image, text-only, video (frames), multi-turn, system turn.
@@ -87,11 +87,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model):
-    return load_processor(tiny_model)
 
 
 @pytest.fixture

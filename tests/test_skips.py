@@ -16,17 +16,12 @@ from mpo.data.meta import BadRows
 from mpo.data.mmpr import load_mmpr
 from mpo.data.sft_data import load_sft
 from mpo.errors import DataError, UserError
-from mpo.models.loading import load_model, load_processor
+from mpo.models.loading import load_model
 
 ROWS = [
     {"image": f"{c}.png", "question": "Colour?", "chosen": c, "rejected": "grey"}
     for c in ("red", "green", "blue")
 ]
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model):
-    return load_processor(tiny_model)
 
 
 def truncate_png(path: Path) -> None:

@@ -20,12 +20,6 @@ from mpo.data.mmpr import load_mmpr
 from mpo.data.sft_collator import SFTCollator
 from mpo.data.sft_data import load_sft
 from mpo.errors import DataError
-from mpo.models.loading import load_processor
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model):
-    return load_processor(tiny_model)
 
 
 def internvl_segments(n: int, length: int) -> list[tuple[int, int]]:
