@@ -472,27 +472,40 @@ def test_trls_rollouts_on_shards_with_text_only_questions_are_refused(
     build(shared_prefill=False, ds3_gather_for_generation=True)  # gathered weights: no rank waits
 
 
-def test_a_batch_without_images_runs_the_tower_on_a_blank_tile_and_scores_the_same(tiny_model, processor):
-    """The blank tile changes no number, and the vision tower's parameters get gradients (zeros): the
-    text-only rank takes part in ZeRO's gradient reduction as the other ranks do."""
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_batch_without_images_runs_the_tower_on_a_blank_tile_and_scores_the_same(
+    tiny_model, processor, lora
+):
+    """The blank tile changes no number, and the vision tower's trainable parameters get gradients (zeros):
+    the text-only rank takes part in ZeRO's gradient reduction as the other ranks do. Under a PEFT wrapper
+    too; with ``first_only`` (a generation) the tower runs in the first forward alone."""
+    from peft import LoraConfig, get_peft_model
+
     from mpo.models.loading import load_model
     from mpo.rl.trainer import vision_on_a_blank_tile
 
     model = load_model(tiny_model)
+    tower = model.model.vision_tower
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
     ids = processor.tokenizer("What is 2 + 2? 4", return_tensors="pt")["input_ids"]
     ran = []
-    model.model.vision_tower.register_forward_hook(lambda *_: ran.append(True))
+    tower.register_forward_hook(lambda *_: ran.append(True))
     plain = model(input_ids=ids).logits
-    assert not ran and all(p.grad is None for p in model.model.vision_tower.parameters())
+    trainable = [p for p in tower.parameters() if p.requires_grad]
+    assert not ran and trainable and all(p.grad is None for p in trainable)
     with vision_on_a_blank_tile(model, processor.image_processor):
         blank = model(input_ids=ids).logits
     assert ran == [True]
     torch.testing.assert_close(blank, plain, rtol=0, atol=0)
     blank.sum().backward()
-    grads = [p.grad for p in model.model.vision_tower.parameters()]
-    assert all(g is not None and not g.any() for g in grads)
+    assert all(p.grad is not None and not p.grad.any() for p in trainable)
     model(input_ids=ids)  # the hook is gone after the block
     assert ran == [True]
+    with vision_on_a_blank_tile(model, processor.image_processor, first_only=True):
+        model(input_ids=ids)
+        model(input_ids=ids)
+    assert ran == [True, True]
 
 
 # ---- recipes ---------------------------------------------------------------------------------------------
